@@ -1,0 +1,75 @@
+"""KV cache for exact incremental decoding.
+
+The cache keeps, per attention layer, what is needed to attend from new tokens
+to old ones exactly as the full forward pass would:
+
+* keys (after rotary, at their own positions) and values (after the value
+  residual mix), shape (batch, kv_heads, n_cached, dim_head);
+* for decay biases (FoX, ALiBi), the per-key log forget values
+  log_fgate (batch, heads, n_cached), float32 -- the bias of query i and key j
+  is the sum of log f over keys j+1..i, so keeping the raw log f of every cached
+  key gives the new queries' decay exactly (x-transformers drops this, so its
+  forget gate silently vanishes at one-token decoding);
+
+and, for the whole stack, the key padding mask and the number of real tokens
+per row (the next rotary/absolute position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LayerCache:
+    """One attention layer's cached keys, values and per-key log forget values."""
+
+    k: Tensor
+    v: Tensor
+    log_fgate: Tensor | None = None
+
+    def crop(self, keep: int) -> "LayerCache":
+        return LayerCache(
+            self.k[:, :, -keep:],
+            self.v[:, :, -keep:],
+            None if self.log_fgate is None else self.log_fgate[..., -keep:],
+        )
+
+
+@dataclass
+class Cache:
+    """Cache of a whole TransformerWrapper.
+
+    Attributes:
+        layers: one :class:`LayerCache` per attention layer.
+        mask: (batch, n_cached) bool key mask (True = real token) or None (all real).
+        seen: (batch,) int64, real tokens consumed so far per row (next position).
+    """
+
+    layers: list[LayerCache] = field(default_factory=list)
+    mask: Tensor | None = None
+    seen: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Number of cached key positions (pads included)."""
+        return 0 if not self.layers else self.layers[0].k.shape[2]
+
+    def crop(self, keep: int) -> "Cache":
+        """Keep the last ``keep`` positions (sliding window). Exact for relative schemes:
+        positions and decays of the kept keys do not change."""
+        if keep >= self.length:
+            return self
+        return Cache(
+            layers=[layer.crop(keep) for layer in self.layers],
+            mask=None if self.mask is None else self.mask[:, -keep:],
+            seen=self.seen,
+        )
+
+
+def extend(old: Tensor | None, new: Tensor, dim: int) -> Tensor:
+    """Concatenate cached and new entries along ``dim``."""
+    return new if old is None else torch.cat((old, new), dim=dim)
