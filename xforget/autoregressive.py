@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -59,47 +61,75 @@ class AutoregressiveWrapper(nn.Module):
                 lengths (left-padded internally; each row equals its own unbatched run).
             seq_len: number of new tokens.
             temperature: 0 = greedy; top_k / top_p / min_p: filters (see
-                :mod:`xforget.sampling`); eos_token: rows stop there and are
-                padded with eos afterwards.
+                :mod:`xforget.sampling`; top_k 0 = off, clamped to the vocabulary);
+                eos_token: rows stop there and are padded with eos afterwards.
             cache_kv: decode with the KV cache (exact; much faster).
+            generator: torch.Generator for reproducible sampling.
         Returns:
             (batch, seq_len) int64 new tokens.
         Raises:
             ValueError: empty prompt; with an absolute position table, a total
-                length beyond max_seq_len.
+                length beyond max_seq_len (relative schemes generate past it).
+        """
+        steps = list(self.stream(prompts, seq_len, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                 eos_token=eos_token, cache_kv=cache_kv, generator=generator))
+        b = _left_pad(prompts)[0].shape[0]
+        out = torch.stack(steps, dim=1) if steps else torch.empty(b, 0, dtype=torch.long)
+        if eos_token is not None and out.shape[1] < seq_len:
+            out = torch.cat((out, out.new_full((b, seq_len - out.shape[1]), eos_token)), dim=1)
+        return out
+
+    @torch.no_grad()
+    def stream(
+        self,
+        prompts: Tensor | list[Tensor],
+        seq_len: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        eos_token: int | None = None,
+        cache_kv: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Tensor]:
+        """Like :meth:`generate`, but yields each step's (batch,) tokens as they are sampled.
+
+        Stops early once every row has produced ``eos_token``.
         """
         was_training = self.training
         self.eval()
-        tokens, mask = _left_pad(prompts)
-        b = tokens.shape[0]
-        if self.net.pos_emb is not None and tokens.shape[1] + seq_len > self.net.max_seq_len:
-            raise ValueError(
-                f"prompt ({tokens.shape[1]}) + seq_len ({seq_len}) exceeds max_seq_len={self.net.max_seq_len} "
-                "of the absolute position table; generate fewer tokens or use a relative scheme"
-            )
-        out = torch.empty(b, 0, dtype=torch.long, device=tokens.device)
-        done = torch.zeros(b, dtype=torch.bool, device=tokens.device)
-        cache = None
-        step_tokens, step_mask = tokens, mask
-        for _ in range(seq_len):
-            if cache_kv:
-                logits, cache = self.net(step_tokens, mask=step_mask, cache=cache, return_cache=True)
-            else:
-                full = torch.cat((tokens, out), dim=1)
-                full_mask = None if mask is None else torch.cat((mask, torch.ones_like(out, dtype=torch.bool)), 1)
-                logits = self.net(full, mask=full_mask)
-            nxt = sample_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                              generator=generator)
-            if eos_token is not None:
-                nxt = nxt.masked_fill(done, eos_token)
-                done |= nxt == eos_token
-            out = torch.cat((out, nxt[:, None]), dim=1)
-            step_tokens, step_mask = nxt[:, None], None if mask is None else torch.ones(b, 1, dtype=torch.bool, device=tokens.device)
-            if eos_token is not None and bool(done.all()):
-                out = torch.cat((out, out.new_full((b, seq_len - out.shape[1]), eos_token)), dim=1)
-                break
-        self.train(was_training)
-        return out
+        try:
+            tokens, mask = _left_pad(prompts)
+            b = tokens.shape[0]
+            if self.net.pos_emb is not None and tokens.shape[1] + seq_len > self.net.max_seq_len:
+                raise ValueError(
+                    f"prompt ({tokens.shape[1]}) + seq_len ({seq_len}) exceeds max_seq_len={self.net.max_seq_len} "
+                    "of the absolute position table; generate fewer tokens or use a relative scheme"
+                )
+            done = torch.zeros(b, dtype=torch.bool, device=tokens.device)
+            history, cache = tokens, None
+            step_tokens, step_mask = tokens, mask
+            for _ in range(seq_len):
+                if cache_kv:
+                    logits, cache = self.net(step_tokens, mask=step_mask, cache=cache, return_cache=True)
+                else:
+                    full_mask = None if mask is None else torch.cat(
+                        (mask, mask.new_ones(b, history.shape[1] - mask.shape[1])), dim=1)
+                    logits = self.net(history, mask=full_mask)
+                nxt = sample_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                  generator=generator)
+                if eos_token is not None:
+                    nxt = nxt.masked_fill(done, eos_token)
+                    done |= nxt == eos_token
+                yield nxt
+                history = torch.cat((history, nxt[:, None]), dim=1)
+                step_tokens = nxt[:, None]
+                step_mask = None if mask is None else mask.new_ones(b, 1)
+                if eos_token is not None and bool(done.all()):
+                    return
+        finally:
+            self.train(was_training)
 
 
 def _left_pad(prompts: Tensor | list[Tensor]) -> tuple[Tensor, Tensor | None]:
