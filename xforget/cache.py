@@ -71,5 +71,47 @@ class Cache:
 
 
 def extend(old: Tensor | None, new: Tensor, dim: int) -> Tensor:
-    """Concatenate cached and new entries along ``dim``."""
-    return new if old is None else torch.cat((old, new), dim=dim)
+    """Append ``new`` to cached entries ``old`` along ``dim``; returns the joined tensor.
+
+    Without autograd (decoding), entries live in a buffer with spare capacity
+    that doubles when full, so appending one token costs O(1) amortised instead
+    of re-copying the whole cache every step. The returned tensor is a view of
+    that buffer. A cache that was already extended (e.g. two continuations of
+    one prompt) is never overwritten: appending to a stale view copies.
+    """
+    if old is None or old.shape[dim] == 0:
+        return _new_buffer(new, dim, new.shape[dim]) if not _tracks_grad(new) else new
+    if _tracks_grad(old) or _tracks_grad(new):
+        return torch.cat((old, new), dim=dim)
+    n, m = old.shape[dim], new.shape[dim]
+    buf = old._base
+    if (
+        buf is not None
+        and getattr(buf, "_xforget_filled", None) == n
+        and old.data_ptr() == buf.data_ptr()
+        and buf.shape[dim] >= n + m
+        and buf.dtype == new.dtype
+    ):
+        buf.narrow(dim, n, m).copy_(new)
+        buf._xforget_filled = n + m
+        return buf.narrow(dim, 0, n + m)
+    joined = _new_buffer(old, dim, n + m)
+    buf = joined._base
+    buf.narrow(dim, n, m).copy_(new)
+    buf._xforget_filled = n + m
+    return buf.narrow(dim, 0, n + m)
+
+
+def _tracks_grad(t: Tensor) -> bool:
+    return torch.is_grad_enabled() and t.requires_grad
+
+
+def _new_buffer(first: Tensor, dim: int, length: int) -> Tensor:
+    """A buffer of capacity max(2 * length, 64) along ``dim`` holding ``first``; returns the filled view."""
+    shape = list(first.shape)
+    shape[dim] = max(2 * length, 64)
+    buf = first.new_empty(shape)
+    n = first.shape[dim]
+    buf.narrow(dim, 0, n).copy_(first)
+    buf._xforget_filled = n
+    return buf.narrow(dim, 0, n)
