@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .layers import Decoder, Encoder
+from .validate import validate_model_config
 from .wrapper import TransformerWrapper
 
 
@@ -19,7 +20,10 @@ class ModelConfig:
     """Every model option, with defaults (see :class:`xforget.layers.AttentionLayers`).
 
     ``position`` is a scheme name or a list of names; ``kind`` is ``decoder``
-    (causal) or ``encoder`` (bidirectional).
+    (causal) or ``encoder`` (bidirectional). Scheme-specific options left at
+    null take the scheme's default and must stay null when the scheme is not
+    used. :func:`xforget.validate.validate_model_config` checks everything
+    before a model is built.
     """
 
     kind: str = "decoder"
@@ -31,14 +35,35 @@ class ModelConfig:
     dim_head: int | None = None
     position: Any = "fox"
     ff_mult: float = 4.0
-    ff_activation: str = "gelu"
-    norm: str = "layernorm"
-    dropout: float = 0.0
+    ff_activation: str = "gelu"  # gelu | relu | relu2 | silu | swiglu | geglu
+    norm: str = "layernorm"  # layernorm | rmsnorm | scalenorm
+    norm_style: str = "pre"  # pre | post | sandwich
+    layer_pattern: str | None = None  # one block's sublayers over "a" (attention), "f" (feed-forward); default "af"
+    dropout: float = 0.0  # attention weights and feed-forward activations
+    attn_dropout: float | None = None  # overrides dropout for attention weights
+    ff_dropout: float | None = None  # overrides dropout for feed-forward activations
+    # scheme options
     forget_gate_divisor: float = 1.0
     forget_gate_bias_init: float = 0.0
     alibi_num_heads: int | None = None
     rotary_dim: int | None = None
     rotary_base: float = 10000.0
+    rotary_xpos: bool = False
+    rotary_xpos_scale_base: float = 512.0
+    num_buckets: int | None = None  # t5 (32)
+    max_distance: int | None = None  # t5 (128)
+    dynamic_bias_dim: int | None = None  # dynamic (dim // 4)
+    dynamic_bias_depth: int | None = None  # dynamic (2)
+    dynamic_bias_log_distance: bool = False  # dynamic
+    per_row_dim_head: int | None = None  # fox_per_row (8)
+    # attention options
+    kv_heads: int | None = None  # grouped-query attention; 1 = multi-query
+    num_mem_kv: int = 0
+    qk_norm: bool = False
+    output_gate: bool = False
+    kv_shift: bool = False
+    output_norm: bool = False
+    softclamp_logits: float | None = None
     value_residual: bool = False
     value_residual_mix: str = "learned"
     tie_embedding: bool = False
@@ -66,10 +91,12 @@ def build_model(cfg: ModelConfig | dict[str, Any]) -> TransformerWrapper:
     """Instantiate the TransformerWrapper described by ``cfg``.
 
     Raises:
-        ValueError: invalid values (unknown kind, scheme, geometry), naming the field.
+        ValueError: invalid values (unknown kind, scheme, geometry, incompatible
+            options), naming the field ``model.<name>`` and the fix.
     """
     if not isinstance(cfg, ModelConfig):
         cfg = model_config_from_dict(dict(cfg))
+    validate_model_config(cfg)
     values = asdict(cfg)
     kind = values.pop("kind")
     extra = values.pop("extra") or {}

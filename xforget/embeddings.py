@@ -53,3 +53,50 @@ class AbsolutePositionalEmbedding(nn.Module):
                 "(rotary, alibi, fox)"
             )
         return self.emb(positions) * self.scale
+
+
+class ScaledSinusoidalEmbedding(nn.Module):
+    """Sinusoidal absolute positions with one learned scale (the ``sinusoidal`` scheme).
+
+    Vaswani et al. 2017 (section 3.5) sinusoids, laid out as [sin | cos] halves,
+    times a learned scalar starting at dim^-0.5 (the "scaled sinusoidal" variant of
+    Hua et al. 2022, arXiv 2202.10447, section 2, as in x-transformers):
+
+        emb(p) = scale * [sin(p * w_0..w_{d/2-1}), cos(p * w_0..w_{d/2-1})],  w_i = theta^(-i / (d/2))
+
+    No table, so any position works. Angles are computed in float32.
+
+    Args:
+        dim: model width (even).
+        theta: frequency base (10000).
+    Input positions (n,) or (batch, n) int64; output (..., n, dim) float32.
+    Raises:
+        ValueError: odd dim.
+    """
+
+    def __init__(self, dim: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"the sinusoidal position embedding needs an even model dim, got dim={dim}")
+        self.scale = nn.Parameter(torch.ones(1) * dim**-0.5)
+        half = dim // 2
+        self.register_buffer("inv_freq", theta ** -(torch.arange(half).float() / half), persistent=False)
+
+    def forward(self, positions: Tensor) -> Tensor:
+        angles = positions.float()[..., None] * self.inv_freq
+        return torch.cat((angles.sin(), angles.cos()), dim=-1) * self.scale
+
+
+def make_position_embedding(name: str | None, dim: int, max_seq_len: int) -> nn.Module | None:
+    """The embedding-kind position scheme ``name`` ("absolute", "sinusoidal") or None.
+
+    Raises:
+        ValueError: an unknown embedding scheme.
+    """
+    if name is None:
+        return None
+    if name == "absolute":
+        return AbsolutePositionalEmbedding(dim, max_seq_len)
+    if name == "sinusoidal":
+        return ScaledSinusoidalEmbedding(dim)
+    raise ValueError(f"unknown position embedding {name!r}; valid: ['absolute', 'sinusoidal']")

@@ -3,13 +3,15 @@
 A scheme is one of four kinds:
 
 * ``"none"``      -- no positional information (NoPE; causal masking alone).
-* ``"embedding"`` -- added to the token embedding (``absolute``: learned table).
+* ``"embedding"`` -- added to the token embedding (``absolute``: learned table;
+  ``sinusoidal``: scaled sinusoids, see :mod:`xforget.embeddings`).
 * ``"rotary"``    -- rotates queries and keys (RoPE, Su et al. 2021, arXiv 2104.09864).
 * ``"bias"``      -- an additive attention bias from the bias-builder registry
   (:mod:`xforget.bias`); every registered builder is a scheme automatically.
 
 ``position`` may name one scheme or a list that combines them (at most one of
-each kind), e.g. ``["fox", "rotary"]``.
+each kind), e.g. ``["fox", "rotary"]`` or ``["absolute", "alibi"]``. ``none``
+only stands alone.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 from .bias import registered_biases
 
-_NON_BIAS_SCHEMES = {"none": "none", "absolute": "embedding", "rotary": "rotary"}
+_NON_BIAS_SCHEMES = {"none": "none", "absolute": "embedding", "sinusoidal": "embedding", "rotary": "rotary"}
 
 
 def position_schemes() -> dict[str, str]:
@@ -48,8 +50,9 @@ def resolve_position(position: str | Sequence[str] | None) -> PositionPlan:
     """Validate ``position`` and sort its schemes by kind.
 
     Raises:
-        ValueError: an unknown name (the message lists valid names), or two
-            schemes of the same kind (e.g. ``["alibi", "fox"]``), naming both.
+        ValueError: an unknown name (the message lists valid names), two
+            schemes of the same kind (e.g. ``["alibi", "fox"]``), naming both,
+            or ``none`` combined with another scheme.
     """
     if position is None:
         position = "none"
@@ -61,6 +64,12 @@ def resolve_position(position: str | Sequence[str] | None) -> PositionPlan:
             raise ValueError(f"unknown position scheme {name!r}; valid schemes: {sorted(valid)}")
         kind = valid[name]
         if kind == "none":
+            other = next((n for n in names if n != "none"), None)
+            if other is not None:
+                raise ValueError(
+                    f"position schemes 'none' and {other!r} cannot be combined: 'none' means no positional "
+                    f"information; drop 'none' or use position={other!r}"
+                )
             continue
         if kind in by_kind:
             raise ValueError(

@@ -53,17 +53,36 @@ class BiasBuilder(nn.Module):
     * decay:  ``forward(x, mask) -> DecayGates`` with x (batch, n, dim) the
       attention layer's normed input and mask (batch, n) bool (True = real
       token) or None. Pad tokens must get log f = 0 (they do not forget).
-    * matrix: ``forward(x, q_pos, k_pos) -> Tensor`` broadcastable to
-      (batch, heads, n_q, n_k), float32, with q_pos (n_q,) and k_pos (n_k,)
-      integer positions.
+    * matrix: ``forward(x, q_pos, k_pos, *, key_state=None, key_mask=None) -> Tensor``
+      broadcastable to (batch, heads, n_q, n_k), float32. x is the normed input
+      of the n_q new tokens (the queries, which are the last n_q keys); q_pos
+      (n_q,) or (batch, n_q) and k_pos (n_k,) or (batch, n_k) are int64
+      positions (real tokens count from 0 per row); key_mask (batch, n_k) bool
+      or None; key_state is the concatenation over all keys of what
+      :meth:`key_state` returned (kept in the KV cache), or None.
+
+    Class attributes:
+        kind: "decay" or "matrix".
+        shared: True if one instance serves every layer of a stack (a position
+            table such as T5's, shared across layers as in the T5 paper);
+            False for per-layer, data-dependent builders.
     """
 
     kind: BiasKind
     name: str
+    shared: bool = False
 
     def __init__(self, *, dim: int, heads: int, causal: bool) -> None:
         super().__init__()
         self.dim, self.heads, self.causal = dim, heads, causal
+
+    def key_state(self, x: Tensor) -> Tensor | None:
+        """Per-key features a matrix builder needs again at later decoding steps.
+
+        x (batch, n, dim) -> (batch, heads, n, ...) concatenated along dim 2 in the
+        cache, or None (the default: positions alone suffice).
+        """
+        return None
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -121,5 +140,18 @@ def mask_gate(log_gate: Tensor, mask: Tensor | None) -> Tensor:
     return log_gate.masked_fill(~mask[:, None, :], 0.0)
 
 
-__all__ = ["BiasBuilder", "BiasKind", "DecayGates", "register_bias", "get_bias_builder", "registered_biases", "mask_gate"]
+def query_minus_key(q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    """Signed distances i - j: q_pos (n_q,) or (b, n_q), k_pos (n_k,) or (b, n_k) -> (n_q, n_k) or (b, n_q, n_k)."""
+    return q_pos[..., :, None] - k_pos[..., None, :]
+
+
+def heads_first(bias: Tensor) -> Tensor:
+    """(n_q, n_k, h) or (b, n_q, n_k, h) -> (1 or b, h, n_q, n_k)."""
+    if bias.ndim == 3:
+        bias = bias[None]
+    return bias.permute(0, 3, 1, 2)
+
+
+__all__ = ["BiasBuilder", "BiasKind", "DecayGates", "register_bias", "get_bias_builder", "registered_biases", "mask_gate",
+           "query_minus_key", "heads_first"]
 _ = torch  # re-exported types only
