@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from xforget.ops import BACKENDS, attend, forgetting_attention
 
-CPU_BACKENDS = ["reference", "fold", "chunked"]
+CPU_BACKENDS = ["reference", "fold", "chunked", "decode"]
+CAUSAL_ONLY = ("fold", "decode")
 TOL_FP32 = dict(atol=1e-4, rtol=1e-4)
 LONG_TOL = {torch.float32: 2e-3, torch.bfloat16: 2e-2, torch.float16: 2.5e-3}
 
@@ -150,8 +151,8 @@ CASES = [
 def test_backend_matches_f64_reference(backend, case):
     _, causal, h, h_kv, n_q, n_k, fstr, mkind, bstr = case
     b, d = 2, 16
-    if backend == "fold" and not causal:
-        pytest.skip("fold is causal-only (tested in test_fold_rejects_bidirectional)")
+    if backend in CAUSAL_ONLY and not causal:
+        pytest.skip(f"{backend} is causal-only (tested in test_fold_rejects_bidirectional)")
     q, k, v = torch.randn(b, h, n_q, d), torch.randn(b, h_kv, n_k, d), torch.randn(b, h_kv, n_k, d)
     lf, lb = make_gate(b, h, n_k, fstr), make_gate(b, h, n_k, bstr)
     mask = make_mask(b, n_k, mkind)
@@ -204,8 +205,8 @@ def test_pad_keys_get_exactly_zero_weight_and_match_unbatched(backend):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("causal", [True, False])
 def test_fully_masked_rows_zero_output_finite_grads(backend, causal):
-    if backend == "fold" and not causal:
-        pytest.skip("fold is causal-only")
+    if backend in CAUSAL_ONLY and not causal:
+        pytest.skip(f"{backend} is causal-only")
     b, h, n, d = 2, 2, 12, 8
     mask = torch.ones(b, n, dtype=torch.bool)
     mask[0, :5] = False  # causal: rows 0..4 of batch 0 see no real key
@@ -381,7 +382,7 @@ def test_attend_routes_gates_and_backends():
     want = ref_attention_f64(q, k, v, lf)
     for backend in (None, "auto", "reference", "fold", "chunked"):
         got = attend(q, k, v, causal=True, log_fgate=lf, backend=backend)
-        torch.testing.assert_close(got.double(), want, **TOL_FP32)
+        torch.testing.assert_close(got.double(), want.double(), **TOL_FP32)
     with pytest.raises(ValueError, match="dense bias"):
         attend(q, k, v, causal=True, log_fgate=lf, bias=torch.zeros(1, 1, n, n), backend="fold")
 
@@ -404,6 +405,8 @@ def test_fold_rejects_bidirectional_and_cuda_rejects_cpu():
     q = torch.randn(1, 1, 4, 8)
     with pytest.raises(ValueError, match="causal"):
         forgetting_attention(q, q, q, torch.zeros(1, 1, 4), causal=False, backend="fold")
+    with pytest.raises(ValueError, match="causal"):
+        forgetting_attention(q, q, q, torch.zeros(1, 1, 4), causal=False, backend="decode")
     with pytest.raises(ValueError, match="CUDA"):
         forgetting_attention(q, q, q, torch.zeros(1, 1, 4), backend="cuda")
 
@@ -440,3 +443,27 @@ def test_cuda_backend_matches_reference(dtype, mkind):
     torch.testing.assert_close(out.double().cpu(), ref, atol=tol, rtol=0)
     for g, r in zip((qc.grad, kc.grad, vc.grad, lfc.grad), ref_ins):
         torch.testing.assert_close(g.double().cpu(), r.grad, atol=10 * tol, rtol=10 * tol)
+
+
+@pytest.mark.parametrize("n_q", [1, 3])
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_backend_is_auto_for_few_queries_and_exact(n_q, padded):
+    """Decoding over a long KV cache: few queries, auto routes to 'decode', equal to the f64 reference."""
+    torch.manual_seed(3)
+    b, h, h_kv, n_k, d = 2, 4, 2, 300, 16
+    q = torch.randn(b, h, n_q, d, requires_grad=True)
+    k, v = torch.randn(b, h_kv, n_k, d, requires_grad=True), torch.randn(b, h_kv, n_k, d)
+    lf = (-torch.rand(b, h, n_k) * 2).requires_grad_()
+    mask = None
+    if padded:
+        mask = torch.ones(b, n_k, dtype=torch.bool)
+        mask[0, :50] = False  # left padding
+    out = forgetting_attention(q, k, v, lf, mask=mask)
+    ref = ref_attention_f64(q, k, v, lf, mask=mask)
+    torch.testing.assert_close(out.double(), ref, **TOL_FP32)
+    out.sum().backward()
+    ref_grads = torch.autograd.grad(ref.sum(), (q, k, lf))
+    for got, want in zip((q.grad, k.grad, lf.grad), ref_grads):
+        torch.testing.assert_close(got.double(), want.double(), **TOL_FP32)
+    from xforget.ops import resolve_backend
+    assert resolve_backend(None, q=q, causal=True, n_k=n_k) == "decode"

@@ -49,7 +49,7 @@ class TransformerWrapper(nn.Module):
         dim, plan = attn_layers.dim, attn_layers.plan
         self.token_emb = TokenEmbedding(num_tokens, dim)
         wants_absolute = plan.embedding == "absolute" or (
-            bool(use_abs_pos_emb) and not plan.rotary and plan.bias is None
+            bool(use_abs_pos_emb) and plan.embedding is None and not plan.rotary and plan.bias is None
         )
         self.pos_emb = AbsolutePositionalEmbedding(dim, max_seq_len) if wants_absolute else None
         self.to_logits = nn.Linear(dim, num_tokens, bias=False)

@@ -13,21 +13,23 @@ from typing import Optional
 from .chunked import chunked_attention
 from .common import Tensor, check_inputs
 from .cuda import cuda_attention
+from .decode import MAX_DECODE_QUERIES, decode_attention
 from .fold import fold_attention
 from .reference import reference_attention
 from .sdpa import dense_bias_attention, plain_attention
 
-BACKENDS = ("auto", "reference", "fold", "chunked", "cuda")
+BACKENDS = ("auto", "reference", "fold", "chunked", "decode", "cuda")
 
 _IMPLS = {
     "reference": reference_attention,
     "fold": fold_attention,
     "chunked": chunked_attention,
+    "decode": decode_attention,
     "cuda": cuda_attention,
 }
 
 
-def resolve_backend(backend: Optional[str], *, q: Tensor, causal: bool) -> str:
+def resolve_backend(backend: Optional[str], *, q: Tensor, causal: bool, n_k: Optional[int] = None) -> str:
     """Name of the backend that will run; ``ValueError`` for an unknown name."""
     if backend is None:
         backend = "auto"
@@ -37,7 +39,12 @@ def resolve_backend(backend: Optional[str], *, q: Tensor, causal: bool) -> str:
         return backend
     if not causal:
         return "chunked"
-    return "cuda" if q.is_cuda else "fold"
+    if q.is_cuda:
+        return "cuda"
+    n_q = q.shape[-2]
+    if n_k is not None and n_q <= MAX_DECODE_QUERIES and n_q < n_k:
+        return "decode"  # KV-cached decoding: O(n_k) logits, no cache copy
+    return "fold"
 
 
 def forgetting_attention(
@@ -78,8 +85,10 @@ def forgetting_attention(
         backend: ``None``/"auto", "reference" (dense, O(n_q n_k) memory, the
             oracle), "fold" (DESIGN.md section 3, causal only, O(n) memory),
             "chunked" (query blocks + checkpointing, O(block n_k) memory, any
-            case), "cuda" (CUDA tensors: optional ``fla`` kernel, else fold on
-            GPU).  Auto: CUDA tensors -> "cuda"; causal -> "fold";
+            case), "decode" (causal, few queries over a long KV cache: logits
+            with the bias added directly, O(n_q n_k) memory), "cuda" (CUDA tensors: optional ``fla`` kernel, else fold on
+            GPU).  Auto: CUDA tensors -> "cuda"; causal with at most 16 queries
+            over more keys (decoding) -> "decode"; other causal -> "fold";
             bidirectional -> "chunked".
 
     Returns:
@@ -92,7 +101,7 @@ def forgetting_attention(
             inconsistent shapes or dtypes.
     """
     shapes = check_inputs(q, k, v, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate)
-    name = resolve_backend(backend, q=q, causal=causal)
+    name = resolve_backend(backend, q=q, causal=causal, n_k=k.shape[-2])
     if causal:
         log_bgate = None  # a backward gate has no effect on causal attention
     return _IMPLS[name](

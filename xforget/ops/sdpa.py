@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import Shapes, Tensor, default_scale, expand_kv, valid_rows, zero_invalid_rows
+from .decode import MAX_DECODE_QUERIES, decode_attention
 from .fold import causal_sdpa, fold_attention
 
 
@@ -35,6 +36,8 @@ def plain_attention(
     if causal:
         if mask is None:
             return causal_sdpa(q, k, v, s.n_q, s.n_k, scale, enable_gqa=gqa)
+        if s.n_q <= MAX_DECODE_QUERIES and s.n_q < s.n_k:  # padded decoding: no cache copy
+            return decode_attention(q, k, v, None, shapes=s, causal=True, mask=mask, scale=scale)
         # padding folded into one key channel: O(n) memory, no n x n mask
         return fold_attention(q, k, v, None, shapes=s, causal=True, mask=mask, scale=scale)
     if mask is None:
