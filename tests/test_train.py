@@ -1,0 +1,150 @@
+"""The training loop: it learns, resumes exactly, survives interrupted checkpoint writes, fails clearly."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from xforget.train import CheckpointError, TrainingError, compose_config, load_model, to_train_config, train
+from xforget.train.checkpoint import MARKER, complete_checkpoints
+from xforget.train.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE = Path(__file__).parents[2] / "shared/data/tinyshakespeare.txt"
+pytestmark = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data/tinyshakespeare.txt not present")
+
+
+def tiny(tmp_path: Path, *overrides: str):
+    base = [
+        "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=8",
+        "data=text", f"data.path={SHAKESPEARE}", f"data.cache_dir={tmp_path / 'cache'}",
+        "trainer.progress=false", "trainer.sample_bytes=16", "trainer.eval_batches=4", "trainer.threads=1",
+        "trainer.warmup_steps=5", "optim.lr=3e-3", "trainer.log_every=1",
+    ]
+    return to_train_config(compose_config(base + list(overrides)))
+
+
+def test_training_lowers_the_validation_loss(tmp_path):
+    untrained = train(tiny(tmp_path, "trainer.max_steps=0"), tmp_path / "r0")
+    cfg = tiny(tmp_path, "trainer.max_steps=40", "trainer.eval_every=20", "trainer.checkpoint_every=20")
+    result = train(cfg, tmp_path / "r1")
+    assert untrained.val_bpb > 7.0  # ~log2(256) before training
+    assert result.val_bpb < untrained.val_bpb - 2.0, (untrained.val_bpb, result.val_bpb)
+
+    records = read_metrics(tmp_path / "r1")
+    assert [r["step"] for r in records] == list(range(1, 41))
+    assert {"step", "train_loss", "lr", "tokens_per_s"} <= set(records[0])
+    evals = [r for r in records if "val_bpb" in r]
+    assert [r["step"] for r in evals] == [20, 40]
+    for r in evals:
+        assert r["val_bpb"] == pytest.approx(r["val_loss"] / math.log(2), rel=1e-12)
+    assert evals[-1]["val_bpb"] == pytest.approx(result.val_bpb)
+    assert evals[1]["val_bpb"] < evals[0]["val_bpb"]
+    assert isinstance(result.sample, str) and len(result.sample) > 0
+
+    run = tmp_path / "r1"
+    for name in ("config.yaml", "train.log", "model.safetensors"):
+        assert (run / name).is_file(), name
+    assert [s for s, _ in complete_checkpoints(run)] == [20, 40]
+    model, loaded_cfg = load_model(run)
+    assert loaded_cfg.model == cfg.model and not model.training
+    assert torch.equal(model.to_logits.weight, load_file(run / "model.safetensors")["to_logits.weight"])
+
+
+def test_resume_continues_the_exact_run(tmp_path):
+    # dropout on: the resumed run matches only if the torch RNG state is restored too
+    args = ("trainer.max_steps=20", "trainer.checkpoint_every=10", "trainer.eval_every=10", "model.dropout=0.1",
+            "trainer.keep_last=0")
+    full = train(tiny(tmp_path, *args), tmp_path / "full")
+    part = train(tiny(tmp_path, *args), tmp_path / "part", stop_after_step=15)  # "killed" after step 15
+    assert part.interrupted and [s for s, _ in complete_checkpoints(tmp_path / "part")] == [10]
+    resumed = train(tiny(tmp_path, *args), tmp_path / "part")
+    assert sorted(resumed.losses) == list(range(11, 21))
+
+    full_losses = {r["step"]: r["train_loss"] for r in read_metrics(tmp_path / "full")}
+    part_records = read_metrics(tmp_path / "part")
+    assert [r["step"] for r in part_records] == list(range(1, 21))  # steps 11..15 of the killed run were dropped
+    assert {r["step"]: r["train_loss"] for r in part_records} == full_losses  # exact equality
+    assert resumed.val_bpb == full.val_bpb
+    a, b = load_file(tmp_path / "full/model.safetensors"), load_file(tmp_path / "part/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    again = train(tiny(tmp_path, *args), tmp_path / "part")  # a finished run: nothing to train, same report
+    assert again.losses == {} and again.step == 20 and again.val_bpb == full.val_bpb
+
+
+def test_interrupted_checkpoint_write_is_ignored(tmp_path):
+    args = ("trainer.max_steps=12", "trainer.checkpoint_every=4", "trainer.keep_last=2")
+    run = tmp_path / "run"
+    train(tiny(tmp_path, *args), run, stop_after_step=9)
+    assert [s for s, _ in complete_checkpoints(run)] == [4, 8]  # keep_last=2 pruned nothing yet
+    # a write killed midway: the temp dir, and a step dir that never got its COMPLETE marker
+    ckpts = run / "checkpoints"
+    tmp = ckpts / ".tmp-step_0000012-99999"
+    tmp.mkdir()
+    (tmp / "model.safetensors").write_bytes(b"garbage")
+    bad = ckpts / "step_0000010"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    assert not (bad / MARKER).exists()
+
+    resumed = train(tiny(tmp_path, *args), run)
+    assert min(resumed.losses) == 9  # continued from step 8
+    assert not tmp.exists()
+    assert [s for s, _ in complete_checkpoints(run)] == [8, 12]  # keep_last=2
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    one = train(tiny(tmp_path, "trainer.max_steps=3", "trainer.batch_size=16"), tmp_path / "a")
+    acc = train(tiny(tmp_path, "trainer.max_steps=3", "trainer.batch_size=4", "trainer.grad_accum=4",
+                     "trainer.eval_batches=16"), tmp_path / "b")
+    for step in (1, 2, 3):
+        assert acc.losses[step] == pytest.approx(one.losses[step], abs=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_checkpoints_the_scaler(tmp_path, precision):
+    result = train(tiny(tmp_path, "trainer.max_steps=3", f"trainer.precision={precision}"), tmp_path / "run")
+    assert all(math.isfinite(v) for v in result.losses.values()) and math.isfinite(result.val_bpb)
+    (_, path), = complete_checkpoints(tmp_path / "run")
+    state = torch.load(path / "state.pt", weights_only=True)
+    assert state["step"] == 3 and ("scale" in state["scaler"]) == (precision == "fp16")
+
+
+def test_run_dir_with_another_model_fails_clearly(tmp_path):
+    train(tiny(tmp_path, "trainer.max_steps=2"), tmp_path / "run")
+    with pytest.raises(CheckpointError) as info:
+        train(tiny(tmp_path, "trainer.max_steps=4", "model.dim=48"), tmp_path / "run")
+    assert "different model" in str(info.value) and "model.dim: 32 -> 48" in str(info.value)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    cfg = tiny(tmp_path, "trainer.max_steps=30", "trainer.checkpoint_every=1", "optim.lr=1e30",
+               "trainer.grad_clip=0", "trainer.warmup_steps=0", "optim.betas=[0.0,0.0]")
+    with pytest.raises(TrainingError) as info:
+        train(cfg, tmp_path / "run")
+    message = str(info.value)
+    step = int(message.split("at step ")[1].split(";")[0])
+    assert "loss became" in message and "last good checkpoint" in message
+    assert [s for s, _ in complete_checkpoints(tmp_path / "run")][-1] == step - 1
+
+
+def test_cli_trains_and_reports(tmp_path):
+    run = tmp_path / "cli run"
+    args = ["model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=4",
+            "data=shakespeare", f"data.path={SHAKESPEARE}", "trainer.max_steps=3", "trainer.eval_batches=2",
+            "trainer.progress=false", "trainer.sample_bytes=8", f"hydra.run.dir={run}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "xforget.train", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"run directory: {run}" in proc.stdout
+    assert "val_bpb=" in proc.stdout and "sample:" in proc.stdout
+    assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()

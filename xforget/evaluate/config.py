@@ -1,0 +1,163 @@
+"""Typed configs of ``xforget-eval`` and the ``eval`` node shared with ``xforget-compare``.
+
+Both commands compose a YAML file from ``configs/`` (``eval.yaml``,
+``compare.yaml``) over a dataclass schema registered here, so an unknown key
+fails with the valid keys listed (:func:`explain_error`), exit code 2, like
+``xforget-train``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from ..train.config import ConfigError, DataConfig
+
+EXIT_CONFIG, EXIT_RUNTIME = 2, 1
+
+
+@dataclass
+class EvalConfig:
+    """What ``xforget-eval`` (and ``xforget-compare``) measure for one checkpoint.
+
+    ``seq_len``: the base context; evaluation lengths are ``multiples`` of it
+    (null = the run's ``trainer.seq_len``). ``tokens``: scored tokens per
+    length, split into ``tokens // length`` windows with evenly spaced starts
+    over the validation split (null = the run's validation set size,
+    ``eval_batches * batch_size * seq_len``; at 1x these are exactly the windows
+    training reports ``val_bpb`` on). ``task``: a synthetic task (``mqar``,
+    ``needle``) whose answer accuracy is measured at every length on
+    ``task_examples`` fresh examples (null = the run's data, if it is one).
+    """
+
+    seq_len: Optional[int] = None
+    multiples: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    tokens: Optional[int] = None
+    batch_tokens: int = 16384
+    per_position: bool = True
+    task: Optional[str] = None
+    task_examples: int = 64
+    task_seed: int = 1234
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: Optional[int] = None
+
+
+@dataclass
+class EvalCommandConfig:
+    """``xforget-eval checkpoint=RUN_DIR [data=NAME data.path=FILE] [eval.*] [out=FILE]``."""
+
+    checkpoint: str = MISSING  # a run directory (or one checkpoint directory)
+    data: Optional[DataConfig] = None  # null = the run's own data config
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out: Optional[str] = None  # JSON path; null = RUN_DIR/eval.json
+
+
+@dataclass
+class CompareConfig:
+    """``xforget-compare``'s own keys; ``model.*``, ``data``, ``optim.*`` and ``trainer.*``
+    go to every training run unchanged (validated by the training config)."""
+
+    positions: list[str] = field(default_factory=lambda: ["none", "absolute", "rotary", "alibi", "fox"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    retrain: bool = False  # train again even when a finished run with the same config exists
+    subprocess: bool = True  # train each run in its own process (isolated memory, per-run peak RSS)
+    plots: bool = True
+
+
+TRAIN_ROOTS = ("model", "data", "optim", "trainer")
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="eval_schema", node=EvalCommandConfig)
+    cs.store(name="compare_schema", node=CompareConfig)
+
+
+register()
+
+
+def valid_keys(schema: type, node_path: str) -> list[str] | None:
+    """Keys of the dataclass node at ``node_path`` ('' = root) of ``schema``, or None."""
+    node: Any = schema
+    for part in [p for p in node_path.split(".") if p]:
+        if not is_dataclass(node):
+            return None
+        match = {f.name: f for f in fields(node)}.get(part)
+        if match is None:
+            return None
+        default = match.default_factory() if callable(match.default_factory) else match.default  # type: ignore[misc]
+        node = type(default) if is_dataclass(default) else (DataConfig if part == "data" else default)
+    return [f.name for f in fields(node)] if is_dataclass(node) else None
+
+
+def explain_error(exc: BaseException, schema: type, extra_root_keys: tuple[str, ...] = ()) -> str:
+    """One line for a Hydra/OmegaConf composition error against ``schema``.
+
+    Unknown keys read ``unknown config key 'eval.seq_lne'; valid keys of eval: [...]``.
+    """
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    chain, seen = [], set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for err in chain:
+        if isinstance(err, (ConfigAttributeError, ConfigKeyError)) and getattr(err, "full_key", None):
+            full_key = str(err.full_key)
+            parent = full_key.rpartition(".")[0]
+            keys = valid_keys(schema, parent)
+            if keys is not None:
+                if not parent:
+                    keys = keys + [k for k in extra_root_keys if k not in keys]
+                return f"unknown config key '{full_key}'; valid keys of {parent or 'the top level'}: {keys}"
+            return f"unknown config key '{full_key}'"
+    for err in chain:
+        if isinstance(err, ValidationError) and getattr(err, "full_key", None):
+            return f"invalid value for '{err.full_key}': {_first_line(err)}"
+        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+            return f"bad config key '{err.full_key}': {_first_line(err)}"
+    for err in chain:
+        if isinstance(err, ConfigCompositionException):
+            text = str(err)
+            options = re.search(r"Available options in '([^']+)':\s*\n((?:\t.*\n?)+)", text)
+            if options:
+                names = [o.strip() for o in options.group(2).splitlines() if o.strip()]
+                return f"{_first_line(err)}; valid options for {options.group(1)}: {names}"
+            return _first_line(err)
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def validate_eval(cfg: EvalConfig) -> None:
+    """Raises ConfigError (one line, naming the key) for impossible values."""
+    def need(ok: bool, key: str, rule: str, value: Any) -> None:
+        if not ok:
+            raise ConfigError(f"invalid value eval.{key}={value!r}: must be {rule}")
+
+    need(cfg.seq_len is None or cfg.seq_len >= 1, "seq_len", ">= 1 or null", cfg.seq_len)
+    need(len(cfg.multiples) >= 1 and all(m >= 1 for m in cfg.multiples), "multiples", "a list of integers >= 1",
+         cfg.multiples)
+    need(cfg.tokens is None or cfg.tokens >= 1, "tokens", ">= 1 or null", cfg.tokens)
+    need(cfg.batch_tokens >= 1, "batch_tokens", ">= 1", cfg.batch_tokens)
+    need(cfg.task_examples >= 1, "task_examples", ">= 1", cfg.task_examples)
+    from ..data.synthetic import TASKS
+
+    need(cfg.task is None or cfg.task in TASKS, "task", f"one of {list(TASKS)} or null", cfg.task)
+    need(cfg.threads is None or cfg.threads >= 1, "threads", ">= 1 or null", cfg.threads)
+
+
+def split_override(arg: str) -> tuple[str, str | None]:
+    """('model.dim', '32') for 'model.dim=32' (leading +, ++ or ~ dropped); value None without '='."""
+    key, eq, value = arg.partition("=")
+    return key.lstrip("+~"), (value if eq else None)

@@ -1,0 +1,99 @@
+"""``xforget-train``: the Hydra command line for :func:`xforget.train.loop.train`.
+
+    xforget-train                                   # default: FoX on the stdlib corpus
+    xforget-train model.position=rotary trainer.max_steps=500
+    xforget-train data=text data.path=notes.txt hydra.run.dir=runs/notes
+    xforget-train hydra.run.dir=runs/notes         # the same command again resumes
+
+Errors (unknown or mistyped config keys, missing data, a run directory holding
+another model, a diverged loss) print one ``error: ...`` line. Exit codes:
+0 ok, 1 training failed (diverged, corrupt checkpoint), 2 bad config or data.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+EXIT_CONFIG, EXIT_RUNTIME = 2, 1
+
+# Hydra flags after which composing the config ourselves would be wrong or pointless.
+_HYDRA_ONLY_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
+                     "--multirun", "-m", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                     "--experimental-rerun", "--resolve", "--package", "-p", "--cfg", "-c")
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _precheck(argv: list[str]) -> None:
+    """Compose the config once with the command-line overrides, to report config errors in one line.
+
+    Hydra itself would print a multi-line message without the valid keys and exit 1.
+    """
+    from .config import ConfigError, compose_config, to_train_config
+
+    if any(a.split("=")[0] in _HYDRA_ONLY_FLAGS for a in argv):
+        return
+    try:
+        to_train_config(compose_config(argv))
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    except Exception as exc:  # OmegaConf errors while resolving / converting
+        from .config import explain_config_error
+
+        _fail(explain_config_error(exc), EXIT_CONFIG)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``xforget-train``); ``argv`` defaults to ``sys.argv[1:]``."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from ..data import DataError
+    from .checkpoint import CheckpointError
+    from .config import ConfigError, config_dir, to_train_config
+    from .loop import TrainingError, train
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    try:
+        configs = config_dir()
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    _precheck(sys.argv[1:])
+
+    outcome: dict = {}
+
+    def task(cfg: DictConfig) -> None:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            result = train(to_train_config(cfg), run_dir)
+        except (ConfigError, DataError) as exc:
+            outcome["error"] = (str(exc), EXIT_CONFIG)
+            return
+        except (CheckpointError, TrainingError) as exc:
+            outcome["error"] = (str(exc), EXIT_RUNTIME)
+            return
+        except KeyboardInterrupt:
+            outcome["error"] = (f"interrupted; run the same command to resume from the latest checkpoint in {run_dir}",
+                                130)
+            return
+        print(f"run directory: {result.run_dir}")
+        print(f"val_bpb={result.val_bpb:.4f}")
+        if result.sample is not None:
+            print("sample:")
+            print(result.sample)
+        sys.stdout.flush()
+
+    hydra.main(config_path=str(configs), config_name="train", version_base="1.3")(task)()
+    if "error" in outcome:
+        _fail(*outcome["error"])
+
+
+if __name__ == "__main__":
+    main()

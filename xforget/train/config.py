@@ -1,0 +1,297 @@
+"""Typed training configuration, registered with Hydra's ConfigStore.
+
+``configs/train.yaml`` starts its defaults list with ``train_schema`` (the
+:class:`TrainConfig` dataclass below), so every group file (``model/``,
+``data/``, ``optim/``, ``trainer/``) and every command-line override is merged
+into a typed node: an unknown key or a value of the wrong type fails at
+composition time. :func:`explain_config_error` turns those failures into one
+line that names the bad key and lists the valid keys of its node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import ModelConfig
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DATASETS = ("stdlib", "text", "shakespeare")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; its message is one line meant for the user."""
+
+
+@dataclass
+class DataConfig:
+    """Byte-level corpus (vocabulary 256).
+
+    ``name``: ``stdlib`` (this Python's standard library sources), ``text``
+    (the file at ``path``) or ``shakespeare`` (``path``, else downloaded into
+    the cache). The last ``val_fraction`` of the bytes is the validation split.
+    """
+
+    name: str = "stdlib"
+    path: str | None = None
+    val_fraction: float = 0.05
+    cache_dir: str | None = None  # default: $XFORGET_CACHE or ~/.cache/xforget
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay to ``min_lr_ratio * lr``."""
+
+    name: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class TrainerConfig:
+    """The loop. ``batch_size`` is the micro-batch; one optimizer step sees
+    ``batch_size * grad_accum`` windows of ``seq_len`` + 1 bytes."""
+
+    max_steps: int = 1100
+    batch_size: int = 16
+    seq_len: int = 256
+    grad_accum: int = 1
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    warmup_steps: int = 100
+    eval_every: int = 250  # 0 = only at the end
+    eval_batches: int = 16
+    log_every: int = 10
+    checkpoint_every: int = 250  # 0 = only at the end
+    keep_last: int = 2  # complete checkpoints kept; 0 = keep all
+    threads: int | None = None  # torch.set_num_threads; None = torch's default
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; grad scaler for fp16)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False  # torch.compile the model
+    progress: bool = True  # tqdm progress bar
+    sample_bytes: int = 200  # bytes generated at the end (0 = none)
+    sample_temperature: float = 0.8
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+
+
+def register_configs() -> None:
+    """Register the schema (idempotent); ``configs/train.yaml`` lists ``train_schema`` first."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+register_configs()
+
+
+def config_dir() -> Path:
+    """The repository's ``configs/`` directory (found next to the ``xforget`` package).
+
+    Raises:
+        ConfigError: not found (e.g. a non-editable install); names the path tried.
+    """
+    import xforget
+
+    path = Path(xforget.__file__).resolve().parent.parent / "configs"
+    if not (path / "train.yaml").is_file():
+        raise ConfigError(
+            f"config directory not found: {path}/train.yaml is missing; install xforget editable "
+            "from its repository (pip install -e .) so that configs/ sits next to the package"
+        )
+    return path
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = (), *, return_hydra_config: bool = False) -> DictConfig:
+    """Compose ``configs/train.yaml`` with Hydra overrides, outside of a Hydra run (tests, notebooks).
+
+    Raises:
+        ConfigError: an unknown key, a bad value or a missing group option (see :func:`explain_config_error`).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
+            return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    except ConfigError:
+        raise
+    except Exception as exc:  # Hydra / OmegaConf composition errors
+        raise ConfigError(explain_config_error(exc)) from exc
+
+
+def to_train_config(cfg: DictConfig | TrainConfig) -> TrainConfig:
+    """Typed dataclasses from a composed DictConfig (interpolations resolved), validated."""
+    if isinstance(cfg, TrainConfig):
+        out = cfg
+    else:
+        check_keys(cfg)  # `+model.foo=1` (force-add) slips past struct mode
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), _without_hydra(cfg))
+        out = OmegaConf.to_object(cfg)
+    validate(out)
+    return out
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    if "hydra" not in cfg:
+        return cfg
+    cfg = cfg.copy()
+    with _open_struct(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+class _open_struct:
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg, self.flag = cfg, OmegaConf.is_struct(cfg)
+
+    def __enter__(self):
+        OmegaConf.set_struct(self.cfg, False)
+
+    def __exit__(self, *exc):
+        OmegaConf.set_struct(self.cfg, self.flag)
+
+
+def config_to_yaml(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def load_config_yaml(path: str | Path) -> TrainConfig:
+    """Read a resolved ``config.yaml`` written by training (unknown keys fail)."""
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
+    return OmegaConf.to_object(merged)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject impossible values with one line naming the key.
+
+    Raises:
+        ConfigError: e.g. negative lr, zero batch size, unknown precision.
+    """
+    t, o, d, m = cfg.trainer, cfg.optim, cfg.data, cfg.model
+
+    def need(ok: bool, key: str, rule: str, value: Any) -> None:
+        if not ok:
+            raise ConfigError(f"invalid value {key}={value!r}: must be {rule}")
+
+    need(o.name == "adamw", "optim.name", "'adamw'", o.name)
+    need(math.isfinite(o.lr) and o.lr > 0, "optim.lr", "> 0", o.lr)
+    need(o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)
+    need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas)
+    need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", o.min_lr_ratio)
+    need(o.eps > 0, "optim.eps", "> 0", o.eps)
+    need(t.max_steps >= 0, "trainer.max_steps", ">= 0", t.max_steps)
+    for key in ("batch_size", "seq_len", "grad_accum", "log_every"):
+        need(getattr(t, key) >= 1, f"trainer.{key}", ">= 1", getattr(t, key))
+    for key in ("warmup_steps", "eval_every", "checkpoint_every", "keep_last", "sample_bytes"):
+        need(getattr(t, key) >= 0, f"trainer.{key}", ">= 0", getattr(t, key))
+    need(t.eval_batches >= 1, "trainer.eval_batches", ">= 1", t.eval_batches)
+    need(t.grad_clip >= 0, "trainer.grad_clip", ">= 0 (0 = off)", t.grad_clip)
+    need(t.threads is None or t.threads >= 1, "trainer.threads", ">= 1 or null", t.threads)
+    need(t.precision in PRECISIONS, "trainer.precision", f"one of {list(PRECISIONS)}", t.precision)
+    need(t.sample_temperature >= 0, "trainer.sample_temperature", ">= 0", t.sample_temperature)
+    need(d.name in DATASETS, "data.name", f"one of {list(DATASETS)}", d.name)
+    need(0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
+    if d.name == "text" and not d.path:
+        raise ConfigError("data=text needs a file: add data.path=FILE")
+    for key in ("dim", "depth", "heads"):
+        need(getattr(m, key) >= 1, f"model.{key}", ">= 1", getattr(m, key))
+    need(m.num_tokens == 256, "model.num_tokens", "256 (the data is byte level)", m.num_tokens)
+    need(m.kind == "decoder", "model.kind", "'decoder' for language-model training", m.kind)
+    from ..validate import validate_model_config
+
+    try:
+        validate_model_config(m)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(" ".join(str(exc).split())) from None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def valid_keys(node_path: str) -> list[str] | None:
+    """The keys of the schema node at ``node_path`` ('' = root), or None if it is not a typed node."""
+    node: Any = TrainConfig
+    for part in [p for p in node_path.split(".") if p]:
+        if not is_dataclass(node):
+            return None
+        match = {f.name: f for f in fields(node)}.get(part)
+        if match is None:
+            return None
+        default = match.default_factory() if callable(match.default_factory) else match.default  # type: ignore[misc]
+        node = type(default) if is_dataclass(default) else default
+    if not is_dataclass(node):
+        return None
+    keys = [f.name for f in fields(node)]
+    return keys + ["hydra"] if node_path == "" else keys
+
+
+def check_keys(cfg: DictConfig, schema: Any = TrainConfig, prefix: str = "") -> None:
+    """Every key of ``cfg`` must be a field of the schema dataclass (recursively).
+
+    Raises:
+        ConfigError: ``unknown config key 'model.foo'; valid keys of model: [...]``.
+    """
+    by_name = {f.name: f for f in fields(schema)}
+    for key in cfg.keys():
+        if prefix == "" and key == "hydra":
+            continue
+        full = f"{prefix}{key}"
+        if key not in by_name:
+            parent = prefix.rstrip(".")
+            raise ConfigError(f"unknown config key '{full}'; valid keys of {parent or 'the top level'}: "
+                              f"{valid_keys(parent)}")
+        f = by_name[key]
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        child = cfg._get_node(key)
+        if is_dataclass(default) and isinstance(child, DictConfig):
+            check_keys(child, type(default), f"{full}.")
+
+
+def explain_config_error(exc: BaseException) -> str:
+    """One line for a Hydra/OmegaConf composition error.
+
+    Unknown keys: ``unknown config key 'model.positon'; valid keys of model: [...]``.
+    """
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    chain, seen = [], set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for err in chain:
+        if isinstance(err, (ConfigAttributeError, ConfigKeyError)) and getattr(err, "full_key", None):
+            full_key = str(err.full_key)
+            parent = full_key.rpartition(".")[0]
+            keys = valid_keys(parent)
+            where = parent or "the top level"
+            if keys is not None:
+                return f"unknown config key '{full_key}'; valid keys of {where}: {keys}"
+            return f"unknown config key '{full_key}' ({_first_line(err)})"
+    for err in chain:
+        if isinstance(err, ValidationError) and getattr(err, "full_key", None):
+            return f"invalid value for '{err.full_key}': {_first_line(err)}"
+        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+            return f"bad config key '{err.full_key}': {_first_line(err)}"
+    text = str(exc).split("Config search path")[0]  # Hydra's missing-option message lists the options already
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text or type(exc).__name__
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
