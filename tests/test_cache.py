@@ -75,12 +75,18 @@ def test_cached_generation_equals_uncached(position):
     assert torch.equal(ar.generate(prompt, 8, temperature=0.0), ar.generate(prompt, 8, temperature=0.0, cache_kv=False))
 
 
-def test_relative_schemes_generate_past_max_seq_len_absolute_raises():
+def test_relative_schemes_generate_past_max_seq_len_absolute_slides():
     ar = AutoregressiveWrapper(_net("fox", max_seq_len=8))
-    assert ar.generate(torch.randint(0, 64, (1, 6)), 10, temperature=0.0).shape == (1, 10)
-    ar = AutoregressiveWrapper(_net("absolute", max_seq_len=8))
-    with pytest.raises(ValueError, match="max_seq_len=8"):
-        ar.generate(torch.randint(0, 64, (1, 6)), 10)
+    prompt = torch.randint(0, 64, (1, 6))
+    out = ar.generate(prompt, 10, temperature=0.0)
+    assert torch.equal(out, ar.generate(prompt, 10, temperature=0.0, cache_kv=False))
+    # absolute positions: past the table, each step sees the last max_seq_len tokens
+    net = _net("absolute", max_seq_len=8)
+    out = AutoregressiveWrapper(net).generate(prompt, 10, temperature=0.0)
+    seq = torch.cat((prompt, out), dim=1)
+    for t in range(6, 16):
+        expected = net(seq[:, max(0, t - 8) : t])[:, -1].argmax(-1)
+        assert int(expected) == int(seq[0, t])
 
 
 def test_eos_stops_rows():

@@ -67,9 +67,13 @@ class AutoregressiveWrapper(nn.Module):
             generator: torch.Generator for reproducible sampling.
         Returns:
             (batch, seq_len) int64 new tokens.
+        Relative schemes (none, rotary, alibi, fox, ...) generate past
+        ``max_seq_len`` with the cache. A model with an absolute position table
+        switches, once the sequence is longer than ``max_seq_len``, to a sliding
+        window: each step reruns the last ``max_seq_len`` tokens without the cache.
+
         Raises:
-            ValueError: empty prompt; with an absolute position table, a total
-                length beyond max_seq_len (relative schemes generate past it).
+            ValueError: an empty prompt.
         """
         steps = list(self.stream(prompts, seq_len, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                  eos_token=eos_token, cache_kv=cache_kv, generator=generator))
@@ -102,21 +106,20 @@ class AutoregressiveWrapper(nn.Module):
         try:
             tokens, mask = _left_pad(prompts)
             b = tokens.shape[0]
-            if self.net.pos_emb is not None and tokens.shape[1] + seq_len > self.net.max_seq_len:
-                raise ValueError(
-                    f"prompt ({tokens.shape[1]}) + seq_len ({seq_len}) exceeds max_seq_len={self.net.max_seq_len} "
-                    "of the absolute position table; generate fewer tokens or use a relative scheme"
-                )
+            # an absolute position table ends at max_seq_len: past it, slide a window (no cache)
+            window = self.net.max_seq_len if self.net.pos_emb is not None else None
             done = torch.zeros(b, dtype=torch.bool, device=tokens.device)
             history, cache = tokens, None
             step_tokens, step_mask = tokens, mask
             for _ in range(seq_len):
-                if cache_kv:
+                sliding = window is not None and history.shape[1] > window
+                if cache_kv and not sliding:
                     logits, cache = self.net(step_tokens, mask=step_mask, cache=cache, return_cache=True)
                 else:
                     full_mask = None if mask is None else torch.cat(
                         (mask, mask.new_ones(b, history.shape[1] - mask.shape[1])), dim=1)
-                    logits = self.net(history, mask=full_mask)
+                    start = history.shape[1] - window if sliding else 0
+                    logits = self.net(history[:, start:], mask=None if full_mask is None else full_mask[:, start:])
                 nxt = sample_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                   generator=generator)
                 if eos_token is not None:
