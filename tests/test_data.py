@@ -139,3 +139,19 @@ def test_shakespeare_uses_a_verified_cached_download(tmp_path, shakespeare_path)
     (tmp_path / "tinyshakespeare.txt").write_bytes(b"tampered")  # bad checksum -> download again (fails here)
     with pytest.raises(DataError):
         load_shakespeare(None, cache=tmp_path, url="http://127.0.0.1:9/input.txt", timeout=5)
+
+
+@pytest.mark.parametrize("task", ["mqar", "needle"])
+def test_synthetic_tasks_are_data_sets(task):
+    from xforget.data.synthetic import load_synthetic
+    from xforget.train.config import ConfigError, compose_config, to_train_config
+
+    corpus = load_corpus(DataConfig(name=task, num_bytes=4096, example_len=64))
+    assert corpus.name == task and corpus.data == load_synthetic(task, 0, 4096, 64).data
+    assert corpus.meta["example_len"] == 64 and len(corpus.data) == 4096
+    cfg = to_train_config(compose_config([f"data={task}"]))
+    assert cfg.data.name == task and cfg.data.num_bytes is None
+    with pytest.raises(ConfigError, match="data.example_len"):
+        to_train_config(compose_config([f"data={task}", "data.example_len=3"]))
+    with pytest.raises(ConfigError, match="applies only to the synthetic data sets"):
+        to_train_config(compose_config(["data=stdlib", "data.num_bytes=100"]))

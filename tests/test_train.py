@@ -148,3 +148,88 @@ def test_cli_trains_and_reports(tmp_path):
     assert f"run directory: {run}" in proc.stdout
     assert "val_bpb=" in proc.stdout and "sample:" in proc.stdout
     assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
+
+
+def test_metrics_log_throughput_and_model_flops_utilisation(tmp_path):
+    from xforget.config import build_model
+    from xforget.train.metrics import model_flops_per_token
+
+    cfg = tiny(tmp_path, "trainer.max_steps=2", "trainer.peak_flops=1e12")
+    train(cfg, tmp_path / "run")
+    for r in read_metrics(tmp_path / "run"):
+        assert r["tokens_per_s"] > 0 and r["tflops"] > 0
+        assert r["mfu"] == pytest.approx(r["tflops"] * 1e12 / 1e12)
+    model = build_model(cfg.model)
+    per_token = model_flops_per_token(model, 32)
+    matrices = sum(p.numel() for n, p in model.named_parameters() if p.ndim >= 2 and "token_emb" not in n)
+    assert per_token == 6 * matrices + 12 * 2 * 16 * 32  # 6N + 12 * layers * heads * dim_head * seq_len
+    tied = build_model(cfg.model.__class__(**{**cfg.model.__dict__, "tie_embedding": True}))
+    assert model_flops_per_token(tied, 32) == per_token  # the shared matrix still multiplies once
+
+
+def test_tensorboard_logger(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from xforget.train import ConfigError
+
+    cfg = tiny(tmp_path, "trainer.max_steps=3", "logger=tensorboard", "trainer.eval_every=3")
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="pip install tensorboard"):
+            train(cfg, tmp_path / "missing")
+        assert not (tmp_path / "missing").exists()  # failed before writing anything
+
+    scalars, opened = [], []
+
+    class FakeWriter:  # stands in for torch.utils.tensorboard.SummaryWriter
+        def __init__(self, log_dir, purge_step=None):
+            opened.append((log_dir, purge_step))
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    train(cfg, tmp_path / "run")
+    assert opened == [(str(tmp_path / "run" / "tensorboard"), 0)]
+    assert ("train_loss", 1) in scalars and ("val_bpb", 3) in scalars and ("tokens_per_s", 2) in scalars
+
+
+def test_synthetic_task_data_trains(tmp_path):
+    result = train(tiny(tmp_path, "data=mqar", "data.num_bytes=20000", "data.example_len=32", "trainer.max_steps=2"),
+                   tmp_path / "run")
+    assert result.step == 2 and math.isfinite(result.val_bpb)
+    assert "data mqar: 20,000 bytes" in (tmp_path / "run/train.log").read_text()
+
+
+def test_batch_must_split_evenly_over_processes(tmp_path, monkeypatch):
+    import xforget.train.loop as loop
+    from xforget.train import ConfigError
+    from xforget.train.distributed import DistInfo
+
+    monkeypatch.setattr(loop, "init_distributed", lambda device: DistInfo(rank=0, world_size=3))
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=8: must be divisible by the number of processes \(3\)"):
+        train(tiny(tmp_path, "trainer.max_steps=1"), tmp_path / "run")
+
+
+def test_compile_wraps_the_training_forward(tmp_path, monkeypatch):
+    from xforget.autoregressive import AutoregressiveWrapper
+
+    compiled = []
+
+    def fake_compile(module, *args, **kwargs):  # the real one takes ~a minute on 2 CPU cores
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    train(tiny(tmp_path, "trainer.max_steps=1"), tmp_path / "off")
+    assert compiled == []
+    train(tiny(tmp_path, "trainer.max_steps=1", "trainer.compile=true"), tmp_path / "on")
+    assert len(compiled) == 1 and isinstance(compiled[0], AutoregressiveWrapper)

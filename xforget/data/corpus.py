@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+SYNTHETIC_BYTES = 1 << 21  # default size of a synthetic corpus (data=mqar / data=needle)
+
+
 class DataError(RuntimeError):
     """A data problem (missing file, failed download); the message is one line for the user."""
 
@@ -29,7 +32,8 @@ def sha256(data: bytes) -> str:
 
 
 def load_corpus(cfg) -> Corpus:
-    """Load the corpus for ``cfg`` (fields ``name``, ``path``, ``cache_dir``).
+    """Load the corpus for ``cfg`` (fields ``name``, ``path``, ``cache_dir``; ``num_bytes`` and
+    ``example_len`` for the synthetic tasks ``mqar`` / ``needle``, generated from seed 0).
 
     Raises:
         DataError: missing/unreadable file, failed download or checksum, unknown name.
@@ -45,4 +49,12 @@ def load_corpus(cfg) -> Corpus:
         return text.load_text(cfg.path)
     if cfg.name == "shakespeare":
         return shakespeare.load_shakespeare(cfg.path, cache=cache_dir(cfg.cache_dir))
-    raise DataError(f"unknown data set {cfg.name!r}; valid: stdlib, text, shakespeare")
+    if cfg.name in ("mqar", "needle"):
+        from .synthetic import load_synthetic
+
+        num_bytes = getattr(cfg, "num_bytes", None) or SYNTHETIC_BYTES
+        try:
+            return load_synthetic(cfg.name, seed=0, num_bytes=num_bytes, example_len=getattr(cfg, "example_len", None))
+        except ValueError as exc:  # e.g. an example length the task cannot fill
+            raise DataError(f"data={cfg.name}: {exc}") from None
+    raise DataError(f"unknown data set {cfg.name!r}; valid: stdlib, text, shakespeare, mqar, needle")

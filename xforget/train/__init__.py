@@ -4,7 +4,8 @@
 * :mod:`.loop`       -- :func:`train`, the loop, top to bottom.
 * :mod:`.checkpoint` -- atomic checkpoints, resume, :func:`load_model` for a run directory.
 * :mod:`.schedule`   -- warmup + cosine learning rate.
-* :mod:`.metrics`    -- ``metrics.jsonl``.
+* :mod:`.metrics`    -- ``metrics.jsonl``, TensorBoard, model FLOPs per token and MFU.
+* :mod:`.distributed` -- torchrun: process group, DDP / FSDP2 helpers, rank-0-only work.
 * :mod:`.cli`        -- the Hydra entry point :func:`main`.
 """
 

@@ -21,7 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import ModelConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-DATASETS = ("stdlib", "text", "shakespeare")
+DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle")
+SYNTHETIC = ("mqar", "needle")
+STRATEGIES = ("ddp", "fsdp")
+LOGGERS = ("none", "tensorboard")
 
 
 class ConfigError(ValueError):
@@ -33,14 +36,19 @@ class DataConfig:
     """Byte-level corpus (vocabulary 256).
 
     ``name``: ``stdlib`` (this Python's standard library sources), ``text``
-    (the file at ``path``) or ``shakespeare`` (``path``, else downloaded into
-    the cache). The last ``val_fraction`` of the bytes is the validation split.
+    (the file at ``path``), ``shakespeare`` (``path``, else downloaded into
+    the cache), or a synthetic task generated from seed 0 (``mqar``: multi-query
+    associative recall, ``needle``: needle retrieval; see
+    :mod:`xforget.data.synthetic`). The last ``val_fraction`` of the bytes is the
+    validation split.
     """
 
     name: str = "stdlib"
     path: str | None = None
     val_fraction: float = 0.05
     cache_dir: str | None = None  # default: $XFORGET_CACHE or ~/.cache/xforget
+    num_bytes: int | None = None  # mqar/needle only: corpus size (default 2 MiB)
+    example_len: int | None = None  # mqar/needle only: bytes per example (default 128)
 
 
 @dataclass
@@ -57,8 +65,9 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    """The loop. ``batch_size`` is the micro-batch; one optimizer step sees
-    ``batch_size * grad_accum`` windows of ``seq_len`` + 1 bytes."""
+    """The loop. ``batch_size`` is the global micro-batch (split evenly over
+    torchrun processes); one optimizer step sees ``batch_size * grad_accum``
+    windows of ``seq_len`` + 1 bytes."""
 
     max_steps: int = 1100
     batch_size: int = 16
@@ -75,6 +84,8 @@ class TrainerConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; grad scaler for fp16)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the model
+    strategy: str = "ddp"  # under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard)
+    peak_flops: float | None = None  # peak FLOP/s of one device, for MFU; None = a known GPU's, else TFLOP/s only
     progress: bool = True  # tqdm progress bar
     sample_bytes: int = 200  # bytes generated at the end (0 = none)
     sample_temperature: float = 0.8
@@ -87,6 +98,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
+    logger: str = "none"  # none | tensorboard (metrics.jsonl is always written)
 
 
 def register_configs() -> None:
@@ -203,10 +215,25 @@ def validate(cfg: TrainConfig) -> None:
     need(t.threads is None or t.threads >= 1, "trainer.threads", ">= 1 or null", t.threads)
     need(t.precision in PRECISIONS, "trainer.precision", f"one of {list(PRECISIONS)}", t.precision)
     need(t.sample_temperature >= 0, "trainer.sample_temperature", ">= 0", t.sample_temperature)
+    need(t.strategy in STRATEGIES, "trainer.strategy", f"one of {list(STRATEGIES)}", t.strategy)
+    need(t.peak_flops is None or (math.isfinite(t.peak_flops) and t.peak_flops > 0), "trainer.peak_flops",
+         "> 0 (FLOP/s) or null", t.peak_flops)
+    need(cfg.logger in LOGGERS, "logger", f"one of {list(LOGGERS)}", cfg.logger)
     need(d.name in DATASETS, "data.name", f"one of {list(DATASETS)}", d.name)
     need(0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
     if d.name == "text" and not d.path:
         raise ConfigError("data=text needs a file: add data.path=FILE")
+    for key in ("num_bytes", "example_len"):
+        value = getattr(d, key)
+        if value is not None and d.name not in SYNTHETIC:
+            raise ConfigError(f"data.{key} applies only to the synthetic data sets {list(SYNTHETIC)}, "
+                              f"not data={d.name}; remove it")
+    need(d.num_bytes is None or d.num_bytes >= 1, "data.num_bytes", ">= 1 or null", d.num_bytes)
+    if d.name in SYNTHETIC and d.example_len is not None:
+        from ..data.synthetic import min_length
+
+        need(d.example_len >= min_length(d.name), "data.example_len", f">= {min_length(d.name)} for {d.name}",
+             d.example_len)
     for key in ("dim", "depth", "heads"):
         need(getattr(m, key) >= 1, f"model.{key}", ">= 1", getattr(m, key))
     need(m.num_tokens == 256, "model.num_tokens", "256 (the data is byte level)", m.num_tokens)
