@@ -8,13 +8,14 @@ fails with the valid keys listed (:func:`explain_error`), exit code 2, like
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from ..config_errors import explain_error as _explain
+from ..config_errors import schema_keys
 from ..train.config import ConfigError, DataConfig
 
 EXIT_CONFIG, EXIT_RUNTIME = 2, 1
@@ -83,16 +84,7 @@ register()
 
 def valid_keys(schema: type, node_path: str) -> list[str] | None:
     """Keys of the dataclass node at ``node_path`` ('' = root) of ``schema``, or None."""
-    node: Any = schema
-    for part in [p for p in node_path.split(".") if p]:
-        if not is_dataclass(node):
-            return None
-        match = {f.name: f for f in fields(node)}.get(part)
-        if match is None:
-            return None
-        default = match.default_factory() if callable(match.default_factory) else match.default  # type: ignore[misc]
-        node = type(default) if is_dataclass(default) else (DataConfig if part == "data" else default)
-    return [f.name for f in fields(node)] if is_dataclass(node) else None
+    return schema_keys(schema, node_path, {"data": DataConfig})
 
 
 def explain_error(exc: BaseException, schema: type, extra_root_keys: tuple[str, ...] = ()) -> str:
@@ -100,43 +92,15 @@ def explain_error(exc: BaseException, schema: type, extra_root_keys: tuple[str, 
 
     Unknown keys read ``unknown config key 'eval.seq_lne'; valid keys of eval: [...]``.
     """
-    from hydra.errors import ConfigCompositionException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-    chain, seen = [], set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    for err in chain:
-        if isinstance(err, (ConfigAttributeError, ConfigKeyError)) and getattr(err, "full_key", None):
-            full_key = str(err.full_key)
-            parent = full_key.rpartition(".")[0]
-            keys = valid_keys(schema, parent)
-            if keys is not None:
-                if not parent:
-                    keys = keys + [k for k in extra_root_keys if k not in keys]
-                return f"unknown config key '{full_key}'; valid keys of {parent or 'the top level'}: {keys}"
-            return f"unknown config key '{full_key}'"
-    for err in chain:
-        if isinstance(err, ValidationError) and getattr(err, "full_key", None):
-            return f"invalid value for '{err.full_key}': {_first_line(err)}"
-        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
-            return f"bad config key '{err.full_key}': {_first_line(err)}"
-    for err in chain:
-        if isinstance(err, ConfigCompositionException):
-            text = str(err)
-            options = re.search(r"Available options in '([^']+)':\s*\n((?:\t.*\n?)+)", text)
-            if options:
-                names = [o.strip() for o in options.group(2).splitlines() if o.strip()]
-                return f"{_first_line(err)}; valid options for {options.group(1)}: {names}"
-            return _first_line(err)
-    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    def keys_of(node_path: str) -> list[str] | None:
+        keys = valid_keys(schema, node_path)
+        if keys is not None and not node_path:
+            keys = keys + [k for k in extra_root_keys if k not in keys]
+        return keys
 
+    return _explain(exc, keys_of)
 
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def validate_eval(cfg: EvalConfig) -> None:

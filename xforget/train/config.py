@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import ModelConfig
+from ..config_errors import explain_error, schema_keys
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle")
@@ -251,19 +252,8 @@ def validate(cfg: TrainConfig) -> None:
 
 def valid_keys(node_path: str) -> list[str] | None:
     """The keys of the schema node at ``node_path`` ('' = root), or None if it is not a typed node."""
-    node: Any = TrainConfig
-    for part in [p for p in node_path.split(".") if p]:
-        if not is_dataclass(node):
-            return None
-        match = {f.name: f for f in fields(node)}.get(part)
-        if match is None:
-            return None
-        default = match.default_factory() if callable(match.default_factory) else match.default  # type: ignore[misc]
-        node = type(default) if is_dataclass(default) else default
-    if not is_dataclass(node):
-        return None
-    keys = [f.name for f in fields(node)]
-    return keys + ["hydra"] if node_path == "" else keys
+    keys = schema_keys(TrainConfig, node_path)
+    return keys + ["hydra"] if keys is not None and node_path == "" else keys
 
 
 def check_keys(cfg: DictConfig, schema: Any = TrainConfig, prefix: str = "") -> None:
@@ -293,32 +283,4 @@ def explain_config_error(exc: BaseException) -> str:
 
     Unknown keys: ``unknown config key 'model.positon'; valid keys of model: [...]``.
     """
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
-
-    chain, seen = [], set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    for err in chain:
-        if isinstance(err, (ConfigAttributeError, ConfigKeyError)) and getattr(err, "full_key", None):
-            full_key = str(err.full_key)
-            parent = full_key.rpartition(".")[0]
-            keys = valid_keys(parent)
-            where = parent or "the top level"
-            if keys is not None:
-                return f"unknown config key '{full_key}'; valid keys of {where}: {keys}"
-            return f"unknown config key '{full_key}' ({_first_line(err)})"
-    for err in chain:
-        if isinstance(err, ValidationError) and getattr(err, "full_key", None):
-            return f"invalid value for '{err.full_key}': {_first_line(err)}"
-        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
-            return f"bad config key '{err.full_key}': {_first_line(err)}"
-    text = str(exc).split("Config search path")[0]  # Hydra's missing-option message lists the options already
-    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    return text or type(exc).__name__
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return explain_error(exc, valid_keys)
