@@ -42,7 +42,8 @@ def parse_config(overrides: list[str]) -> GenerateConfig:
     """Compose the config from Hydra overrides.
 
     Raises:
-        SystemExit(2): unknown key (listing the valid keys) or a missing checkpoint.
+        SystemExit(2): unknown key (listing the valid keys), a missing checkpoint,
+            a negative temperature or token count (one ``error:`` line on stderr).
     """
     valid = [f.name for f in fields(GenerateConfig)]
     try:
@@ -51,21 +52,33 @@ def parse_config(overrides: list[str]) -> GenerateConfig:
     except (ConfigAttributeError, ConfigKeyError, Exception) as err:  # hydra wraps key errors
         key = next((o.split("=")[0] for o in overrides if o.split("=")[0].lstrip("+~") not in valid), None)
         reason = f"unknown config key {key!r}" if key else str(err).splitlines()[0]
-        raise SystemExit(f"error: {reason}; valid keys: {valid}") from None
+        _fail(f"{reason}; valid keys: {valid}")
     if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise SystemExit("error: checkpoint=RUN_DIR is required (the run directory written by xforget-train)")
-    return GenerateConfig(**OmegaConf.to_object(cfg).__dict__)
+        _fail("checkpoint=RUN_DIR is required (the run directory written by xforget-train)")
+    gen = GenerateConfig(**OmegaConf.to_object(cfg).__dict__)
+    if gen.temperature < 0:
+        _fail(f"temperature={gen.temperature} must be >= 0 (0 = greedy)")
+    if gen.max_new_tokens < 0:
+        _fail(f"max_new_tokens={gen.max_new_tokens} must be >= 0")
+    return gen
+
+
+def _fail(message: str) -> None:
+    """Print one error line and exit with code 2 (bad command line or input)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
-    from .train.checkpoint import load_model  # the training package owns the run-directory format
+    from .train.checkpoint import CheckpointError, load_model  # the training package owns the run format
 
     try:
         model, _ = load_model(cfg.checkpoint)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        _fail(f"cannot load checkpoint={cfg.checkpoint!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
     wrapper = AutoregressiveWrapper(model).eval()
+    torch.set_flush_denormal(True)  # decayed attention weights underflow: subnormals are slow on CPUs
     torch.manual_seed(cfg.seed)
     prompt_bytes = cfg.prompt.encode("utf-8") or b"\n"
     prompt = torch.tensor(list(prompt_bytes), dtype=torch.long)[None]
