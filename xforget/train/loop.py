@@ -193,6 +193,9 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
         optimizer = torch.optim.AdamW(
             _param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
         )
+        if t.warmup_steps >= t.max_steps > 0:
+            logger.warning(f"trainer.warmup_steps={t.warmup_steps} >= trainer.max_steps={t.max_steps}: the learning "
+                           f"rate never reaches optim.lr={cfg.optim.lr}; lower trainer.warmup_steps")
         scheduler = make_scheduler(optimizer, warmup_steps=t.warmup_steps, max_steps=t.max_steps,
                                    min_lr_ratio=cfg.optim.min_lr_ratio)
         scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
