@@ -305,14 +305,20 @@ def _check_keywords(cls_name: str, kwargs: dict, exclude: tuple[str, ...] = ("se
         raise TypeError(f"{cls_name}: unknown option(s) {unknown}; valid options: {valid} (plus x-transformers aliases)")
 
 
+def _user_options(cls_name: str, kwargs: dict, why_no_causal: str) -> dict:
+    """Translate x-transformers aliases, then reject ``causal`` (fixed by the class) and unknown keys."""
+    kwargs = translate_x_transformers_kwargs(kwargs)
+    if "causal" in kwargs:
+        raise TypeError(f"{cls_name} {why_no_causal}")
+    _check_keywords(cls_name, kwargs)
+    return kwargs
+
+
 class Decoder(AttentionLayers):
     """Causal stack. Accepts x-transformers flag names as aliases."""
 
     def __init__(self, dim: int, depth: int, heads: int = 8, **kwargs) -> None:
-        kwargs = translate_x_transformers_kwargs(kwargs)
-        if "causal" in kwargs:
-            raise TypeError("Decoder is always causal; use Encoder for bidirectional attention")
-        _check_keywords("Decoder", kwargs)
+        kwargs = _user_options("Decoder", kwargs, "is always causal; use Encoder for bidirectional attention")
         super().__init__(dim, depth, heads, causal=True, **kwargs)
 
 
@@ -320,10 +326,7 @@ class Encoder(AttentionLayers):
     """Bidirectional stack (the forget gate gets a second, backward gate). Accepts x-transformers aliases."""
 
     def __init__(self, dim: int, depth: int, heads: int = 8, **kwargs) -> None:
-        kwargs = translate_x_transformers_kwargs(kwargs)
-        if "causal" in kwargs:
-            raise TypeError("Encoder is always bidirectional; use Decoder for causal attention")
-        _check_keywords("Encoder", kwargs)
+        kwargs = _user_options("Encoder", kwargs, "is always bidirectional; use Decoder for causal attention")
         super().__init__(dim, depth, heads, causal=False, **kwargs)
 
 
@@ -335,9 +338,6 @@ class CrossAttender(AttentionLayers):
     """
 
     def __init__(self, dim: int, depth: int, heads: int = 8, **kwargs) -> None:
-        kwargs = translate_x_transformers_kwargs(kwargs)
-        if "causal" in kwargs:
-            raise TypeError("CrossAttender is not causal (it attends to a context)")
-        _check_keywords("CrossAttender", kwargs)
+        kwargs = _user_options("CrossAttender", kwargs, "is not causal (it attends to a context)")
         kwargs.setdefault("layer_pattern", "cf")
         super().__init__(dim, depth, heads, causal=False, **kwargs)
