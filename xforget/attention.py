@@ -22,7 +22,6 @@ One layer, in order (each step optional):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -30,41 +29,12 @@ from torch import Tensor, nn
 from .bias import BiasBuilder, get_bias_builder
 from .cache import LayerCache, extend
 from .dense_attention import dense_attention
-from .kv_shift import KVShift, ShiftState
+from .kv_shift import KVShift
 from .memory_kv import MemoryKV
 from .norms import HeadRMSNorm
 from .ops import attend
 from .rotary import RotaryEmbedding
 from .value_residual import ValueResidualMix
-
-
-@dataclass
-class AttentionCache(LayerCache):
-    """A self-attention layer's cache: :class:`~xforget.cache.LayerCache` (keys after
-    rotary, values after the mixes, per-key log forget values) plus what the
-    optional features need to stay exact across calls:
-
-    Attributes:
-        k_pos: (n_cached,) or (batch, n_cached) int64 key positions (matrix biases), or None.
-        bias_state: (batch, heads, n_cached, ...) per-key state of a matrix bias builder
-            (``fox_per_row``: its small gate keys), or None.
-        shift: the last real token's un-shifted k~, v~ (KV-shift), or None.
-    """
-
-    k_pos: Tensor | None = None
-    bias_state: Tensor | None = None
-    shift: ShiftState | None = None
-
-    def crop(self, keep: int) -> "AttentionCache":
-        base = super().crop(keep)
-        return AttentionCache(
-            base.k,
-            base.v,
-            base.log_fgate,
-            k_pos=None if self.k_pos is None else self.k_pos[..., -keep:],
-            bias_state=None if self.bias_state is None else self.bias_state[:, :, -keep:],
-            shift=self.shift,
-        )
 
 
 def _cat_positions(old: Tensor | None, new: Tensor) -> Tensor:
@@ -171,10 +141,10 @@ class Attention(nn.Module):
         mask: Tensor | None = None,
         key_mask: Tensor | None = None,
         first_values: Tensor | None = None,
-        cache: AttentionCache | None = None,
+        cache: LayerCache | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, AttentionCache | None]:
+    ) -> tuple[Tensor, Tensor, LayerCache | None]:
         """Attend from the new tokens ``x`` to the cached and new keys (or to ``context``).
 
         Args:
@@ -227,7 +197,7 @@ class Attention(nn.Module):
             k, v = extend(cache.k, k, 2), extend(cache.v, v, 2)
             if log_fgate is not None:
                 log_fgate = extend(cache.log_fgate, log_fgate, 2)
-        new_cache = AttentionCache(k, v, log_fgate, k_pos=k_pos, bias_state=bias_state, shift=shift)
+        new_cache = LayerCache(k, v, log_fgate, k_pos=k_pos, bias_state=bias_state, shift=shift)
 
         out = self._attend(q, k, v, key_mask, log_fgate, log_bgate, dense_bias)
         return self._project_out(out, x), own_values, new_cache

@@ -18,6 +18,7 @@ per row (the next rotary/absolute position).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,17 +26,33 @@ from torch import Tensor
 
 @dataclass
 class LayerCache:
-    """One attention layer's cached keys, values and per-key log forget values."""
+    """One self-attention layer's cache.
+
+    Attributes:
+        k, v: (batch, kv_heads, n_cached, dim_head) keys after rotary, values after the mixes.
+        log_fgate: (batch, heads, n_cached) float32 per-key log forget values of a decay bias, or None.
+        k_pos: (n_cached,) or (batch, n_cached) int64 key positions (matrix biases), or None.
+        bias_state: (batch, heads, n_cached, ...) per-key state of a matrix bias builder
+            (``fox_per_row``: its small gate keys), or None.
+        shift: the last real token's un-shifted k~, v~ (:class:`xforget.kv_shift.ShiftState`), or None.
+    """
 
     k: Tensor
     v: Tensor
     log_fgate: Tensor | None = None
+    k_pos: Tensor | None = None
+    bias_state: Tensor | None = None
+    shift: Any = None
 
     def crop(self, keep: int) -> "LayerCache":
+        """The last ``keep`` positions; the KV-shift state (the last token) is unchanged."""
         return LayerCache(
             self.k[:, :, -keep:],
             self.v[:, :, -keep:],
             None if self.log_fgate is None else self.log_fgate[..., -keep:],
+            k_pos=None if self.k_pos is None else self.k_pos[..., -keep:],
+            bias_state=None if self.bias_state is None else self.bias_state[:, :, -keep:],
+            shift=self.shift,
         )
 
 

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from .aliases import translate_x_transformers_kwargs
-from .attention import Attention, AttentionCache
+from .attention import Attention
+from .cache import LayerCache
 from .bias import get_bias_builder
 from .embeddings import ScaledSinusoidalEmbedding
 from .feedforward import FeedForward
@@ -45,7 +46,7 @@ class Sublayer(nn.Module):
         self.post_branch_norm = make_norm(norm, dim) if norm_style == "sandwich" else None
         self.post_norm = make_norm(norm, dim) if norm_style == "post" else None
 
-    def forward(self, x: Tensor, **kwargs) -> tuple[Tensor, Tensor | None, AttentionCache | None]:
+    def forward(self, x: Tensor, **kwargs) -> tuple[Tensor, Tensor | None, LayerCache | None]:
         """x (batch, n, dim) -> (x, values, cache); values/cache are None for non-attention sublayers."""
         h = x if self.norm is None else self.norm(x)
         values = cache = None
@@ -99,10 +100,10 @@ class Block(nn.Module):
         mask: Tensor | None = None,
         key_mask: Tensor | None = None,
         first_values: Tensor | None = None,
-        caches: Sequence[AttentionCache] | None = None,
+        caches: Sequence[LayerCache] | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor | None, list[AttentionCache]]:
+    ) -> tuple[Tensor, Tensor | None, list[LayerCache]]:
         """Run the sublayers in order.
 
         Returns (x, the first self-attention values of the stack so far (for the
@@ -261,10 +262,10 @@ class AttentionLayers(nn.Module):
         positions: Tensor | None = None,
         mask: Tensor | None = None,
         key_mask: Tensor | None = None,
-        caches: list[AttentionCache] | None = None,
+        caches: list[LayerCache] | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
-    ) -> tuple[Tensor, list[AttentionCache]]:
+    ) -> tuple[Tensor, list[LayerCache]]:
         """x (batch, n, dim) -> (batch, n, dim), plus the updated caches (one per self-attention sublayer).
 
         positions: (n,) or (batch, n) int64 (default 0..n-1); mask: (batch, n)
@@ -279,7 +280,7 @@ class AttentionLayers(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions).to(x.dtype)
         first_values = None
-        new_caches: list[AttentionCache] = []
+        new_caches: list[LayerCache] = []
         start = 0
         for block in self.blocks:
             count = block.num_self_attn
