@@ -170,7 +170,13 @@ def test_meaningless_combinations_name_both(position, names):
 def test_meaningful_combinations_build():
     for position in (["fox", "rotary"], ["absolute", "alibi"], ["sinusoidal", "t5"], ["rotary", "dynamic"]):
         net = TransformerWrapper(num_tokens=20, max_seq_len=16, attn_layers=Decoder(dim=16, depth=1, heads=2, position=position))
-        assert net(torch.randint(0, 20, (1, 5))).shape == (1, 5, 20)
+        x = torch.randint(0, 20, (1, 5))
+        full = net(x)
+        assert full.shape == (1, 5, 20)
+        # the combination is exact under the KV cache: prefill 3 + decode 2 equals the full forward
+        head, cache = net(x[:, :3], return_cache=True)
+        tail, _ = net(x[:, 3:], cache=cache, return_cache=True)
+        torch.testing.assert_close(torch.cat((head, tail), 1), full, atol=1e-5, rtol=1e-5)
 
 
 def test_scheme_options_need_their_scheme():
