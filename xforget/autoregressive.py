@@ -107,7 +107,7 @@ class AutoregressiveWrapper(nn.Module):
             tokens, mask = _left_pad(prompts)
             b = tokens.shape[0]
             # an absolute position table ends at max_seq_len: past it, slide a window (no cache)
-            window = self.net.max_seq_len if self.net.pos_emb is not None else None
+            window = self.net.position_limit
             done = torch.zeros(b, dtype=torch.bool, device=tokens.device)
             history, cache = tokens, None
             step_tokens, step_mask = tokens, mask

@@ -85,18 +85,3 @@ class ScaledSinusoidalEmbedding(nn.Module):
     def forward(self, positions: Tensor) -> Tensor:
         angles = positions.float()[..., None] * self.inv_freq
         return torch.cat((angles.sin(), angles.cos()), dim=-1) * self.scale
-
-
-def make_position_embedding(name: str | None, dim: int, max_seq_len: int) -> nn.Module | None:
-    """The embedding-kind position scheme ``name`` ("absolute", "sinusoidal") or None.
-
-    Raises:
-        ValueError: an unknown embedding scheme.
-    """
-    if name is None:
-        return None
-    if name == "absolute":
-        return AbsolutePositionalEmbedding(dim, max_seq_len)
-    if name == "sinusoidal":
-        return ScaledSinusoidalEmbedding(dim)
-    raise ValueError(f"unknown position embedding {name!r}; valid: ['absolute', 'sinusoidal']")

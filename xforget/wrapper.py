@@ -56,6 +56,12 @@ class TransformerWrapper(nn.Module):
         if tie_embedding:
             self.to_logits.weight = self.token_emb.emb.weight
 
+    @property
+    def position_limit(self) -> int | None:
+        """Longest sequence the model accepts: ``max_seq_len`` with an absolute position
+        table, None (unlimited) for relative schemes."""
+        return self.max_seq_len if self.pos_emb is not None else None
+
     def forward(
         self,
         x: Tensor,

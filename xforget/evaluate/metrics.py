@@ -95,10 +95,11 @@ def evaluate_windows(net: nn.Module, windows: Tensor, *, batch_tokens: int = 163
 def length_limit(net: nn.Module) -> int | None:
     """Longest input the model accepts, or None if unlimited (relative schemes).
 
-    A model with an absolute position table (``net.pos_emb``) accepts at most
-    ``net.max_seq_len`` tokens.
+    See :attr:`xforget.TransformerWrapper.position_limit` (``max_seq_len`` with an
+    absolute position table).
     """
-    return int(net.max_seq_len) if getattr(net, "pos_emb", None) is not None else None
+    limit = getattr(net, "position_limit", None)
+    return None if limit is None else int(limit)
 
 
 def bin_curve(values: list[float] | Tensor, bins: int = 64, *, log: bool = True) -> tuple[list[float], list[float]]:
