@@ -32,6 +32,7 @@ Rules:
   without ``meta.json`` is never a prepared dataset.
 
 Errors are :class:`~xforget.data.corpus.DataError` (one line) and leave nothing behind.
+Debug knob (tests): ``XFORGET_DEBUG_PREPARE_SLEEP=SECONDS`` sleeps after each written batch.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -204,6 +206,7 @@ def make_plan(source: Source, val_fraction: float, seed: int) -> Plan:
         return Plan(single, split_at=size - n_val, size=size, documents=1)
     if source.kind == "files" and source.total_bytes() == 0:
         raise DataError(f"empty corpus: the {len(source.files)} input file(s) hold 0 bytes")
+    source.check_fields()
     n = source.count_documents()
     if n == 0:
         raise DataError(f"empty corpus: no documents in {source.description}")
@@ -386,6 +389,7 @@ def _encode_all(cfg: PrepareConfig, source: Source, plan: Plan, tok, encoder: En
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="prepare", dynamic_ncols=True,
                disable=not cfg.progress, file=sys.stderr, mininterval=0.5)
     stream = batches(units(source, plan, cfg.batch_bytes), cfg.batch_bytes)
+    step_sleep = float(os.environ.get("XFORGET_DEBUG_PREPARE_SLEEP") or 0.0)  # tests: time to SIGKILL mid-write
 
     with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
         def write(result) -> None:
@@ -397,6 +401,10 @@ def _encode_all(cfg: PrepareConfig, source: Source, plan: Plan, tok, encoder: En
                 totals[name]["bytes"] += b
                 totals[name]["documents"] += d
             bar.update(read)
+            if step_sleep:
+                ftrain.flush()
+                fval.flush()
+                time.sleep(step_sleep)
 
         try:
             if cfg.num_proc == 1:

@@ -64,6 +64,26 @@ class Source:
         """Input size in bytes for the progress bar (None for a dataset)."""
         return sum(f.stat().st_size for f in self.files) if self.kind == "files" else None
 
+    def check_fields(self) -> None:
+        """Fail early if the text field is missing (first record of each JSON file, Parquet schemas, dataset columns).
+
+        Raises:
+            DataError: naming the file and the fields found.
+        """
+        if self.kind == "dataset":
+            names = list(getattr(self.dataset, "column_names", []) or [])
+            if self.text_field not in names:
+                raise DataError(f"the dataset has no column {self.text_field!r} (columns: {names}); set text_field=NAME")
+            return
+        for f in self.files:
+            k = _file_kind(f)
+            if k == "parquet":
+                names = _parquet_file(f).schema_arrow.names
+                if self.text_field not in names:
+                    raise DataError(f"{f} has no column {self.text_field!r} (columns: {names}); set text_field=NAME")
+            elif k == "json":
+                next(iter(_json_records(f, self.text_field, parse=True)), None)
+
     def count_documents(self) -> int:
         """Number of documents (rows, lines, files), found without holding the corpus in memory."""
         if self.kind == "dataset":
