@@ -58,6 +58,7 @@ from .distributed import (
     shutdown,
 )
 from .metrics import MetricsLog, TensorBoardLog, model_flops_per_token, peak_flops, tensorboard_writer_class
+from .optim import param_groups
 from .schedule import make_scheduler
 
 LN2 = math.log(2.0)
@@ -191,7 +192,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
 
         # ---- optimizer, schedule, grad scaler (and their resumed state) ----------------------
         optimizer = torch.optim.AdamW(
-            _param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
+            param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
         )
         if t.warmup_steps >= t.max_steps > 0:
             logger.warning(f"trainer.warmup_steps={t.warmup_steps} >= trainer.max_steps={t.max_steps}: the learning "
@@ -381,16 +382,6 @@ def sample_text(lm: AutoregressiveWrapper, val: torch.Tensor, n_bytes: int, temp
     generator = torch.Generator(device=device).manual_seed(seed)
     out = lm.generate(prompt, n_bytes, temperature=temperature, generator=generator)
     return bytes(prompt[0].tolist() + out[0].tolist()).decode("utf-8", errors="replace")
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on norms, biases or embeddings."""
-    no_decay = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, rest = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and id(p) not in no_decay else rest).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
 def _device(name: str, info: DistInfo | None = None) -> torch.device:
