@@ -255,7 +255,7 @@ def init_weights_file(source: str | Path) -> Path:
                           "or model.safetensors), a checkpoint directory or a .safetensors file")
 
 
-def load_init_weights(source: str | Path, model: nn.Module) -> Path:
+def load_init_weights(source: str | Path, model: nn.Module, model_cfg=None) -> Path:
     """Load ``trainer.init_from`` weights into ``model`` (weights only); returns the file read.
 
     Raises:
@@ -276,10 +276,24 @@ def load_init_weights(source: str | Path, model: nn.Module) -> Path:
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise CheckpointError(f"trainer.init_from={source}: the weights in {file} do not fit this model: "
-                              f"{'; '.join(problems[:3])}{more}; use the same model.* settings as that run")
+                              f"{'; '.join(problems[:3])}{more}; use the same model.* settings as that run"
+                              f"{_model_diff(file.parent / 'config.yaml', model_cfg)}")
     try:
         st_load_model(model, str(file), strict=True)  # tied weights are stored once: names checked here
     except Exception as exc:
         raise CheckpointError(f"trainer.init_from={source}: the weights in {file} do not fit this model "
                               f"({_short(exc)}); use the same model.* settings as that run") from None
     return file
+
+
+def _model_diff(config_path: Path, model_cfg) -> str:
+    """`` (model.dim: 32 there, 48 here)`` when ``config_path`` is readable and differs, else ''."""
+    if model_cfg is None or not config_path.is_file():
+        return ""
+    try:
+        saved = asdict(load_config_yaml(config_path).model)
+    except Exception:
+        return ""
+    diff = [f"model.{k}: {v!r} there, {getattr(model_cfg, k)!r} here" for k, v in saved.items()
+            if v != getattr(model_cfg, k, v)]
+    return f" ({', '.join(diff)})" if diff else ""

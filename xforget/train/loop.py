@@ -188,7 +188,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
                 logger.warning(f"removed an interrupted checkpoint write: {leftover.name}")
         state = load_checkpoint(resume_from, model) if resume_from is not None else None
         if state is None and t.init_from:
-            source = load_init_weights(t.init_from, model)
+            source = load_init_weights(t.init_from, model, cfg.model)
             logger.info(f"initialised the weights from {source} (trainer.init_from; fresh optimizer and schedule)")
         elif t.init_from:
             logger.info(f"trainer.init_from={t.init_from} not used: resuming this run directory's own checkpoint")
