@@ -31,6 +31,7 @@ from typing import Any
 
 from omegaconf import OmegaConf, open_dict
 
+from ..files import atomic_write_text
 from ..evaluate.config import (
     EXIT_CONFIG,
     TRAIN_ROOTS,
@@ -104,7 +105,7 @@ def evaluate_cached(run_dir: Path, ecfg: EvalConfig) -> tuple[dict[str, Any], bo
         except ValueError:
             pass
     result = evaluate_run(run_dir, ecfg)
-    path.write_text(json.dumps(result) + "\n")
+    atomic_write_text(path, json.dumps(result) + "\n")
     return result, False
 
 

@@ -26,6 +26,7 @@ DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle")
 SYNTHETIC = ("mqar", "needle")
 STRATEGIES = ("ddp", "fsdp")
 LOGGERS = ("none", "tensorboard")
+RESUME_MODES = ("auto", "allow_changes")
 
 
 class ConfigError(ValueError):
@@ -70,7 +71,7 @@ class TrainerConfig:
     torchrun processes); one optimizer step sees ``batch_size * grad_accum``
     windows of ``seq_len`` + 1 bytes."""
 
-    max_steps: int = 1100
+    max_steps: int = 1000
     batch_size: int = 16
     seq_len: int = 256
     grad_accum: int = 1
@@ -90,6 +91,8 @@ class TrainerConfig:
     progress: bool = True  # tqdm progress bar
     sample_bytes: int = 200  # bytes generated at the end (0 = none)
     sample_temperature: float = 0.8
+    resume: str = "auto"  # auto: resume from the run directory's checkpoint, refusing changed settings | allow_changes
+    init_from: str | None = None  # a run directory, checkpoint directory or .safetensors file: its weights start a new run
 
 
 @dataclass
@@ -216,6 +219,7 @@ def validate(cfg: TrainConfig) -> None:
     need(t.threads is None or t.threads >= 1, "trainer.threads", ">= 1 or null", t.threads)
     need(t.precision in PRECISIONS, "trainer.precision", f"one of {list(PRECISIONS)}", t.precision)
     need(t.sample_temperature >= 0, "trainer.sample_temperature", ">= 0", t.sample_temperature)
+    need(t.resume in RESUME_MODES, "trainer.resume", f"one of {list(RESUME_MODES)}", t.resume)
     need(t.strategy in STRATEGIES, "trainer.strategy", f"one of {list(STRATEGIES)}", t.strategy)
     need(t.peak_flops is None or (math.isfinite(t.peak_flops) and t.peak_flops > 0), "trainer.peak_flops",
          "> 0 (FLOP/s) or null", t.peak_flops)
