@@ -68,6 +68,7 @@ class CompareConfig:
     retrain: bool = False  # train again even when a finished run with the same config exists
     subprocess: bool = True  # train each run in its own process (isolated memory, per-run peak RSS)
     plots: bool = True
+    train: list[str] = field(default_factory=list)  # training overrides for every run (before the command line's)
 
 
 TRAIN_ROOTS = ("model", "data", "optim", "trainer")

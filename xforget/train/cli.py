@@ -28,7 +28,7 @@ EXIT_CONFIG, EXIT_RUNTIME = 2, 1
 
 # Hydra flags after which composing the config ourselves would be wrong or pointless.
 _HYDRA_ONLY_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
-                     "--multirun", "-m", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                     "--multirun", "-m", "--config-path", "-cp", "--config-name", "-cn",
                      "--experimental-rerun", "--resolve", "--package", "-p", "--cfg", "-c")
 
 
@@ -48,12 +48,13 @@ def _precheck(argv: list[str]) -> DictConfig | None:
     Hydra itself would print a multi-line message without the valid keys and exit 1.
     Returns the composed config (with its ``hydra`` node), or None for Hydra's own flags (``--cfg`` ...).
     """
-    from .config import ConfigError, compose_config, to_train_config
+    from .config import ConfigError, compose_config, to_train_config, user_config_overrides
 
     if any(a.split("=")[0] in _HYDRA_ONLY_FLAGS for a in argv):
         return None
     try:
-        composed = compose_config(argv, return_hydra_config=True)
+        rest, search = user_config_overrides(argv)
+        composed = compose_config(rest + search, return_hydra_config=True)
         to_train_config(composed)
     except ConfigError as exc:
         _fail(str(exc), EXIT_CONFIG)

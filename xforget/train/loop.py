@@ -57,7 +57,8 @@ from .distributed import (
     shard_model,
     shutdown,
 )
-from .metrics import MetricsLog, TensorBoardLog, model_flops_per_token, peak_flops, tensorboard_writer_class
+from .metrics import MetricsLog, model_flops_per_token, peak_flops
+from .trackers import check_trackers, open_trackers
 from .schedule import make_scheduler
 
 LN2 = math.log(2.0)
@@ -97,8 +98,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after_step: int | None 
     ``XFORGET_DEBUG_STOP_AFTER_STEP=N`` is ``stop_after_step=N`` for a command line run.
     """
     validate(cfg)
-    if cfg.logger == "tensorboard":
-        tensorboard_writer_class()  # fail before anything is written if the package is missing
+    check_trackers(cfg.logger)  # fail before anything is written if a tracker's package is missing
     if stop_after_step is None and os.environ.get("XFORGET_DEBUG_STOP_AFTER_STEP"):
         stop_after_step = int(os.environ["XFORGET_DEBUG_STOP_AFTER_STEP"])
     try:
@@ -216,8 +216,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
         if main:
             (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
             sinks = [MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if resume_from is not None else None)]
-            if cfg.logger == "tensorboard":
-                sinks.append(TensorBoardLog(run_dir / "tensorboard", start_step if resume_from is not None else None))
+            sinks += open_trackers(cfg, run_dir, start_step if resume_from is not None else None)
         else:
             sinks = []
         result = TrainResult(run_dir=run_dir, step=start_step)
