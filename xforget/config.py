@@ -59,7 +59,7 @@ class ModelConfig:
     # attention options
     kv_heads: int | None = None  # grouped-query attention; 1 = multi-query
     num_mem_kv: int = 0
-    qk_norm: bool = False
+    qk_norm: Any = False  # false | true (per-head RMSNorm) | l2 (l2-normalised q, k with a learned scale)
     output_gate: bool = False
     kv_shift: bool = False
     output_norm: bool = False
