@@ -61,10 +61,11 @@ from .distributed import (
     shutdown,
 )
 from ..files import atomic_write_text
-from .metrics import MetricsLog, TensorBoardLog, model_flops_per_token, peak_flops, tensorboard_writer_class
+from .metrics import MetricsLog, model_flops_per_token, peak_flops
 from .optim import param_groups
 from .resume import check_resume, describe, record_resume_config
 from .schedule import lr_factor, make_scheduler
+from .trackers import check_trackers, open_trackers
 
 LN2 = math.log(2.0)
 
@@ -106,8 +107,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after_step: int | None 
     ``XFORGET_DEBUG_STOP_AFTER_STEP=N`` is ``stop_after_step=N`` for a command line run.
     """
     validate(cfg)
-    if cfg.logger == "tensorboard":
-        tensorboard_writer_class()  # fail before anything is written if the package is missing
+    check_trackers(cfg.logger)  # fail before anything is written if a tracker's package is missing
     if stop_after_step is None and os.environ.get("XFORGET_DEBUG_STOP_AFTER_STEP"):
         stop_after_step = int(os.environ["XFORGET_DEBUG_STOP_AFTER_STEP"])
     try:
@@ -254,8 +254,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
                 logger.info(f"metrics.jsonl: dropped {metrics.dropped} records past step {start_step} "
                             "(trained after the last checkpoint; trained again now)")
             sinks = [metrics]
-            if cfg.logger == "tensorboard":
-                sinks.append(TensorBoardLog(run_dir / "tensorboard", start_step if resume_from is not None else None))
+            sinks += open_trackers(cfg, run_dir, start_step if resume_from is not None else None)
         else:
             sinks = []
         result = TrainResult(run_dir=run_dir, step=start_step)
