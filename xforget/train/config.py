@@ -25,7 +25,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle", "tokens")
 SYNTHETIC = ("mqar", "needle")
 STRATEGIES = ("ddp", "fsdp")
-LOGGERS = ("none", "tensorboard")
+RESUME_MODES = ("auto", "allow_changes")
 
 
 class ConfigError(ValueError):
@@ -72,7 +72,7 @@ class TrainerConfig:
     torchrun processes); one optimizer step sees ``batch_size * grad_accum``
     windows of ``seq_len`` + 1 bytes."""
 
-    max_steps: int = 1100
+    max_steps: int = 1000
     batch_size: int = 16
     seq_len: int = 256
     grad_accum: int = 1
@@ -92,6 +92,8 @@ class TrainerConfig:
     progress: bool = True  # tqdm progress bar
     sample_bytes: int = 200  # bytes generated at the end (0 = none)
     sample_temperature: float = 0.8
+    resume: str = "auto"  # auto: resume from the run directory's checkpoint, refusing changed settings | allow_changes
+    init_from: str | None = None  # a run directory, checkpoint directory or .safetensors file: its weights start a new run
 
 
 @dataclass
@@ -101,7 +103,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
-    logger: str = "none"  # none | tensorboard (metrics.jsonl is always written)
+    logger: Any = "none"  # none | tensorboard | wandb | a list, e.g. [tensorboard,wandb] (metrics.jsonl is always written)
 
 
 BYTE_VOCAB = 256
@@ -150,20 +152,55 @@ register_configs()
 
 
 def config_dir() -> Path:
-    """The repository's ``configs/`` directory (found next to the ``xforget`` package).
+    """The Hydra config directory: ``xforget/configs/`` in an installed wheel, else the
+    repository's top-level ``configs/`` (a source checkout or an editable install).
+
+    pyproject.toml maps ``configs/`` into the package as ``xforget.configs``, so the
+    repository directory is the one source of both.
 
     Raises:
-        ConfigError: not found (e.g. a non-editable install); names the path tried.
+        ConfigError: neither holds ``train.yaml``; names the paths tried.
     """
     import xforget
 
-    path = Path(xforget.__file__).resolve().parent.parent / "configs"
-    if not (path / "train.yaml").is_file():
-        raise ConfigError(
-            f"config directory not found: {path}/train.yaml is missing; install xforget editable "
-            "from its repository (pip install -e .) so that configs/ sits next to the package"
-        )
-    return path
+    package = Path(xforget.__file__).resolve().parent
+    tried = [package / "configs", package.parent / "configs"]
+    for path in tried:
+        if (path / "train.yaml").is_file():
+            return path
+    raise ConfigError(f"config directory not found: no train.yaml in {' or '.join(map(str, tried))}; "
+                      "reinstall xforget (pip install .)")
+
+
+def user_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split Hydra's ``--config-dir DIR`` / ``-cd DIR`` / ``--config-dir=DIR`` out of ``argv``.
+
+    Returns ``(other arguments, [hydra.searchpath=[file://DIR, ...]])``: the override that puts
+    the user's directories on the search path of a compose call, as Hydra itself does for
+    ``hydra.main`` (a preset ``DIR/model/mine.yaml`` is then ``model=mine``; an experiment
+    ``DIR/experiment/x.yaml`` is ``experiment=x``).
+
+    Raises:
+        ConfigError: the flag without a directory, or a directory that does not exist.
+    """
+    rest, dirs = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd"):
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ConfigError(f"{flag} needs a directory: {flag} DIR")
+                value, i = argv[i + 1], i + 1
+            path = Path(value).expanduser().resolve()
+            if not path.is_dir():
+                raise ConfigError(f"{flag} {value}: not a directory")
+            dirs.append(path)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, ([f"hydra.searchpath=[{','.join('file://' + str(d) for d in dirs)}]"] if dirs else [])
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = (), *, return_hydra_config: bool = False) -> DictConfig:
@@ -256,10 +293,13 @@ def validate(cfg: TrainConfig) -> None:
     need(t.threads is None or t.threads >= 1, "trainer.threads", ">= 1 or null", t.threads)
     need(t.precision in PRECISIONS, "trainer.precision", f"one of {list(PRECISIONS)}", t.precision)
     need(t.sample_temperature >= 0, "trainer.sample_temperature", ">= 0", t.sample_temperature)
+    need(t.resume in RESUME_MODES, "trainer.resume", f"one of {list(RESUME_MODES)}", t.resume)
     need(t.strategy in STRATEGIES, "trainer.strategy", f"one of {list(STRATEGIES)}", t.strategy)
     need(t.peak_flops is None or (math.isfinite(t.peak_flops) and t.peak_flops > 0), "trainer.peak_flops",
          "> 0 (FLOP/s) or null", t.peak_flops)
-    need(cfg.logger in LOGGERS, "logger", f"one of {list(LOGGERS)}", cfg.logger)
+    from .trackers import logger_names
+
+    logger_names(cfg.logger)
     need(d.name in DATASETS, "data.name", f"one of {list(DATASETS)}", d.name)
     need(0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
     if d.name == "text" and not d.path:
