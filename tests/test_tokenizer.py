@@ -71,3 +71,16 @@ def test_unknown_tokenizer_spec(tmp_path):
         resolve_tokenizer(tmp_path / "nope")
     with pytest.raises(DataError, match="holds no tokenizer.json"):
         resolve_tokenizer(tmp_path)
+
+
+def test_hf_tokenizer_directory_takes_its_eos_token(tmp_path):
+    import json
+
+    from xforget.data.tokenizer import HFTokenizer
+
+    raw = _train_bpe()
+    raw.add_special_tokens(["</s>"])
+    HFTokenizer(raw).save(tmp_path)
+    assert resolve_tokenizer(tmp_path).eot_id == raw.token_to_id("<|endoftext|>")  # first known name
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "</s>"}}))
+    assert resolve_tokenizer(tmp_path).eot_id == raw.token_to_id("</s>")

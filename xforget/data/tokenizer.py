@@ -202,6 +202,17 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     return tok
 
 
+def _config_eos(path: Path) -> str | None:
+    """``eos_token`` of a Hugging Face ``tokenizer_config.json`` (a string or ``{"content": ...}``), if any."""
+    try:
+        eos = json.loads(path.read_text()).get("eos_token")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(eos, dict):
+        eos = eos.get("content")
+    return eos if isinstance(eos, str) else None
+
+
 def resolve_tokenizer(spec: str | Path) -> Tokenizer:
     """``bytes`` -> :class:`ByteTokenizer`; a ``tokenizer.json`` path or a directory holding one -> :class:`HFTokenizer`.
 
@@ -215,7 +226,11 @@ def resolve_tokenizer(spec: str | Path) -> Tokenizer:
         if not (p / TOKENIZER_FILE).is_file():
             raise DataError(f"tokenizer directory {p.resolve()} holds no {TOKENIZER_FILE}; valid tokenizer= values: "
                             "bytes, bpe, a tokenizer.json file or a local Hugging Face tokenizer directory")
-        return HFTokenizer.from_file(p / TOKENIZER_FILE)
+        tok = HFTokenizer.from_file(p / TOKENIZER_FILE)
+        eos = _config_eos(p / "tokenizer_config.json")
+        if eos is not None and tok.tok.token_to_id(eos) is not None:
+            tok.eot_id = int(tok.tok.token_to_id(eos))
+        return tok
     if p.is_file():
         return HFTokenizer.from_file(p)
     raise DataError(f"unknown tokenizer {str(spec)!r}: not a file or directory; valid tokenizer= values: bytes, bpe, "
