@@ -418,3 +418,22 @@ def test_long_documents_encode_exactly_as_a_whole(tmp_path):
     head, tail = text.encode()[:-n_val], text.encode()[-n_val:]
     assert ids.tolist() == tok.encode(head.decode()) + tok.encode(tail.decode())
     assert abs(len(ids) - len(whole)) < 10  # only the train/validation byte split cuts a pre-token
+
+
+def test_glob_and_json_array_inputs(tmp_path):
+    docs = make_docs(20, seed=11)
+    d = tmp_path / "mixed"
+    (d / "sub").mkdir(parents=True)
+    for i, doc in enumerate(docs):
+        (d / "sub" / f"{i:02d}.txt").write_text(doc)
+    (d / "notes.md").write_text("not matched by the glob")
+    out = prep(str(d / "**" / "*.txt"), tmp_path / "g", val_fraction=0.25)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["documents"] == 20 and meta["input"]["files"] == 20
+    total = sum(len(x.encode()) + 1 for x in docs)
+    assert meta["train"]["bytes"] + meta["val"]["bytes"] == total == meta["train"]["tokens"] + meta["val"]["tokens"]
+    (tmp_path / "arr.json").write_text(json.dumps([{"body": x} for x in docs]))
+    out2 = prep(str(tmp_path / "arr.json"), tmp_path / "a", text_field="body", val_fraction=0.25)
+    joined = np.concatenate([np.fromfile(out2 / "train.bin", np.uint16), np.fromfile(out2 / "val.bin", np.uint16)])
+    assert sorted(bytes(joined.astype(np.uint8)).decode().split("\n")) == sorted(
+        (("\n".join(docs) + "\n").split("\n")))
