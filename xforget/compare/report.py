@@ -174,6 +174,7 @@ def _position_bins(n: int, longest: int) -> list[tuple[int, int]]:
 def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
     meta, schemes = report["meta"], report["schemes"]
     n = meta["train_seq_len"]
+    unit = "tokens" if str(meta.get("data", "")).startswith("tokens") else "bytes"  # data=tokens: prepared token ids
     lens = [row for row in schemes[0]["lengths"]] if schemes else []
     head = ["scheme", "params", f"val bpb @{n}"]
     head += [f"bpb @{r['length']}" for r in lens if r["length"] != n]
@@ -183,7 +184,7 @@ def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
         "",
         f"Data **{meta['data']}**; model {meta['model']}; {meta['budget']}; seeds {meta['seeds']}. "
         f"Values are mean ± sample std over seeds; bpb = bits per byte on the validation split "
-        f"(lower is better), evaluated at 1x..{lens[-1]['length'] // n if lens else 1}x the training context of {n} bytes.",
+        f"(lower is better), evaluated at 1x..{lens[-1]['length'] // n if lens else 1}x the training context of {n} {unit}.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
@@ -202,7 +203,7 @@ def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
     longest = max((int(k) for s in schemes for k in s["per_position"]), default=0)
     if longest:
         bins = _position_bins(n, longest)
-        lines += ["", f"Mean loss (nats/byte) by token position, from windows of up to {longest} bytes "
+        lines += ["", f"Mean loss (nats/{unit[:-1]}) by token position, from windows of up to {longest} {unit} "
                       f"(positions past {n} are beyond the training context):", "",
                   "| scheme | " + " | ".join(f"{lo}–{hi}" for lo, hi in bins) + " |",
                   "|---|" + "---:|" * len(bins)]
