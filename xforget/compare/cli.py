@@ -153,7 +153,7 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
         "train_seq_len": t.seq_len,
         "data": d.name + (f" ({Path(d.path).name})" if d.path else ""),
         "model": f"dim {m.dim}, depth {m.depth}, heads {m.heads}",
-        "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} bytes",
+        "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} {'tokens' if d.name == 'tokens' else 'bytes'}",
         "eval": asdict(cfg.eval),
     }
     report = build_report(records, meta=meta)

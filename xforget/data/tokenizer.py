@@ -166,6 +166,7 @@ class HFTokenizer:
                 f.write(self.tok.to_str())
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
             os.replace(tmp, d / TOKENIZER_FILE)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
