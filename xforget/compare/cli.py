@@ -16,7 +16,10 @@ Outputs in the output directory: ``runs/<scheme>-seed<S>-<hash>/`` (one
 training run each; re-used when finished), ``compare.md``, ``compare.json``,
 ``loss_vs_step.png``, ``loss_vs_position.png``, ``bpb_vs_length.png``
 (and ``task_accuracy.png`` on a synthetic task). Exit codes: 0 ok, 2 bad
-config or data, 1 a training run failed.
+config or data, 1 a training run failed, 130 interrupted (Ctrl-C or SIGTERM:
+the run in training checkpoints its current step; the same command continues).
+``xforget-compare --cfg job ...`` prints the composed comparison config and the
+first run's training config without training anything.
 """
 
 from __future__ import annotations
@@ -133,7 +136,9 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
         log(f"[compare] {'cached' if cached else 'evaluated'} {run.key}: val_bpb={result['val_bpb']:.4f}")
         records.append({"scheme": run.scheme, "seed": run.seed, "run_dir": str(run.run_dir), "reused": run.reused,
                         "eval": result, "train": train_summary(run.run_dir, run.cfg),
-                        "peak_rss_mb": run.info.get("peak_rss_mb"), "wall_s": run.info.get("wall_s")})
+                        "peak_rss_mb": run.info.get("peak_rss_mb"),
+                        "wall_s": run.info.get("train_wall_s") or run.info.get("wall_s"),
+                        "resumed": run.info.get("resumed_from_step") is not None})
     c0 = runs[0].cfg
     t, m, d = c0.trainer, c0.model, c0.data
     meta = {
@@ -158,24 +163,63 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
     return report
 
 
+def composed_config_yaml(argv: list[str]) -> str:
+    """``--cfg job``: the comparison's own config and the training config of its first run, as YAML.
+
+    Raises:
+        ConfigError: as for a real run.
+    """
+    from .runner import plan_runs
+
+    mine, train_args = partition_overrides(argv)
+    cfg, out_dir = load_compare_config(mine)
+    runs = plan_runs(list(cfg.positions), list(cfg.seeds), train_args, out_dir.resolve())
+    first = runs[0]
+    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    text += f"# training config of the first run ({first.key}; {len(runs)} runs in all), {first.run_dir}\n"
+    return text + OmegaConf.to_yaml({"train": OmegaConf.structured(first.cfg)})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``xforget-compare``); ``argv`` defaults to ``sys.argv[1:]``."""
     from ..data import DataError
     from ..train.config import ConfigError
     from .runner import CompareError
 
+    import signal
+
+    from ..cli_args import emit, literal_paths
+    from ..evaluate.cli import cfg_flag
+
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        emit(USAGE)
         return
+
+    def on_sigterm(signum, frame):  # like Ctrl-C: forwarded to the training process, which checkpoints
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        part, argv = cfg_flag(argv)
+        argv = literal_paths(argv)
+        if part is not None:
+            emit(composed_config_yaml(argv))
+            return
         run_compare(argv)
     except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    except ValueError as exc:  # a command-line value that cannot be read
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     except CompareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.code)
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again to continue (finished runs and evaluations are "
+              "re-used)", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
