@@ -96,7 +96,7 @@ def _keep_argv(monkeypatch):
     ("data.path=/no/such/file.txt", 2, "error: data file not found: /no/such/file.txt"),
     ("data.path=/", 2, "error: data file is a directory, not a file: /"),
     ("trainer.strategy=zero3", 2, "error: invalid value trainer.strategy='zero3'"),
-    ("logger=wandb", 2, "error: invalid value logger='wandb'"),
+    ("logger=mlflow", 2, "error: invalid value logger='mlflow'"),
 ])
 def test_cli_bad_values_and_data_give_one_error_line(override, code, needle, tmp_path, capsys, _keep_argv):
     args = [a for a in TINY if not a.startswith(override.split("=")[0] + "=")]

@@ -4,8 +4,12 @@
         data.path=../shared/data/tinyshakespeare.txt trainer.max_steps=600 seeds=[0,1] \\
         hydra.run.dir=outputs/compare-shakespeare
 
+    xforget-compare experiment=compare_shakespeare data.path=../shared/data/tinyshakespeare.txt
+
 Keys: the comparison's own (``configs/compare.yaml``: ``positions``, ``seeds``,
-``eval.*``, ``retrain``, ``plots``, ``hydra.run.dir`` = the output directory),
+``eval.*``, ``retrain``, ``plots``, ``hydra.run.dir`` = the output directory,
+``train`` = training overrides for every run, ``experiment=NAME`` = a preset of
+these keys from ``configs/experiment/`` or ``--config-dir DIR``),
 and every training key (``model.*``, ``data=``/``data.*``, ``optim.*``,
 ``trainer.*``), which is passed unchanged to each run. A scheme is a model
 preset (``configs/model/<name>.yaml``: ``model=<name>``) or a position scheme
@@ -122,8 +126,12 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
     from .report import build_report, train_summary, write_json, write_markdown
     from .runner import ensure_trained, plan_runs
 
+    from ..train.config import user_config_overrides
+
+    argv, search = user_config_overrides(argv)  # --config-dir DIR: the user's presets, for both
     mine, train_args = partition_overrides(argv)
-    cfg, out_dir = load_compare_config(mine)
+    cfg, out_dir = load_compare_config(mine + search)
+    train_args = [*search, *cfg.train, *train_args]
     out_dir = out_dir.resolve()
     runs = plan_runs(list(cfg.positions), list(cfg.seeds), train_args, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +158,7 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
         "train_seq_len": t.seq_len,
         "data": d.name + (f" ({Path(d.path).name})" if d.path else ""),
         "model": f"dim {m.dim}, depth {m.depth}, heads {m.heads}",
-        "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} bytes",
+        "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} {'tokens' if d.name == 'tokens' else 'bytes'}",
         "eval": asdict(cfg.eval),
     }
     report = build_report(records, meta=meta)

@@ -39,7 +39,7 @@ EXIT_CONFIG, EXIT_RUNTIME = 2, 1
 
 # Hydra flags after which composing the config ourselves would be wrong or pointless.
 _HYDRA_ONLY_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
-                     "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                     "--config-path", "-cp", "--config-name", "-cn",
                      "--experimental-rerun", "--resolve", "--package", "-p", "--cfg", "-c")
 _MULTIRUN = ("--multirun", "-m")
 # What makes a run directory worth keeping after a failure.
@@ -80,12 +80,13 @@ def _precheck(argv: list[str]) -> DictConfig | None:
     Returns the composed config of the (first) job, with its ``hydra`` node, or None for Hydra's own flags.
     Under ``-m`` every job of the sweep is checked and each bad one gets its own ``error:`` line.
     """
-    from .config import ConfigError, compose_config, explain_config_error, to_train_config
+    from .config import ConfigError, compose_config, explain_config_error, to_train_config, user_config_overrides
 
     if any(a.split("=")[0] in _HYDRA_ONLY_FLAGS for a in argv):
         return None
     try:
-        jobs = _sweep(argv)
+        rest, search = user_config_overrides(argv)
+        jobs = [job + search for job in _sweep(rest)]
     except ConfigError as exc:
         _fail(str(exc), EXIT_CONFIG)
     composed, errors = None, []

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from ..autoregressive import AutoregressiveWrapper
 from ..config import build_model
-from ..data import TrainBatches, load_corpus, split_corpus, val_windows
+from ..data import TrainBatches, val_windows
+from ..data.training import load_training_data
 from ..data.batches import step_seed
 from .checkpoint import (
     CHECKPOINTS,
@@ -45,7 +46,7 @@ from .checkpoint import (
     set_rng_state,
     step_dir_name,
 )
-from .config import ConfigError, TrainConfig, config_to_yaml, validate
+from .config import ConfigError, TrainConfig, config_to_yaml, resolve_data_vocab, validate
 from .distributed import (
     DistInfo,
     all_gather_object,
@@ -61,9 +62,11 @@ from .distributed import (
     shutdown,
 )
 from ..files import atomic_write_text
-from .metrics import MetricsLog, TensorBoardLog, model_flops_per_token, peak_flops, tensorboard_writer_class
+from .metrics import MetricsLog, model_flops_per_token, peak_flops
+from .optim import param_groups
 from .resume import check_resume, describe, record_resume_config
 from .schedule import lr_factor, make_scheduler
+from .trackers import check_trackers, open_trackers
 
 LN2 = math.log(2.0)
 
@@ -76,10 +79,11 @@ class TrainingError(RuntimeError):
 class TrainResult:
     run_dir: Path
     step: int  # optimizer steps completed
-    val_loss: float | None = None  # nats per byte
-    val_bpb: float | None = None  # bits per byte = val_loss / ln 2
-    sample: str | None = None  # the generated continuation (decoded bytes)
-    sample_prompt: str | None = None  # the prompt it continues (a line start of the validation split)
+    val_loss: float | None = None  # nats per token (per byte for byte-level data)
+    val_bpb: float | None = None  # bits per byte of the original text = val_loss x tokens / bytes / ln 2
+    val_ppl: float | None = None  # per-token perplexity = exp(val_loss)
+    sample: str | None = None  # the generated continuation (decoded by the run's tokenizer)
+    sample_prompt: str | None = None  # the prompt it continues (a line/document start of the validation split)
     interrupted: bool = False  # stopped before max_steps (a signal, or stop_after_step)
     stop_signal: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run (checkpoint written)
     checkpoint: Path | None = None  # the latest complete checkpoint when the run stopped on a signal
@@ -104,9 +108,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after_step: int | None 
     a test can SIGKILL a tiny run at a chosen step; not counted in tokens/s);
     ``XFORGET_DEBUG_STOP_AFTER_STEP=N`` is ``stop_after_step=N`` for a command line run.
     """
+    resolve_data_vocab(cfg)
     validate(cfg)
-    if cfg.logger == "tensorboard":
-        tensorboard_writer_class()  # fail before anything is written if the package is missing
+    check_trackers(cfg.logger)  # fail before anything is written if a tracker's package is missing
     if stop_after_step is None and os.environ.get("XFORGET_DEBUG_STOP_AFTER_STEP"):
         stop_after_step = int(os.environ["XFORGET_DEBUG_STOP_AFTER_STEP"])
     try:
@@ -150,17 +154,18 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
             changes = check_resume(saved_cfg, cfg, int(resume_from.name.split("_")[1]), run_dir)
 
         # ---- data: fixed split; training windows are a pure function of (seed, step) ----
-        corpus = rank0_first(info, lambda: load_corpus(cfg.data))  # rank 0 builds any cache first
-        logger.info(f"data {corpus.describe()}")
-        logger.info(f"data meta {corpus.meta}")
-        split = split_corpus(corpus.data, cfg.data.val_fraction, t.seq_len)
-        batches = TrainBatches(split.train, t.seq_len, t.batch_size, t.grad_accum, cfg.seed)
+        data = rank0_first(info, lambda: load_training_data(cfg.data, t.seq_len))  # rank 0 builds any cache first
+        logger.info(f"data {data.description}")
+        batches = TrainBatches(data.train, t.seq_len, t.batch_size, t.grad_accum, cfg.seed)
         local_batch = t.batch_size // world  # this rank's columns of every global micro-batch
         shard = slice(rank * local_batch, (rank + 1) * local_batch)
-        val = val_windows(split.val, t.seq_len, t.eval_batches * t.batch_size)
+        val = val_windows(data.val, t.seq_len, t.eval_batches * t.batch_size)
         val_shard = val[rank * (val.shape[0] // world):(rank + 1) * (val.shape[0] // world)]
-        logger.info(f"split: {split.train.numel():,} train bytes, {split.val.numel():,} validation bytes "
-                    f"(last {cfg.data.val_fraction:.0%}); {val.shape[0]} fixed validation windows")
+        logger.info(f"split: {len(data.train):,} train tokens, {len(data.val):,} validation tokens; "
+                    f"{val.shape[0]} fixed validation windows; val_bpb = loss x {data.tokens_per_byte:.5f} "
+                    "tokens per byte / ln 2")
+        if main:
+            data.tokenizer.save(run_dir)  # the run directory alone can generate (tokenizer.json unless bytes)
 
         # ---- model -------------------------------------------------------------------------
         random.seed(cfg.seed)
@@ -206,7 +211,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
 
         # ---- optimizer, schedule, grad scaler (and their resumed state) ----------------------
         optimizer = torch.optim.AdamW(
-            _param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
+            param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
         )
         if t.warmup_steps >= t.max_steps > 0:
             logger.warning(f"trainer.warmup_steps={t.warmup_steps} >= trainer.max_steps={t.max_steps}: the learning "
@@ -253,8 +258,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
                 logger.info(f"metrics.jsonl: dropped {metrics.dropped} records past step {start_step} "
                             "(trained after the last checkpoint; trained again now)")
             sinks = [metrics]
-            if cfg.logger == "tensorboard":
-                sinks.append(TensorBoardLog(run_dir / "tensorboard", start_step if resume_from is not None else None))
+            sinks += open_trackers(cfg, run_dir, start_step if resume_from is not None else None)
         else:
             sinks = []
         result = TrainResult(run_dir=run_dir, step=start_step)
@@ -341,8 +345,9 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
                         record["mfu"] = flops_per_token * tokens_per_s / (peak * world)
                     if eval_now:
                         val_loss = validation_loss()
-                        record.update(val_loss=val_loss, val_bpb=val_loss / LN2)
-                        result.val_loss, result.val_bpb = val_loss, val_loss / LN2
+                        result.val_loss, result.val_bpb = val_loss, val_loss * data.tokens_per_byte / LN2
+                        result.val_ppl = math.exp(min(val_loss, 700.0))
+                        record.update(val_loss=val_loss, val_bpb=result.val_bpb, val_ppl=result.val_ppl)
                     for sink in sinks:
                         sink.write(record)
                     postfix = {"loss": f"{record['train_loss']:.3f}", "lr": f"{lr:.2e}", "tok_s": f"{tokens_per_s:.0f}"}
@@ -374,12 +379,14 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
         # ---- report --------------------------------------------------------------------
         if result.val_bpb is None:  # nothing left to train (finished run, or max_steps=0)
             result.val_loss = validation_loss()
-            result.val_bpb = result.val_loss / LN2
+            result.val_bpb = result.val_loss * data.tokens_per_byte / LN2
+            result.val_ppl = math.exp(min(result.val_loss, 700.0))
         weights = full_model(model, cfg.model, info) if fsdp else model
         if main:
             save_final_model(run_dir, weights)
         if t.sample_bytes > 0 and (main or fsdp):  # FSDP: every rank runs the (collective) forward passes
-            prompt, sample = sample_text(lm, split.val, t.sample_bytes, t.sample_temperature, cfg.seed, device)
+            prompt, sample = sample_text(lm, data.val, t.sample_bytes, t.sample_temperature, cfg.seed, device,
+                                         tokenizer=data.tokenizer)
             result.sample_prompt, result.sample = (prompt, sample) if main else (None, None)
         barrier(info)
         logger.info(f"finished step {result.step}: val_bpb={result.val_bpb:.4f} (run directory {run_dir})")
@@ -481,27 +488,26 @@ def _eval_sums(lm: AutoregressiveWrapper, windows: torch.Tensor, batch_size: int
     return total, count
 
 
-def sample_text(lm: AutoregressiveWrapper, val: torch.Tensor, n_bytes: int, temperature: float, seed: int,
-                device: torch.device, prompt_bytes: int = 64) -> tuple[str, str]:
-    """(prompt, continuation): ``prompt_bytes`` from a line start of the validation split and ``n_bytes``
-    generated after it (both decoded as UTF-8 with errors='replace')."""
-    data = bytes(val[: 64 * 1024].tolist())
-    start = data.find(b"\n") + 1
-    prompt = torch.tensor(list(data[start:start + prompt_bytes]), dtype=torch.long, device=device)[None]
+def sample_text(lm: AutoregressiveWrapper, val, n_tokens: int, temperature: float, seed: int,
+                device: torch.device, prompt_bytes: int = 64, tokenizer=None) -> tuple[str, str]:
+    """(prompt, continuation): the start of a line (byte data; a document for other tokenizers) of the
+    validation split and ``n_tokens`` generated after it, both decoded by ``tokenizer`` (default bytes,
+    decoded with errors='replace'); ``val`` is a tensor or numpy array of token ids."""
+    from ..data.tokenizer import ByteTokenizer
+
+    tokenizer = tokenizer or ByteTokenizer()
+    head = [int(v) for v in val[: 64 * 1024].tolist()]
+    if isinstance(tokenizer, ByteTokenizer):
+        data = bytes(head)
+        start = data.find(b"\n") + 1
+        ids = list(data[start:start + prompt_bytes])
+    else:  # after the first end-of-text token, about prompt_bytes / 4 tokens
+        start = head.index(tokenizer.eot_id) + 1 if tokenizer.eot_id in head[:-1] else 0
+        ids = head[start:start + max(1, prompt_bytes // 4)]
+    prompt = torch.tensor(ids, dtype=torch.long, device=device)[None]
     generator = torch.Generator(device=device).manual_seed(seed)
-    out = lm.generate(prompt, n_bytes, temperature=temperature, generator=generator)
-    text = lambda b: bytes(b).decode("utf-8", errors="replace")  # noqa: E731
-    return text(prompt[0].tolist()), text(out[0].tolist())
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on norms, biases or embeddings."""
-    no_decay = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, rest = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and id(p) not in no_decay else rest).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    out = lm.generate(prompt, n_tokens, temperature=temperature, generator=generator)
+    return tokenizer.decode(prompt[0].tolist()), tokenizer.decode(out[0].tolist())
 
 
 def _device(name: str, info: DistInfo | None = None) -> torch.device:

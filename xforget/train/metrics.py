@@ -132,9 +132,12 @@ class TensorBoardLog:
     Events after the restored step (all of them for a fresh run) are purged, like ``metrics.jsonl``.
     """
 
-    def __init__(self, log_dir: str | Path, resume_step: int | None = None) -> None:
+    def __init__(self, log_dir: str | Path, resume_step: int | None = None, hparams: dict[str, Any] | None = None) -> None:
         SummaryWriter = tensorboard_writer_class()
         self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=0 if resume_step is None else resume_step + 1)
+        if hparams and resume_step is None:  # the resolved config, once, as a text table
+            rows = "\n".join(f"| {k} | {v} |" for k, v in hparams.items())
+            self._writer.add_text("config", "| key | value |\n|---|---|\n" + rows, 0)
 
     def write(self, record: dict[str, Any]) -> None:
         step = int(record["step"])
@@ -159,5 +162,5 @@ def tensorboard_writer_class():
         from .config import ConfigError
 
         raise ConfigError(f"logger=tensorboard needs the tensorboard package ({exc}); install it with "
-                          "`pip install tensorboard`, or use logger=none (metrics.jsonl is always written)") from None
+                          "`pip install 'xforget[tensorboard]'`, or use logger=none (metrics.jsonl is always written)") from None
     return SummaryWriter
