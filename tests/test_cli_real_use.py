@@ -75,8 +75,8 @@ def test_compare_cfg_job_prints_the_configs_without_training(tmp_path, capsys):
                                   f"hydra.run.dir={tmp_path}"], capsys)
     assert code == 0, err
     cfg = OmegaConf.create(out)
-    assert list(cfg.positions) == ["rotary", "fox"] and cfg.train.model.dim == 48 and cfg.train.seed == 3
-    assert cfg.train.model.position == "rotary" and not (tmp_path / "runs").exists()
+    assert list(cfg.positions) == ["rotary", "fox"] and cfg.first_run.model.dim == 48 and cfg.first_run.seed == 3
+    assert cfg.first_run.model.position == "rotary" and not (tmp_path / "runs").exists()
 
 
 def test_eval_with_no_result_fails_and_keeps_the_earlier_result(run_dir, capsys):

@@ -116,6 +116,23 @@ def evaluate_cached(run_dir: Path, ecfg: EvalConfig) -> tuple[dict[str, Any], bo
     return result, False
 
 
+def plan_comparison(argv: list[str]):
+    """(comparison config, output directory, training overrides, planned runs) of ``argv``; nothing is trained.
+
+    Raises:
+        ConfigError: a bad key, scheme or training setting.
+    """
+    from ..train.config import user_config_overrides
+    from .runner import plan_runs
+
+    argv, search = user_config_overrides(argv)  # --config-dir DIR: the user's presets, for both
+    mine, train_args = partition_overrides(argv)
+    cfg, out_dir = load_compare_config(mine + search)
+    train_args = [*search, *cfg.train, *train_args]
+    out_dir = out_dir.resolve()
+    return cfg, out_dir, train_args, plan_runs(list(cfg.positions), list(cfg.seeds), train_args, out_dir)
+
+
 def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
     """The whole comparison for command-line overrides ``argv``; returns the compare.json object.
 
@@ -124,16 +141,9 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
     """
     from .plots import write_plots
     from .report import build_report, train_summary, write_json, write_markdown
-    from .runner import ensure_trained, plan_runs
+    from .runner import ensure_trained
 
-    from ..train.config import user_config_overrides
-
-    argv, search = user_config_overrides(argv)  # --config-dir DIR: the user's presets, for both
-    mine, train_args = partition_overrides(argv)
-    cfg, out_dir = load_compare_config(mine + search)
-    train_args = [*search, *cfg.train, *train_args]
-    out_dir = out_dir.resolve()
-    runs = plan_runs(list(cfg.positions), list(cfg.seeds), train_args, out_dir)
+    cfg, out_dir, train_args, runs = plan_comparison(argv)
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"[compare] {len(runs)} runs ({len(cfg.positions)} schemes x {len(cfg.seeds)} seeds) in {out_dir}")
     ensure_trained(runs, retrain=cfg.retrain, in_subprocess=cfg.subprocess, log=log)
@@ -177,15 +187,11 @@ def composed_config_yaml(argv: list[str]) -> str:
     Raises:
         ConfigError: as for a real run.
     """
-    from .runner import plan_runs
-
-    mine, train_args = partition_overrides(argv)
-    cfg, out_dir = load_compare_config(mine)
-    runs = plan_runs(list(cfg.positions), list(cfg.seeds), train_args, out_dir.resolve())
+    cfg, _, _, runs = plan_comparison(argv)
     first = runs[0]
     text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     text += f"# training config of the first run ({first.key}; {len(runs)} runs in all), {first.run_dir}\n"
-    return text + OmegaConf.to_yaml({"train": OmegaConf.structured(first.cfg)})
+    return text + OmegaConf.to_yaml({"first_run": OmegaConf.structured(first.cfg)})
 
 
 def main(argv: list[str] | None = None) -> None:
