@@ -1,0 +1,189 @@
+"""``xforget-compare``: train every positional scheme with the same data, budget, seeds and size; compare.
+
+    xforget-compare positions=[none,absolute,rotary,alibi,fox,fox_pro] data=shakespeare \\
+        data.path=../shared/data/tinyshakespeare.txt trainer.max_steps=600 seeds=[0,1] \\
+        hydra.run.dir=outputs/compare-shakespeare
+
+    xforget-compare experiment=compare_shakespeare data.path=../shared/data/tinyshakespeare.txt
+
+Keys: the comparison's own (``configs/compare.yaml``: ``positions``, ``seeds``,
+``eval.*``, ``retrain``, ``plots``, ``hydra.run.dir`` = the output directory,
+``train`` = training overrides for every run, ``experiment=NAME`` = a preset of
+these keys from ``configs/experiment/`` or ``--config-dir DIR``),
+and every training key (``model.*``, ``data=``/``data.*``, ``optim.*``,
+``trainer.*``), which is passed unchanged to each run. A scheme is a model
+preset (``configs/model/<name>.yaml``: ``model=<name>``) or a position scheme
+(``model.position=<name>``; ``fox+rotary`` combines). ``model=`` and ``seed=``
+are set per run and cannot be given.
+
+Outputs in the output directory: ``runs/<scheme>-seed<S>-<hash>/`` (one
+training run each; re-used when finished), ``compare.md``, ``compare.json``,
+``loss_vs_step.png``, ``loss_vs_position.png``, ``bpb_vs_length.png``
+(and ``task_accuracy.png`` on a synthetic task). Exit codes: 0 ok, 2 bad
+config or data, 1 a training run failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf, open_dict
+
+from ..evaluate.config import (
+    EXIT_CONFIG,
+    TRAIN_ROOTS,
+    CompareConfig,
+    EvalConfig,
+    explain_error,
+    split_override,
+    validate_eval,
+)
+
+USAGE = __doc__
+
+
+def partition_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(comparison overrides, training overrides).
+
+    Raises:
+        ConfigError: ``model=...`` or ``seed=...`` (set per run), or a flag.
+    """
+    from ..train.config import ConfigError
+
+    mine, train = [], []
+    for arg in argv:
+        key, value = split_override(arg)
+        if arg.startswith("-"):
+            raise ConfigError(f"unsupported flag {arg!r}; xforget-compare takes key=value overrides only (see --help)")
+        root = key.split(".")[0]
+        if key == "model":
+            raise ConfigError(f"'{arg}': the model preset is set per scheme; list schemes in positions=[...] "
+                              "(model.* keys apply to every scheme)")
+        if root == "seed":
+            raise ConfigError(f"'{arg}': use seeds=[...] (each scheme is trained once per seed)")
+        (train if root in TRAIN_ROOTS else mine).append(arg)
+    return mine, train
+
+
+def load_compare_config(overrides: list[str]) -> tuple[CompareConfig, Path]:
+    """Compose ``configs/compare.yaml``; returns the typed config and the output directory.
+
+    Raises:
+        ConfigError: one line naming the bad key and the valid keys.
+    """
+    from ..evaluate.cli import compose_named
+    from ..train.config import ConfigError
+
+    try:
+        cfg = compose_named("compare", overrides, return_hydra_config=True)
+        out_dir = Path(str(cfg.hydra.run.dir))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        typed: CompareConfig = OmegaConf.to_object(cfg)
+    except Exception as exc:
+        raise ConfigError(explain_error(exc, CompareConfig, extra_root_keys=(*TRAIN_ROOTS, "hydra"))) from exc
+    validate_eval(typed.eval)
+    return typed, out_dir
+
+
+def eval_cache_path(run_dir: Path, ecfg: EvalConfig, step: int | None) -> Path:
+    key = hashlib.sha256(json.dumps({"eval": asdict(ecfg), "step": step}, sort_keys=True).encode()).hexdigest()[:10]
+    return run_dir / f"compare-eval-{key}.json"
+
+
+def evaluate_cached(run_dir: Path, ecfg: EvalConfig) -> tuple[dict[str, Any], bool]:
+    """``evaluate_run`` for a finished run, cached in the run directory; returns (result, was_cached)."""
+    from ..evaluate.core import checkpoint_step, evaluate_run
+
+    path = eval_cache_path(run_dir, ecfg, checkpoint_step(run_dir))
+    if path.is_file():
+        try:
+            return json.loads(path.read_text()), True
+        except ValueError:
+            pass
+    result = evaluate_run(run_dir, ecfg)
+    path.write_text(json.dumps(result) + "\n")
+    return result, False
+
+
+def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
+    """The whole comparison for command-line overrides ``argv``; returns the compare.json object.
+
+    Raises:
+        ConfigError, DataError (exit 2), CompareError (a training run failed).
+    """
+    from .plots import write_plots
+    from .report import build_report, train_summary, write_json, write_markdown
+    from .runner import ensure_trained, plan_runs
+
+    from ..train.config import user_config_overrides
+
+    argv, search = user_config_overrides(argv)  # --config-dir DIR: the user's presets, for both
+    mine, train_args = partition_overrides(argv)
+    cfg, out_dir = load_compare_config(mine + search)
+    train_args = [*search, *cfg.train, *train_args]
+    out_dir = out_dir.resolve()
+    runs = plan_runs(list(cfg.positions), list(cfg.seeds), train_args, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"[compare] {len(runs)} runs ({len(cfg.positions)} schemes x {len(cfg.seeds)} seeds) in {out_dir}")
+    ensure_trained(runs, retrain=cfg.retrain, in_subprocess=cfg.subprocess, log=log)
+
+    records = []
+    for run in runs:
+        result, cached = evaluate_cached(run.run_dir, cfg.eval)
+        log(f"[compare] {'cached' if cached else 'evaluated'} {run.key}: val_bpb={result['val_bpb']:.4f}")
+        records.append({"scheme": run.scheme, "seed": run.seed, "run_dir": str(run.run_dir), "reused": run.reused,
+                        "eval": result, "train": train_summary(run.run_dir, run.cfg),
+                        "peak_rss_mb": run.info.get("peak_rss_mb"), "wall_s": run.info.get("wall_s")})
+    c0 = runs[0].cfg
+    t, m, d = c0.trainer, c0.model, c0.data
+    meta = {
+        "command": "xforget-compare " + " ".join(shlex.quote(a) for a in argv),
+        "out_dir": str(out_dir),
+        "positions": list(cfg.positions),
+        "seeds": list(cfg.seeds),
+        "train_overrides": train_args,
+        "train_seq_len": t.seq_len,
+        "data": d.name + (f" ({Path(d.path).name})" if d.path else ""),
+        "model": f"dim {m.dim}, depth {m.depth}, heads {m.heads}",
+        "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} bytes",
+        "eval": asdict(cfg.eval),
+    }
+    report = build_report(records, meta=meta)
+    plots = write_plots(report, out_dir) if cfg.plots else []
+    report["meta"]["plots"] = [Path(p).name for p in plots]
+    write_json(report, out_dir / "compare.json")
+    text = write_markdown(report, out_dir / "compare.md", plots)
+    log(text)
+    log(f"[compare] wrote {out_dir / 'compare.md'}, {out_dir / 'compare.json'} and {len(plots)} plots")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``xforget-compare``); ``argv`` defaults to ``sys.argv[1:]``."""
+    from ..data import DataError
+    from ..train.config import ConfigError
+    from .runner import CompareError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return
+    try:
+        run_compare(argv)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    except CompareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""PNG plots of a comparison (matplotlib, Agg backend: no display needed).
+
+* ``loss_vs_step.png``      -- training loss (bits per byte) and validation bpb vs step, mean over seeds.
+* ``loss_vs_position.png``  -- per-position loss vs token index (log-spaced bins) at the longest
+  length each scheme was evaluated at; the dashed line marks the training context.
+* ``bpb_vs_length.png``     -- validation bpb vs evaluation length (error bars: std over seeds).
+* ``task_accuracy.png``     -- synthetic-task answer accuracy vs evaluation length (when present).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..evaluate.metrics import bin_curve  # noqa: E402
+
+LN2 = math.log(2.0)
+
+
+def _finish(fig, ax, path: Path, title: str) -> str:
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_loss_vs_step(schemes: list[dict[str, Any]], path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, s in enumerate(schemes):
+        c = s["curve"]
+        color = f"C{i}"
+        pts = [(st, v / LN2) for st, v in zip(c["step"], c["train_loss"]) if v is not None]
+        if pts:
+            ax.plot(*zip(*pts), color=color, label=f"{s['name']} train", alpha=0.8)
+        val = [(st, v) for st, v in zip(c["step"], c["val_bpb"]) if v is not None]
+        if val:
+            ax.plot(*zip(*val), "o--", color=color, ms=4, label=f"{s['name']} val")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss (bits per byte)")
+    return _finish(fig, ax, path, "Loss vs training step")
+
+
+def plot_loss_vs_position(schemes: list[dict[str, Any]], path: Path, train_seq_len: int) -> str:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, s in enumerate(schemes):
+        if not s["per_position"]:
+            continue
+        longest = max(s["per_position"], key=int)
+        x, y = bin_curve(s["per_position"][longest], bins=48, log=True)
+        ax.plot(x, y, color=f"C{i}", label=f"{s['name']} (to {longest})")
+    ax.axvline(train_seq_len, color="k", ls="--", lw=1, label=f"training context {train_seq_len}")
+    ax.set_xscale("log")
+    ax.set_xlabel("token position")
+    ax.set_ylabel("loss (nats per byte)")
+    return _finish(fig, ax, path, "Loss vs token position")
+
+
+def plot_bpb_vs_length(schemes: list[dict[str, Any]], path: Path, train_seq_len: int) -> str:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, s in enumerate(schemes):
+        rows = [r for r in s["lengths"] if r["status"] == "ok"]
+        if not rows:
+            continue
+        x = [r["length"] for r in rows]
+        y = [r["bpb"]["mean"] for r in rows]
+        err = [r["bpb"]["std"] or 0.0 for r in rows]
+        ax.errorbar(x, y, yerr=err, fmt="o-", color=f"C{i}", capsize=3, label=s["name"])
+    ax.axvline(train_seq_len, color="k", ls="--", lw=1, label=f"training context {train_seq_len}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("evaluation length (bytes)")
+    ax.set_ylabel("validation bits per byte")
+    return _finish(fig, ax, path, "bpb vs evaluation length")
+
+
+def plot_task_accuracy(schemes: list[dict[str, Any]], path: Path) -> str | None:
+    """Left: accuracy vs evaluation length. Right: accuracy vs answer-to-source distance at the longest length."""
+    have = [s for s in schemes if "task" in s]
+    if not have:
+        return None
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, s in enumerate(have):
+        rows = [r for r in s["task"]["lengths"] if r["status"] == "ok"]
+        if not rows:
+            continue
+        ax.plot([r["length"] for r in rows], [r["accuracy"]["mean"] for r in rows], "o-", color=f"C{i}",
+                label=s["name"])
+        bins = rows[-1].get("by_distance") or []
+        ax2.plot([(b["lo"] + b["hi"]) / 2 for b in bins], [b["accuracy"] for b in bins], "o-", color=f"C{i}",
+                 label=f"{s['name']} (length {rows[-1]['length']})")
+    ax.set_xscale("log", base=2)
+    for a in (ax, ax2):
+        a.set_ylim(-0.02, 1.02)
+        a.set_ylabel("answer accuracy")
+    ax.set_xlabel("evaluation length (bytes)")
+    ax2.set_xlabel("distance from answer back to its source (bytes)")
+    ax2.set_title("accuracy by distance")
+    ax2.grid(True, alpha=0.3)
+    ax2.legend(fontsize=8)
+    return _finish(fig, ax, path, f"{have[0]['task']['name']} accuracy vs length")
+
+
+def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
+    """All plots for ``report`` (the compare.json object) into ``out_dir``; returns their paths."""
+    schemes, n = report["schemes"], report["meta"]["train_seq_len"]
+    paths = [
+        plot_loss_vs_step(schemes, out_dir / "loss_vs_step.png"),
+        plot_loss_vs_position(schemes, out_dir / "loss_vs_position.png", n),
+        plot_bpb_vs_length(schemes, out_dir / "bpb_vs_length.png", n),
+    ]
+    task = plot_task_accuracy(schemes, out_dir / "task_accuracy.png")
+    return paths + ([task] if task else [])

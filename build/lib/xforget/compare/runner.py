@@ -1,0 +1,234 @@
+"""Plan, train (or re-use) and evaluate the runs of one comparison.
+
+Each (scheme, seed) becomes one training run with the same overrides except
+the model preset / position and the seed. Its directory name ends in a hash of
+the fully resolved training config, ``runs/<scheme>-seed<S>-<hash8>/``, so
+
+* the same command again finds the same directories and **re-uses** finished
+  runs (final checkpoint at ``trainer.max_steps``, ``model.safetensors``,
+  ``config.yaml`` equal to the planned config) without training;
+* an interrupted run is continued (training resumes from its latest checkpoint);
+* a changed setting (budget, data, size) gets new directories instead of
+  clobbering old ones.
+
+Training runs in a subprocess (``python -m xforget.train ... hydra.run.dir=DIR``),
+which isolates memory and gives each run's peak RSS (``os.wait4``); that and
+the wall time are kept in ``DIR/compare-run.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..train.checkpoint import complete_checkpoints
+from ..train.config import (
+    ConfigError,
+    TrainConfig,
+    compose_config,
+    config_dir,
+    config_to_yaml,
+    load_config_yaml,
+    to_train_config,
+)
+
+RUN_INFO = "compare-run.json"
+
+
+class CompareError(RuntimeError):
+    """A comparison cannot go on (a training run failed); one line for the user."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def model_presets() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
+
+
+def scheme_overrides(name: str) -> list[str]:
+    """Training overrides selecting scheme ``name``.
+
+    A model preset (``configs/model/<name>.yaml``, e.g. ``fox_pro``) -> ``model=<name>``;
+    otherwise a position scheme -> ``model.position=<name>``; ``a+b`` combines
+    schemes (``model.position=[a,b]``).
+
+    Raises:
+        ConfigError: neither a preset nor a scheme, listing both.
+    """
+    from ..positions import position_schemes
+
+    presets = model_presets()
+    if name in presets:
+        return [f"model={name}"]
+    parts = [p for p in name.split("+") if p]
+    valid = position_schemes()
+    if parts and all(p in valid for p in parts):
+        return [f"model.position={parts[0]}" if len(parts) == 1 else f"model.position=[{','.join(parts)}]"]
+    raise ConfigError(f"unknown scheme {name!r} in positions; valid: model presets {presets} "
+                      f"or position schemes {sorted(valid)} (combine schemes with '+')")
+
+
+@dataclass
+class PlannedRun:
+    scheme: str
+    seed: int
+    overrides: list[str]  # training overrides, hydra.run.dir excluded
+    cfg: TrainConfig
+    run_dir: Path
+    reused: bool = False
+    info: dict[str, Any] = field(default_factory=dict)  # compare-run.json
+
+    @property
+    def key(self) -> str:
+        return f"{self.scheme}/seed{self.seed}"
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    return hashlib.sha256(config_to_yaml(cfg).encode()).hexdigest()[:8]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+def plan_runs(positions: list[str], seeds: list[int], train_overrides: list[str], out_dir: Path) -> list[PlannedRun]:
+    """Compose and validate every run's training config (fails fast, before any training).
+
+    Raises:
+        ConfigError: a bad scheme name or training key (one line, valid keys listed).
+    """
+    if not positions:
+        raise ConfigError("positions is empty; e.g. positions=[none,fox]")
+    if not seeds:
+        raise ConfigError("seeds is empty; e.g. seeds=[0,1]")
+    if len(set(positions)) != len(positions) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"positions and seeds must not repeat: positions={positions} seeds={seeds}")
+    runs = []
+    for scheme in positions:
+        for seed in seeds:
+            overrides = [*train_overrides, *scheme_overrides(scheme), f"seed={seed}"]
+            cfg = to_train_config(compose_config(overrides))
+            run_dir = out_dir / "runs" / f"{_safe(scheme)}-seed{seed}-{config_hash(cfg)}"
+            runs.append(PlannedRun(scheme, seed, overrides, cfg, run_dir.resolve()))
+    return runs
+
+
+def is_finished(run_dir: Path, cfg: TrainConfig) -> bool:
+    """Finished: final checkpoint at max_steps and final weights present, and the same resolved config."""
+    if not (run_dir / "model.safetensors").is_file() or not (run_dir / "config.yaml").is_file():
+        return False
+    found = complete_checkpoints(run_dir)
+    if cfg.trainer.max_steps > 0 and (not found or found[-1][0] != cfg.trainer.max_steps):
+        return False
+    try:
+        saved = load_config_yaml(run_dir / "config.yaml")
+    except Exception:
+        return False
+    return asdict(saved) == asdict(cfg)
+
+
+def _config_diff(run_dir: Path, cfg: TrainConfig) -> str:
+    try:
+        saved = asdict(load_config_yaml(run_dir / "config.yaml"))
+    except Exception:
+        return ""
+    planned = asdict(cfg)
+    diff = [f"{k}.{f}: {v!r} != {planned[k].get(f)!r}" for k, node in saved.items() if isinstance(node, dict)
+            for f, v in node.items() if planned[k].get(f) != v]
+    diff += [f"{k}: {v!r} != {planned[k]!r}" for k, v in saved.items() if not isinstance(v, dict) and planned[k] != v]
+    return f" (saved vs planned: {'; '.join(diff)})" if diff else ""
+
+
+def read_info(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / RUN_INFO).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def train_run(run: PlannedRun, *, log=print, in_subprocess: bool = True) -> None:
+    """Train ``run`` (in a subprocess by default); record wall time and peak RSS in ``compare-run.json``.
+
+    ``in_subprocess=False`` calls :func:`xforget.train.train` in this process
+    (faster start; the peak RSS is then this process's high-water mark so far).
+
+    Raises:
+        CompareError: the training process failed (its exit code is kept; 2 = config/data).
+    """
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    if not in_subprocess:
+        _train_here(run, log=log)
+        return
+    cmd = [sys.executable, "-m", "xforget.train", *run.overrides, f"hydra.run.dir={run.run_dir}"]
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    log(f"[compare] training {run.key}: {' '.join(cmd[1:])}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    tic = time.time()
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        raise
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    wall = time.time() - tic
+    if code != 0:
+        raise CompareError(f"training {run.key} failed with exit code {code} (see {run.run_dir / 'train.log'}); "
+                           "run the same command again to resume", code=2 if code == 2 else 1)
+    if not is_finished(run.run_dir, run.cfg):
+        raise CompareError(f"training {run.key} exited but {run.run_dir} holds no finished run with the planned "
+                           f"config{_config_diff(run.run_dir, run.cfg)}")
+    run.info = {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # ru_maxrss: KiB on Linux
+                "command": cmd, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (run.run_dir / RUN_INFO).write_text(json.dumps(run.info, indent=1) + "\n")
+
+
+def _train_here(run: PlannedRun, *, log=print) -> None:
+    import resource
+
+    from ..train.checkpoint import CheckpointError
+    from ..train.loop import TrainingError, train
+
+    log(f"[compare] training {run.key} in-process: {' '.join(run.overrides)} -> {run.run_dir}")
+    tic = time.time()
+    try:
+        train(run.cfg, run.run_dir)
+    except (CheckpointError, TrainingError) as exc:
+        raise CompareError(f"training {run.key} failed: {exc}") from exc
+    if not is_finished(run.run_dir, run.cfg):
+        raise CompareError(f"training {run.key} returned but {run.run_dir} holds no finished run with the planned "
+                           f"config{_config_diff(run.run_dir, run.cfg)}")
+    run.info = {"wall_s": round(time.time() - tic, 2),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "peak_rss_scope": "compare process (in-process training)",
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (run.run_dir / RUN_INFO).write_text(json.dumps(run.info, indent=1) + "\n")
+
+
+def ensure_trained(runs: list[PlannedRun], *, retrain: bool = False, in_subprocess: bool = True,
+                   log=print) -> None:
+    """Train every run that is not finished (all of them with ``retrain``); mark the others re-used."""
+    import shutil
+
+    for run in runs:
+        if retrain and run.run_dir.exists():
+            shutil.rmtree(run.run_dir)
+        if is_finished(run.run_dir, run.cfg):
+            run.reused, run.info = True, read_info(run.run_dir)
+            log(f"[compare] re-using finished run {run.key}: {run.run_dir}")
+            continue
+        train_run(run, log=log, in_subprocess=in_subprocess)

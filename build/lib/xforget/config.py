@@ -1,0 +1,113 @@
+"""Typed model configuration: the one place a model is described as data.
+
+``ModelConfig`` backs the Hydra ``model/`` group (configs/model/*.yaml), so an
+unknown key fails at composition time with the valid keys listed, and
+:func:`build_model` turns it into a :class:`TransformerWrapper`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .layers import Decoder, Encoder
+from .validate import validate_model_config
+from .wrapper import TransformerWrapper
+
+
+@dataclass
+class ModelConfig:
+    """Every model option, with defaults (see :class:`xforget.layers.AttentionLayers`).
+
+    ``position`` is a scheme name or a list of names; ``kind`` is ``decoder``
+    (causal) or ``encoder`` (bidirectional). Scheme-specific options left at
+    null take the scheme's default and must stay null when the scheme is not
+    used. :func:`xforget.validate.validate_model_config` checks everything
+    before a model is built.
+    """
+
+    kind: str = "decoder"
+    num_tokens: int = 256
+    max_seq_len: int = 256
+    dim: int = 256
+    depth: int = 4
+    heads: int = 8
+    dim_head: int | None = None
+    position: Any = "fox"
+    ff_mult: float = 4.0
+    ff_activation: str = "gelu"  # gelu | relu | relu2 | silu | swiglu | geglu
+    norm: str = "layernorm"  # layernorm | rmsnorm | scalenorm
+    norm_style: str = "pre"  # pre | post | sandwich
+    layer_pattern: str | None = None  # one block's sublayers over "a" (attention), "f" (feed-forward); default "af"
+    dropout: float = 0.0  # attention weights and feed-forward activations
+    attn_dropout: float | None = None  # overrides dropout for attention weights
+    ff_dropout: float | None = None  # overrides dropout for feed-forward activations
+    # scheme options
+    forget_gate_divisor: float = 1.0
+    forget_gate_bias_init: float = 0.0
+    alibi_num_heads: int | None = None
+    rotary_dim: int | None = None
+    rotary_base: float = 10000.0
+    rotary_xpos: bool = False
+    rotary_xpos_scale_base: float = 512.0
+    num_buckets: int | None = None  # t5 (32)
+    max_distance: int | None = None  # t5 (128)
+    dynamic_bias_dim: int | None = None  # dynamic (dim // 4)
+    dynamic_bias_depth: int | None = None  # dynamic (2)
+    dynamic_bias_log_distance: bool = False  # dynamic
+    per_row_dim_head: int | None = None  # fox_per_row (8)
+    # attention options
+    kv_heads: int | None = None  # grouped-query attention; 1 = multi-query
+    num_mem_kv: int = 0
+    qk_norm: Any = False  # false | true (per-head RMSNorm) | l2 (l2-normalised q, k with a learned scale)
+    output_gate: bool = False
+    kv_shift: bool = False
+    output_norm: bool = False
+    softclamp_logits: float | None = None
+    value_residual: bool = False
+    value_residual_mix: str = "learned"
+    tie_embedding: bool = False
+    attn_backend: str | None = None
+    extra: dict = field(default_factory=dict)  # forward-compatible layer options (validated by the layers)
+
+
+_WRAPPER_KEYS = {"num_tokens", "max_seq_len", "tie_embedding"}
+
+
+def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
+    """Build a ModelConfig from a plain dict.
+
+    Raises:
+        ValueError: an unknown key, listing the valid keys.
+    """
+    valid = [f.name for f in fields(ModelConfig)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown model config key(s) {unknown}; valid keys: {valid}")
+    return ModelConfig(**values)
+
+
+def build_model(cfg: ModelConfig | dict[str, Any]) -> TransformerWrapper:
+    """Instantiate the TransformerWrapper described by ``cfg``.
+
+    Raises:
+        ValueError: invalid values (unknown kind, scheme, geometry, incompatible
+            options), naming the field ``model.<name>`` and the fix.
+    """
+    if not isinstance(cfg, ModelConfig):
+        cfg = model_config_from_dict(dict(cfg))
+    validate_model_config(cfg)
+    values = asdict(cfg)
+    kind = values.pop("kind")
+    extra = values.pop("extra") or {}
+    layer_cls = {"decoder": Decoder, "encoder": Encoder}.get(kind)
+    if layer_cls is None:
+        raise ValueError(f"model.kind must be 'decoder' or 'encoder', got {kind!r}")
+    position = values.pop("position")
+    if not isinstance(position, str):
+        position = list(position)
+    wrapper_args = {k: values.pop(k) for k in _WRAPPER_KEYS}
+    layers = layer_cls(values.pop("dim"), values.pop("depth"), values.pop("heads"), position=position, **values, **dict(extra))
+    model = TransformerWrapper(attn_layers=layers, **wrapper_args)
+    model._hub_mixin_config = asdict(cfg)  # config.json of save_pretrained (xforget.hub)
+    return model

@@ -1,0 +1,81 @@
+"""``ContinuousTransformerWrapper``: vectors in, vectors out (no token embedding or logits).
+
+For continuous sequences (audio frames, latents, time series): an optional
+linear projection in, the attention layers, an optional linear projection out;
+the same masking, positions and KV cache as :class:`~xforget.wrapper.TransformerWrapper`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .cache import Cache
+from .embeddings import AbsolutePositionalEmbedding
+from .layers import AttentionLayers
+from .wrapper import TransformerWrapper, _join_masks
+
+
+class ContinuousTransformerWrapper(nn.Module):
+    """A continuous-input model around a :class:`~xforget.layers.Decoder` or ``Encoder``.
+
+    Args:
+        attn_layers: the layer stack (its width is the model width).
+        max_seq_len: rows of the absolute position table (used only when the
+            layers' position includes "absolute").
+        dim_in: input width (default: the model width, no projection).
+        dim_out: output width (default: the model width, no projection).
+    Raises:
+        ValueError: max_seq_len < 1.
+    """
+
+    def __init__(
+        self, *, attn_layers: AttentionLayers, max_seq_len: int = 1024, dim_in: int | None = None, dim_out: int | None = None
+    ) -> None:
+        super().__init__()
+        if max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
+        dim = attn_layers.dim
+        self.max_seq_len, self.attn_layers = max_seq_len, attn_layers
+        self.project_in = nn.Linear(dim_in, dim) if dim_in is not None else nn.Identity()
+        self.pos_emb = AbsolutePositionalEmbedding(dim, max_seq_len) if attn_layers.plan.embedding == "absolute" else None
+        self.project_out = nn.Linear(dim, dim_out) if dim_out is not None else nn.Identity()
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        cache: Cache | None = None,
+        return_cache: bool = False,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Cache]:
+        """x (batch, n, dim_in) float -> (batch, n, dim_out).
+
+        mask: (batch, n) bool, True = real frame; cache / return_cache: KV cache
+        as in TransformerWrapper; context / context_mask: for cross-attention layers.
+        Raises:
+            ValueError: wrong input width or mask shape.
+        """
+        b, n = x.shape[:2]
+        if mask is not None and tuple(mask.shape) != (b, n):
+            raise ValueError(f"mask shape {tuple(mask.shape)} must be (batch, n) = {(b, n)}")
+        seen = cache.seen if cache is not None and cache.seen is not None else torch.zeros(b, dtype=torch.long, device=x.device)
+        positions = TransformerWrapper._positions(b, n, mask, seen, x.device)
+        h = self.project_in(x)
+        if h.shape[-1] != self.attn_layers.dim:
+            raise ValueError(f"input width {x.shape[-1]} does not match the model width {self.attn_layers.dim}; set dim_in")
+        if self.pos_emb is not None:
+            h = h + self.pos_emb(positions)
+        key_mask = _join_masks(None if cache is None else cache.mask, mask, cache.length if cache else 0, b, n, x.device)
+        h, layer_caches = self.attn_layers(
+            h, positions=positions, mask=mask, key_mask=key_mask,
+            caches=cache.layers if cache is not None and cache.layers else None,
+            context=context, context_mask=context_mask,
+        )
+        out = self.project_out(h)
+        if not return_cache:
+            return out
+        new_seen = seen + (n if mask is None else mask.sum(-1))
+        return out, Cache(layers=layer_caches, mask=key_mask, seen=new_seen)

@@ -1,0 +1,14 @@
+"""Evaluation of trained runs: bits per byte, per-position loss, length extrapolation, task accuracy.
+
+* :mod:`.metrics` -- loss / bpb / per-position loss of a model on fixed windows (pure functions).
+* :mod:`.core`    -- :func:`evaluate_run` for one run directory (what ``xforget-eval`` reports).
+* :mod:`.config`  -- typed configs (``eval.*`` keys) shared with ``xforget-compare``.
+* :mod:`.cli`     -- ``xforget-eval checkpoint=RUN_DIR data=... eval.seq_len=...``.
+"""
+
+from .config import EvalConfig
+from .core import evaluate_model, evaluate_run, format_table, task_accuracy
+from .metrics import WindowEval, evaluate_windows, nats_to_bpb, token_losses
+
+__all__ = ["EvalConfig", "WindowEval", "evaluate_model", "evaluate_run", "evaluate_windows", "format_table",
+           "nats_to_bpb", "task_accuracy", "token_losses"]

@@ -1,0 +1,156 @@
+"""``xforget-eval``: every evaluation of one trained run, as a table and a JSON file.
+
+    xforget-eval checkpoint=RUN_DIR
+    xforget-eval checkpoint=RUN_DIR data=shakespeare data.path=FILE eval.seq_len=512
+    xforget-eval checkpoint=RUN_DIR eval.multiples=[1,2] eval.tokens=16384 out=eval.json
+
+Config: ``configs/eval.yaml`` over :class:`~xforget.evaluate.config.EvalCommandConfig`.
+``data.*`` keys without ``data=NAME`` modify the run's own data config.
+Errors print one ``error: ...`` line; exit code 2 for bad config, data or
+checkpoint, 1 for other failures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .config import EXIT_CONFIG, EvalCommandConfig, explain_error, split_override
+
+USAGE = __doc__
+
+
+def fail(message: str, code: int = EXIT_CONFIG) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def compose_named(name: str, overrides: list[str], *, return_hydra_config: bool = False):
+    """Compose ``configs/<name>.yaml`` with Hydra overrides (schemas registered by :mod:`.config`)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ..train.config import config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=name):
+        return compose(name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def _run_config_path(checkpoint: str) -> Path | None:
+    from ..train.checkpoint import latest_checkpoint
+
+    root = Path(checkpoint)
+    latest = latest_checkpoint(root)
+    for p in ((latest / "config.yaml") if latest else None, root / "config.yaml"):
+        if p is not None and p.is_file():
+            return p
+    return None
+
+
+def load_eval_config(argv: list[str]) -> EvalCommandConfig:
+    """Compose and type-check the command line.
+
+    Raises:
+        ConfigError: one line naming the bad key and the valid keys.
+    """
+    from ..train.config import ConfigError, load_config_yaml
+
+    parsed = [split_override(a) for a in argv]
+    has_group = any(k == "data" for k, _ in parsed)
+    data_keys = [k.split(".", 1)[1] for k, v in parsed if k.startswith("data.")]
+    overrides = list(argv)
+    run_data = None
+    if data_keys and not has_group:
+        # data.* alone: change the run's own data config; compose with its group to type-check the keys
+        ckpt = next((v for k, v in parsed if k == "checkpoint"), None)
+        path = _run_config_path(ckpt) if ckpt else None
+        if path is None:
+            raise ConfigError("data.* overrides without data=NAME need checkpoint=RUN_DIR with a config.yaml")
+        run_data = load_config_yaml(path).data
+        overrides.insert(0, f"data={run_data.name}")
+    try:
+        cfg = compose_named("eval", overrides)
+        missing = [k for k in ("checkpoint",) if OmegaConf.is_missing(cfg, k)]
+        if missing:
+            raise ConfigError("missing required key: checkpoint=RUN_DIR")
+        typed: EvalCommandConfig = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(explain_error(exc, EvalCommandConfig)) from exc
+    if run_data is not None:
+        typed.data = replace(run_data, **{k: getattr(typed.data, k) for k in data_keys})
+    return typed
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``xforget-eval``); ``argv`` defaults to ``sys.argv[1:]``."""
+    from ..data import DataError
+    from ..train.checkpoint import CheckpointError
+    from ..train.config import ConfigError
+    from .core import evaluate_run, format_table
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return
+    try:
+        cfg = load_eval_config(argv)
+        if cfg.harness:
+            return _harness(cfg)
+        result = evaluate_run(cfg.checkpoint, cfg.eval, cfg.data)
+    except (ConfigError, DataError, CheckpointError) as exc:
+        fail(str(exc))
+    except ValueError as exc:
+        fail(str(exc), 1)
+    print(format_table(result))
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+def _harness(cfg) -> None:
+    """``harness=true``: lm-evaluation-harness tasks on the checkpoint; prints the table, writes JSON."""
+    from .core import pick_device
+
+    if not cfg.tasks:
+        fail("harness=true needs tasks=[name,...] (lm-eval task names, or tasks defined under include_path=DIR)")
+    if cfg.include_path is not None and not Path(cfg.include_path).is_dir():
+        fail(f"include_path={cfg.include_path}: not a directory")
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+        from lm_eval.utils import make_table
+
+        from .harness import XForgetLM
+    except ImportError as exc:
+        fail(f"harness=true needs lm-evaluation-harness ({exc}); install the extra: pip install 'xforget[harness]'")
+    try:
+        lm = XForgetLM(pretrained=cfg.checkpoint, batch_size=cfg.batch_size, device=str(pick_device(cfg.eval.device)))
+    except (ValueError, OSError) as exc:
+        fail(" ".join(str(exc).split()))
+    manager = TaskManager(include_path=cfg.include_path)
+    unknown = [t for t in cfg.tasks if t not in manager.all_tasks]
+    if unknown:
+        fail(f"unknown harness task(s) {unknown}; define them in a YAML under include_path=DIR, or see `lm-eval ls tasks`")
+    results = lm_eval.simple_evaluate(model=lm, tasks=list(cfg.tasks), task_manager=manager,
+                                      num_fewshot=cfg.num_fewshot, limit=cfg.limit, log_samples=False)
+    print(make_table(results))
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "harness.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    keep = {k: results[k] for k in ("results", "versions", "n-shot", "configs", "higher_is_better", "n-samples")
+            if k in results}
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(keep, indent=1, default=str) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Evaluate one trained run: validation bpb, per-position loss, length extrapolation, task accuracy.
+
+:func:`evaluate_run` is what ``xforget-eval`` prints and what ``xforget-compare``
+collects for every run; it returns a plain JSON-able dict (see :func:`evaluate_model`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import load_corpus, val_windows
+from ..data import synthetic
+from ..train.checkpoint import complete_checkpoints, load_model
+from ..train.config import DataConfig, TrainConfig
+from .config import EvalConfig, validate_eval
+from .metrics import evaluate_windows, length_limit, token_losses
+
+ROUND = 6
+OK, CANNOT_EXTRAPOLATE, TOO_SHORT = "ok", "cannot extrapolate", "validation split too short"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def validation_bytes(data_cfg: DataConfig) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The validation split (uint8) of the corpus ``data_cfg`` names: the last ``val_fraction`` of its bytes.
+
+    Same rule as training's :func:`xforget.data.split_corpus` (which also checks the
+    sizes against one ``seq_len``; here each evaluation length is checked on its own).
+    """
+    corpus = load_corpus(data_cfg)
+    t = torch.frombuffer(bytearray(corpus.data), dtype=torch.uint8)
+    n_val = int(t.numel() * data_cfg.val_fraction)
+    info = {"name": data_cfg.name, "path": data_cfg.path, "bytes": t.numel(), "val_bytes": n_val,
+            "sha256": corpus.meta.get("sha256")}
+    return t[t.numel() - n_val:], info
+
+
+def _r(x: float) -> float:
+    return round(float(x), ROUND)
+
+
+def evaluate_model(net: nn.Module, val: torch.Tensor, lengths: list[int], *, tokens: int, batch_tokens: int = 16384,
+                   per_position: bool = True, device: torch.device | str = "cpu",
+                   multiples: list[int] | None = None) -> list[dict[str, Any]]:
+    """Loss, bpb and per-position loss of ``net`` at each length, on ``tokens // length`` validation windows.
+
+    Returns one dict per length: ``length``, ``multiple``, ``status`` (``ok``,
+    ``cannot extrapolate`` for a model whose absolute position table is shorter,
+    ``validation split too short``), and when ok ``windows``, ``tokens``,
+    ``loss`` (nats), ``bpb`` and ``per_position`` (mean loss at each target index).
+    """
+    limit = length_limit(net)
+    out = []
+    for i, length in enumerate(lengths):
+        row: dict[str, Any] = {"length": length, "multiple": multiples[i] if multiples else None}
+        if limit is not None and length > limit:
+            row.update(status=CANNOT_EXTRAPOLATE, reason=f"absolute position table has {limit} entries")
+        elif val.numel() < length + 1:
+            row.update(status=TOO_SHORT, reason=f"{val.numel()} validation bytes < {length + 1}")
+        else:
+            windows = val_windows(val, length, max(1, tokens // length))
+            ev = evaluate_windows(net, windows, batch_tokens=batch_tokens, device=device)
+            row.update(status=OK, windows=ev.windows, tokens=ev.tokens, loss=_r(ev.loss), bpb=_r(ev.bpb))
+            if per_position:
+                row["per_position"] = [_r(v) for v in ev.per_position]
+        out.append(row)
+    return out
+
+
+def _bins(index: torch.Tensor, correct: torch.Tensor, upper: int, count: int = 8) -> list[dict[str, Any]]:
+    edges = torch.linspace(0, upper, count + 1).round().long().tolist()
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (index >= lo) & (index < hi)
+        n = int(sel.sum())
+        if n:
+            rows.append({"lo": lo, "hi": hi, "n": n, "accuracy": _r(correct[sel].float().mean())})
+    return rows
+
+
+def task_accuracy(net: nn.Module, task: str, lengths: list[int], *, examples: int = 64, seed: int = 1234,
+                  batch_tokens: int = 16384, device: torch.device | str = "cpu") -> list[dict[str, Any]]:
+    """Answer accuracy (top-1, teacher forced) of ``net`` on a synthetic task at each length.
+
+    At length L, ``examples`` fresh examples of exactly L + 1 bytes (one per
+    window) are generated with ``seed``; every answer byte counts once.
+    Reported overall, by the answer's position in the window and by its
+    distance to the byte it recalls (8 equal bins each).
+    """
+    limit = length_limit(net)
+    out = []
+    for length in lengths:
+        row: dict[str, Any] = {"length": length}
+        if limit is not None and length > limit:
+            row.update(status=CANNOT_EXTRAPOLATE)
+        elif length + 1 < synthetic.min_length(task):
+            row.update(status=f"too short for {task} (needs {synthetic.min_length(task) - 1})")
+        else:
+            exs = synthetic.generate_examples(task, examples, length + 1, seed)
+            windows, targets, dists = synthetic.answer_windows(exs, length)
+            _, preds = token_losses(net, windows, batch_tokens=batch_tokens, device=device, with_argmax=True)
+            truth = windows[:, 1:].gather(1, targets)
+            correct = preds.gather(1, targets) == truth
+            row.update(status=OK, examples=examples, answers=int(correct.numel()),
+                       accuracy=_r(correct.float().mean()),
+                       by_position=_bins(targets.flatten(), correct.flatten(), length),
+                       by_distance=_bins(dists.flatten(), correct.flatten(), length))
+        out.append(row)
+    return out
+
+
+def checkpoint_step(run_dir: Path) -> int | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1][0] if found else None
+
+
+def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: DataConfig | None = None,
+                 *, model: nn.Module | None = None, train_cfg: TrainConfig | None = None) -> dict[str, Any]:
+    """All evaluations of the trained model in ``run_dir`` as a JSON-able dict.
+
+    Args:
+        run_dir: a training run directory (latest complete checkpoint is used).
+        ecfg: what to measure (default :class:`EvalConfig`).
+        data_cfg: the corpus to validate on (default: the run's own data config).
+    Raises:
+        CheckpointError (nothing loadable), DataError, ConfigError.
+    """
+    ecfg = ecfg or EvalConfig()
+    validate_eval(ecfg)
+    run_dir = Path(run_dir)
+    if ecfg.threads:
+        torch.set_num_threads(ecfg.threads)
+    device = pick_device(ecfg.device)
+    if model is None or train_cfg is None:
+        model, train_cfg = load_model(run_dir, device=device)
+    model = model.to(device).eval()
+    data_cfg = data_cfg or train_cfg.data
+    t = train_cfg.trainer
+    base = ecfg.seq_len or t.seq_len
+    multiples = [int(m) for m in ecfg.multiples]
+    lengths = [m * base for m in multiples]
+    tokens = ecfg.tokens or t.eval_batches * t.batch_size * t.seq_len
+    val, data_info = validation_bytes(data_cfg)
+    rows = evaluate_model(model, val, lengths, tokens=tokens, batch_tokens=ecfg.batch_tokens,
+                          per_position=ecfg.per_position, device=device, multiples=multiples)
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "checkpoint_step": checkpoint_step(run_dir),
+        "position": train_cfg.model.position,
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_seq_len": t.seq_len,
+        "base_seq_len": base,
+        "data": data_info,
+        "eval": asdict(ecfg),
+        "lengths": rows,
+        "val_loss": next((r["loss"] for r in rows if r["status"] == OK), None),
+        "val_bpb": next((r["bpb"] for r in rows if r["status"] == OK), None),
+    }
+    task = ecfg.task or (data_cfg.name if data_cfg.name in synthetic.TASKS else None)
+    if task:
+        result["task"] = {"name": task, "lengths": task_accuracy(model, task, lengths, examples=ecfg.task_examples,
+                                                                 seed=ecfg.task_seed, batch_tokens=ecfg.batch_tokens,
+                                                                 device=device)}
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A small text table of one evaluation (what ``xforget-eval`` prints)."""
+    lines = [f"run {result['run_dir']} (step {result['checkpoint_step']}, position {result['position']}, "
+             f"{result['params'] / 1e6:.2f}M params, data {result['data']['name']})",
+             f"{'length':>8} {'x':>4} {'windows':>8} {'loss':>8} {'bpb':>8}  first/last-quarter loss"]
+    for r in result["lengths"]:
+        mult = f"{r['multiple']}x" if r.get("multiple") else ""
+        if r["status"] != OK:
+            lines.append(f"{r['length']:>8} {mult:>4} {'':>8} {'':>8} {'':>8}  {r['status']}")
+            continue
+        pp = r.get("per_position") or []
+        q = max(1, len(pp) // 4)
+        quarters = f"{sum(pp[:q]) / q:.3f} / {sum(pp[-q:]) / q:.3f}" if pp else ""
+        lines.append(f"{r['length']:>8} {mult:>4} {r['windows']:>8} {r['loss']:>8.4f} {r['bpb']:>8.4f}  {quarters}")
+    if "task" in result:
+        accs = ", ".join(f"{r['length']}: {r['accuracy']:.3f}" if r["status"] == OK else f"{r['length']}: {r['status']}"
+                         for r in result["task"]["lengths"])
+        lines.append(f"{result['task']['name']} answer accuracy by length: {accs}")
+    return "\n".join(lines)
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value; None for none)."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None, None
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))

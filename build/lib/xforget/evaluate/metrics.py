@@ -1,0 +1,128 @@
+"""Loss, bits per byte and per-position loss of a causal byte-level model on fixed windows.
+
+Everything here is a plain function of (model, windows): no data loading, no
+config. The numbers are defined once:
+
+* A *window* is ``L + 1`` token ids; the model reads the first ``L`` and is
+  scored on predicting the last ``L`` (next-token cross-entropy, nats).
+* ``per_position[i]`` is the mean loss at target index ``i`` (predicting token
+  ``i + 1`` after reading tokens ``0..i``) over all windows.
+* ``loss`` is the mean over every scored token. As every window has the same
+  length, ``loss == mean(per_position)`` exactly (up to float summation order;
+  tests/test_evaluate.py pins this down).
+* ``bpb`` (bits per byte) is ``loss / ln 2``: one token is one byte here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LN2 = math.log(2.0)
+
+
+def nats_to_bpb(loss_nats: float) -> float:
+    """Bits per byte for a byte-level (vocabulary 256) model's loss in nats per token."""
+    return loss_nats / LN2
+
+
+@dataclass
+class WindowEval:
+    """Result of :func:`evaluate_windows` on ``windows`` of ``length`` scored tokens."""
+
+    length: int
+    windows: int
+    loss: float  # mean nats per scored token
+    bpb: float
+    per_position: list[float] = field(default_factory=list)  # mean loss at each target index (length entries)
+
+    @property
+    def tokens(self) -> int:
+        return self.length * self.windows
+
+
+def _batch_size_for(length: int, batch_tokens: int) -> int:
+    return max(1, batch_tokens // max(1, length))
+
+
+@torch.no_grad()
+def token_losses(net: nn.Module, windows: Tensor, *, batch_tokens: int = 16384,
+                 device: torch.device | str | None = None, with_argmax: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Per-token next-token loss (windows, L) float64 in nats, and optionally the argmax predictions (windows, L).
+
+    ``net`` maps (b, L) ids to (b, L, vocab) logits (a :class:`~xforget.TransformerWrapper`).
+    Batches hold about ``batch_tokens`` tokens. The model is put in eval mode
+    for the call and restored afterwards.
+
+    Raises:
+        ValueError: from the model, e.g. a length beyond an absolute position table.
+    """
+    if windows.ndim != 2 or windows.shape[1] < 2:
+        raise ValueError(f"windows must be (count, L + 1) with L >= 1, got {tuple(windows.shape)}")
+    device = torch.device(device) if device is not None else next(net.parameters()).device
+    count, length = windows.shape[0], windows.shape[1] - 1
+    bs = _batch_size_for(length, batch_tokens)
+    losses, preds = [], []
+    was_training = net.training
+    net.eval()
+    try:
+        for i in range(0, count, bs):
+            batch = windows[i:i + bs].to(device)
+            logits = net(batch[:, :-1]).float()
+            loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+            losses.append(loss.double().cpu())
+            if with_argmax:
+                preds.append(logits.argmax(-1).cpu())
+    finally:
+        net.train(was_training)
+    return torch.cat(losses), (torch.cat(preds) if with_argmax else None)
+
+
+def evaluate_windows(net: nn.Module, windows: Tensor, *, batch_tokens: int = 16384,
+                     device: torch.device | str | None = None) -> WindowEval:
+    """Mean loss, bpb and the per-position loss curve of ``net`` on ``windows`` (count, L + 1)."""
+    losses, _ = token_losses(net, windows, batch_tokens=batch_tokens, device=device)
+    per_position = losses.mean(dim=0)
+    loss = float(losses.mean())
+    return WindowEval(length=windows.shape[1] - 1, windows=windows.shape[0], loss=loss, bpb=nats_to_bpb(loss),
+                      per_position=[float(v) for v in per_position])
+
+
+def length_limit(net: nn.Module) -> int | None:
+    """Longest input the model accepts, or None if unlimited (relative schemes).
+
+    See :attr:`xforget.TransformerWrapper.position_limit` (``max_seq_len`` with an
+    absolute position table).
+    """
+    limit = getattr(net, "position_limit", None)
+    return None if limit is None else int(limit)
+
+
+def bin_curve(values: list[float] | Tensor, bins: int = 64, *, log: bool = True) -> tuple[list[float], list[float]]:
+    """Average a per-position curve into ``bins`` (log-spaced by default) for plotting.
+
+    Returns (x, y): x the mean 1-based position of each non-empty bin, y its mean value.
+    """
+    v = torch.as_tensor(values, dtype=torch.float64)
+    n = v.numel()
+    if n == 0:
+        return [], []
+    pos = torch.arange(1, n + 1, dtype=torch.float64)
+    if log:
+        edges = torch.unique(torch.logspace(0, math.log10(n + 1), bins + 1).floor().long())
+    else:
+        edges = torch.unique(torch.linspace(1, n + 1, bins + 1).floor().long())
+    xs, ys = [], []
+    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        sel = slice(lo - 1, min(hi - 1, n))
+        if sel.stop > sel.start:
+            xs.append(float(pos[sel].mean()))
+            ys.append(float(v[sel].mean()))
+    if edges[-1] - 1 < n:  # tail not covered by rounding
+        xs.append(float(pos[edges[-1] - 1:].mean()))
+        ys.append(float(v[edges[-1] - 1:].mean()))
+    return xs, ys

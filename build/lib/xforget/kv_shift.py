@@ -1,0 +1,79 @@
+"""Data-dependent key/value shift (the "KV-shift" of the FoX Pro block).
+
+Lin, Nikishin, He, Courville, "Forgetting Transformer", ICLR 2025 (arXiv
+2503.02130), section 4.2 / appendix: each key and value is mixed with the
+previous token's (un-shifted) key and value,
+
+    k_t = a_t * k~_{t-1} + (1 - a_t) * k~_t,     v_t = a_t * v~_{t-1} + (1 - a_t) * v~_t,
+    a_t = sigmoid(w_h . x_t + b_h)                 (one scalar per KV head and token)
+
+from the attention layer's normed input x_t; k~_{-1} = v~_{-1} = 0. "Previous"
+means the previous *real* token: pads are skipped, so a padded batch equals its
+unbatched rows. For exact cached decoding the last real token's k~, v~ are
+carried in the cache (:class:`ShiftState`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class ShiftState:
+    """The un-shifted key and value of the last real token, (batch, kv_heads, 1, dim_head) each."""
+
+    k: Tensor
+    v: Tensor
+
+
+def previous_real(t: Tensor, mask: Tensor | None, state: Tensor | None) -> tuple[Tensor, Tensor]:
+    """For each new token, the entry of the previous real token.
+
+    Args:
+        t: (batch, heads, n, d) entries of the new tokens.
+        mask: (batch, n) bool, True = real, or None (all real).
+        state: (batch, heads, 1, d) entry of the last real token before them, or None (zeros).
+    Returns:
+        (previous (batch, heads, n, d), the last real entry after them (batch, heads, 1, d)).
+    """
+    b, h, n, d = t.shape
+    if state is None:
+        state = t.new_zeros(b, h, 1, d)
+    seq = torch.cat((state.to(t.dtype), t), dim=2)  # index 0 = the carried state, always "real"
+    if mask is None:
+        return seq[:, :, :n], seq[:, :, n:]
+    real = torch.cat((torch.ones_like(mask[:, :1]), mask), dim=1)  # (b, n + 1)
+    idx = torch.arange(n + 1, device=t.device).expand(b, n + 1)
+    last_real = torch.where(real, idx, 0).cummax(dim=1).values  # (b, n + 1): last real index so far
+    gather = last_real[:, None, :, None].expand(b, h, n + 1, d)
+    picked = seq.gather(2, gather)
+    return picked[:, :, :n], picked[:, :, n:]
+
+
+class KVShift(nn.Module):
+    """The FoX Pro KV-shift.
+
+    Args:
+        dim: model width (input of the mix).
+        kv_heads: number of key/value heads (one mix a_t per KV head).
+    Forward: ``(k, v, x, mask, state) -> (k, v, new_state)`` with k, v (batch,
+    kv_heads, n, dim_head) un-shifted, x (batch, n, dim), mask (batch, n) bool
+    or None, state a :class:`ShiftState` or None.
+    """
+
+    def __init__(self, dim: int, kv_heads: int) -> None:
+        super().__init__()
+        self.to_mix = nn.Linear(dim, kv_heads)
+        nn.init.zeros_(self.to_mix.weight)
+        nn.init.constant_(self.to_mix.bias, -2.0)  # start close to no shift (a ~ 0.12)
+
+    def forward(
+        self, k: Tensor, v: Tensor, x: Tensor, mask: Tensor | None, state: ShiftState | None
+    ) -> tuple[Tensor, Tensor, ShiftState]:
+        a = torch.sigmoid(self.to_mix(x)).transpose(1, 2)[..., None].to(k.dtype)  # (b, kv_heads, n, 1)
+        prev_k, last_k = previous_real(k, mask, None if state is None else state.k)
+        prev_v, last_v = previous_real(v, mask, None if state is None else state.v)
+        return k.lerp(prev_k, a), v.lerp(prev_v, a), ShiftState(last_k, last_v)

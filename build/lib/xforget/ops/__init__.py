@@ -1,0 +1,12 @@
+"""Functional attention ops: forgetting attention (FoX) with O(n)-memory backends.
+
+>>> from xforget.ops import forgetting_attention, attend
+
+See :func:`forgetting_attention` for the maths and the backends
+("reference", "fold", "chunked", "cuda"), and :func:`attend` for the entry
+point used by the attention layer.
+"""
+
+from .dispatch import BACKENDS, attend, forgetting_attention, resolve_backend
+
+__all__ = ["BACKENDS", "attend", "forgetting_attention", "resolve_backend"]

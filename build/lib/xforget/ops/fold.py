@@ -1,0 +1,155 @@
+"""Fold backend: forgetting attention through one fused SDPA call (DESIGN.md section 3).
+
+In the causal case ``c_i`` is constant along a row and softmax is
+shift-invariant, so ``softmax(s_ij + c_i - c_j) = softmax(s_ij - c_j)``: the
+n x n decay bias collapses to one number per key, ``u_j = -c_j``, which is
+appended to the keys as extra channels while the queries get a matching
+constant channel.  No n x n tensor is built (except the boolean lower-right
+mask PyTorch materialises on CPU when ``1 < n_q < n_k``).
+
+Precision (the naive single-channel fold in bf16 is off by ~0.6 once
+|c| > 1000, because bf16 keeps 8 bits of c):
+
+* q is pre-scaled in fp32 and SDPA is called with ``scale=1.0``, so the query
+  channel is an exact constant (1, or a power of two for fp16).
+* fp32 / fp64: one channel ``u`` in the input dtype.
+* bf16: three channels ``hi + mid + lo`` with ``hi = bf16(u)``,
+  ``mid = bf16(u - hi)``, ``lo = bf16(u - hi - mid)``: 3 x 8 bits = the full
+  24-bit fp32 mantissa, so the fp32 ``u`` is represented exactly and the fused
+  kernel (fp32 accumulation) sees the same logits as an fp32 fold.
+* fp16: the same three-way split of ``u / 2^p`` with the query channel ``2^p``
+  (both exact), ``p`` chosen per (batch, head) so that ``|u| / 2^p <= 2^14``:
+  nothing can overflow fp16's 65504 however large |c| grows.
+
+Accuracy limit: the logits carry u_j = -c_j at full magnitude, so (like any
+fp32 cumsum, as specified) they are exact to ~6e-8 * max|c|: 1e-4 at
+|c| ~ 2000, 1e-2 at |c| ~ 2e5 (the chunked fp32 path measures the same).
+
+CPU speed: with decay, many softmax weights fall in exp()'s subnormal range
+(e^-87 .. e^-104), which x86 handles ~10x slower; the backward of the fused
+kernel can slow down 3-4x.  ``torch.set_flush_denormal(True)`` at program
+start (before the first parallel op, so OpenMP threads inherit it) removes
+this; the op does not change that process-wide setting itself.
+
+Padding: pad keys get ``log f = 0`` and ``u_j = -(2 max|u| + 1e4)``, i.e. a
+logit at least 1e4 below every real key in the row, which ``exp`` maps to
+exactly 0.  Rows with no real key are zeroed explicitly (their softmax runs
+over pad keys only, so everything stays finite).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .common import Shapes, Tensor, cumulative_gate, default_scale, expand_kv, valid_rows, zero_invalid_rows
+
+PAD_GAP = 1.0e4  # pad keys sit this far (at least) below every real key's logit
+FP16_CHANNEL_MAX = 2.0 ** 14  # |u| / 2^p stays below this in fp16 channels
+
+
+def split_channels(u: Tensor, dtype: torch.dtype) -> Tuple[List[Tensor], Tensor]:
+    """Represent the fp32 per-key logit ``u`` (b, h, n) in ``dtype`` channels.
+
+    Returns ``(key_channels, query_value)``: ``sum(key_channels) * query_value == u``
+    (exactly for fp32 ``u``), ``query_value`` is (b, h, 1) in fp32.
+    """
+    one = torch.ones_like(u[..., :1])
+    if dtype in (torch.float32, torch.float64):
+        return [u.to(dtype)], one
+    if dtype == torch.bfloat16:
+        q_val = one
+        x = u.float()
+    elif dtype == torch.float16:
+        with torch.no_grad():
+            amax = u.detach().abs().amax(-1, keepdim=True).float()
+            p = torch.ceil(torch.log2(amax.clamp_min(1.0) / FP16_CHANNEL_MAX)).clamp(0, 15)
+            q_val = torch.exp2(p)
+        x = u.float() / q_val
+    else:
+        raise ValueError(f"fold backend supports float64, float32, bfloat16, float16; got {dtype}")
+    hi = x.to(dtype)
+    r1 = x - hi.float()
+    mid = r1.to(dtype)
+    lo = (r1 - mid.float()).to(dtype)
+    return [hi, mid, lo], q_val
+
+
+def per_key_logit(c: Optional[Tensor], mask: Optional[Tensor], s: Shapes, device) -> Tensor:
+    """``u_j = -c_j`` (fp32, (b, h, n_k)), with pad keys pushed far below every real key."""
+    u = -c if c is not None else torch.zeros(s.b, 1, s.n_k, device=device)
+    u = u.expand(s.b, s.h, s.n_k)
+    if mask is not None:
+        with torch.no_grad():
+            far = -(2.0 * u.detach().abs().amax(-1, keepdim=True) + PAD_GAP)
+        u = torch.where(mask[:, None, :], u, far)
+    return u
+
+
+def causal_sdpa(q: Tensor, k: Tensor, v: Tensor, n_q: int, n_k: int, scale: Optional[float], **kw) -> Tensor:
+    """SDPA with causal masking aligned lower-right (query m sits at m + n_k - n_q)."""
+    if n_q == n_k:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **kw)
+    if n_q == 1:  # the last position sees every key
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, **kw)
+    from torch.nn.attention.bias import causal_lower_right
+
+    # CausalBias dispatch does not take enable_gqa: expand kv heads first.
+    if kw.pop("enable_gqa", False):
+        k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n_q, n_k), scale=scale, **kw)
+
+
+def fold_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_fgate: Optional[Tensor],
+    *,
+    shapes: Shapes,
+    causal: bool = True,
+    mask: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    log_bgate: Optional[Tensor] = None,
+    channel_multiple: int = 1,
+) -> Tensor:
+    """Causal forgetting attention via the key-channel fold; returns q's dtype.
+
+    ``channel_multiple`` rounds the folded head dim up (8 suits the CUDA kernels).
+    Raises ``ValueError`` for ``causal=False`` (the bidirectional bias has two
+    different row constants and does not fold: use "chunked").
+    """
+    if not causal:
+        raise ValueError("backend 'fold' serves causal attention only; use 'chunked' or 'reference' for causal=False")
+    if log_bgate is not None:
+        raise ValueError("backend 'fold' takes no log_bgate (causal attention has no backward gate)")
+    s = shapes
+    scale = default_scale(s.d, scale)
+    dtype = q.dtype
+
+    c = cumulative_gate(log_fgate, mask, s)
+    if c is None and mask is None:  # plain causal attention: nothing to fold
+        return causal_sdpa(q, k, v, s.n_q, s.n_k, scale, enable_gqa=s.h != s.h_kv)
+
+    u = per_key_logit(c, mask, s, q.device)
+    k_chans, q_val = split_channels(u, dtype)
+    n_ch = len(k_chans)
+    width = max(s.d + n_ch, s.d_v)
+    width = -(-width // channel_multiple) * channel_multiple
+
+    # one copy per tensor: [q * scale, q_val...], [k, u channels...], [v, 0...], zero-padded to width
+    pad_qk, pad_v = width - s.d - n_ch, width - s.d_v
+    q_s = (q.to(torch.promote_types(dtype, torch.float32)) * scale).to(dtype)
+    q_parts = [q_s, q_val[..., None].to(dtype).expand(s.b, s.h, s.n_q, n_ch)]
+    k_parts = [expand_kv(k, s.h)] + [ch[..., None] for ch in k_chans]
+    if pad_qk:
+        q_parts.append(q_s.new_zeros(s.b, s.h, s.n_q, pad_qk))
+        k_parts.append(q_s.new_zeros(s.b, s.h, s.n_k, pad_qk))
+    q2, k2 = torch.cat(q_parts, dim=-1), torch.cat(k_parts, dim=-1)
+    # the fused CPU/GPU kernels want equal head dims: pad v with zero channels
+    v2 = F.pad(expand_kv(v, s.h), (0, pad_v)) if pad_v else expand_kv(v, s.h)
+
+    out = causal_sdpa(q2, k2, v2, s.n_q, s.n_k, 1.0)[..., : s.d_v]
+    return zero_invalid_rows(out, valid_rows(mask, s, causal)).to(dtype)

@@ -1,0 +1,146 @@
+"""``metrics.jsonl``: one JSON record per log line, appended and flushed as training goes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no nan/inf
+    return value
+
+
+class MetricsLog:
+    """Appends records to ``path``; on resume, drops records past the restored step first."""
+
+    def __init__(self, path: str | Path, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        if resume_step is not None and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()  # a fresh run
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` (a run directory or the file)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+def model_flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), PaLM appendix B convention.
+
+    ``6 * N + 12 * sum_layers(heads * dim_head) * seq_len``: ``N`` counts the
+    matrix weights that multiply activations (every ``ndim >= 2`` parameter
+    except embedding tables; the output projection counts, once if tied); the
+    second term is the attention scores and weighted sum (QK^T and AV, not
+    halved for the causal mask). Norms, biases, gates and the softmax are left out.
+    """
+    from torch import nn
+
+    from ..attention import Attention
+
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    logits = getattr(model, "to_logits", None)
+    tied = logits is not None and id(logits.weight) in tables
+    n = sum(p.numel() for p in model.parameters() if p.ndim >= 2 and id(p) not in tables)
+    if tied:
+        n += logits.weight.numel()
+    attn = sum(m.heads * m.dim_head for m in model.modules() if isinstance(m, Attention) and not m.cross)
+    return 6.0 * n + 12.0 * attn * seq_len
+
+
+# Dense peak FLOP/s per device (no sparsity), by autocast dtype: fp32 means TF32 off, i.e. plain fp32.
+_PEAK = {  # name fragment: (fp32, bf16/fp16)
+    "H200": (67e12, 989e12),
+    "H100": (67e12, 989e12),
+    "A100": (19.5e12, 312e12),
+    "L40S": (91.6e12, 362e12),
+    "A10G": (31.2e12, 125e12),
+    "L4": (30.3e12, 121e12),
+    "V100": (15.7e12, 125e12),
+    "T4": (8.1e12, 65e12),
+}
+
+
+def peak_flops(device, precision: str, configured: float | None = None) -> float | None:
+    """``configured`` if given, else a known CUDA GPU's dense peak for ``precision``, else None (CPU, unknown GPU)."""
+    if configured:
+        return float(configured)
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, (fp32, half) in _PEAK.items():
+        if fragment in name:
+            return fp32 if precision == "fp32" else half
+    return None
+
+
+# --------------------------------------------------------------------------- TensorBoard
+
+
+class TensorBoardLog:
+    """``logger=tensorboard``: the numeric fields of every metrics record as scalars in ``run_dir/tensorboard``.
+
+    Events after the restored step (all of them for a fresh run) are purged, like ``metrics.jsonl``.
+    """
+
+    def __init__(self, log_dir: str | Path, resume_step: int | None = None, hparams: dict[str, Any] | None = None) -> None:
+        SummaryWriter = tensorboard_writer_class()
+        self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=0 if resume_step is None else resume_step + 1)
+        if hparams and resume_step is None:  # the resolved config, once, as a text table
+            rows = "\n".join(f"| {k} | {v} |" for k, v in hparams.items())
+            self._writer.add_text("config", "| key | value |\n|---|---|\n" + rows, 0)
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = int(record["step"])
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(key, value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def tensorboard_writer_class():
+    """``torch.utils.tensorboard.SummaryWriter``.
+
+    Raises:
+        ConfigError: the ``tensorboard`` package is not installed (it is optional).
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        from .config import ConfigError
+
+        raise ConfigError(f"logger=tensorboard needs the tensorboard package ({exc}); install it with "
+                          "`pip install 'xforget[tensorboard]'`, or use logger=none (metrics.jsonl is always written)") from None
+    return SummaryWriter

@@ -1,0 +1,178 @@
+"""``TransformerWrapper``: token embedding -> attention layers -> logits, with a KV cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor, nn
+
+from .aliases import translate_x_transformers_kwargs
+from .cache import Cache
+from .embeddings import AbsolutePositionalEmbedding, TokenEmbedding
+from .layers import AttentionLayers
+
+
+class TransformerWrapper(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="xforget",
+    tags=["forgetting-transformer", "xforget"],
+    paper_url="https://arxiv.org/abs/2503.02130",
+):
+    """A language model around a :class:`Decoder` or :class:`Encoder`.
+
+    Hugging Face-style directories come from ``huggingface_hub``'s
+    ``PyTorchModelHubMixin``: ``save_pretrained(dir, tokenizer=None)`` writes
+    ``config.json`` (the :class:`~xforget.config.ModelConfig`), ``model.safetensors``,
+    a model card and the tokenizer when given; ``TransformerWrapper.from_pretrained(dir_or_repo_id)``
+    rebuilds the model; ``push_to_hub(repo_id)`` uploads. Only models built from a
+    ``ModelConfig`` (:func:`xforget.build_model`, a run directory, ``from_pretrained``)
+    can be saved this way (see :mod:`xforget.hub`).
+
+    Args:
+        num_tokens: vocabulary size.
+        max_seq_len: longest sequence for the absolute position table (relative
+            schemes are not limited by it).
+        attn_layers: the layer stack; its ``position`` decides whether an
+            absolute embedding exists (only when ``"absolute"`` is asked for).
+        tie_embedding: share the token embedding with the output projection.
+        use_abs_pos_emb: x-transformers alias; True adds an absolute embedding
+            (only if the layers use no rotary or bias scheme, as there).
+    Raises:
+        ValueError: max_seq_len or num_tokens < 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_tokens: int,
+        max_seq_len: int,
+        attn_layers: AttentionLayers,
+        tie_embedding: bool = False,
+        use_abs_pos_emb: bool | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        if num_tokens < 1 or max_seq_len < 1:
+            raise ValueError(f"num_tokens and max_seq_len must be >= 1, got {num_tokens}, {max_seq_len}")
+        kwargs = translate_x_transformers_kwargs(kwargs)
+        if kwargs:
+            raise TypeError(f"TransformerWrapper: unknown option(s) {sorted(kwargs)}; valid: num_tokens, max_seq_len, "
+                            "attn_layers, tie_embedding, use_abs_pos_emb")
+        self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
+        self.attn_layers = attn_layers
+        dim, plan = attn_layers.dim, attn_layers.plan
+        self.token_emb = TokenEmbedding(num_tokens, dim)
+        wants_absolute = plan.embedding == "absolute" or (
+            bool(use_abs_pos_emb) and plan.embedding is None and not plan.rotary and plan.bias is None
+        )
+        self.pos_emb = AbsolutePositionalEmbedding(dim, max_seq_len) if wants_absolute else None
+        self.to_logits = nn.Linear(dim, num_tokens, bias=False)
+        if tie_embedding:
+            self.to_logits.weight = self.token_emb.emb.weight
+
+    # ------------------------------------------------------------------ hub-style directories
+
+    def save_pretrained(self, save_directory: str | Path, *, tokenizer=None, **kwargs):
+        """``config.json`` + ``model.safetensors`` (+ README.md model card, + the tokenizer's files).
+
+        Raises:
+            ValueError: the model was not built from a ModelConfig (no config to write).
+        """
+        from .hub import check_saveable, save_tokenizer
+
+        check_saveable(self)
+        out = super().save_pretrained(save_directory, **kwargs)
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, Path(save_directory))
+        return out
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from .hub import save_weights
+
+        save_weights(self, save_directory)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision, cache_dir, force_download, local_files_only, token,
+                         map_location: str = "cpu", strict: bool = True, **model_kwargs):
+        from .hub import build_from_pretrained
+
+        return build_from_pretrained(model_id, model_kwargs, map_location=map_location, revision=revision,
+                                     cache_dir=cache_dir, force_download=force_download,
+                                     local_files_only=local_files_only, token=token)
+
+    @property
+    def position_limit(self) -> int | None:
+        """Longest sequence the model accepts: ``max_seq_len`` with an absolute position
+        table, None (unlimited) for relative schemes."""
+        return self.max_seq_len if self.pos_emb is not None else None
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        cache: Cache | None = None,
+        return_cache: bool = False,
+        return_embeddings: bool = False,
+    ) -> Tensor | tuple[Tensor, Cache]:
+        """Logits for token ids.
+
+        Args:
+            x: (batch, n) int64 token ids; with a ``cache``, only the new tokens.
+            mask: (batch, n) bool, True for real tokens (pads may be anywhere;
+                pads neither attend-to-matter nor move positions), or None.
+            cache: a :class:`Cache` from an earlier call with ``return_cache=True``.
+            return_cache: also return the updated cache.
+            return_embeddings: return the final hidden states (batch, n, dim) instead of logits.
+        Returns:
+            logits (batch, n, num_tokens) float, or (logits, cache).
+        Raises:
+            ValueError: token id out of range; sequence beyond the absolute
+                position table; mask shape mismatch.
+        """
+        b, n = x.shape
+        if mask is not None and mask.shape != x.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} must equal token shape {tuple(x.shape)}")
+        seen = cache.seen if cache is not None and cache.seen is not None else torch.zeros(b, dtype=torch.long, device=x.device)
+        positions = self._positions(b, n, mask, seen, x.device)
+
+        h = self.token_emb(x)
+        if self.pos_emb is not None:
+            h = h + self.pos_emb(positions)
+
+        cached_mask = None if cache is None else cache.mask
+        key_mask = _join_masks(cached_mask, mask, cache.length if cache else 0, b, n, x.device)
+        h, layer_caches = self.attn_layers(
+            h,
+            positions=positions,
+            mask=mask,
+            key_mask=key_mask,
+            caches=cache.layers if cache is not None and cache.layers else None,
+        )
+        out = h if return_embeddings else self.to_logits(h)
+        if not return_cache:
+            return out
+        new_seen = seen + (n if mask is None else mask.sum(-1))
+        return out, Cache(layers=layer_caches, mask=key_mask, seen=new_seen)
+
+    @staticmethod
+    def _positions(b: int, n: int, mask: Tensor | None, seen: Tensor, device) -> Tensor:
+        """Position of each new token: real tokens count from the row's first real token."""
+        if mask is None:
+            if bool((seen == seen[0]).all()):
+                return torch.arange(n, device=device) + seen[0]
+            return seen[:, None] + torch.arange(n, device=device)
+        return seen[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _join_masks(cached: Tensor | None, new: Tensor | None, n_cached: int, b: int, n: int, device) -> Tensor | None:
+    if cached is None and new is None:
+        return None
+    if cached is None and n_cached:
+        cached = torch.ones(b, n_cached, dtype=torch.bool, device=device)
+    if new is None:
+        new = torch.ones(b, n, dtype=torch.bool, device=device)
+    return new if cached is None else torch.cat((cached, new), dim=1)
