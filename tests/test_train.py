@@ -17,14 +17,13 @@ from xforget.train.checkpoint import MARKER, complete_checkpoints
 from xforget.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = Path(__file__).parents[2] / "shared/data/tinyshakespeare.txt"
-pytestmark = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data/tinyshakespeare.txt not present")
+from corpus import TEXT  # generated text (tests/corpus.py), no files outside the repository
 
 
 def tiny(tmp_path: Path, *overrides: str):
     base = [
         "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=8",
-        "data=text", f"data.path={SHAKESPEARE}", f"data.cache_dir={tmp_path / 'cache'}",
+        "data=text", f"data.path={TEXT}", f"data.cache_dir={tmp_path / 'cache'}",
         "trainer.progress=false", "trainer.sample_bytes=16", "trainer.eval_batches=4", "trainer.threads=1",
         "trainer.warmup_steps=5", "optim.lr=3e-3", "trainer.log_every=1",
     ]
@@ -139,7 +138,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
 def test_cli_trains_and_reports(tmp_path):
     run = tmp_path / "cli run"
     args = ["model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=4",
-            "data=shakespeare", f"data.path={SHAKESPEARE}", "trainer.max_steps=3", "trainer.eval_batches=2",
+            "data=shakespeare", f"data.path={TEXT}", "trainer.max_steps=3", "trainer.eval_batches=2",
             "trainer.progress=false", "trainer.sample_bytes=8", f"hydra.run.dir={run}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "xforget.train", *args], cwd=tmp_path, env=env,

@@ -35,6 +35,7 @@ from typing import Any
 
 from omegaconf import OmegaConf, open_dict
 
+from ..files import atomic_write_text
 from ..evaluate.config import (
     EXIT_CONFIG,
     TRAIN_ROOTS,
@@ -108,7 +109,7 @@ def evaluate_cached(run_dir: Path, ecfg: EvalConfig) -> tuple[dict[str, Any], bo
         except ValueError:
             pass
     result = evaluate_run(run_dir, ecfg)
-    path.write_text(json.dumps(result) + "\n")
+    atomic_write_text(path, json.dumps(result) + "\n")
     return result, False
 
 
@@ -152,7 +153,7 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
         "train_seq_len": t.seq_len,
         "data": d.name + (f" ({Path(d.path).name})" if d.path else ""),
         "model": f"dim {m.dim}, depth {m.depth}, heads {m.heads}",
-        "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} bytes",
+        "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} {'tokens' if d.name == 'tokens' else 'bytes'}",
         "eval": asdict(cfg.eval),
     }
     report = build_report(records, meta=meta)

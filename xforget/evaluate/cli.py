@@ -19,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ..files import atomic_write_text
 from .config import EXIT_CONFIG, EvalCommandConfig, explain_error, split_override
 
 USAGE = __doc__
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(result))
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
 
 

@@ -22,9 +22,10 @@ from ..config import ModelConfig
 from ..config_errors import explain_error, schema_keys
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle")
+DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle", "tokens")
 SYNTHETIC = ("mqar", "needle")
 STRATEGIES = ("ddp", "fsdp")
+RESUME_MODES = ("auto", "allow_changes")
 
 
 class ConfigError(ValueError):
@@ -33,14 +34,16 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Byte-level corpus (vocabulary 256).
+    """The training corpus: a byte-level corpus (vocabulary 256) or a prepared dataset.
 
     ``name``: ``stdlib`` (this Python's standard library sources), ``text``
     (the file at ``path``), ``shakespeare`` (``path``, else downloaded into
     the cache), or a synthetic task generated from seed 0 (``mqar``: multi-query
     associative recall, ``needle``: needle retrieval; see
     :mod:`xforget.data.synthetic`). The last ``val_fraction`` of the bytes is the
-    validation split.
+    validation split. ``tokens``: the prepared dataset directory at ``path``
+    (``xforget-prepare``; memory-mapped shards, its own split and vocabulary,
+    ``val_fraction`` unused; see :mod:`xforget.data.tokens`).
     """
 
     name: str = "stdlib"
@@ -69,7 +72,7 @@ class TrainerConfig:
     torchrun processes); one optimizer step sees ``batch_size * grad_accum``
     windows of ``seq_len`` + 1 bytes."""
 
-    max_steps: int = 1100
+    max_steps: int = 1000
     batch_size: int = 16
     seq_len: int = 256
     grad_accum: int = 1
@@ -89,6 +92,8 @@ class TrainerConfig:
     progress: bool = True  # tqdm progress bar
     sample_bytes: int = 200  # bytes generated at the end (0 = none)
     sample_temperature: float = 0.8
+    resume: str = "auto"  # auto: resume from the run directory's checkpoint, refusing changed settings | allow_changes
+    init_from: str | None = None  # a run directory, checkpoint directory or .safetensors file: its weights start a new run
 
 
 @dataclass
@@ -99,6 +104,43 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
     logger: Any = "none"  # none | tensorboard | wandb | a list, e.g. [tensorboard,wandb] (metrics.jsonl is always written)
+
+
+BYTE_VOCAB = 256
+
+
+def resolve_data_vocab(cfg: TrainConfig) -> None:
+    """``data=tokens``: take ``model.num_tokens`` from the prepared dataset's ``meta.json`` (in place)
+    and make ``data.path`` absolute.
+
+    ``model.num_tokens`` at its default (256) is replaced by the dataset's
+    vocabulary; any other value must equal it.
+
+    Raises:
+        ConfigError: no path, no/unreadable meta.json, or a conflicting ``model.num_tokens``.
+    """
+    d, m = cfg.data, cfg.model
+    if d.name != "tokens":
+        return
+    if not d.path:
+        raise ConfigError("data=tokens needs a prepared dataset directory: add data.path=DIR (made by xforget-prepare)")
+    from ..data.corpus import DataError
+    from ..data.prepare import read_meta
+
+    try:
+        meta = read_meta(d.path)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    vocab = int(meta["vocab_size"])
+    d.path = str(Path(d.path).expanduser().resolve())
+    if m.num_tokens == vocab:
+        return
+    if m.num_tokens == BYTE_VOCAB:  # the model configs' default: the data decides
+        m.num_tokens = vocab
+        return
+    raise ConfigError(f"invalid value model.num_tokens={m.num_tokens}: the prepared dataset {d.path} has a vocabulary "
+                      f"of {vocab} (meta.json vocab_size); remove model.num_tokens (it is taken from meta.json) or "
+                      f"set it to {vocab}")
 
 
 def register_configs() -> None:
@@ -188,6 +230,7 @@ def to_train_config(cfg: DictConfig | TrainConfig) -> TrainConfig:
         check_keys(cfg)  # `+model.foo=1` (force-add) slips past struct mode
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), _without_hydra(cfg))
         out = OmegaConf.to_object(cfg)
+    resolve_data_vocab(out)
     validate(out)
     return out
 
@@ -250,6 +293,7 @@ def validate(cfg: TrainConfig) -> None:
     need(t.threads is None or t.threads >= 1, "trainer.threads", ">= 1 or null", t.threads)
     need(t.precision in PRECISIONS, "trainer.precision", f"one of {list(PRECISIONS)}", t.precision)
     need(t.sample_temperature >= 0, "trainer.sample_temperature", ">= 0", t.sample_temperature)
+    need(t.resume in RESUME_MODES, "trainer.resume", f"one of {list(RESUME_MODES)}", t.resume)
     need(t.strategy in STRATEGIES, "trainer.strategy", f"one of {list(STRATEGIES)}", t.strategy)
     need(t.peak_flops is None or (math.isfinite(t.peak_flops) and t.peak_flops > 0), "trainer.peak_flops",
          "> 0 (FLOP/s) or null", t.peak_flops)
@@ -260,6 +304,8 @@ def validate(cfg: TrainConfig) -> None:
     need(0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
     if d.name == "text" and not d.path:
         raise ConfigError("data=text needs a file: add data.path=FILE")
+    if d.name == "tokens" and not d.path:
+        raise ConfigError("data=tokens needs a prepared dataset directory: add data.path=DIR (made by xforget-prepare)")
     for key in ("num_bytes", "example_len"):
         value = getattr(d, key)
         if value is not None and d.name not in SYNTHETIC:
@@ -273,7 +319,10 @@ def validate(cfg: TrainConfig) -> None:
              d.example_len)
     for key in ("dim", "depth", "heads"):
         need(getattr(m, key) >= 1, f"model.{key}", ">= 1", getattr(m, key))
-    need(m.num_tokens == 256, "model.num_tokens", "256 (the data is byte level)", m.num_tokens)
+    if d.name != "tokens":
+        need(m.num_tokens == BYTE_VOCAB, "model.num_tokens", "256 (the data is byte level)", m.num_tokens)
+    else:
+        need(m.num_tokens >= 1, "model.num_tokens", ">= 1 (taken from the prepared dataset's meta.json)", m.num_tokens)
     need(m.kind == "decoder", "model.kind", "'decoder' for language-model training", m.kind)
     from ..validate import validate_model_config
 
