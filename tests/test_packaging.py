@@ -76,6 +76,7 @@ def test_wheel_installs_into_a_fresh_venv_and_trains_from_another_directory(tmp_
         "xforget-generate": [f"checkpoint={run_dir}", "prompt=To", "max_new_tokens=5"],
         "xforget-export": [f"checkpoint={run_dir}", f"out={elsewhere / 'hub'}"],
         "xforget-compare": ["--help"],
+        "xforget-prepare": [f"input={text}", f"output={elsewhere / 'prepared'}"],
     }
     assert set(jobs) | {"xforget-train"} >= set(commands), "add the new command here"
     for command, argv in jobs.items():
@@ -85,3 +86,4 @@ def test_wheel_installs_into_a_fresh_venv_and_trains_from_another_directory(tmp_
                               text=True, timeout=300)
         assert done.returncode == 0, (command, done.stderr[-1000:])
     assert (elsewhere / "eval.json").is_file() and (elsewhere / "hub" / "config.json").is_file()
+    assert (elsewhere / "prepared" / "meta.json").is_file()
