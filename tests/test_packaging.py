@@ -4,6 +4,7 @@ configs/, the one source) and every subpackage, and its commands train from any 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -31,8 +32,12 @@ def test_package_list_covers_every_subpackage_and_maps_configs():
 
 
 def _build_wheel(out: Path) -> Path:
+    # from a copy of the source tree: setuptools writes build/ beside the sources it builds
+    source = out / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "outputs", "runs",
+                                                                "multirun", "*.egg-info", "__pycache__", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(REPO)], check=True, cwd=out)
+                    str(source)], check=True, cwd=out)
     [wheel] = out.glob("xforget-*.whl")
     return wheel
 

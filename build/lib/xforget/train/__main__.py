@@ -1,6 +1,0 @@
-"""``python -m xforget.train ...``: the same as ``xforget-train ...``."""
-
-from .cli import main
-
-if __name__ == "__main__":
-    main()
