@@ -52,7 +52,7 @@ import torch
 from .common import Shapes, Tensor
 
 PRUNE_EPS = 1.0e-6  # pruned mass per row < eps (weights < eps / n_k of the reference key)
-PRUNE_BLOCK = 256  # query rows per pruning decision (fold)
+PRUNE_BLOCK = 128  # query rows per pruning decision (fold)
 KEY_ALIGN = 64  # pruned key prefixes are multiples of this
 
 
