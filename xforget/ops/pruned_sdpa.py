@@ -75,8 +75,9 @@ def _row_plan(st: List[int], n_q: int, n_k: int, block: int) -> Tuple[int, int]:
     b = block
     while -(-need // b) > MAX_PHASES:
         b *= 2
-    w = -(-max(need, 0) // b) * b
-    return b, w
+    phases = -(-max(need, 0) // b)
+    phases = 1 << (phases - 1).bit_length() if phases > 0 else 0  # 0, 1, 2, 4: fewer distinct windows, fewer calls
+    return b, phases * b
 
 
 def skipped_pairs(b: int, w: int, n_q: int, n_k: int) -> float:
@@ -123,14 +124,23 @@ def _windows(x: Tensor, r0: int, r1: int, first: int, nb: int, size: int, step: 
 
 
 def _segments(plan: BandPlan, rows: int, b: int, w: int, width: int) -> List[Tuple[int, int, int, int]]:
-    """(m0, nb, qsize, window) groups of query blocks: edge blocks alone (window clipped
-    at key 0, or a partial last block), the rest in chunks of strided windows."""
+    """(m0, nb, qs, win) groups of query blocks, each one fused call.
+
+    ``nb`` blocks of ``qs`` queries from query ``m0`` (stride b), each attending to
+    the ``win`` keys before its first query and its own ``qs`` keys.  The first
+    blocks, whose window would start before key 0, are one causal call over the
+    prefix (``n_q == n_k``; ``win`` = 0) or one call each (``n_q < n_k``, window
+    clipped at key 0); a partial last block is a call of its own.
+    """
     off, n_q = plan.offset, plan.n_q
     full = n_q // b
     segs: List[Tuple[int, int, int, int]] = []
     t_lo = min(full, max(0, -(-(w - off) // b)))  # first block whose window starts at key >= 0
-    for t in range(t_lo):
-        segs.append((t * b, 1, b, min(w, off + t * b)))
+    if off == 0 and t_lo > 0:
+        segs.append((0, 1, t_lo * b, 0))
+    else:
+        for t in range(t_lo):
+            segs.append((t * b, 1, b, min(w, off + t * b)))
     per_block = max(1, rows * (w + b) * width)
     step = max(1, CALL_ELEMENTS // per_block)
     for t0 in range(t_lo, full, step):
@@ -176,8 +186,8 @@ class BandedCausalSDPA(torch.autograd.Function):
                 p0 = off + m0
                 o, l = _FWD(
                     _windows(q, r0, r1, m0, nb, qs, b), _windows(k, r0, r1, p0 - win, nb, win + qs, b),
-                    _windows(v, r0, r1, p0 - win, nb, win + qs, b), 0.0, False,
-                    attn_mask=mask[None, None, :qs, w - win: w + qs], scale=scale,
+                    _windows(v, r0, r1, p0 - win, nb, win + qs, b), 0.0, win == 0,
+                    attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale,
                 )
                 _windows(out, r0, r1, m0, nb, qs, b).copy_(o)
                 lse[0, r0:r1, m0: m0 + nb * qs] = l.reshape(r1 - r0, nb * qs)
@@ -209,8 +219,8 @@ class BandedCausalSDPA(torch.autograd.Function):
                 qv, gov, ov = (_windows(x, r0, r1, m0, nb, qs, b) for x in (q, go, out))
                 lv = lse_rows.as_strided((rows, nb, qs), (lse_rows.stride(0), b, 1), lse_rows.storage_offset() + m0)
                 kw, vw = (_windows(x, r0, r1, p0 - win, nb, win + qs, b) for x in (k, v))
-                gq, gk, gv = _BWD(gov, qv, kw, vw, ov, lv, 0.0, False,
-                                  attn_mask=mask[None, None, :qs, w - win: w + qs], scale=scale)
+                gq, gk, gv = _BWD(gov, qv, kw, vw, ov, lv, 0.0, win == 0,
+                                  attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale)
                 _windows(dq, r0, r1, m0, nb, qs, b).add_(gq)
                 if nb == 1:
                     _windows(dk, r0, r1, p0 - win, 1, win + qs, b).add_(gk)
