@@ -200,9 +200,12 @@ class Attention(nn.Module):
             dense_bias = self.bias(x, positions, k_pos, key_state=bias_state, key_mask=key_mask)
 
         k_norm = None
+        if log_fgate is not None and self.causal and self.prune:  # the pruning bound reads key norms, not keys
+            k_norm = k.detach().float().norm(dim=-1)
+            if cache is not None:
+                old_norm = cache.k_norm if cache.k_norm is not None else cache.k.detach().float().norm(dim=-1)
+                k_norm = extend(old_norm, k_norm, 2)
         if cache is not None:
-            if log_fgate is not None and self.causal:  # the pruning bound reads key norms, not keys
-                k_norm = extend(cache.k_norm, k.detach().float().norm(dim=-1), 2)
             k, v = extend(cache.k, k, 2), extend(cache.v, v, 2)
             if log_fgate is not None:
                 log_fgate = extend(cache.log_fgate, log_fgate, 2)

@@ -78,7 +78,7 @@ def _decode_rows(q, k, v, c, mask, s: Shapes, scale, starts) -> Tensor:
         for j in range(s.h_kv):
             lo = starts[bi][j]
             hs = slice(j * g, (j + 1) * g)
-            sub = Shapes(1, g, 1, s.n_q, s.n_k - lo, s.d, s.d_v)
+            sub = Shapes(1, g, 1, s.n_q, s.n_k, s.d, s.d_v)  # _decode drops the first lo keys
             heads.append(_decode(
                 q[bi: bi + 1, hs], k[bi: bi + 1, j: j + 1, lo:], v[bi: bi + 1, j: j + 1, lo:],
                 c[bi: bi + 1, hs, lo:], None if mask is None else mask[bi: bi + 1, lo:], sub, scale, True, lo,
