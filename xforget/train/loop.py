@@ -58,6 +58,7 @@ from .distributed import (
     shutdown,
 )
 from .metrics import MetricsLog, TensorBoardLog, model_flops_per_token, peak_flops, tensorboard_writer_class
+from .precision import AMP_DTYPES, resolve_precision
 from .schedule import make_scheduler
 
 LN2 = math.log(2.0)
@@ -127,7 +128,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
             # Decayed attention weights (forget gate, ALiBi) underflow into denormal floats, which
             # x86 CPUs process ~10x slower: FoX's backward ran 3x slower without this.
             torch.set_flush_denormal(True)
-        amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+        precision = resolve_precision(t.precision, device)  # `auto`: bf16 where the hardware has it natively
+        amp_dtype = AMP_DTYPES[precision]
 
         def autocast():
             if amp_dtype is None:
@@ -164,10 +166,10 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
             torch.manual_seed(step_seed(cfg.seed, (1 << 40) + rank))
         n_params = sum(p.numel() for p in model.parameters())
         flops_per_token = model_flops_per_token(model, t.seq_len)
-        peak = peak_flops(device, t.precision, t.peak_flops)
+        peak = peak_flops(device, precision, t.peak_flops)
         fsdp = info.enabled and t.strategy == "fsdp"
         logger.info(f"model {cfg.model.position} dim={cfg.model.dim} depth={cfg.model.depth} heads={cfg.model.heads}: "
-                    f"{n_params / 1e6:.2f}M parameters on {device} ({t.precision}, {torch.get_num_threads()} threads"
+                    f"{n_params / 1e6:.2f}M parameters on {device} ({precision}{' (auto)' if t.precision == 'auto' else ''}, {torch.get_num_threads()} threads"
                     f"{f', {world} processes ({t.strategy}), {local_batch} windows each per micro-batch' if info.enabled else ''}); "
                     f"{flops_per_token / 1e6:.2f} MFLOP per trained token"
                     f"{f', peak {peak / 1e12:.1f} TFLOP/s per device' if peak else ''}")
@@ -191,14 +193,15 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
 
         # ---- optimizer, schedule, grad scaler (and their resumed state) ----------------------
         optimizer = torch.optim.AdamW(
-            _param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
+            _param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+            **adamw_impl(cfg.optim.impl, fsdp),
         )
         if t.warmup_steps >= t.max_steps > 0:
             logger.warning(f"trainer.warmup_steps={t.warmup_steps} >= trainer.max_steps={t.max_steps}: the learning "
                            f"rate never reaches optim.lr={cfg.optim.lr}; lower trainer.warmup_steps")
         scheduler = make_scheduler(optimizer, warmup_steps=t.warmup_steps, max_steps=t.max_steps,
                                    min_lr_ratio=cfg.optim.min_lr_ratio)
-        scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         start_step = 0
         if state is not None:
             try:
@@ -391,6 +394,19 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (decay if p.ndim >= 2 and id(p) not in no_decay else rest).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def adamw_impl(impl: str, sharded: bool = False) -> dict:
+    """``torch.optim.AdamW`` keywords for ``optim.impl``.
+
+    ``fused`` (one kernel over all parameters; CPU and CUDA) falls back to
+    ``foreach`` for FSDP's DTensor shards; ``auto`` leaves the choice to torch
+    (foreach on CUDA, a per-parameter loop on the CPU). All give the same update
+    up to float rounding; a resumed run continues with the same implementation.
+    """
+    if impl == "fused" and sharded:
+        impl = "foreach"
+    return {"auto": {}, "for_loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[impl]
 
 
 def _device(name: str, info: DistInfo | None = None) -> torch.device:
