@@ -25,10 +25,10 @@ from xforget.train.peak import DTYPES, machine_key, matmul_flops, save_peak  # n
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=5, help="timed calls per (round, size, dtype)")
+    ap.add_argument("--repeats", type=int, default=20, help="timed calls per (round, size, dtype)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()

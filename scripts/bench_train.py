@@ -105,14 +105,18 @@ def main() -> None:
         tic = time.perf_counter()
         r.steps(args.warmup, record=False)
         compile_s[r.name] = time.perf_counter() - tic
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
         for r in runners:
             r.steps(args.steps)
+        report(runners, cfg, args, i + 1, compile_s)  # after every round: a killed run still leaves numbers
 
+
+def report(runners, cfg, args, rounds: int, compile_s: dict) -> None:
+    batch, seq_len = cfg.trainer.batch_size, cfg.trainer.seq_len
     fpt = model_flops_per_token(runners[0].model, seq_len)
     tokens = batch * seq_len
     print(f"model dim={cfg.model.dim} depth={cfg.model.depth} heads={cfg.model.heads} position={cfg.model.position}; "
-          f"batch {batch} x {seq_len}; {torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} steps")
+          f"batch {batch} x {seq_len}; {torch.get_num_threads()} threads; {rounds} rounds x {args.steps} steps")
     print(f"{'setting':<22} {'tokens/s':>9} {'s/step':>7} {'ratio':>6} {'TFLOP/s':>8} {'MFU':>6} {'warm-up s':>9}")
     base = None
     for r in runners:
@@ -122,7 +126,7 @@ def main() -> None:
         peak = load_peak(r.precision)
         mfu = f"{fpt * tps / peak:6.1%}" if peak else "   n/a"
         print(f"{r.name:<22} {tps:>9.0f} {per_step:>7.3f} {tps / base:>5.2f}x {fpt * tps / 1e12:>8.3f} {mfu} "
-              f"{compile_s[r.name]:>9.1f}")
+              f"{compile_s[r.name]:>9.1f}", flush=True)
 
 
 if __name__ == "__main__":
