@@ -14,18 +14,15 @@ import torch.nn.functional as F
 from xforget.compare import run_compare
 from xforget.train import load_model
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared/data"
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = SHARED_DATA / "tinyshakespeare.txt"
-    if path.is_file():
-        return path
-    path = tmp_path_factory.mktemp("data") / "text.txt"  # any few hundred KB of text will do
-    path.write_bytes(b"".join(p.read_bytes() for p in sorted(Path(json.__file__).parent.glob("*.py"))) * 8)
-    return path
+def text_file():
+    from corpus import TEXT  # generated text (tests/corpus.py), no files outside the repository
+
+    return TEXT
 
 
 def tiny_args(text_file, out_dir, positions="[none,fox]", seeds="[0,1]"):

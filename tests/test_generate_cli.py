@@ -11,17 +11,15 @@ from xforget import AutoregressiveWrapper
 from xforget.generate import main
 from xforget.train import compose_config, load_model, to_train_config, train
 
-SHAKESPEARE = Path(__file__).parents[2] / "shared/data/tinyshakespeare.txt"
+from corpus import TEXT  # generated text (tests/corpus.py), no files outside the repository
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    if not SHAKESPEARE.is_file():
-        pytest.skip("../shared/data/tinyshakespeare.txt not present")
     tmp = tmp_path_factory.mktemp("gen")
     cfg = to_train_config(compose_config([
         "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=8",
-        "data=text", f"data.path={SHAKESPEARE}", f"data.cache_dir={tmp / 'cache'}", "trainer.progress=false",
+        "data=text", f"data.path={TEXT}", f"data.cache_dir={tmp / 'cache'}", "trainer.progress=false",
         "trainer.sample_bytes=8", "trainer.eval_batches=2", "trainer.max_steps=20", "trainer.warmup_steps=5",
     ]))
     train(cfg, tmp / "run")

@@ -187,15 +187,22 @@ def test_kv_shift_formula_padding_and_state_float64():
     x = torch.randn(1, 5, 8)
     k, v = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
     a = torch.sigmoid(x.double() @ shift.to_mix.weight.double().T + shift.to_mix.bias.double()).transpose(1, 2)[..., None]
-    prev = torch.cat((torch.zeros(1, 2, 1, 4, dtype=torch.float64), k.double()[:, :, :-1]), 2)
     ks, vs, state = shift(k, v, x, None, None)
-    torch.testing.assert_close(ks.double(), a * prev + (1 - a) * k.double(), atol=1e-6, rtol=1e-6)
+    for t, shifted in ((k, ks), (v, vs)):  # the same mix for keys and values
+        prev = torch.cat((torch.zeros(1, 2, 1, 4, dtype=torch.float64), t.double()[:, :, :-1]), 2)
+        torch.testing.assert_close(shifted.double(), a * prev + (1 - a) * t.double(), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(state.k, k[:, :, -1:])
+    torch.testing.assert_close(state.v, v[:, :, -1:])
     # a pad in the middle is skipped: token 3 shifts from token 1
     mask = torch.tensor([[True, True, False, True, True]])
-    ks_pad, _, _ = shift(k, v, x, mask, None)
-    want3 = a[:, :, 3] * k.double()[:, :, 1] + (1 - a[:, :, 3]) * k.double()[:, :, 3]
-    torch.testing.assert_close(ks_pad[:, :, 3].double(), want3, atol=1e-6, rtol=1e-6)
+    ks_pad, vs_pad, _ = shift(k, v, x, mask, None)
+    for t, shifted in ((k, ks_pad), (v, vs_pad)):
+        want3 = a[:, :, 3] * t.double()[:, :, 1] + (1 - a[:, :, 3]) * t.double()[:, :, 3]
+        torch.testing.assert_close(shifted[:, :, 3].double(), want3, atol=1e-6, rtol=1e-6)
+    # the carried state is the last real token's: continuing from it equals the joint call
+    ks2, vs2, _ = shift(k[:, :, 3:], v[:, :, 3:], x[:, 3:], None, shift(k[:, :, :3], v[:, :, :3], x[:, :3], None, None)[2])
+    torch.testing.assert_close(ks2, ks[:, :, 3:], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(vs2, vs[:, :, 3:], atol=1e-6, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- cache and padding

@@ -21,15 +21,19 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # ----------------------------------------------------------------------------- feed-forward and norms
 
 
-@pytest.mark.parametrize("activation", ["gelu", "relu2", "swiglu", "geglu"])
+@pytest.mark.parametrize("activation", ["gelu", "relu", "relu2", "silu", "swiglu", "geglu"])
 def test_feedforward_formulas_float64(activation):
     ff = FeedForward(8, mult=2, activation=activation)
     x = torch.randn(2, 3, 8)
     h = x.double() @ ff.proj_in.weight.double().T + ff.proj_in.bias.double()
     if activation == "gelu":
         h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
+    elif activation == "relu":
+        h = h.clamp(min=0)
     elif activation == "relu2":
         h = h.clamp(min=0) ** 2
+    elif activation == "silu":
+        h = h / (1 + torch.exp(-h))
     else:
         up, gate = h.chunk(2, -1)  # (up, gate) halves, as in x-transformers
         act = gate * torch.sigmoid(gate) if activation == "swiglu" else 0.5 * gate * (1 + torch.erf(gate / math.sqrt(2)))

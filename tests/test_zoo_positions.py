@@ -132,11 +132,12 @@ def test_dynamic_bias_is_an_mlp_of_the_distance_float64():
 
 
 def test_fox_per_row_matches_explicit_sums_float64():
-    attn = Attention(32, 2, causal=True, bias="fox_per_row", bias_options=dict(per_row_dim_head=4, forget_gate_divisor=2.0))
+    # divisor 3 != sqrt(per_row_dim_head) = 2, so swapping the logit scale and the divisor shows
+    attn = Attention(32, 2, causal=True, bias="fox_per_row", bias_options=dict(per_row_dim_head=4, forget_gate_divisor=3.0))
     x = torch.randn(1, 9, 32)
     qk = (x.double() @ attn.bias.to_qk.weight.double().T).view(1, 9, 2, 2, 4)
     qs, ks = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)  # (1, h, n, 4)
-    g = F.logsigmoid(qs @ ks.transpose(-1, -2) / 2.0) / 2.0  # g[i, t]
+    g = F.logsigmoid(qs @ ks.transpose(-1, -2) / math.sqrt(4)) / 3.0  # g[i, t]
     bias = torch.zeros(1, 2, 9, 9, dtype=torch.float64)
     for i in range(9):
         for j in range(i + 1):

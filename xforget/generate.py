@@ -3,8 +3,10 @@
     xforget-generate checkpoint=outputs/RUN prompt="def main(" max_new_tokens=300 temperature=0.8 top_k=50
 
 Arguments are Hydra overrides of :class:`GenerateConfig` (an unknown key fails
-with the valid keys listed). Text is byte-level: bytes are decoded as UTF-8
-incrementally, so multi-byte characters are printed whole.
+with the valid keys listed). Byte-level runs: bytes are decoded as UTF-8
+incrementally, so multi-byte characters are printed whole. A run trained on a
+prepared dataset (``data=tokens``) encodes the prompt and decodes the output
+with the run's tokenizer (``tokenizer.json`` in the run directory).
 """
 
 from __future__ import annotations
@@ -71,25 +73,46 @@ def _fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
-    from .train.checkpoint import CheckpointError, load_model  # the training package owns the run format
+    from .data.corpus import DataError
+    from .data.tokenizer import ByteTokenizer
+    from .train.checkpoint import CheckpointError, load_model, load_run_tokenizer  # the training package owns the run format
 
     try:
-        model, _ = load_model(cfg.checkpoint)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        model, train_cfg = load_model(cfg.checkpoint)
+        tokenizer = load_run_tokenizer(cfg.checkpoint, train_cfg)
+    except (CheckpointError, DataError, FileNotFoundError, ValueError) as err:
         _fail(f"cannot load checkpoint={cfg.checkpoint!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+    if tokenizer.vocab_size != model.num_tokens:
+        _fail(f"the run's tokenizer ({tokenizer.name}) has {tokenizer.vocab_size} tokens but the model has "
+              f"num_tokens={model.num_tokens}; the run directory is inconsistent")
     wrapper = AutoregressiveWrapper(model).eval()
     torch.set_flush_denormal(True)  # decayed attention weights underflow: subnormals are slow on CPUs
     torch.manual_seed(cfg.seed)
-    prompt_bytes = cfg.prompt.encode("utf-8") or b"\n"
-    prompt = torch.tensor(list(prompt_bytes), dtype=torch.long)[None]
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    ids = tokenizer.encode(cfg.prompt)
+    if not ids:  # an empty prompt starts a document: newline (bytes) or the end-of-text token
+        ids = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
+    prompt = torch.tensor(ids, dtype=torch.long)[None]
     out = sys.stdout
     out.write(cfg.prompt)
-    for step in wrapper.stream(prompt, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                               top_p=cfg.top_p, min_p=cfg.min_p, cache_kv=cfg.cache_kv):
-        out.write(decoder.decode(bytes([int(step[0])])))
-        out.flush()
-    out.write(decoder.decode(b"", final=True) + "\n")
+    stream = wrapper.stream(prompt, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                            top_p=cfg.top_p, min_p=cfg.min_p, cache_kv=cfg.cache_kv)
+    if isinstance(tokenizer, ByteTokenizer):
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for step in stream:
+            out.write(decoder.decode(bytes([int(step[0])])))
+            out.flush()
+        out.write(decoder.decode(b"", final=True) + "\n")
+        return
+    new_ids: list[int] = []
+    shown = ""
+    for step in stream:  # decode everything generated so far; print what is new once it is whole text
+        new_ids.append(int(step[0]))
+        text = tokenizer.decode(new_ids)
+        if not text.endswith("\ufffd"):
+            out.write(text[len(shown):])
+            out.flush()
+            shown = text
+    out.write(tokenizer.decode(new_ids)[len(shown):] + "\n")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,12 @@
         data.path=../shared/data/tinyshakespeare.txt trainer.max_steps=600 seeds=[0,1] \\
         hydra.run.dir=outputs/compare-shakespeare
 
+    xforget-compare experiment=compare_shakespeare data.path=../shared/data/tinyshakespeare.txt
+
 Keys: the comparison's own (``configs/compare.yaml``: ``positions``, ``seeds``,
-``eval.*``, ``retrain``, ``plots``, ``hydra.run.dir`` = the output directory),
+``eval.*``, ``retrain``, ``plots``, ``hydra.run.dir`` = the output directory,
+``train`` = training overrides for every run, ``experiment=NAME`` = a preset of
+these keys from ``configs/experiment/`` or ``--config-dir DIR``),
 and every training key (``model.*``, ``data=``/``data.*``, ``optim.*``,
 ``trainer.*``), which is passed unchanged to each run. A scheme is a model
 preset (``configs/model/<name>.yaml``: ``model=<name>``) or a position scheme
@@ -31,6 +35,7 @@ from typing import Any
 
 from omegaconf import OmegaConf, open_dict
 
+from ..files import atomic_write_text
 from ..evaluate.config import (
     EXIT_CONFIG,
     TRAIN_ROOTS,
@@ -104,7 +109,7 @@ def evaluate_cached(run_dir: Path, ecfg: EvalConfig) -> tuple[dict[str, Any], bo
         except ValueError:
             pass
     result = evaluate_run(run_dir, ecfg)
-    path.write_text(json.dumps(result) + "\n")
+    atomic_write_text(path, json.dumps(result) + "\n")
     return result, False
 
 
@@ -118,8 +123,12 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
     from .report import build_report, train_summary, write_json, write_markdown
     from .runner import ensure_trained, plan_runs
 
+    from ..train.config import user_config_overrides
+
+    argv, search = user_config_overrides(argv)  # --config-dir DIR: the user's presets, for both
     mine, train_args = partition_overrides(argv)
-    cfg, out_dir = load_compare_config(mine)
+    cfg, out_dir = load_compare_config(mine + search)
+    train_args = [*search, *cfg.train, *train_args]
     out_dir = out_dir.resolve()
     runs = plan_runs(list(cfg.positions), list(cfg.seeds), train_args, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +153,7 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
         "train_seq_len": t.seq_len,
         "data": d.name + (f" ({Path(d.path).name})" if d.path else ""),
         "model": f"dim {m.dim}, depth {m.depth}, heads {m.heads}",
-        "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} bytes",
+        "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} {'tokens' if d.name == 'tokens' else 'bytes'}",
         "eval": asdict(cfg.eval),
     }
     report = build_report(records, meta=meta)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text
 from ..evaluate.core import CANNOT_EXTRAPOLATE, OK, mean_std
 from ..train.metrics import read_metrics
 
@@ -235,9 +236,9 @@ def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
     if meta.get("command"):
         lines += ["", "Command:", "", "```", meta["command"], "```"]
     text = "\n".join(lines) + "\n"
-    path.write_text(text)
+    atomic_write_text(path, text)
     return text
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(report, indent=1) + "\n")

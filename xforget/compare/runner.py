@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text
 from ..train.checkpoint import complete_checkpoints
 from ..train.config import (
     ConfigError,
@@ -194,7 +195,7 @@ def train_run(run: PlannedRun, *, log=print, in_subprocess: bool = True) -> None
                            f"config{_config_diff(run.run_dir, run.cfg)}")
     run.info = {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # ru_maxrss: KiB on Linux
                 "command": cmd, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (run.run_dir / RUN_INFO).write_text(json.dumps(run.info, indent=1) + "\n")
+    atomic_write_text(run.run_dir / RUN_INFO, json.dumps(run.info, indent=1) + "\n")
 
 
 def _train_here(run: PlannedRun, *, log=print) -> None:
@@ -216,7 +217,7 @@ def _train_here(run: PlannedRun, *, log=print) -> None:
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "peak_rss_scope": "compare process (in-process training)",
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (run.run_dir / RUN_INFO).write_text(json.dumps(run.info, indent=1) + "\n")
+    atomic_write_text(run.run_dir / RUN_INFO, json.dumps(run.info, indent=1) + "\n")
 
 
 def ensure_trained(runs: list[PlannedRun], *, retrain: bool = False, in_subprocess: bool = True,

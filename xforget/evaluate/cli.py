@@ -19,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ..files import atomic_write_text
 from .config import EXIT_CONFIG, EvalCommandConfig, explain_error, split_override
 
 USAGE = __doc__
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         cfg = load_eval_config(argv)
+        if cfg.harness:
+            return _harness(cfg)
         result = evaluate_run(cfg.checkpoint, cfg.eval, cfg.data)
     except (ConfigError, DataError, CheckpointError) as exc:
         fail(str(exc))
@@ -109,7 +112,44 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(result))
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+def _harness(cfg) -> None:
+    """``harness=true``: lm-evaluation-harness tasks on the checkpoint; prints the table, writes JSON."""
+    from .core import pick_device
+
+    if not cfg.tasks:
+        fail("harness=true needs tasks=[name,...] (lm-eval task names, or tasks defined under include_path=DIR)")
+    if cfg.include_path is not None and not Path(cfg.include_path).is_dir():
+        fail(f"include_path={cfg.include_path}: not a directory")
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+        from lm_eval.utils import make_table
+
+        from .harness import XForgetLM
+    except ImportError as exc:
+        fail(f"harness=true needs lm-evaluation-harness ({exc}); install the extra: pip install 'xforget[harness]'")
+    try:
+        lm = XForgetLM(pretrained=cfg.checkpoint, batch_size=cfg.batch_size, device=str(pick_device(cfg.eval.device)))
+    except (ValueError, OSError) as exc:
+        fail(" ".join(str(exc).split()))
+    manager = TaskManager(include_path=cfg.include_path)
+    unknown = [t for t in cfg.tasks if t not in manager.all_tasks]
+    if unknown:
+        fail(f"unknown harness task(s) {unknown}; define them in a YAML under include_path=DIR, or see `lm-eval ls tasks`")
+    results = lm_eval.simple_evaluate(model=lm, tasks=list(cfg.tasks), task_manager=manager,
+                                      num_fewshot=cfg.num_fewshot, limit=cfg.limit, log_samples=False)
+    print(make_table(results))
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "harness.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    keep = {k: results[k] for k in ("results", "versions", "n-shot", "configs", "higher_is_better", "n-samples")
+            if k in results}
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(keep, indent=1, default=str) + "\n")
+    tmp.replace(out)
     print(f"wrote {out}")
 
 
