@@ -79,7 +79,7 @@ def prep(input_: str, output: Path, **kw) -> Path:
 
 TINY = ["model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=4",
         "trainer.progress=false", "trainer.eval_batches=2", "trainer.threads=1", "trainer.warmup_steps=2",
-        "trainer.log_every=1", "trainer.sample_bytes=8"]
+        "trainer.log_every=1", "trainer.sample_bytes=8", "trainer.precision=fp32"]
 
 
 def tiny_cfg(*overrides: str):

@@ -199,7 +199,9 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
     }
     ok_lengths = [r["length"] for r in rows if r["status"] == OK]
     if ok_lengths:  # adaptive computation pruning at the longest evaluated length
-        result["pruning"] = pruning_fractions(model, val[: max(ok_lengths)].long().to(device))
+        head = val[: max(ok_lengths)]  # a tensor (bytes) or a memory-mapped numpy array (data=tokens)
+        head = head.long() if isinstance(head, torch.Tensor) else torch.from_numpy(head.astype("int64"))
+        result["pruning"] = pruning_fractions(model, head.to(device))
     task = ecfg.task or (data_cfg.name if data_cfg.name in synthetic.TASKS else None)
     if task:
         result["task"] = {"name": task, "lengths": task_accuracy(model, task, lengths, examples=ecfg.task_examples,
