@@ -25,7 +25,7 @@ def tiny(tmp_path: Path, *overrides: str):
         "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=8",
         "data=text", f"data.path={TEXT}", f"data.cache_dir={tmp_path / 'cache'}",
         "trainer.progress=false", "trainer.sample_bytes=16", "trainer.eval_batches=4", "trainer.threads=1",
-        "trainer.warmup_steps=5", "optim.lr=3e-3", "trainer.log_every=1",
+        "trainer.warmup_steps=5", "optim.lr=3e-3", "trainer.log_every=1", "trainer.precision=fp32",
     ]
     return to_train_config(compose_config(base + list(overrides)))
 

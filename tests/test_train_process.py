@@ -24,6 +24,7 @@ TINY = [
     "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=8",
     "data=text", f"data.path={TEXT}", "trainer.progress=false", "trainer.sample_bytes=0",
     "trainer.eval_batches=2", "trainer.threads=1", "trainer.warmup_steps=5", "optim.lr=3e-3", "trainer.log_every=1",
+    "trainer.precision=fp32",
 ]
 
 

@@ -20,12 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import ModelConfig
 from ..config_errors import explain_error, schema_keys
+from .precision import PRECISIONS
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle", "tokens")
 SYNTHETIC = ("mqar", "needle")
 STRATEGIES = ("ddp", "fsdp")
 RESUME_MODES = ("auto", "allow_changes")
+OPTIM_IMPLS = ("auto", "for_loop", "foreach", "fused")
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     min_lr_ratio: float = 0.1
+    impl: str = "fused"  # auto (torch's choice) | for_loop | foreach | fused (one kernel for all parameters)
 
 
 @dataclass
@@ -72,7 +74,7 @@ class TrainerConfig:
     torchrun processes); one optimizer step sees ``batch_size * grad_accum``
     windows of ``seq_len`` + 1 bytes."""
 
-    max_steps: int = 1000
+    max_steps: int = 1400
     batch_size: int = 16
     seq_len: int = 256
     grad_accum: int = 1
@@ -84,7 +86,7 @@ class TrainerConfig:
     checkpoint_every: int = 250  # 0 = only at the end
     keep_last: int = 2  # complete checkpoints kept; 0 = keep all
     threads: int | None = None  # torch.set_num_threads; None = torch's default
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; grad scaler for fp16)
+    precision: str = "auto"  # auto (bf16 on native-bf16 hardware, else fp32) | fp32 | bf16 | fp16 (autocast; grad scaler for fp16)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the model
     strategy: str = "ddp"  # under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard)
@@ -283,6 +285,7 @@ def validate(cfg: TrainConfig) -> None:
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas)
     need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", o.min_lr_ratio)
     need(o.eps > 0, "optim.eps", "> 0", o.eps)
+    need(o.impl in OPTIM_IMPLS, "optim.impl", f"one of {list(OPTIM_IMPLS)}", o.impl)
     need(t.max_steps >= 0, "trainer.max_steps", ">= 0", t.max_steps)
     for key in ("batch_size", "seq_len", "grad_accum", "log_every"):
         need(getattr(t, key) >= 1, f"trainer.{key}", ">= 1", getattr(t, key))

@@ -63,7 +63,8 @@ from .distributed import (
 )
 from ..files import atomic_write_text
 from .metrics import MetricsLog, model_flops_per_token, peak_flops
-from .optim import param_groups
+from .optim import adamw_impl, decay_names, param_groups
+from .precision import AMP_DTYPES, resolve_precision
 from .resume import check_resume, describe, record_resume_config
 from .schedule import lr_factor, make_scheduler
 from .trackers import check_trackers, open_trackers
@@ -139,7 +140,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
             # Decayed attention weights (forget gate, ALiBi) underflow into denormal floats, which
             # x86 CPUs process ~10x slower: FoX's backward ran 3x slower without this.
             torch.set_flush_denormal(True)
-        amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+        precision = resolve_precision(t.precision, device)  # `auto`: bf16 where the hardware has it natively
+        amp_dtype = AMP_DTYPES[precision]
 
         def autocast():
             if amp_dtype is None:
@@ -179,10 +181,10 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
             torch.manual_seed(step_seed(cfg.seed, (1 << 40) + rank))
         n_params = sum(p.numel() for p in model.parameters())
         flops_per_token = model_flops_per_token(model, t.seq_len)
-        peak = peak_flops(device, t.precision, t.peak_flops)
+        peak = peak_flops(device, precision, t.peak_flops)
         fsdp = info.enabled and t.strategy == "fsdp"
         logger.info(f"model {cfg.model.position} dim={cfg.model.dim} depth={cfg.model.depth} heads={cfg.model.heads}: "
-                    f"{n_params / 1e6:.2f}M parameters on {device} ({t.precision}, {torch.get_num_threads()} threads"
+                    f"{n_params / 1e6:.2f}M parameters on {device} ({precision}{' (auto)' if t.precision == 'auto' else ''}, {torch.get_num_threads()} threads"
                     f"{f', {world} processes ({t.strategy}), {local_batch} windows each per micro-batch' if info.enabled else ''}); "
                     f"{flops_per_token / 1e6:.2f} MFLOP per trained token"
                     f"{f', peak {peak / 1e12:.1f} TFLOP/s per device' if peak else ''}")
@@ -211,8 +213,12 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
 
         # ---- optimizer, schedule, grad scaler (and their resumed state) ----------------------
         optimizer = torch.optim.AdamW(
-            param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
+            param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+            **adamw_impl(cfg.optim.impl, fsdp),
         )
+        decayed, kept = decay_names(model)
+        logger.info(f"AdamW: weight decay {cfg.optim.weight_decay} on {len(decayed)} weight matrices, none on "
+                    f"{len(kept)} norm gains, biases, embeddings and memory key/values")
         if t.warmup_steps >= t.max_steps > 0:
             logger.warning(f"trainer.warmup_steps={t.warmup_steps} >= trainer.max_steps={t.max_steps}: the learning "
                            f"rate never reaches optim.lr={cfg.optim.lr}; lower trainer.warmup_steps")
@@ -221,7 +227,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
         horizon = t.max_steps if state is None else int(state.get("schedule_max_steps", saved_cfg.trainer.max_steps))
         scheduler = make_scheduler(optimizer, warmup_steps=t.warmup_steps, max_steps=horizon,
                                    min_lr_ratio=cfg.optim.min_lr_ratio)
-        scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         start_step = 0
         if state is not None:
             try:

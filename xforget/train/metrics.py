@@ -109,13 +109,20 @@ _PEAK = {  # name fragment: (fp32, bf16/fp16)
 
 
 def peak_flops(device, precision: str, configured: float | None = None) -> float | None:
-    """``configured`` if given, else a known CUDA GPU's dense peak for ``precision``, else None (CPU, unknown GPU)."""
+    """Peak FLOP/s of one device for MFU, for a resolved ``precision`` (fp32/bf16/fp16).
+
+    ``configured`` if given; else a known CUDA GPU's dense peak; else this
+    machine's measured matmul peak stored by ``scripts/bench_peak.py``
+    (:func:`xforget.train.peak.load_peak`; CPUs); else None (TFLOP/s only).
+    """
     if configured:
         return float(configured)
     import torch
 
     if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
-        return None
+        from .peak import load_peak
+
+        return load_peak(precision) if getattr(device, "type", str(device)) == "cpu" else None
     name = torch.cuda.get_device_name(device)
     for fragment, (fp32, half) in _PEAK.items():
         if fragment in name:

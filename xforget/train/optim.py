@@ -43,3 +43,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     params = dict(model.named_parameters())
     return [{"params": [params[n] for n in decay], "weight_decay": weight_decay},
             {"params": [params[n] for n in rest], "weight_decay": 0.0}]
+
+
+def adamw_impl(impl: str, sharded: bool = False) -> dict:
+    """``torch.optim.AdamW`` keywords for ``optim.impl``.
+
+    ``fused`` (one kernel over all parameters; CPU and CUDA) falls back to
+    ``foreach`` for FSDP's DTensor shards; ``auto`` leaves the choice to torch
+    (foreach on CUDA, a per-parameter loop on the CPU). All give the same update
+    up to float rounding; a resumed run continues with the same implementation.
+    """
+    if impl == "fused" and sharded:
+        impl = "foreach"
+    return {"auto": {}, "for_loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[impl]
