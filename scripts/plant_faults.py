@@ -94,7 +94,7 @@ FAULTS: list[Fault] = [
           "    logits = top_p_filter(logits, top_p)\n    logits = top_k_filter(logits, top_k)\n",
           ("tests/test_sampling.py",), "top-p applied before top-k"),
     Fault("eos-rows-restart", "sampling: eos stopping", "xforget/autoregressive.py",
-          "done |= nxt == eos_token", "done = nxt == eos_token",
+          "nxt = nxt.masked_fill(done, eos_token)", "nxt = nxt",
           ("tests/test_generate.py::test_eos_is_sampled_then_rows_stop_and_streaming_ends",),
           "a row that produced eos keeps sampling"),
     Fault("eos-stop-early", "sampling: eos stopping", "xforget/autoregressive.py",

@@ -179,3 +179,39 @@ def test_eval_cli_harness_errors_are_one_line(argv, needle, hub_dir, capsys):
         main(argv)
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert exc.value.code == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_bpe_run_directory_and_its_export_score_through_the_run_tokenizer(tmp_path):
+    pytest.importorskip("tokenizers")
+    from xforget.data.prepare import PrepareConfig, prepare
+    from xforget.data.tokenizer import HFTokenizer
+    from xforget.export import main as export_main
+    from xforget.train import compose_config, to_train_config, train
+
+    docs = tmp_path / "docs.jsonl"
+    words = "the cat sat on a mat while dogs ran far away from home today".split()
+    docs.write_text("".join(json.dumps({"text": " ".join(words[(i + j) % len(words)] for j in range(30))}) + "\n"
+                            for i in range(80)))
+    prepared = prepare(PrepareConfig(input=str(docs), output=str(tmp_path / "prep"), tokenizer="bpe", vocab_size=300,
+                                     progress=False), log=lambda m: None)
+    cfg = to_train_config(compose_config([
+        "data=tokens", f"data.path={prepared}", "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32",
+        "trainer.batch_size=4", "trainer.max_steps=3", "trainer.warmup_steps=1", "trainer.eval_batches=1",
+        "trainer.progress=false", "trainer.sample_bytes=0", "trainer.threads=1"]))
+    run = tmp_path / "run"
+    train(cfg, run)
+    export_main([f"checkpoint={run}", f"out={tmp_path / 'hub'}"])
+    assert (tmp_path / "hub" / "tokenizer.json").is_file()
+
+    pairs = [("the cat sat on", " a mat"), ("dogs ran", " far away from home")]
+    scores = []
+    for source in (run, tmp_path / "hub"):
+        lm = XForgetLM(pretrained=str(source), batch_size=2)
+        assert isinstance(lm.tokenizer, HFTokenizer) and lm.model.num_tokens == 300
+        got = lm.loglikelihood([_req("loglikelihood", p) for p in pairs])
+        for (ctx, cont), (logprob, _) in zip(pairs, got):
+            whole, head = lm.tokenizer.encode(ctx + cont), lm.tokenizer.encode(ctx)
+            ref, _ = _reference_logprob(lm.model, whole, len(whole) - len(head))
+            assert logprob == pytest.approx(ref, abs=1e-4)
+        scores.append(got)
+    assert scores[0] == scores[1]  # the run directory and its export are the same model and tokenizer

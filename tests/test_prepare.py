@@ -391,3 +391,30 @@ def test_training_on_bad_prepared_dirs_fails_clearly(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_long_documents_encode_exactly_as_a_whole(tmp_path):
+    """Pieces cut for parallel encoding (and 4 MiB file pieces) give the ids of the whole text."""
+    from xforget.data.prepare import split_for_encoding
+
+    out = prep(write_corpus("jsonl", tmp_path, make_docs(30, seed=8)), tmp_path / "prep", tokenizer="bpe",
+               vocab_size=400)
+    tok = load_tokenizer(out)
+    rng = random.Random(0)
+    lines = []
+    for i in range(3000):  # code-like text: indentation, blank lines, trailing spaces, tabs, non-ASCII
+        lines.append(rng.choice(["", "    ", "\t", "  "]) + " ".join(rng.choice(WORDS) for _ in range(rng.randrange(0, 8)))
+                     + rng.choice(["", " ", ":", "  ", "é"]))
+    text = "\n".join(lines)
+    parts = split_for_encoding(text.encode(), 512)
+    assert len(parts) > 20 and b"".join(parts) == text.encode()
+    assert sum((tok.encode(p.decode()) for p in parts), []) == tok.encode(text)
+    # the same through prepare: one long text file, tiny batches
+    (tmp_path / "long.txt").write_text(text)
+    whole = tok.encode(text)
+    got = prep(str(tmp_path / "long.txt"), tmp_path / "long", tokenizer=str(out / "tokenizer.json"), batch_bytes=700)
+    ids = np.concatenate([np.fromfile(got / "train.bin", dtype=np.uint16), np.fromfile(got / "val.bin", dtype=np.uint16)])
+    n_val = int(len(text.encode()) * 0.05)
+    head, tail = text.encode()[:-n_val], text.encode()[-n_val:]
+    assert ids.tolist() == tok.encode(head.decode()) + tok.encode(tail.decode())
+    assert abs(len(ids) - len(whole)) < 10  # only the train/validation byte split cuts a pre-token

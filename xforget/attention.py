@@ -73,6 +73,9 @@ class Attention(nn.Module):
         cross: cross-attention (keys and values from ``context``; no positions, no cache).
         context_dim: width of the context (default dim).
         backend: attention kernel override passed to :func:`xforget.ops.attend`.
+        prune: adaptive computation pruning of decayed keys (:mod:`xforget.ops.prune`);
+            False computes every key.
+        prune_eps: pruned attention mass per row (default 1e-6).
     Raises:
         ValueError: kv_heads not dividing heads, negative num_mem_kv, bad softclamp/dropout.
     """
@@ -99,6 +102,8 @@ class Attention(nn.Module):
         cross: bool = False,
         context_dim: int | None = None,
         backend: str | None = None,
+        prune: bool = True,
+        prune_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         dim_head = dim // heads if dim_head is None else dim_head
@@ -135,6 +140,7 @@ class Attention(nn.Module):
         self.to_gate = nn.Linear(dim, heads * dim_head) if output_gate else None
         self.softclamp, self.dropout = softclamp_logits, float(dropout)
         self.backend = backend
+        self.prune, self.prune_eps = bool(prune), float(prune_eps)
 
     def _split_heads(self, t: Tensor) -> Tensor:
         b, n, _ = t.shape
@@ -200,13 +206,19 @@ class Attention(nn.Module):
                 bias_state = extend(None if cache is None else cache.bias_state, new_state, 2)
             dense_bias = self.bias(x, positions, k_pos, key_state=bias_state, key_mask=key_mask)
 
+        k_norm = None
+        if log_fgate is not None and self.causal and self.prune:  # the pruning bound reads key norms, not keys
+            k_norm = k.detach().float().norm(dim=-1)
+            if cache is not None:
+                old_norm = cache.k_norm if cache.k_norm is not None else cache.k.detach().float().norm(dim=-1)
+                k_norm = extend(old_norm, k_norm, 2)
         if cache is not None:
             k, v = extend(cache.k, k, 2), extend(cache.v, v, 2)
             if log_fgate is not None:
                 log_fgate = extend(cache.log_fgate, log_fgate, 2)
-        new_cache = LayerCache(k, v, log_fgate, k_pos=k_pos, bias_state=bias_state, shift=shift)
+        new_cache = LayerCache(k, v, log_fgate, k_pos=k_pos, bias_state=bias_state, shift=shift, k_norm=k_norm)
 
-        out = self._attend(q, k, v, key_mask, log_fgate, log_bgate, dense_bias)
+        out = self._attend(q, k, v, key_mask, log_fgate, log_bgate, dense_bias, key_norm=k_norm)
         return self._project_out(out, x), own_values, new_cache
 
     def _cross(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> tuple[Tensor, None, None]:
@@ -228,6 +240,7 @@ class Attention(nn.Module):
         log_bgate: Tensor | None,
         dense_bias: Tensor | None,
         causal: bool | None = None,
+        key_norm: Tensor | None = None,
     ) -> Tensor:
         """Attention of q (b, h, n_q, d) over k, v (b, kv_heads, n_k, d) -> (b, h, n_q, d).
 
@@ -238,13 +251,14 @@ class Attention(nn.Module):
         around the call.
         """
         if self.kv_heads == self.heads:
-            return self._kernel(q, k, v, key_mask, log_fgate, log_bgate, dense_bias, causal)
+            return self._kernel(q, k, v, key_mask, log_fgate, log_bgate, dense_bias, causal, key_norm)
         order = torch.arange(self.heads, device=q.device).view(-1, self.kv_heads).t().reshape(-1)
 
         def reorder(t: Tensor | None) -> Tensor | None:
             return t if t is None or t.shape[1] == 1 else t[:, order]
 
-        out = self._kernel(reorder(q), k, v, key_mask, reorder(log_fgate), reorder(log_bgate), reorder(dense_bias), causal)
+        out = self._kernel(reorder(q), k, v, key_mask, reorder(log_fgate), reorder(log_bgate), reorder(dense_bias), causal,
+                           key_norm)
         return out[:, order.argsort()]
 
     def _kernel(
@@ -257,6 +271,7 @@ class Attention(nn.Module):
         log_bgate: Tensor | None,
         dense_bias: Tensor | None,
         causal: bool | None,
+        key_norm: Tensor | None = None,
     ) -> Tensor:
         """Pick the kernel. Options that need the logits (softclamp, dropout while
         training), more queries than keys (cross-attention to a short context) and
@@ -278,7 +293,7 @@ class Attention(nn.Module):
             )
         return attend(
             q, k, v, causal=causal, mask=key_mask, log_fgate=log_fgate, log_bgate=log_bgate, bias=dense_bias,
-            backend=self.backend,
+            backend=self.backend, prune=self.prune, prune_eps=self.prune_eps, key_norm=key_norm,
         )
 
     def _project_out(self, out: Tensor, x: Tensor) -> Tensor:

@@ -35,6 +35,8 @@ class LayerCache:
         bias_state: (batch, heads, n_cached, ...) per-key state of a matrix bias builder
             (``fox_per_row``: its small gate keys), or None.
         shift: the last real token's un-shifted k~, v~ (:class:`xforget.kv_shift.ShiftState`), or None.
+        k_norm: (batch, kv_heads, n_cached) float32 L2 norms of the keys (decay biases: the
+            pruning bound of :mod:`xforget.ops.prune` reads them instead of the keys), or None.
     """
 
     k: Tensor
@@ -43,6 +45,7 @@ class LayerCache:
     k_pos: Tensor | None = None
     bias_state: Tensor | None = None
     shift: Any = None
+    k_norm: Tensor | None = None
 
     def crop(self, keep: int) -> "LayerCache":
         """The last ``keep`` positions; the KV-shift state (the last token) is unchanged."""
@@ -53,6 +56,7 @@ class LayerCache:
             k_pos=None if self.k_pos is None else self.k_pos[..., -keep:],
             bias_state=None if self.bias_state is None else self.bias_state[:, :, -keep:],
             shift=self.shift,
+            k_norm=None if self.k_norm is None else self.k_norm[..., -keep:],
         )
 
 

@@ -16,6 +16,17 @@ PATH_KEYS = frozenset({"data.path", "data.cache_dir", "hydra.run.dir", "hydra.sw
                        "checkpoint", "out", "prompt_file"})
 
 
+def emit(text: str) -> None:
+    """Print ``text`` to stdout; a closed pipe (``... --help | head``) ends quietly, without a traceback."""
+    import sys
+
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _parses(arg: str) -> object:
     """The value Hydra parses from ``arg`` (``key=value``), or an exception instance if it cannot."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -68,6 +68,8 @@ class ModelConfig:
     value_residual_mix: str = "learned"
     tie_embedding: bool = False
     attn_backend: str | None = None
+    attn_prune: bool = True  # adaptive computation pruning (xforget.ops.prune); false: every key computed
+    attn_prune_eps: float = 1e-6  # pruned attention mass per row
     extra: dict = field(default_factory=dict)  # forward-compatible layer options (validated by the layers)
 
 

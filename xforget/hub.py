@@ -61,24 +61,9 @@ def load_tokenizer(directory: str | Path):
 
     Delegates to :func:`xforget.data.tokenizer.load_tokenizer`.
     """
-    try:
-        from .data.tokenizer import load_tokenizer as load
-    except ImportError:  # TODO(issue 10): remove once xforget.data.tokenizer is merged
-        return _Bytes()
+    from .data.tokenizer import load_tokenizer as load
+
     return load(Path(directory))
-
-
-class _Bytes:  # stand-in for xforget.data.tokenizer.ByteTokenizer until it is merged (issue 10)
-    vocab_size, eot_id, name = 256, None, "bytes"
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
-
-    def save(self, directory) -> None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
 
 
 def check_weights_fit(model: torch.nn.Module, weights_file: str | Path, config_source: str) -> None:

@@ -157,6 +157,9 @@ class AttentionLayers(nn.Module):
         cross_attend: add cross-attention to a context (default pattern "acf").
         context_dim: width of the context (default dim).
         attn_backend: attention kernel override ("auto", "reference", "fold", ...).
+        attn_prune: adaptive computation pruning of keys the forget gate (or ALiBi)
+            has provably made negligible (:mod:`xforget.ops.prune`); False: exact.
+        attn_prune_eps: pruned attention mass per row (default 1e-6).
     Raises:
         ValueError: invalid or incompatible options, naming the field (see :mod:`xforget.validate`).
     """
@@ -203,6 +206,8 @@ class AttentionLayers(nn.Module):
         cross_attend: bool = False,
         context_dim: int | None = None,
         attn_backend: str | None = None,
+        attn_prune: bool = True,
+        attn_prune_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         options = {k: v for k, v in locals().items() if k not in ("self", "causal", "__class__")}
@@ -229,6 +234,7 @@ class AttentionLayers(nn.Module):
         shared_attn = dict(
             dim_head=dim_head, kv_heads=kv_heads, num_mem_kv=num_mem_kv, qk_norm=qk_norm, output_gate=output_gate,
             output_norm=output_norm, softclamp_logits=softclamp_logits, dropout=attn_dropout, backend=attn_backend,
+            prune=attn_prune, prune_eps=attn_prune_eps,
         )
         first_self_attn = True
 

@@ -152,6 +152,12 @@ def check_layer_options(options: dict[str, Any], *, causal: bool, prefix: str = 
                 f"{f('attn_backend')}={backend!r} serves causal decay/plain attention only, not {why}; "
                 "use 'auto', 'chunked' or 'reference'"
             )
+    prune = o.get("attn_prune", True)
+    if not isinstance(prune, bool):
+        raise ValueError(f"{f('attn_prune')}={prune!r} must be true or false")
+    eps = o.get("attn_prune_eps", 1e-6)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
+        raise ValueError(f"{f('attn_prune_eps')}={eps!r} must be a number in (0, 1) (pruned attention mass per row)")
     return plan
 
 

@@ -117,6 +117,8 @@ class TransformerWrapper(
         cache: Cache | None = None,
         return_cache: bool = False,
         return_embeddings: bool = False,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Cache]:
         """Logits for token ids.
 
@@ -127,6 +129,8 @@ class TransformerWrapper(
             cache: a :class:`Cache` from an earlier call with ``return_cache=True``.
             return_cache: also return the updated cache.
             return_embeddings: return the final hidden states (batch, n, dim) instead of logits.
+            context, context_mask: (batch, m, dim) float and (batch, m) bool (True = real), for
+                cross-attention layers (the decoder of :class:`~xforget.xtransformer.XTransformer`).
         Returns:
             logits (batch, n, num_tokens) float, or (logits, cache).
         Raises:
@@ -151,6 +155,8 @@ class TransformerWrapper(
             mask=mask,
             key_mask=key_mask,
             caches=cache.layers if cache is not None and cache.layers else None,
+            context=context,
+            context_mask=context_mask,
         )
         out = h if return_embeddings else self.to_logits(h)
         if not return_cache:

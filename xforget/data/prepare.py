@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -128,6 +129,28 @@ def validate_prepare(cfg: PrepareConfig) -> None:
 
 # ----------------------------------------------------------------------------- encoding
 
+ENCODE_PIECE = 1 << 16
+# A newline between two non-space bytes: GPT-2-style pre-tokenizers make that newline a token of its
+# own and never merge across it, so cutting right after it encodes exactly as the whole text does.
+_SAFE_CUT = re.compile(rb"(?<=[^\s])\n(?=[^\s])")
+
+
+def split_for_encoding(piece: bytes, size: int = ENCODE_PIECE) -> list[bytes]:
+    """``piece`` cut into parts of at least ``size`` bytes, right after a newline that has a non-space
+    byte on both sides (the rest stays whole). Many short texts let ``encode_batch`` use every core and
+    keep its per-text memory small; for byte-level BPE the ids equal those of the whole piece."""
+    if len(piece) <= size:
+        return [piece]
+    out, start = [], 0
+    while len(piece) - start > size:
+        m = _SAFE_CUT.search(piece, start + size)
+        if m is None:
+            break
+        out.append(piece[start:m.end()])
+        start = m.end()
+    out.append(piece[start:])
+    return out
+
 _WORKER_TOKENIZER = None
 
 
@@ -164,9 +187,16 @@ class Encoder:
         docs = {False: 0, True: 0}
         if isinstance(tok, ByteTokenizer):
             ids_list = [np.frombuffer(p, dtype=np.uint8).astype(dtype) for p, _, _ in batch]
-        else:
-            ids_list = [np.asarray(ids, dtype=dtype) for ids in
-                        tok.encode_batch([p.decode("utf-8", errors="replace") for p, _, _ in batch])]
+        else:  # long pieces are encoded as several texts cut where no pre-token spans the cut (in parallel)
+            texts, owner = [], []
+            for i, (piece, _, _) in enumerate(batch):
+                for part in split_for_encoding(piece):
+                    texts.append(part.decode("utf-8", errors="replace"))
+                    owner.append(i)
+            parts: list[list[np.ndarray]] = [[] for _ in batch]
+            for i, ids in zip(owner, tok.encode_batch(texts)):
+                parts[i].append(np.asarray(ids, dtype=dtype))
+            ids_list = [np.concatenate(p) if p else np.zeros(0, dtype=dtype) for p in parts]
         for (piece, is_val, last), ids in zip(batch, ids_list):
             out[is_val].append(ids)
             nbytes[is_val] += len(piece)

@@ -147,12 +147,28 @@ def _file_kind(path: Path) -> str:
     return "text"
 
 
+_SPACE = frozenset(b" \t\n\r\x0b\x0c")
+
+
+def _last_safe_newline(buf: bytes) -> int:
+    """Index of the last newline with a non-space byte on both sides (-1 if none): cutting after it
+    changes no pre-token of GPT-2-style tokenizers."""
+    pos = buf.rfind(b"\n")
+    while pos > 0:
+        if pos + 1 < len(buf) and buf[pos - 1] not in _SPACE and buf[pos + 1] not in _SPACE:
+            return pos
+        pos = buf.rfind(b"\n", 0, pos)
+    return -1
+
+
 def text_pieces(path: Path, start: int = 0, stop: int | None = None,
                 chunk: int = 1 << 22) -> Iterator[tuple[bytes, bool]]:
     """Bytes ``[start, stop)`` of ``path`` as ``(piece, last)``, pieces of about ``chunk`` bytes.
 
-    A piece ends after its last newline (else at a UTF-8 character boundary), so
-    no character is cut; the final piece has ``last=True`` (an empty file gives
+    A piece ends after its last newline that has a non-space byte on both sides
+    (reading up to 8 chunks to find one; else after its last newline, else at
+    a UTF-8 character boundary), so no
+    character and, for GPT-2-style byte-level BPE, no pre-token is cut; the final piece has ``last=True`` (an empty file gives
     one empty piece).
     """
     try:
@@ -172,7 +188,12 @@ def text_pieces(path: Path, start: int = 0, stop: int | None = None,
                 yield carry, True
                 return
             buf = carry + data
-            cut = buf.rfind(b"\n") + 1
+            cut = _last_safe_newline(buf) + 1
+            if cut == 0 and len(buf) < 8 * chunk:  # read on (up to 8 chunks) for a newline that is safe to cut at
+                carry = buf
+                continue
+            if cut == 0:
+                cut = buf.rfind(b"\n") + 1
             if cut == 0:  # no newline: cut before a trailing partial UTF-8 character
                 cut = len(buf)
                 back = 0

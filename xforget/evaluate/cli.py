@@ -6,8 +6,14 @@
 
 Config: ``configs/eval.yaml`` over :class:`~xforget.evaluate.config.EvalCommandConfig`.
 ``data.*`` keys without ``data=NAME`` modify the run's own data config.
+    xforget-eval --cfg job checkpoint=RUN_DIR     # print the composed config, evaluate nothing
+
 Errors print one ``error: ...`` line; exit code 2 for bad config, data or
-checkpoint, 1 for other failures.
+checkpoint, 1 for other failures. A command that produced no result (every
+length skipped, e.g. a validation split shorter than the shortest length)
+fails with one line and leaves an earlier ``eval.json`` untouched; results are
+written atomically. Path values (``checkpoint``, ``data.path``, ``out``) are
+literal (``~`` expanded, see :mod:`xforget.cli_args`).
 """
 
 from __future__ import annotations
@@ -89,8 +95,51 @@ def load_eval_config(argv: list[str]) -> EvalCommandConfig:
     return typed
 
 
+def cfg_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Hydra's ``--cfg job`` / ``-c job`` (also ``--cfg=job``): (the part asked for, the other arguments)."""
+    rest, part, i = [], None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--cfg", "-c") and i + 1 < len(argv):
+            part, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--cfg="):
+            part = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    if part is not None and part not in ("job", "hydra", "all"):
+        raise ValueError(f"--cfg {part}: must be one of ['job', 'hydra', 'all']")
+    return part, rest
+
+
+def no_result_reason(result: dict) -> str | None:
+    """Why ``result`` holds no measurement at all (every length skipped), or None if it holds one."""
+    from .core import OK
+
+    rows = result["lengths"] + (result.get("task") or {}).get("lengths", [])
+    if any(r["status"] == OK for r in rows):
+        return None
+    skipped = "; ".join(f"{r['length']}: {r['status']}" + (f" ({r['reason']})" if r.get("reason") else "")
+                        for r in result["lengths"])
+    return f"nothing evaluated, every length was skipped ({skipped})"
+
+
+def _job_config(argv: list[str]):
+    """The composed job config of ``argv`` (type-checked like a real run, the checkpoint may be missing)."""
+    from ..train.config import ConfigError
+
+    try:
+        return OmegaConf.structured(load_eval_config(argv))
+    except ConfigError as exc:
+        if "missing required key: checkpoint" not in str(exc):
+            raise
+        return compose_named("eval", argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``xforget-eval``); ``argv`` defaults to ``sys.argv[1:]``."""
+    from ..cli_args import emit, literal_paths
     from ..data import DataError
     from ..train.checkpoint import CheckpointError
     from ..train.config import ConfigError
@@ -98,9 +147,15 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        emit(USAGE)
         return
     try:
+        part, argv = cfg_flag(argv)
+        argv = literal_paths(argv)
+        if part is not None:
+            emit(OmegaConf.to_yaml(compose_named("eval", argv, return_hydra_config=True)
+                                   if part != "job" else _job_config(argv)))
+            return
         cfg = load_eval_config(argv)
         if cfg.harness:
             return _harness(cfg)
@@ -109,8 +164,11 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(exc))
     except ValueError as exc:
         fail(str(exc), 1)
-    print(format_table(result))
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "eval.json"
+    reason = no_result_reason(result)
+    if reason is not None:
+        fail(f"{reason}; {out} not written" + (" (the earlier one is kept)" if out.exists() else ""))
+    print(format_table(result))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")

@@ -20,6 +20,7 @@ from ..train.checkpoint import complete_checkpoints, load_model
 from ..train.config import DataConfig, TrainConfig
 from .config import EvalConfig, validate_eval
 from .metrics import evaluate_windows, length_limit, token_losses
+from .pruning import format_pruning, pruning_fractions
 
 ROUND = 6
 OK, CANNOT_EXTRAPOLATE, TOO_SHORT = "ok", "cannot extrapolate", "validation split too short"
@@ -196,6 +197,9 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
         "val_bpb": next((r["bpb"] for r in rows if r["status"] == OK), None),
         "val_ppl": next((r["ppl"] for r in rows if r["status"] == OK), None),
     }
+    ok_lengths = [r["length"] for r in rows if r["status"] == OK]
+    if ok_lengths:  # adaptive computation pruning at the longest evaluated length
+        result["pruning"] = pruning_fractions(model, val[: max(ok_lengths)].long().to(device))
     task = ecfg.task or (data_cfg.name if data_cfg.name in synthetic.TASKS else None)
     if task:
         result["task"] = {"name": task, "lengths": task_accuracy(model, task, lengths, examples=ecfg.task_examples,
@@ -222,6 +226,8 @@ def format_table(result: dict[str, Any]) -> str:
         accs = ", ".join(f"{r['length']}: {r['accuracy']:.3f}" if r["status"] == OK else f"{r['length']}: {r['status']}"
                          for r in result["task"]["lengths"])
         lines.append(f"{result['task']['name']} answer accuracy by length: {accs}")
+    if "pruning" in result:
+        lines.extend(format_pruning(result["pruning"]))
     return "\n".join(lines)
 
 

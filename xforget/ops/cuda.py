@@ -48,8 +48,14 @@ def cuda_attention(
     mask: Optional[Tensor] = None,
     scale: Optional[float] = None,
     log_bgate: Optional[Tensor] = None,
+    prune: bool = True,
+    prune_eps: float = 1e-6,
+    key_norm: Optional[Tensor] = None,
 ) -> Tensor:
     """Causal forgetting attention on CUDA tensors; returns q's dtype.
+
+    ``prune``/``prune_eps``/``key_norm`` are accepted for a uniform call; pruning
+    is not implemented on CUDA yet (the fold there computes every tile).
 
     Raises ``ValueError`` for CPU tensors or ``causal=False``.
     """

@@ -4,6 +4,12 @@ With n_q queries (1 when decoding) the (b, h, n_q, n_k) logits are only
 O(n_k) memory, so the decay bias c_i - c_j is added to them directly. This
 avoids the fold's appended key channels, which would copy the whole KV cache
 at every decoded token. Causal only; logits and softmax in >= fp32.
+
+Adaptive computation pruning (``prune.py``): per (batch, head) the key prefix
+whose weights are all provably below ``prune_eps / n_k`` of the reference
+key's is skipped; kv heads shared by several query heads keep the smallest
+start of their group.  The bound needs the key norms: pass ``key_norm`` (the
+KV cache keeps them) so that a step never rereads the whole cache.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from . import prune as acp
 from .common import Shapes, Tensor, cumulative_gate, default_scale, valid_rows, zero_invalid_rows
 
 MAX_DECODE_QUERIES = 16
@@ -28,11 +35,15 @@ def decode_attention(
     mask: Optional[Tensor] = None,
     scale: Optional[float] = None,
     log_bgate: Optional[Tensor] = None,
+    prune: bool = True,
+    prune_eps: float = acp.PRUNE_EPS,
+    key_norm: Optional[Tensor] = None,
 ) -> Tensor:
     """Causal forgetting attention for few queries (the last n_q positions).
 
     Shapes as in :func:`xforget.ops.forgetting_attention`. Memory
-    O(b * h * n_q * n_k).
+    O(b * h * n_q * n_k).  ``prune``: skip each head's provably forgotten key
+    prefix (bound in :mod:`xforget.ops.prune`).
 
     Raises:
         ValueError: ``causal=False`` (use "chunked").
@@ -40,6 +51,46 @@ def decode_attention(
     if not causal:
         raise ValueError("backend 'decode' is causal only; use 'chunked' or 'reference' for bidirectional attention")
     s = shapes
+    c = cumulative_gate(log_fgate, mask, s)
+    if prune and c is not None and s.n_k > 64:
+        kn = acp.key_norms(k, s.h, mask, key_norm)
+        start = acp.decode_starts(q, kn, c, mask, s, default_scale(s.d, scale), prune_eps)  # (b, h)
+        g = s.h // s.h_kv
+        kv_start = start.view(s.b, s.h_kv, g).amin(-1)  # (b, h_kv): a kv head serves its whole group
+        acp.record("decode", kv_start.repeat_interleave(g, dim=1).double() * s.n_q,
+                   torch.full((s.b, s.h), float(s.n_q * s.offset + s.n_q * (s.n_q + 1) // 2), dtype=torch.float64))
+        starts = kv_start.tolist()
+        lo = min(min(r) for r in starts)
+        if max(max(r) for r in starts) > 0:
+            if all(x == lo for r in starts for x in r):
+                return _decode(q, k[:, :, lo:], v[:, :, lo:], c[..., lo:], None if mask is None else mask[:, lo:],
+                               s, scale, causal, lo)
+            return _decode_rows(q, k, v, c, mask, s, scale, starts)
+    return _decode(q, k, v, c, mask, s, scale, causal, 0)
+
+
+def _decode_rows(q, k, v, c, mask, s: Shapes, scale, starts) -> Tensor:
+    """One (batch, kv head) at a time, each from its own first kept key."""
+    g = s.h // s.h_kv
+    outs = []
+    for bi in range(s.b):
+        heads = []
+        for j in range(s.h_kv):
+            lo = starts[bi][j]
+            hs = slice(j * g, (j + 1) * g)
+            sub = Shapes(1, g, 1, s.n_q, s.n_k, s.d, s.d_v)  # _decode drops the first lo keys
+            heads.append(_decode(
+                q[bi: bi + 1, hs], k[bi: bi + 1, j: j + 1, lo:], v[bi: bi + 1, j: j + 1, lo:],
+                c[bi: bi + 1, hs, lo:], None if mask is None else mask[bi: bi + 1, lo:], sub, scale, True, lo,
+            ))
+        outs.append(torch.cat(heads, dim=1))
+    return torch.cat(outs, dim=0)
+
+
+def _decode(q, k, v, c, mask, s: Shapes, scale, causal, lo: int) -> Tensor:
+    """The few-query attention over keys ``lo:`` (k, v, c, mask already sliced)."""
+    if lo:
+        s = Shapes(s.b, s.h, s.h_kv, s.n_q, s.n_k - lo, s.d, s.d_v)
     b, h, m, d = q.shape
     h_kv, g = s.h_kv, s.h // s.h_kv
     ct = torch.promote_types(q.dtype, torch.float32)
@@ -47,7 +98,6 @@ def decode_attention(
     # grouped-query logits without copying k: query head i reads kv head i // g
     logits = torch.matmul(q.to(ct).reshape(b, h_kv, g * m, d), k.to(ct).transpose(-1, -2)).view(b, h, m, s.n_k)
     logits = logits * scale
-    c = cumulative_gate(log_fgate, mask, s)
     if c is not None:
         logits = logits + (c[..., s.offset :, None] - c[..., None, :])
     if m > 1:  # keys after each query (only among the last m) are hidden

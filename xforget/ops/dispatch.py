@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
+
 from .chunked import chunked_attention
 from .common import Tensor, check_inputs
 from .cuda import cuda_attention
 from .decode import MAX_DECODE_QUERIES, decode_attention
 from .fold import fold_attention
+from .prune import PRUNE_EPS, check_eps
 from .reference import reference_attention
 from .sdpa import dense_bias_attention, plain_attention
 
@@ -58,6 +61,9 @@ def forgetting_attention(
     scale: Optional[float] = None,
     log_bgate: Optional[Tensor] = None,
     backend: Optional[str] = None,
+    prune: bool = True,
+    prune_eps: float = PRUNE_EPS,
+    key_norm: Optional[Tensor] = None,
 ) -> Tensor:
     """Softmax attention with a data-dependent forget gate (FoX).
 
@@ -90,23 +96,68 @@ def forgetting_attention(
             GPU).  Auto: CUDA tensors -> "cuda"; causal with at most 16 queries
             over more keys (decoding) -> "decode"; other causal -> "fold";
             bidirectional -> "chunked".
+        prune: adaptive computation pruning (Lin, Obando-Ceron, He, Courville,
+            COLM 2025, arXiv 2504.06949; DESIGN.md 3.1) in the causal "fold"
+            (CPU) and "decode" backends: keys whose every weight is provably
+            below ``prune_eps / n_k`` of the row's reference key are skipped, so
+            the pruned mass of a row is below ``prune_eps`` and each output
+            channel moves by at most ``prune_eps * (max v - min v)``
+            (``<= 2 * prune_eps * max|v|``); gradients move by O(prune_eps).
+            See :mod:`xforget.ops.prune` for the bound.  ``False``: exact op.
+        prune_eps: pruned attention mass per row, in (0, 1); default 1e-6
+            keeps fp32 outputs within 1e-5 of the unpruned op when max|v| <= 5
+            (beyond the fp32 rounding both share, ~6e-8 * max|c| per logit).
+        key_norm: ``(b, h_kv, n_k)`` L2 norms of k if already known (the KV
+            cache keeps them so that decoding never rereads the keys to prune).
+
+    Autocast: inside ``torch.autocast`` the inputs are cast to the autocast
+    dtype of their device and the op runs with autocast off, so the
+    precision-critical parts (fp32 gates, split key channels) are built for the
+    dtype the kernel actually uses; the result has the autocast dtype.
 
     Returns:
-        ``(b, h, n_q, d)`` in q's dtype.  Differentiable w.r.t. q, k, v and both gates.
+        ``(b, h, n_q, d)`` in q's dtype (the autocast dtype under autocast).
+        Differentiable w.r.t. q, k, v and both gates.
 
     Raises:
         ValueError: unknown backend (the message lists the valid ones); a
             backend that cannot serve the case ("fold"/"cuda" with
             ``causal=False`` or ``log_bgate``, "cuda" on CPU tensors);
-            inconsistent shapes or dtypes.
+            inconsistent shapes or dtypes; ``prune_eps`` outside (0, 1).
     """
+    q, k, v = autocast_inputs(q, k, v)
+    if torch.is_autocast_enabled(q.device.type):
+        with torch.autocast(q.device.type, enabled=False):
+            return forgetting_attention(q, k, v, log_fgate, causal=causal, mask=mask, scale=scale, log_bgate=log_bgate,
+                                        backend=backend, prune=prune, prune_eps=prune_eps, key_norm=key_norm)
     shapes = check_inputs(q, k, v, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate)
     name = resolve_backend(backend, q=q, causal=causal, n_k=k.shape[-2])
+    prune_eps = check_eps(prune_eps)
     if causal:
         log_bgate = None  # a backward gate has no effect on causal attention
+    extra = {}
+    if name in ("fold", "decode", "cuda"):
+        extra = dict(prune=bool(prune), prune_eps=prune_eps, key_norm=key_norm)
     return _IMPLS[name](
-        q, k, v, log_fgate, shapes=shapes, causal=causal, mask=mask, scale=scale, log_bgate=log_bgate
+        q, k, v, log_fgate, shapes=shapes, causal=causal, mask=mask, scale=scale, log_bgate=log_bgate, **extra
     )
+
+
+def autocast_inputs(q: Tensor, k: Tensor, v: Tensor) -> tuple:
+    """Under ``torch.autocast`` for q's device: q, k, v cast to the autocast dtype (else unchanged).
+
+    DESIGN.md section 4, item 11: a fused kernel called inside autocast runs in
+    the autocast dtype even for fp32 inputs, which rounds a carefully split fp32
+    channel.  Casting first lets each backend build its channels for the dtype
+    the kernel will use; the caller then runs the op with autocast disabled.
+    """
+    dev = q.device.type
+    if not torch.is_autocast_enabled(dev):
+        return q, k, v
+    dt = torch.get_autocast_dtype(dev)
+    if not q.is_floating_point() or q.dtype == torch.float64:
+        return q, k, v
+    return q.to(dt), k.to(dt), v.to(dt)
 
 
 def attend(
@@ -121,6 +172,9 @@ def attend(
     bias: Optional[Tensor] = None,
     scale: Optional[float] = None,
     backend: Optional[str] = None,
+    prune: bool = True,
+    prune_eps: float = PRUNE_EPS,
+    key_norm: Optional[Tensor] = None,
 ) -> Tensor:
     """The single attention entry point of the model's attention layer.
 
@@ -142,9 +196,17 @@ def attend(
 
     An explicit backend is always honoured (e.g. "reference" for plain
     attention) or raises ``ValueError`` when it cannot serve the case.
+    ``prune``, ``prune_eps``, ``key_norm``: as in :func:`forgetting_attention`.
+    Under ``torch.autocast`` every path runs in the autocast dtype with
+    autocast off (see :func:`forgetting_attention`).
 
-    Returns ``(b, h, n_q, d)`` in q's dtype.
+    Returns ``(b, h, n_q, d)`` in q's dtype (the autocast dtype under autocast).
     """
+    q, k, v = autocast_inputs(q, k, v)
+    if torch.is_autocast_enabled(q.device.type):
+        with torch.autocast(q.device.type, enabled=False):
+            return attend(q, k, v, causal=causal, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate, bias=bias,
+                          scale=scale, backend=backend, prune=prune, prune_eps=prune_eps, key_norm=key_norm)
     shapes = check_inputs(q, k, v, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate)
     if bias is not None and bias.dim() != 4:
         raise ValueError(f"bias must be 4-d, broadcastable to (b, h, n_q, n_k); got {tuple(bias.shape)}")
@@ -158,7 +220,8 @@ def attend(
         if not gated and name == "auto":
             return plain_attention(q, k, v, shapes=shapes, causal=causal, mask=mask, scale=scale)
         return forgetting_attention(
-            q, k, v, log_fgate, causal=causal, mask=mask, scale=scale, log_bgate=log_bgate, backend=name
+            q, k, v, log_fgate, causal=causal, mask=mask, scale=scale, log_bgate=log_bgate, backend=name,
+            prune=prune, prune_eps=prune_eps, key_norm=key_norm,
         )
 
     if name == "auto" and not gated:

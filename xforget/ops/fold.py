@@ -44,7 +44,9 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import prune as acp
 from .common import Shapes, Tensor, cumulative_gate, default_scale, expand_kv, valid_rows, zero_invalid_rows
+from .pruned_sdpa import BandedCausalSDPA, make_plan
 
 PAD_GAP = 1.0e4  # pad keys sit this far (at least) below every real key's logit
 FP16_CHANNEL_MAX = 2.0 ** 14  # |u| / 2^p stays below this in fp16 channels
@@ -114,10 +116,18 @@ def fold_attention(
     scale: Optional[float] = None,
     log_bgate: Optional[Tensor] = None,
     channel_multiple: int = 1,
+    prune: bool = True,
+    prune_eps: float = acp.PRUNE_EPS,
+    key_norm: Optional[Tensor] = None,
 ) -> Tensor:
     """Causal forgetting attention via the key-channel fold; returns q's dtype.
 
     ``channel_multiple`` rounds the folded head dim up (8 suits the CUDA kernels).
+    ``prune``: adaptive computation pruning on CPU tensors (``prune.py``: per
+    (batch, head, block of 128 queries) the key prefix whose weights are all
+    below ``prune_eps / n_k`` of the row's reference key is skipped; the output
+    moves by at most ``2 * prune_eps * max|v|``).  Nothing prunes without a
+    forget gate or when the gate never gets small; then the op is one fused call.
     Raises ``ValueError`` for ``causal=False`` (the bidirectional bias has two
     different row constants and does not fold: use "chunked").
     """
@@ -151,5 +161,22 @@ def fold_attention(
     # the fused CPU/GPU kernels want equal head dims: pad v with zero channels
     v2 = F.pad(expand_kv(v, s.h), (0, pad_v)) if pad_v else expand_kv(v, s.h)
 
-    out = causal_sdpa(q2, k2, v2, s.n_q, s.n_k, 1.0)[..., : s.d_v]
+    plan = None
+    if prune and c is not None and not q.is_cuda and s.n_k >= 2 * acp.PRUNE_BLOCK:
+        kn = acp.key_norms(k, s.h, mask, key_norm)
+        starts = acp.block_starts(q, kn, c, mask, s, scale, prune_eps)
+        plan, skipped, total = make_plan(starts.view(s.b * s.h, -1).tolist(), s.n_q, s.n_k, acp.PRUNE_BLOCK)
+        skipped_t = torch.tensor(skipped, dtype=torch.float64).view(s.b, s.h)
+        acp.record("fold", skipped_t, torch.full_like(skipped_t, total))
+        if not any(skipped):
+            plan = None
+    if plan is None:
+        out = causal_sdpa(q2, k2, v2, s.n_q, s.n_k, 1.0)[..., : s.d_v]
+    else:
+        r = s.b * s.h
+        out = BandedCausalSDPA.apply(
+            q2.reshape(1, r, s.n_q, width), k2.reshape(1, r, s.n_k, width), v2.reshape(1, r, s.n_k, width),
+            plan, 1.0,
+        )
+        out = out.reshape(s.b, s.h, s.n_q, width)[..., : s.d_v]
     return zero_invalid_rows(out, valid_rows(mask, s, causal)).to(dtype)

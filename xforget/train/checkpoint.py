@@ -232,6 +232,27 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     return model.to(device).eval(), cfg
 
 
+def load_run_tokenizer(run_dir: str | Path, cfg: TrainConfig | None = None):
+    """The tokenizer a run was trained with: ``tokenizer.json`` in the run directory (training copies it
+    there), else the one of its prepared dataset (``data=tokens``), else bytes.
+
+    ``run_dir`` may be one checkpoint directory (``checkpoints/step_*``): its run directory is used.
+
+    Raises:
+        DataError: a ``tokenizer.json`` that cannot be read.
+    """
+    from ..data.tokenizer import TOKENIZER_FILE, load_tokenizer
+
+    root = Path(run_dir)
+    if (root / MARKER).is_file() and root.parent.name == CHECKPOINTS:
+        root = root.parent.parent
+    if (root / TOKENIZER_FILE).is_file():
+        return load_tokenizer(root)
+    if cfg is not None and cfg.data.name == "tokens" and cfg.data.path and Path(cfg.data.path).is_dir():
+        return load_tokenizer(cfg.data.path)
+    return load_tokenizer(root)  # no tokenizer.json: bytes
+
+
 def init_weights_file(source: str | Path) -> Path:
     """The ``model.safetensors`` that ``trainer.init_from=source`` names.
 
@@ -297,24 +318,3 @@ def _model_diff(config_path: Path, model_cfg) -> str:
     diff = [f"model.{k}: {v!r} there, {getattr(model_cfg, k)!r} here" for k, v in saved.items()
             if v != getattr(model_cfg, k, v)]
     return f" ({', '.join(diff)})" if diff else ""
-
-
-def load_run_tokenizer(run_dir: str | Path, cfg: TrainConfig | None = None):
-    """The tokenizer a run was trained with: ``tokenizer.json`` in the run directory (training copies it
-    there), else the one of its prepared dataset (``data=tokens``), else bytes.
-
-    ``run_dir`` may be one checkpoint directory (``checkpoints/step_*``): its run directory is used.
-
-    Raises:
-        DataError: a ``tokenizer.json`` that cannot be read.
-    """
-    from ..data.tokenizer import TOKENIZER_FILE, load_tokenizer
-
-    root = Path(run_dir)
-    if (root / MARKER).is_file() and root.parent.name == CHECKPOINTS:
-        root = root.parent.parent
-    if (root / TOKENIZER_FILE).is_file():
-        return load_tokenizer(root)
-    if cfg is not None and cfg.data.name == "tokens" and cfg.data.path and Path(cfg.data.path).is_dir():
-        return load_tokenizer(cfg.data.path)
-    return load_tokenizer(root)  # no tokenizer.json: bytes

@@ -63,7 +63,7 @@ from .distributed import (
 )
 from ..files import atomic_write_text
 from .metrics import MetricsLog, model_flops_per_token, peak_flops
-from .optim import adamw_impl, param_groups
+from .optim import adamw_impl, decay_names, param_groups
 from .precision import AMP_DTYPES, resolve_precision
 from .resume import check_resume, describe, record_resume_config
 from .schedule import lr_factor, make_scheduler
@@ -216,6 +216,9 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
             param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
             **adamw_impl(cfg.optim.impl, fsdp),
         )
+        decayed, kept = decay_names(model)
+        logger.info(f"AdamW: weight decay {cfg.optim.weight_decay} on {len(decayed)} weight matrices, none on "
+                    f"{len(kept)} norm gains, biases, embeddings and memory key/values")
         if t.warmup_steps >= t.max_steps > 0:
             logger.warning(f"trainer.warmup_steps={t.warmup_steps} >= trainer.max_steps={t.max_steps}: the learning "
                            f"rate never reaches optim.lr={cfg.optim.lr}; lower trainer.warmup_steps")

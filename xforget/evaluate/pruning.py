@@ -1,0 +1,56 @@
+"""What adaptive computation pruning skips in a trained model (``xforget-eval`` prints it).
+
+Runs one forward pass over a validation window inside
+:func:`xforget.ops.prune.collect_pruning`, with each self-attention layer
+labelling its op calls, and reports the pruned fraction of the causal
+query-key pairs (attention FLOPs) per layer and head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attention import Attention
+from ..ops.prune import collect_pruning
+
+
+@torch.no_grad()
+def pruning_fractions(net: nn.Module, window: torch.Tensor) -> dict[str, Any]:
+    """Pruned fraction per self-attention layer and head on one window.
+
+    Args:
+        net: a TransformerWrapper (eval mode).
+        window: (n,) or (1, n) int64 token ids.
+    Returns:
+        ``{"length": n, "layers": [{"layer": name, "heads": [fractions], "mean": f}, ...],
+        "mean": f}``; layers that never reach a pruning kernel (no decay bias,
+        pruning off, dense paths) are absent, and the mean is None without any.
+    """
+    x = window.view(1, -1)
+    layers = [(name, m) for name, m in net.named_modules() if isinstance(m, Attention) and not m.cross]
+    with collect_pruning() as log:
+        hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: log.label(name)) for name, m in layers]
+        try:
+            net(x)
+        finally:
+            for h in hooks:
+                h.remove()
+    rows = []
+    for name, frac in log.by_label().items():
+        rows.append({"layer": name, "heads": [round(float(f), 4) for f in frac], "mean": round(float(frac.mean()), 4)})
+    mean = round(sum(r["mean"] for r in rows) / len(rows), 4) if rows else None
+    return {"length": int(x.shape[1]), "layers": rows, "mean": mean}
+
+
+def format_pruning(report: dict[str, Any]) -> list[str]:
+    """Lines for the ``xforget-eval`` table."""
+    if not report.get("layers"):
+        return [f"pruned attention at length {report.get('length')}: none (no decay bias, or attn_prune=false)"]
+    lines = [f"pruned fraction of causal attention pairs at length {report['length']} (mean {report['mean']:.3f}):"]
+    for r in report["layers"]:
+        heads = " ".join(f"{h:.2f}" for h in r["heads"])
+        lines.append(f"  {r['layer']}: mean {r['mean']:.3f}  heads {heads}")
+    return lines
