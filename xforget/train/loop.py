@@ -288,7 +288,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
             last_saved = run_dir / CHECKPOINTS / step_dir_name(step)
 
         def validation_loss() -> float:
-            total, count = _eval_sums(lm, val_shard, local_batch, device, autocast)
+            # in fp32 whatever the training precision: val_bpb compares across precisions and equals xforget-eval
+            total, count = _eval_sums(lm, val_shard, local_batch, device)
             sums = all_reduce_sum(torch.tensor([total, count], dtype=torch.float64, device=device), info)
             return (sums[0] / sums[1]).item() if info.enabled else total / count
 
