@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -5,6 +6,14 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py
+
+# One intra-op thread: the test models are tiny, and on a shared or loaded 2-core machine two OpenMP threads
+# spin-wait on each other (a 150-step XTransformer fixture took 118 s with 2 threads, 4 s with 1, under load).
+# Subprocesses started by the tests inherit OMP_NUM_THREADS. XFORGET_TEST_THREADS=N overrides.
+_THREADS = int(os.environ.get("XFORGET_TEST_THREADS", "1"))
+torch.set_num_threads(_THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+
 
 @pytest.fixture(autouse=True)
 def _seed():

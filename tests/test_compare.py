@@ -30,6 +30,7 @@ def tiny_args(text_file, out_dir, positions="[none,fox]", seeds="[0,1]"):
             "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=4",
             "trainer.max_steps=6", "trainer.eval_every=3", "trainer.eval_batches=2", "trainer.log_every=2",
             "trainer.checkpoint_every=0", "trainer.progress=false", "trainer.sample_bytes=0",
+            "trainer.precision=fp32",  # xforget-eval scores in fp32: training's val_bpb must be fp32 to match to 1e-5
             "eval.multiples=[1,2,4]", f"hydra.run.dir={out_dir}"]
 
 

@@ -145,7 +145,7 @@ def test_cli_trains_and_reports(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"run directory: {run}" in proc.stdout
-    assert "val_bpb=" in proc.stdout and "sample (generated after the prompt" in proc.stdout
+    assert "val_bpb=" in proc.stdout and "sample prompt (" in proc.stdout and "sample (generated after the prompt" in proc.stdout
     assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
 
 

@@ -47,6 +47,7 @@ def tiny(tmp_path: Path, text_file: Path, *overrides: str):
         "data=text", f"data.path={text_file}", f"data.cache_dir={tmp_path / 'cache'}",
         "trainer.progress=false", "trainer.sample_bytes=0", "trainer.eval_batches=2", "trainer.threads=1",
         "trainer.log_every=1", "trainer.eval_every=0", "trainer.checkpoint_every=0",
+        "trainer.precision=fp32",  # compared with float64 references; tests of autocast override it
     ]
     return to_train_config(compose_config(base + list(overrides)))
 

@@ -155,6 +155,18 @@ def main(argv: list[str] | None = None) -> None:
     out.write(prompt_text)
     stream = wrapper.stream(prompt, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                             top_p=cfg.top_p, min_p=cfg.min_p, cache_kv=cfg.cache_kv)
+    try:
+        _write_stream(stream, tokenizer, out)
+    except KeyboardInterrupt:  # Ctrl-C while streaming: end the line, no traceback
+        out.write("\n")
+        out.flush()
+        raise SystemExit(130) from None
+
+
+def _write_stream(stream, tokenizer, out) -> None:
+    """Print generated token ids as text as they come (bytes decoded incrementally as UTF-8)."""
+    from .data.tokenizer import ByteTokenizer
+
     if isinstance(tokenizer, ByteTokenizer):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for step in stream:

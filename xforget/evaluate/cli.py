@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(exc))
     except ValueError as exc:
         fail(str(exc), 1)
+    except KeyboardInterrupt:
+        fail("interrupted; nothing written", 130)
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "eval.json"
     reason = no_result_reason(result)
     if reason is not None:

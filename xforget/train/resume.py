@@ -19,7 +19,8 @@ The resumed command's config is compared with the checkpoint's, key by key:
   recorded. It cannot go below the steps already done.
 * **bookkeeping keys** (:data:`FREE_KEYS`: how often to log, evaluate and
   checkpoint, devices, threads, progress, the sample, the logger, the data cache
-  directory) do not change the trajectory: allowed, logged and recorded.
+  directory, the AdamW kernel ``optim.impl``) do not change the trajectory:
+  allowed, logged and recorded.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ FREE_KEYS = frozenset({
     "trainer.keep_last", "trainer.threads", "trainer.device", "trainer.compile", "trainer.progress",
     "trainer.strategy", "trainer.peak_flops", "trainer.sample_bytes", "trainer.sample_temperature",
     "trainer.init_from", "trainer.resume", "logger", "data.cache_dir",
+    "optim.impl",  # the same AdamW update computed by another kernel (for_loop / foreach / fused)
 })
 
 
