@@ -57,7 +57,7 @@ def save_tokenizer(tokenizer, directory: Path) -> None:
 
 
 def load_tokenizer(directory: str | Path):
-    """The tokenizer saved in a run, prepared-data or hub-style directory (bytes when none).
+    """The tokenizer saved in a hub-style directory (bytes when none).
 
     Delegates to :func:`xforget.data.tokenizer.load_tokenizer`.
     """
@@ -159,10 +159,10 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
     if is_hub_directory(path) and not (path / "config.yaml").is_file():
         model = TransformerWrapper.from_pretrained(str(path), map_location=str(device))
         return model, load_tokenizer(path)
-    from .train.checkpoint import load_model
+    from .train.checkpoint import load_model, load_run_tokenizer
 
-    model, _ = load_model(path, device)
-    return model, load_tokenizer(path)
+    model, cfg = load_model(path, device)
+    return model, load_run_tokenizer(path, cfg)
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
