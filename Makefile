@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch pinned first: 2.13.0 is the CPU build that lies on disk here (plain `torch` would pull CUDA)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,data,wandb,tensorboard,harness]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -42,4 +42,4 @@ def test_alibi_attention_matches_float64(causal, heads, alibi_heads):
     xd = x.double()
     q, k, v = (_split(xd @ w.weight.double().T, heads) for w in (attn.to_q, attn.to_k, attn.to_v))
     ref = attention_f64(q, k, v, bias).transpose(1, 2).reshape(2, n, -1) @ attn.to_out.weight.double().T
-    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=0)  # measured 2.3e-7 vs the reference

@@ -43,7 +43,7 @@ def test_forget_gate_decay_is_not_dropped_at_one_token_decoding():
     for block in open_net.attn_layers.blocks:
         torch.nn.init.constant_(block.attn.bias.to_gate_logits.bias, 100.0)
     assert (open_net(x)[:, -1] - cached[:, -1]).abs().max() > 1e-3
-    torch.testing.assert_close(cached[:, -1], net(x)[:, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached[:, -1], net(x)[:, -1], atol=5e-6, rtol=0)  # measured 4.8e-7 vs the reference
 
 
 @pytest.mark.parametrize("position", ["rotary", "alibi", "fox"])

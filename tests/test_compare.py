@@ -14,18 +14,15 @@ import torch.nn.functional as F
 from xforget.compare import run_compare
 from xforget.train import load_model
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared/data"
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = SHARED_DATA / "tinyshakespeare.txt"
-    if path.is_file():
-        return path
-    path = tmp_path_factory.mktemp("data") / "text.txt"  # any few hundred KB of text will do
-    path.write_bytes(b"".join(p.read_bytes() for p in sorted(Path(json.__file__).parent.glob("*.py"))) * 8)
-    return path
+def text_file():
+    from corpus import TEXT  # generated text (tests/corpus.py), no files outside the repository
+
+    return TEXT
 
 
 def tiny_args(text_file, out_dir, positions="[none,fox]", seeds="[0,1]"):
@@ -33,6 +30,7 @@ def tiny_args(text_file, out_dir, positions="[none,fox]", seeds="[0,1]"):
             "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=4",
             "trainer.max_steps=6", "trainer.eval_every=3", "trainer.eval_batches=2", "trainer.log_every=2",
             "trainer.checkpoint_every=0", "trainer.progress=false", "trainer.sample_bytes=0",
+            "trainer.precision=fp32",  # xforget-eval scores in fp32: training's val_bpb must be fp32 to match to 1e-5
             "eval.multiples=[1,2,4]", f"hydra.run.dir={out_dir}"]
 
 

@@ -48,6 +48,13 @@ def test_every_config_file_composes_and_its_model_builds(group, option, tmp_path
     overrides = [f"{group}={option}"]
     if (group, option) == ("data", "text"):
         overrides.append(f"data.path={tmp_path / 'x.txt'}")
+    if (group, option) == ("data", "tokens"):
+        from xforget.data.prepare import PrepareConfig, prepare
+
+        (tmp_path / "x.txt").write_text("hello world\n" * 100)
+        prepare(PrepareConfig(input=str(tmp_path / "x.txt"), output=str(tmp_path / "prep"), progress=False),
+                log=lambda m: None)
+        overrides.append(f"data.path={tmp_path / 'prep'}")
     cfg = to_train_config(compose_config(overrides))
     if group == "model":
         model = build_model(cfg.model)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from xforget.data import DataError, TrainBatches, load_corpus, split_corpus, val_windows
-from xforget.data.shakespeare import SHA256, load_shakespeare
+import xforget.data.shakespeare as shakespeare_module
+from xforget.data.shakespeare import load_shakespeare
 from xforget.data.stdlib import build_stdlib_corpus, load_stdlib_corpus, stdlib_files
 from xforget.train.config import DataConfig
 
@@ -124,15 +125,31 @@ def test_text_corpus_reads_bytes(tmp_path):
     assert corpus.data == "héllo\n".encode() and corpus.meta["bytes"] == 7
 
 
+@pytest.fixture
+def shakespeare_path(tmp_path, monkeypatch):
+    """A stand-in for the real file (tests read nothing outside the repository): its sha256 becomes the reference."""
+    import hashlib
+
+    path = tmp_path / "stand-in.txt"
+    path.write_bytes(b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 50)
+    monkeypatch.setattr(shakespeare_module, "SHA256", hashlib.sha256(path.read_bytes()).hexdigest())
+    return path
+
+
 def test_shakespeare_local_copy_and_offline_download_error(tmp_path, shakespeare_path):
+    SHA256 = shakespeare_module.SHA256
     corpus = load_shakespeare(shakespeare_path, cache=tmp_path)
     assert corpus.meta["sha256"] == SHA256 and corpus.meta["matches_reference"]
+    other = tmp_path / "other.txt"
+    other.write_bytes(b"not the reference")
+    assert not load_shakespeare(other, cache=tmp_path).meta["matches_reference"]
     with pytest.raises(DataError) as info:  # nothing listens on port 9: a fast, offline-like failure
         load_shakespeare(None, cache=tmp_path, url="http://127.0.0.1:9/input.txt", timeout=5)
     assert "data.path=FILE" in str(info.value) and "127.0.0.1:9" in str(info.value)
 
 
 def test_shakespeare_uses_a_verified_cached_download(tmp_path, shakespeare_path):
+    SHA256 = shakespeare_module.SHA256
     (tmp_path / "tinyshakespeare.txt").write_bytes(shakespeare_path.read_bytes())
     corpus = load_shakespeare(None, cache=tmp_path, url="http://127.0.0.1:9/never-called")
     assert corpus.meta["sha256"] == SHA256

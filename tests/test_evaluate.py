@@ -149,7 +149,7 @@ def test_eval_cli_matches_training_and_writes_json(trained_run, capsys, tmp_path
 
 @pytest.mark.parametrize("args, needle", [
     (["eval.seq_lne=3"], "valid keys of eval: ['seq_len'"),
-    (["bogus=1"], "valid keys of the top level: ['checkpoint', 'data', 'eval', 'out']"),
+    (["bogus=1"], "valid keys of the top level: ['checkpoint', 'data', 'eval', 'out', 'harness'"),
     (["data.pth=x"], "valid keys of data: ['name', 'path'"),
     (["eval.multiples=[0]"], "eval.multiples"),
 ])

@@ -73,3 +73,21 @@ def test_bias_init_sets_initial_gate():
         gate.to_gate_logits.weight.zero_()
     g = gate(torch.randn(1, 3, 4)).log_fgate
     torch.testing.assert_close(g, torch.full_like(g, math.log(torch.sigmoid(torch.tensor(5.0)).item())))
+
+
+def test_initial_gate_value_quoted_in_the_readme():
+    """README: ``forget_gate_divisor=8, forget_gate_bias_init=5.0  # f = sigmoid(5) ** (1/8) ~ 0.9992 at init``."""
+    import math
+    import re
+    from pathlib import Path
+
+    from xforget.bias.forget_gate import ForgetGate
+
+    gate = ForgetGate(dim=8, heads=2, causal=True, forget_gate_divisor=8, forget_gate_bias_init=5.0)
+    f = gate(torch.zeros(1, 3, 8)).log_fgate.exp()  # zero input: the bias alone, as at the start of training
+    expected = (1.0 / (1.0 + math.exp(-5.0))) ** (1 / 8)  # float64, written out
+    assert torch.allclose(f.double(), torch.full_like(f.double(), expected), rtol=0, atol=1e-7)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if "forget_gate_bias_init=5.0" in x and "#" in x)
+    quoted = float(re.search(r"~ (0\.\d+) at init", line).group(1))
+    assert abs(quoted - expected) < 5e-5, (quoted, expected)

@@ -11,17 +11,15 @@ from xforget import AutoregressiveWrapper
 from xforget.generate import main
 from xforget.train import compose_config, load_model, to_train_config, train
 
-SHAKESPEARE = Path(__file__).parents[2] / "shared/data/tinyshakespeare.txt"
+from corpus import TEXT  # generated text (tests/corpus.py), no files outside the repository
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    if not SHAKESPEARE.is_file():
-        pytest.skip("../shared/data/tinyshakespeare.txt not present")
     tmp = tmp_path_factory.mktemp("gen")
     cfg = to_train_config(compose_config([
         "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=8",
-        "data=text", f"data.path={SHAKESPEARE}", f"data.cache_dir={tmp / 'cache'}", "trainer.progress=false",
+        "data=text", f"data.path={TEXT}", f"data.cache_dir={tmp / 'cache'}", "trainer.progress=false",
         "trainer.sample_bytes=8", "trainer.eval_batches=2", "trainer.max_steps=20", "trainer.warmup_steps=5",
     ]))
     train(cfg, tmp / "run")
@@ -55,3 +53,65 @@ def test_negative_temperature_rejected(run_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([f"checkpoint={run_dir}", "temperature=-1"])
     assert exit_info.value.code == 2 and "temperature" in capsys.readouterr().err
+
+
+def _greedy(run_dir, prompt: bytes, n: int) -> str:
+    model, _ = load_model(run_dir)
+    out = AutoregressiveWrapper(model).generate(torch.tensor([list(prompt)]), n, temperature=0.0)[0]
+    return bytes(out.tolist()).decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("text", [
+    "def main(",
+    "x = [1, 2]  # (a) {b}",
+    "print(\"it's\", '~' , a==b, c=d)",
+    "~/notes.txt\\n\ttab ${x} %s ,;:",
+    "ünïcode ✓ = (",
+])
+def test_prompt_is_free_text(run_dir, capsys, text):
+    main([f"checkpoint={run_dir}", f"prompt={text}", "max_new_tokens=12", "temperature=0"])
+    assert capsys.readouterr().out == text + _greedy(run_dir, text.encode(), 12) + "\n"
+
+
+def test_prompt_from_a_file_or_stdin(run_dir, capsys, tmp_path, monkeypatch):
+    import io
+
+    text = 'def main(argv=["-x"]):\n    """doc"""\n'
+    (tmp_path / "p.txt").write_text(text)
+    expected = text + _greedy(run_dir, text.encode(), 10) + "\n"
+    main([f"checkpoint={run_dir}", f"prompt_file={tmp_path / 'p.txt'}", "max_new_tokens=10", "temperature=0"])
+    assert capsys.readouterr().out == expected
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    main([f"checkpoint={run_dir}", "prompt=-", "max_new_tokens=10", "temperature=0"])
+    assert capsys.readouterr().out == expected
+
+
+def test_readme_command_form_in_a_subprocess(run_dir):
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "xforget.generate", f"checkpoint={run_dir}", "prompt=def main(",
+                           "max_new_tokens=8", "temperature=0"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "def main(" + _greedy(run_dir, b"def main(", 8) + "\n"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["checkpoint=x", "prompt=a", "prompt_file=b"], "give one prompt, not 2"),
+    (["checkpoint=x", "prompt_file=/no/such/prompt.txt"], "cannot read prompt_file='/no/such/prompt.txt'"),
+    (["checkpoint=x", "temperature=warm"], "invalid value for 'temperature'"),
+])
+def test_bad_prompt_arguments_are_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_help(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    assert "prompt_file=FILE" in out and "max_new_tokens=256" in out

@@ -35,6 +35,11 @@ CASES = {
     "dynamic": (xt.Decoder, dict(dynamic_pos_bias=True, dynamic_pos_bias_log_distance=True)),
     "memory-kv-forget-gate": (xt.Decoder, dict(attn_num_mem_kv=3, attn_data_dependent_alibi=True)),
     "qk-rmsnorm-gate-values": (xt.Decoder, dict(attn_qk_rmsnorm=True, attn_gate_values=True)),
+    "qk-l2-learned-scale-forget-gate": (xt.Decoder, dict(attn_qk_norm=True, attn_qk_norm_dim_scale=True,
+                                                         attn_data_dependent_alibi=True)),
+    "qk-l2-fixed-scale-rotary-gqa": (xt.Decoder, dict(attn_qk_norm=True, attn_qk_norm_scale=8.0, rotary_pos_emb=True,
+                                                      attn_kv_heads=2)),
+    "qk-l2-encoder": (xt.Encoder, dict(attn_qk_norm=True, attn_qk_norm_dim_scale=True, alibi_pos_bias=True)),
     "sandwich-relu2": (xt.Decoder, dict(sandwich_norm=True, ff_relu_squared=True, ff_mult=2)),
     "post-norm": (xt.Decoder, dict(pre_norm=False)),
     "softclamp": (xt.Decoder, dict(attn_softclamp_logits=True, attn_logit_softclamp_value=4.0)),
@@ -110,7 +115,7 @@ def test_converted_model_caches_exactly_and_keeps_training():
 
 @pytest.mark.parametrize("layer_kwargs,flags", [
     (dict(attn_head_scale=True, macaron=True), ["attn_head_scale", "macaron"]),
-    (dict(attn_qk_norm=True), ["attn_qk_norm"]),
+    (dict(attn_qk_norm=True, attn_qk_norm_groups=2), ["attn_qk_norm_groups"]),
     (dict(use_simple_rmsnorm=True), ["SimpleRMSNorm"]),
     (dict(ff_no_bias=True), ["ff_no_bias"]),
     (dict(attn_sparse_topk=4), ["non-softmax"]),

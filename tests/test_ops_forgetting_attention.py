@@ -29,6 +29,8 @@ from xforget.ops import BACKENDS, attend, forgetting_attention
 CPU_BACKENDS = ["reference", "fold", "chunked", "decode"]
 CAUSAL_ONLY = ("fold", "decode")
 TOL_FP32 = dict(atol=1e-4, rtol=1e-4)
+# single attention calls at small n: measured <= 1.1e-6 against float64 (the 1e-4 above left 90x)
+TOL_FP32_SMALL = dict(atol=1e-5, rtol=0)
 LONG_TOL = {torch.float32: 2e-3, torch.bfloat16: 2e-2, torch.float16: 2.5e-3}
 
 
@@ -199,7 +201,7 @@ def test_pad_keys_get_exactly_zero_weight_and_match_unbatched(backend):
     torch.testing.assert_close(out2, out, atol=1e-6, rtol=0)
     # left-padded row == the same sequence alone (DESIGN.md 4.4)
     alone = forgetting_attention(q[:1, :, 7:], k[:1, :, 7:], v[:1, :, 7:], lf[:1, :, 7:], backend=backend)
-    torch.testing.assert_close(out[:1, :, 7:], alone, **TOL_FP32)
+    torch.testing.assert_close(out[:1, :, 7:], alone, **TOL_FP32_SMALL)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -353,14 +355,14 @@ def test_attend_plain_and_dense_bias(causal, mkind, n_q):
     mask = make_mask(b, n_k, mkind)
     bias = torch.randn(1, h, n_q, n_k) * 3
     plain = attend(q, k, v, causal=causal, mask=mask)
-    torch.testing.assert_close(plain.double(), ref_attention_f64(q, k, v, causal=causal, mask=mask), **TOL_FP32)
+    torch.testing.assert_close(plain.double(), ref_attention_f64(q, k, v, causal=causal, mask=mask), **TOL_FP32_SMALL)
     dense = attend(q, k, v, causal=causal, mask=mask, bias=bias)
     want = ref_attention_f64(q, k, v, causal=causal, mask=mask, bias=bias)
-    torch.testing.assert_close(dense.double(), want, **TOL_FP32)
+    torch.testing.assert_close(dense.double(), want, **TOL_FP32_SMALL)
     # gates + bias go through the chunked path
     lf = make_gate(b, h, n_k, "strong", requires_grad=False)
     both = attend(q, k, v, causal=causal, mask=mask, bias=bias, log_fgate=lf)
-    torch.testing.assert_close(both.double(), ref_attention_f64(q, k, v, lf, causal=causal, mask=mask, bias=bias), **TOL_FP32)
+    torch.testing.assert_close(both.double(), ref_attention_f64(q, k, v, lf, causal=causal, mask=mask, bias=bias), **TOL_FP32_SMALL)
 
 
 def test_attend_dense_bias_half_precision_no_overflow():
@@ -382,7 +384,7 @@ def test_attend_routes_gates_and_backends():
     want = ref_attention_f64(q, k, v, lf)
     for backend in (None, "auto", "reference", "fold", "chunked"):
         got = attend(q, k, v, causal=True, log_fgate=lf, backend=backend)
-        torch.testing.assert_close(got.double(), want.double(), **TOL_FP32)
+        torch.testing.assert_close(got.double(), want.double(), **TOL_FP32_SMALL)
     with pytest.raises(ValueError, match="dense bias"):
         attend(q, k, v, causal=True, log_fgate=lf, bias=torch.zeros(1, 1, n, n), backend="fold")
 

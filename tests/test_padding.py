@@ -23,7 +23,7 @@ def test_right_padding_equals_unbatched(position, layers):
     batched = net(batch, mask=mask)
     for r, s in enumerate(seqs):
         alone = net(s[None])[0]
-        torch.testing.assert_close(batched[r, : len(s)], alone, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batched[r, : len(s)], alone, atol=5e-6, rtol=0)  # measured 7.5e-7 vs the reference
 
 
 @pytest.mark.parametrize("position", SCHEMES)
@@ -37,4 +37,5 @@ def test_left_padding_equals_unbatched_for_decoders(position):
         batch[r, 11 - len(s):], mask[r, 11 - len(s):] = s, True
     batched = net(batch, mask=mask)
     for r, s in enumerate(seqs):
-        torch.testing.assert_close(batched[r, 11 - len(s):], net(s[None])[0], atol=1e-5, rtol=1e-4)
+        # measured 7.2e-7 vs the reference
+        torch.testing.assert_close(batched[r, 11 - len(s):], net(s[None])[0], atol=5e-6, rtol=0)

@@ -18,13 +18,13 @@ from xforget.train.cli import main as cli_main
 from xforget.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = Path(__file__).parents[2] / "shared/data/tinyshakespeare.txt"
-pytestmark = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data/tinyshakespeare.txt not present")
+from corpus import TEXT  # generated text (tests/corpus.py), no files outside the repository
 
 TINY = [
     "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=8",
-    "data=text", f"data.path={SHAKESPEARE}", "trainer.progress=false", "trainer.sample_bytes=0",
+    "data=text", f"data.path={TEXT}", "trainer.progress=false", "trainer.sample_bytes=0",
     "trainer.eval_batches=2", "trainer.threads=1", "trainer.warmup_steps=5", "optim.lr=3e-3", "trainer.log_every=1",
+    "trainer.precision=fp32",
 ]
 
 
@@ -97,7 +97,7 @@ def _keep_argv(monkeypatch):
     ("data.path=/no/such/file.txt", 2, "error: data file not found: /no/such/file.txt"),
     ("data.path=/", 2, "error: data file is a directory, not a file: /"),
     ("trainer.strategy=zero3", 2, "error: invalid value trainer.strategy='zero3'"),
-    ("logger=wandb", 2, "error: invalid value logger='wandb'"),
+    ("logger=mlflow", 2, "error: invalid value logger='mlflow'"),
 ])
 def test_cli_bad_values_and_data_give_one_error_line(override, code, needle, tmp_path, capsys, _keep_argv):
     args = [a for a in TINY if not a.startswith(override.split("=")[0] + "=")]

@@ -56,6 +56,8 @@ _SPECIAL = {
     "attn_softclamp_logits",
     "attn_logit_softclamp_value",
     "attn_one_kv_head",
+    "attn_qk_norm",
+    "attn_qk_norm_dim_scale",
 }
 
 X_TRANSFORMERS_ALIASES = frozenset(_RENAMES) | frozenset(_SCHEME_FLAGS) | frozenset(_NO_OPS) | frozenset(_SPECIAL)
@@ -88,6 +90,8 @@ def translate_x_transformers_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     * feed-forward: ff_glu (+ ff_swish) -> ff_activation "geglu" ("swiglu");
       ff_relu_squared -> "relu2"; ff_swish alone -> "silu".
     * attn_softclamp_logits (+ attn_logit_softclamp_value, default 50) -> softclamp_logits=value.
+    * attn_qk_norm (with attn_qk_norm_dim_scale, x-transformers' learned per-channel scale)
+      -> qk_norm="l2".
     * attn_flash is ignored.
 
     ``attn_dropout``, ``ff_dropout``, ``ff_mult``, ``alibi_num_heads``,
@@ -137,6 +141,13 @@ def translate_x_transformers_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     clamp_value = out.pop("attn_logit_softclamp_value", 50.0)
     if out.pop("attn_softclamp_logits", False):
         _set(out, "softclamp_logits", float(clamp_value), "attn_softclamp_logits")
+    dim_scale = out.pop("attn_qk_norm_dim_scale", True)
+    if out.pop("attn_qk_norm", False):
+        if not dim_scale:
+            raise ValueError("attn_qk_norm with attn_qk_norm_dim_scale=False (a fixed logit scale) has no xforget "
+                             "equivalent for a new model; qk_norm='l2' learns its scale (attn_qk_norm_dim_scale=True). "
+                             "A trained model converts with xforget.interop.from_x_transformers")
+        _set(out, "qk_norm", "l2", "attn_qk_norm")
     if out.pop("attn_one_kv_head", False):
         _set(out, "kv_heads", 1, "attn_one_kv_head")
 

@@ -31,7 +31,7 @@ from .cache import LayerCache, extend
 from .dense_attention import dense_attention
 from .kv_shift import KVShift
 from .memory_kv import MemoryKV
-from .norms import HeadRMSNorm
+from .norms import HeadL2Norm, HeadRMSNorm
 from .ops import attend
 from .rotary import RotaryEmbedding
 from .value_residual import ValueResidualMix
@@ -62,7 +62,9 @@ class Attention(nn.Module):
         value_residual_mix: None (off), or "fixed" / "learned" for layers after the first.
         kv_heads: key/value heads (divides heads; default heads; 1 = multi-query).
         num_mem_kv: learned memory key/values per KV head (never decayed).
-        qk_norm: per-head RMSNorm of queries and keys.
+        qk_norm: False; True = per-head RMSNorm of queries and keys; "l2" = l2-normalised
+            queries and keys times a learned per-head, per-channel scale (x-transformers'
+            ``attn_qk_norm`` with ``attn_qk_norm_dim_scale``; cosine-sim attention, Henry et al. 2020).
         output_gate: multiply the attention output by sigmoid(W_g x + b_g) per channel.
         kv_shift: FoX Pro data-dependent token shift of keys and values.
         output_norm: per-head RMSNorm of the attention output.
@@ -91,7 +93,7 @@ class Attention(nn.Module):
         value_residual_mix: str | None = None,
         kv_heads: int | None = None,
         num_mem_kv: int = 0,
-        qk_norm: bool = False,
+        qk_norm: bool | str = False,
         output_gate: bool = False,
         kv_shift: bool = False,
         output_norm: bool = False,
@@ -126,8 +128,13 @@ class Attention(nn.Module):
         self.bias = bias
         self.value_residual = ValueResidualMix(dim, kv_heads, value_residual_mix) if value_residual_mix else None
         self.kv_shift = KVShift(dim, kv_heads) if kv_shift else None
-        self.q_norm = HeadRMSNorm(heads, dim_head) if qk_norm else None
-        self.k_norm = HeadRMSNorm(kv_heads, dim_head) if qk_norm else None
+        if qk_norm not in (False, True, "l2"):
+            raise ValueError(f"qk_norm={qk_norm!r}: valid are False, True (per-head RMSNorm), 'l2'")
+        if qk_norm == "l2" and num_mem_kv:
+            raise ValueError("qk_norm='l2' with memory key/values (num_mem_kv > 0) is not supported")
+        qk_cls = HeadL2Norm if qk_norm == "l2" else HeadRMSNorm
+        self.q_norm = qk_cls(heads, dim_head) if qk_norm else None
+        self.k_norm = qk_cls(kv_heads, dim_head) if qk_norm else None
         self.memory = MemoryKV(kv_heads, num_mem_kv, dim_head) if num_mem_kv > 0 else None
         self.out_norm = HeadRMSNorm(heads, dim_head) if output_norm else None
         self.to_gate = nn.Linear(dim, heads * dim_head) if output_gate else None

@@ -60,8 +60,10 @@ class AutoregressiveWrapper(nn.Module):
             prompts: (batch, n) int64, or a list of 1-D int64 tensors of different
                 lengths (left-padded internally; each row equals its own unbatched run).
             seq_len: number of new tokens.
-            temperature: 0 = greedy; top_k / top_p / min_p: filters (see
-                :mod:`xforget.sampling`; top_k 0 = off, clamped to the vocabulary);
+            temperature: 0 = greedy; top_k / top_p / min_p: filters applied, in
+                that order, to the logits already divided by the temperature (the
+                Hugging Face / vLLM order; see :mod:`xforget.sampling`; top_k 0 =
+                off, clamped to the vocabulary);
                 eos_token: rows stop there and are padded with eos afterwards.
             cache_kv: decode with the KV cache (exact; much faster).
             generator: torch.Generator for reproducible sampling.

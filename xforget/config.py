@@ -59,7 +59,7 @@ class ModelConfig:
     # attention options
     kv_heads: int | None = None  # grouped-query attention; 1 = multi-query
     num_mem_kv: int = 0
-    qk_norm: bool = False
+    qk_norm: Any = False  # false | true (per-head RMSNorm) | l2 (l2-normalised q, k with a learned scale)
     output_gate: bool = False
     kv_shift: bool = False
     output_norm: bool = False
@@ -110,4 +110,6 @@ def build_model(cfg: ModelConfig | dict[str, Any]) -> TransformerWrapper:
         position = list(position)
     wrapper_args = {k: values.pop(k) for k in _WRAPPER_KEYS}
     layers = layer_cls(values.pop("dim"), values.pop("depth"), values.pop("heads"), position=position, **values, **dict(extra))
-    return TransformerWrapper(attn_layers=layers, **wrapper_args)
+    model = TransformerWrapper(attn_layers=layers, **wrapper_args)
+    model._hub_mixin_config = asdict(cfg)  # config.json of save_pretrained (xforget.hub)
+    return model

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from .aliases import X_TRANSFORMERS_ALIASES, translate_x_transformers_kwargs
 from .layers import Decoder, Encoder
+from .norms import HeadL2Norm
 from .wrapper import TransformerWrapper
 
 XT_DEFAULT_DIM_HEAD = 64
@@ -49,7 +50,7 @@ _WRAPPER_FLAGS = {"num_tokens", "max_seq_len", "attn_layers", "tie_embedding", "
 # layer-level flags we understand besides the aliases
 _LAYER_FLAGS = {"dim", "depth", "heads", "causal", "custom_layers", "norm_add_unit_offset", "attn_dropout",
                 "ff_dropout", "ff_mult", "alibi_num_heads", "rotary_xpos", "rotary_xpos_scale_base", "rotary_base_rescale_factor",
-                "verbose", "attn_logit_softclamp_value"}
+                "verbose", "attn_logit_softclamp_value", "attn_qk_norm_scale"}
 
 
 class ScaledTiedLogits(nn.Module):
@@ -126,6 +127,9 @@ def _build(kwargs: dict[str, Any]) -> tuple[TransformerWrapper, dict[str, Any]]:
         raise ValueError(f"x-transformers flags outside the shared set: {sorted(unsupported)}")
 
     dim, heads = layers.pop("dim"), layers.pop("heads", 8)
+    qk_norm_scale = layers.pop("attn_qk_norm_scale", 10.0)  # x-transformers' fixed logit scale (no dim scale)
+    if layers.get("attn_qk_norm") and not layers.get("attn_qk_norm_dim_scale"):
+        layers["attn_qk_norm_dim_scale"] = True  # ours learns the scale; the weights below reproduce the fixed one
     depth = layers.pop("depth")
     layers.pop("verbose", None)
     unit_offset = bool(layers.pop("norm_add_unit_offset", True))
@@ -166,7 +170,8 @@ def _build(kwargs: dict[str, Any]) -> tuple[TransformerWrapper, dict[str, Any]]:
     )
     if wrapper.get("tie_embedding"):
         ours.to_logits = ScaledTiedLogits(ours.token_emb.emb, dim**-0.5)
-    info = dict(unit_offset=unit_offset, dim=dim, dim_head=dim_head, tied=bool(wrapper.get("tie_embedding")))
+    info = dict(unit_offset=unit_offset, dim=dim, dim_head=dim_head, tied=bool(wrapper.get("tie_embedding")),
+                qk_norm_scale=float(qk_norm_scale))
     return ours, info
 
 
@@ -240,7 +245,15 @@ def load_x_transformers_state(ours: TransformerWrapper, sd: dict[str, Tensor], i
         if attn.memory is not None:
             put(f"{m}.memory.k", take(f"{a}.mem_k"))
             put(f"{m}.memory.v", take(f"{a}.mem_v"))
-        if attn.q_norm is not None:
+        if isinstance(attn.q_norm, HeadL2Norm):
+            if f"{a}.qk_norm_q_scale" in sd:  # learned per-channel scales, (heads, 1, dim_head)
+                put(f"{m}.q_norm.scale", take(f"{a}.qk_norm_q_scale").squeeze(1))
+                put(f"{m}.k_norm.scale", take(f"{a}.qk_norm_k_scale").squeeze(1))
+            else:  # a fixed logit scale S: S * qhat.khat = (c qhat).(c khat) / sqrt(d) with c = sqrt(S sqrt(d))
+                c = (info["qk_norm_scale"] * attn.dim_head**0.5) ** 0.5
+                put(f"{m}.q_norm.scale", torch.full_like(target[f"{m}.q_norm.scale"], c))
+                put(f"{m}.k_norm.scale", torch.full_like(target[f"{m}.k_norm.scale"], c))
+        elif attn.q_norm is not None:
             put(f"{m}.q_norm.gamma", take(f"{a}.q_rmsnorm.gamma").squeeze(1))
             put(f"{m}.k_norm.gamma", take(f"{a}.k_rmsnorm.gamma").squeeze(1))
         if attn.to_gate is not None:
@@ -463,7 +476,14 @@ def _attention_flags(attn: nn.Module, al: nn.Module, problems: list[str]) -> dic
     if attn.q_rmsnorm is not None:
         flags["attn_qk_rmsnorm"] = True
     need(attn.k_rmsnorm is None or attn.q_rmsnorm is not None, "attn_k_rmsnorm (keys only)")
-    need(not attn.qk_norm, "attn_qk_norm (l2-normalised cosine-sim attention)")
+    if attn.qk_norm:
+        need(attn.qk_norm_groups == 1, "attn_qk_norm_groups > 1")
+        need(not attn.num_mem_kv, "attn_qk_norm with attn_num_mem_kv")
+        flags["attn_qk_norm"] = True
+        if attn.qk_norm_dim_scale:
+            flags["attn_qk_norm_dim_scale"] = True
+        else:
+            flags["attn_qk_norm_scale"] = float(attn.qk_norm_scale)
     need(attn.value_rmsnorm is None, "attn_value_rmsnorm")
     gate = attn.to_v_gate
     if gate is not None:
@@ -508,7 +528,9 @@ def _attention_flags(attn: nn.Module, al: nn.Module, problems: list[str]) -> dic
         need(getattr(att, flag, None) is None, f"attn {flag}")
     for flag in ("selective", "cog_signed", "l2_distance", "add_zero_kv", "inverted_attention", "head_learned_sink"):
         need(not getattr(att, flag, False), f"attn_{flag}")
-    need(att.scale is None or abs(att.scale - dim_head**-0.5) < 1e-9, "an attention scale other than dim_head ** -0.5")
+    fixed_qk_scale = attn.qk_norm and not attn.qk_norm_dim_scale  # its scale is folded into our l2 scales
+    need(fixed_qk_scale or att.scale is None or abs(att.scale - dim_head**-0.5) < 1e-9,
+         "an attention scale other than dim_head ** -0.5")
     if att.softclamp_logits:
         flags["attn_softclamp_logits"] = True
         flags["attn_logit_softclamp_value"] = float(att.logit_softclamp_value)

@@ -195,7 +195,7 @@ class AttentionLayers(nn.Module):
         per_row_dim_head: int | None = None,
         kv_heads: int | None = None,
         num_mem_kv: int = 0,
-        qk_norm: bool = False,
+        qk_norm: bool | str = False,
         output_gate: bool = False,
         kv_shift: bool = False,
         output_norm: bool = False,

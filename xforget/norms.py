@@ -86,6 +86,30 @@ class HeadRMSNorm(nn.Module):
         return F.normalize(x, dim=-1) * self.scale * self.gain[:, None, :].to(x.dtype)
 
 
+class HeadL2Norm(nn.Module):
+    """l2 normalisation of each head's channels times a learned per-head, per-channel scale.
+
+    The qk-norm of cosine-sim attention (Henry et al. 2020, arXiv 2010.04245) in
+    x-transformers' ``attn_qk_norm`` + ``attn_qk_norm_dim_scale`` form:
+
+        y[h] = x[h] / ||x[h]||_2 * s[h]          s initialised to dim_head ** 0.25
+
+    so at initialisation q.k / sqrt(d) is the cosine similarity of q and k.
+
+    Args:
+        heads: number of heads h.
+        dim_head: channels per head d.
+    Input (batch, h, n, d); output the same shape and dtype.
+    """
+
+    def __init__(self, heads: int, dim_head: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((heads, dim_head), dim_head**0.25))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) * self.scale[:, None, :].to(x.dtype)
+
+
 NORMS = {
     "layernorm": lambda dim: nn.LayerNorm(dim),
     "rmsnorm": RMSNorm,

@@ -9,6 +9,12 @@ most likely token (so a distribution never becomes empty).
   set whose probability reaches p; p = 1 keeps everything, p <= 0 keeps the top token.
 * min-p (Nguyen et al. 2024, arXiv 2407.01082): keep tokens with
   prob >= min_p * max prob.
+
+Order (as in Hugging Face ``generate`` and vLLM): temperature first, then the
+filters on the tempered distribution: top-k, top-p (over the top-k survivors,
+renormalised), min-p (over the top-p survivors). Temperature therefore changes
+which tokens top-p and min-p keep: at T < 1 the distribution is sharper and the
+nucleus smaller.
 """
 
 from __future__ import annotations
@@ -61,8 +67,10 @@ def sample_next(
 ) -> Tensor:
     """Draw one token per row from logits (batch, vocab) of any float dtype.
 
-    Filters apply in the order top_k, top_p (renormalised over the survivors),
-    min_p; temperature 0 is greedy (argmax).
+    The logits are divided by ``temperature`` first (Hugging Face / vLLM order),
+    then filtered in the order top_k, top_p (renormalised over the survivors),
+    min_p, all in float32; the token is drawn from the softmax of what is kept.
+    Temperature 0 is greedy (argmax).
 
     Returns:
         (batch,) int64 token ids.
@@ -74,8 +82,9 @@ def sample_next(
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
+    logits = logits / temperature
     logits = top_k_filter(logits, top_k)
     logits = top_p_filter(logits, top_p)
     logits = min_p_filter(logits, min_p)
-    probs = (logits / temperature).softmax(dim=-1)
+    probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -34,6 +34,9 @@ _SCHEME_OPTIONS = {
 }
 
 
+QK_NORMS = (False, True, "l2")  # qk_norm values: off, per-head RMSNorm, l2 + learned scale
+
+
 def check_layer_options(options: dict[str, Any], *, causal: bool, prefix: str = "") -> PositionPlan:
     """Validate a layer stack's options together; return the resolved position plan.
 
@@ -103,6 +106,13 @@ def check_layer_options(options: dict[str, Any], *, causal: bool, prefix: str = 
 
     if o.get("num_mem_kv", 0) < 0:
         raise ValueError(f"{f('num_mem_kv')}={o['num_mem_kv']} must be >= 0 (0 = no memory key/values)")
+    qk = o.get("qk_norm", False)
+    if qk not in QK_NORMS:
+        raise ValueError(f"{f('qk_norm')}={qk!r} is not a qk-norm; valid: false, true (per-head RMSNorm), "
+                         "'l2' (l2-normalised q and k with a learned scale, x-transformers' attn_qk_norm)")
+    if qk == "l2" and o.get("num_mem_kv", 0):
+        raise ValueError(f"{f('qk_norm')}='l2' with {f('num_mem_kv')}={o['num_mem_kv']} is not supported; "
+                         "use qk_norm=true (RMSNorm) with memory key/values")
     sc = o.get("softclamp_logits")
     if sc is not None and not sc > 0:
         raise ValueError(f"{f('softclamp_logits')}={sc} must be > 0 (e.g. 50), or null for off")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from .aliases import translate_x_transformers_kwargs
@@ -11,8 +14,22 @@ from .embeddings import AbsolutePositionalEmbedding, TokenEmbedding
 from .layers import AttentionLayers
 
 
-class TransformerWrapper(nn.Module):
+class TransformerWrapper(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="xforget",
+    tags=["forgetting-transformer", "xforget"],
+    paper_url="https://arxiv.org/abs/2503.02130",
+):
     """A language model around a :class:`Decoder` or :class:`Encoder`.
+
+    Hugging Face-style directories come from ``huggingface_hub``'s
+    ``PyTorchModelHubMixin``: ``save_pretrained(dir, tokenizer=None)`` writes
+    ``config.json`` (the :class:`~xforget.config.ModelConfig`), ``model.safetensors``,
+    a model card and the tokenizer when given; ``TransformerWrapper.from_pretrained(dir_or_repo_id)``
+    rebuilds the model; ``push_to_hub(repo_id)`` uploads. Only models built from a
+    ``ModelConfig`` (:func:`xforget.build_model`, a run directory, ``from_pretrained``)
+    can be saved this way (see :mod:`xforget.hub`).
 
     Args:
         num_tokens: vocabulary size.
@@ -56,6 +73,36 @@ class TransformerWrapper(nn.Module):
         if tie_embedding:
             self.to_logits.weight = self.token_emb.emb.weight
 
+    # ------------------------------------------------------------------ hub-style directories
+
+    def save_pretrained(self, save_directory: str | Path, *, tokenizer=None, **kwargs):
+        """``config.json`` + ``model.safetensors`` (+ README.md model card, + the tokenizer's files).
+
+        Raises:
+            ValueError: the model was not built from a ModelConfig (no config to write).
+        """
+        from .hub import check_saveable, save_tokenizer
+
+        check_saveable(self)
+        out = super().save_pretrained(save_directory, **kwargs)
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, Path(save_directory))
+        return out
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from .hub import save_weights
+
+        save_weights(self, save_directory)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision, cache_dir, force_download, local_files_only, token,
+                         map_location: str = "cpu", strict: bool = True, **model_kwargs):
+        from .hub import build_from_pretrained
+
+        return build_from_pretrained(model_id, model_kwargs, map_location=map_location, revision=revision,
+                                     cache_dir=cache_dir, force_download=force_download,
+                                     local_files_only=local_files_only, token=token)
+
     @property
     def position_limit(self) -> int | None:
         """Longest sequence the model accepts: ``max_seq_len`` with an absolute position
@@ -70,6 +117,8 @@ class TransformerWrapper(nn.Module):
         cache: Cache | None = None,
         return_cache: bool = False,
         return_embeddings: bool = False,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Cache]:
         """Logits for token ids.
 
@@ -80,6 +129,8 @@ class TransformerWrapper(nn.Module):
             cache: a :class:`Cache` from an earlier call with ``return_cache=True``.
             return_cache: also return the updated cache.
             return_embeddings: return the final hidden states (batch, n, dim) instead of logits.
+            context, context_mask: (batch, m, dim) float and (batch, m) bool (True = real), for
+                cross-attention layers (the decoder of :class:`~xforget.xtransformer.XTransformer`).
         Returns:
             logits (batch, n, num_tokens) float, or (logits, cache).
         Raises:
@@ -104,6 +155,8 @@ class TransformerWrapper(nn.Module):
             mask=mask,
             key_mask=key_mask,
             caches=cache.layers if cache is not None and cache.layers else None,
+            context=context,
+            context_mask=context_mask,
         )
         out = h if return_embeddings else self.to_logits(h)
         if not return_cache:

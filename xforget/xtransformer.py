@@ -100,23 +100,39 @@ class XTransformer(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
+        min_p: float | None = None,
         eos_token: int | None = None,
+        cache_kv: bool = True,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Sample ``seq_len`` tokens after ``start_tokens`` (batch, k) given ``src``. Returns (batch, seq_len)."""
+        """Sample ``seq_len`` tokens after ``start_tokens`` (batch, k) int64 given ``src`` (batch, m) int64.
+
+        The sampling options are those of :meth:`xforget.autoregressive.AutoregressiveWrapper.generate`:
+        temperature (0 = greedy), then the top_k / top_p / min_p filters (:func:`xforget.sampling.sample_next`);
+        ``eos_token`` rows are padded with it once produced; ``cache_kv`` decodes with the decoder's KV cache
+        (exact: equal to recomputing the whole target each step); ``generator`` for reproducible sampling.
+        ``src_mask`` (batch, m) bool marks real source tokens.
+        Returns (batch, seq_len) int64.
+        """
         was_training = self.training
         self.eval()
         try:
             context = self.encode(src, src_mask)
-            out = start_tokens
+            out, step, cache = start_tokens, start_tokens, None
             done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
             for _ in range(seq_len):
-                logits = self.decode(out, context, context_mask=src_mask)[:, -1]
-                nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+                if cache_kv:
+                    logits, cache = self.decoder(step, cache=cache, return_cache=True, context=context,
+                                                 context_mask=src_mask)
+                    logits = logits[:, -1]
+                else:
+                    logits = self.decode(out, context, context_mask=src_mask)[:, -1]
+                nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                  generator=generator)
                 if eos_token is not None:
                     nxt = nxt.masked_fill(done, eos_token)
                     done |= nxt == eos_token
-                out = torch.cat((out, nxt[:, None]), dim=1)
+                out, step = torch.cat((out, nxt[:, None]), dim=1), nxt[:, None]
             return out[:, start_tokens.shape[1]:]
         finally:
             self.train(was_training)

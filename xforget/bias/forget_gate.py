@@ -31,7 +31,8 @@ class ForgetGate(BiasBuilder):
         forget_gate_divisor: positive float dividing log f (x-transformers'
             ``post_log_scale`` = 1/divisor); 1, 8 or 16 are the usual values.
         forget_gate_bias_init: initial gate bias b_h. 0 (FoX paper) starts with
-            f ~ 0.5, strong decay; 5 (x-transformers) starts with f ~ 0.993.
+            f ~ 0.5, strong decay; 5 (x-transformers) starts with f = sigmoid(5) ~ 0.993
+            at divisor 1, and f = sigmoid(5) ** (1 / divisor) ~ 0.9992 at divisor 8.
     Output: :class:`DecayGates`, log gates (batch, heads, n) float32 <= 0.
     Raises:
         ValueError: non-positive divisor.

@@ -4,8 +4,12 @@
         data.path=../shared/data/tinyshakespeare.txt trainer.max_steps=600 seeds=[0,1] \\
         hydra.run.dir=outputs/compare-shakespeare
 
+    xforget-compare experiment=compare_shakespeare data.path=../shared/data/tinyshakespeare.txt
+
 Keys: the comparison's own (``configs/compare.yaml``: ``positions``, ``seeds``,
-``eval.*``, ``retrain``, ``plots``, ``hydra.run.dir`` = the output directory),
+``eval.*``, ``retrain``, ``plots``, ``hydra.run.dir`` = the output directory,
+``train`` = training overrides for every run, ``experiment=NAME`` = a preset of
+these keys from ``configs/experiment/`` or ``--config-dir DIR``),
 and every training key (``model.*``, ``data=``/``data.*``, ``optim.*``,
 ``trainer.*``), which is passed unchanged to each run. A scheme is a model
 preset (``configs/model/<name>.yaml``: ``model=<name>``) or a position scheme
@@ -16,7 +20,10 @@ Outputs in the output directory: ``runs/<scheme>-seed<S>-<hash>/`` (one
 training run each; re-used when finished), ``compare.md``, ``compare.json``,
 ``loss_vs_step.png``, ``loss_vs_position.png``, ``bpb_vs_length.png``
 (and ``task_accuracy.png`` on a synthetic task). Exit codes: 0 ok, 2 bad
-config or data, 1 a training run failed.
+config or data, 1 a training run failed, 130 interrupted (Ctrl-C or SIGTERM:
+the run in training checkpoints its current step; the same command continues).
+``xforget-compare --cfg job ...`` prints the composed comparison config and the
+first run's training config without training anything.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any
 
 from omegaconf import OmegaConf, open_dict
 
+from ..files import atomic_write_text
 from ..evaluate.config import (
     EXIT_CONFIG,
     TRAIN_ROOTS,
@@ -104,8 +112,25 @@ def evaluate_cached(run_dir: Path, ecfg: EvalConfig) -> tuple[dict[str, Any], bo
         except ValueError:
             pass
     result = evaluate_run(run_dir, ecfg)
-    path.write_text(json.dumps(result) + "\n")
+    atomic_write_text(path, json.dumps(result) + "\n")
     return result, False
+
+
+def plan_comparison(argv: list[str]):
+    """(comparison config, output directory, training overrides, planned runs) of ``argv``; nothing is trained.
+
+    Raises:
+        ConfigError: a bad key, scheme or training setting.
+    """
+    from ..train.config import user_config_overrides
+    from .runner import plan_runs
+
+    argv, search = user_config_overrides(argv)  # --config-dir DIR: the user's presets, for both
+    mine, train_args = partition_overrides(argv)
+    cfg, out_dir = load_compare_config(mine + search)
+    train_args = [*search, *cfg.train, *train_args]
+    out_dir = out_dir.resolve()
+    return cfg, out_dir, train_args, plan_runs(list(cfg.positions), list(cfg.seeds), train_args, out_dir)
 
 
 def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
@@ -116,12 +141,9 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
     """
     from .plots import write_plots
     from .report import build_report, train_summary, write_json, write_markdown
-    from .runner import ensure_trained, plan_runs
+    from .runner import ensure_trained
 
-    mine, train_args = partition_overrides(argv)
-    cfg, out_dir = load_compare_config(mine)
-    out_dir = out_dir.resolve()
-    runs = plan_runs(list(cfg.positions), list(cfg.seeds), train_args, out_dir)
+    cfg, out_dir, train_args, runs = plan_comparison(argv)
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"[compare] {len(runs)} runs ({len(cfg.positions)} schemes x {len(cfg.seeds)} seeds) in {out_dir}")
     ensure_trained(runs, retrain=cfg.retrain, in_subprocess=cfg.subprocess, log=log)
@@ -132,7 +154,9 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
         log(f"[compare] {'cached' if cached else 'evaluated'} {run.key}: val_bpb={result['val_bpb']:.4f}")
         records.append({"scheme": run.scheme, "seed": run.seed, "run_dir": str(run.run_dir), "reused": run.reused,
                         "eval": result, "train": train_summary(run.run_dir, run.cfg),
-                        "peak_rss_mb": run.info.get("peak_rss_mb"), "wall_s": run.info.get("wall_s")})
+                        "peak_rss_mb": run.info.get("peak_rss_mb"),
+                        "wall_s": run.info.get("train_wall_s") or run.info.get("wall_s"),
+                        "resumed": run.info.get("resumed_from_step") is not None})
     c0 = runs[0].cfg
     t, m, d = c0.trainer, c0.model, c0.data
     meta = {
@@ -144,7 +168,7 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
         "train_seq_len": t.seq_len,
         "data": d.name + (f" ({Path(d.path).name})" if d.path else ""),
         "model": f"dim {m.dim}, depth {m.depth}, heads {m.heads}",
-        "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} bytes",
+        "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} {'tokens' if d.name == 'tokens' else 'bytes'}",
         "eval": asdict(cfg.eval),
     }
     report = build_report(records, meta=meta)
@@ -157,24 +181,59 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
     return report
 
 
+def composed_config_yaml(argv: list[str]) -> str:
+    """``--cfg job``: the comparison's own config and the training config of its first run, as YAML.
+
+    Raises:
+        ConfigError: as for a real run.
+    """
+    cfg, _, _, runs = plan_comparison(argv)
+    first = runs[0]
+    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    text += f"# training config of the first run ({first.key}; {len(runs)} runs in all), {first.run_dir}\n"
+    return text + OmegaConf.to_yaml({"first_run": OmegaConf.structured(first.cfg)})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``xforget-compare``); ``argv`` defaults to ``sys.argv[1:]``."""
     from ..data import DataError
     from ..train.config import ConfigError
     from .runner import CompareError
 
+    import signal
+
+    from ..cli_args import emit, literal_paths
+    from ..evaluate.cli import cfg_flag
+
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        emit(USAGE)
         return
+
+    def on_sigterm(signum, frame):  # like Ctrl-C: forwarded to the training process, which checkpoints
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        part, argv = cfg_flag(argv)
+        argv = literal_paths(argv)
+        if part is not None:
+            emit(composed_config_yaml(argv))
+            return
         run_compare(argv)
     except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    except ValueError as exc:  # a command-line value that cannot be read
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     except CompareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.code)
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again to continue (finished runs and evaluations are "
+              "re-used)", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """PNG plots of a comparison (matplotlib, Agg backend: no display needed).
 
 * ``loss_vs_step.png``      -- training loss (bits per byte) and validation bpb vs step, mean over seeds.
-* ``loss_vs_position.png``  -- per-position loss vs token index (log-spaced bins) at the longest
+Every loss is in bits per byte (nats / ln 2), the unit of the tables.
+
+* ``loss_vs_position.png``  -- per-position loss (bits per byte) vs token index (log-spaced bins) at the longest
   length each scheme was evaluated at; the dashed line marks the training context.
 * ``bpb_vs_length.png``     -- validation bpb vs evaluation length (error bars: std over seeds).
 * ``task_accuracy.png``     -- synthetic-task answer accuracy vs evaluation length (when present).
@@ -55,12 +57,12 @@ def plot_loss_vs_position(schemes: list[dict[str, Any]], path: Path, train_seq_l
         if not s["per_position"]:
             continue
         longest = max(s["per_position"], key=int)
-        x, y = bin_curve(s["per_position"][longest], bins=48, log=True)
+        x, y = bin_curve([v / LN2 for v in s["per_position"][longest]], bins=48, log=True)  # nats -> bits
         ax.plot(x, y, color=f"C{i}", label=f"{s['name']} (to {longest})")
     ax.axvline(train_seq_len, color="k", ls="--", lw=1, label=f"training context {train_seq_len}")
     ax.set_xscale("log")
     ax.set_xlabel("token position")
-    ax.set_ylabel("loss (nats per byte)")
+    ax.set_ylabel("loss (bits per byte)")
     return _finish(fig, ax, path, "Loss vs token position")
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text
 from ..evaluate.core import CANNOT_EXTRAPOLATE, OK, mean_std
 from ..train.metrics import read_metrics
 
@@ -140,6 +141,7 @@ def build_report(runs: list[dict[str, Any]], *, meta: dict[str, Any]) -> dict[st
             "checkpoint_step": e["checkpoint_step"], "val_bpb": e["val_bpb"], "val_loss": e["val_loss"],
             "lengths": [{k: v for k, v in row.items() if k != "per_position"} for row in e["lengths"]],
             "tokens_per_s": r["train"]["tokens_per_s"], "peak_rss_mb": r.get("peak_rss_mb"), "wall_s": r.get("wall_s"),
+            "resumed": bool(r.get("resumed")),
             "final_train_loss": r["train"]["final_train_loss"],
             **({"task": e["task"]} if "task" in e else {}),
         })
@@ -197,11 +199,14 @@ def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
         cells += [_pm(s["tokens_per_s"], 0), _pm(s["peak_rss_mb"], 0), _pm(s["train_wall_s"], 0)]
         lines.append("| " + " | ".join(cells) + " |")
 
-    # per-position loss table (mean loss in nats per byte over token-index ranges, longest evaluated length)
+    lines += ["", "train wall s: the training loop's wall-clock time from step 0 to the end (evaluations and "
+                  "checkpoints included, start-up excluded), summed over the parts of an interrupted and resumed run."]
+
+    # per-position loss table (mean loss in bits per byte over token-index ranges, longest evaluated length)
     longest = max((int(k) for s in schemes for k in s["per_position"]), default=0)
     if longest:
         bins = _position_bins(n, longest)
-        lines += ["", f"Mean loss (nats/byte) by token position, from windows of up to {longest} bytes "
+        lines += ["", f"Mean loss (bits/byte) by token position, from windows of up to {longest} bytes "
                       f"(positions past {n} are beyond the training context):", "",
                   "| scheme | " + " | ".join(f"{lo}–{hi}" for lo, hi in bins) + " |",
                   "|---|" + "---:|" * len(bins)]
@@ -212,7 +217,7 @@ def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
             cells = []
             for lo, hi in bins:
                 seg = curve[lo - 1:hi]
-                cells.append(f"{sum(seg) / len(seg):.3f}" if hi <= len(curve) and seg else "—")
+                cells.append(f"{sum(seg) / len(seg) / LN2:.3f}" if hi <= len(curve) and seg else "—")
             lines.append(f"| `{s['name']}` | " + " | ".join(cells) + " |")
 
     if any("task" in s for s in schemes):
@@ -229,15 +234,16 @@ def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
     lines += ["", "Runs:", ""]
     for r in report["runs"]:
         lines.append(f"* `{r['scheme']}` seed {r['seed']}: `{r['run_dir']}`"
-                     f"{' (re-used)' if r['reused'] else ''}, val bpb {r['val_bpb']:.4f}")
+                     f"{' (re-used)' if r['reused'] else ''}{' (interrupted and resumed)' if r.get('resumed') else ''}"
+                     f", val bpb {r['val_bpb']:.4f}")
     if plots:
         lines += [""] + [f"![{Path(p).stem.replace('_', ' ')}]({Path(p).name})" for p in plots]
     if meta.get("command"):
         lines += ["", "Command:", "", "```", meta["command"], "```"]
     text = "\n".join(lines) + "\n"
-    path.write_text(text)
+    atomic_write_text(path, text)
     return text
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(report, indent=1) + "\n")

@@ -13,7 +13,16 @@ the fully resolved training config, ``runs/<scheme>-seed<S>-<hash8>/``, so
 
 Training runs in a subprocess (``python -m xforget.train ... hydra.run.dir=DIR``),
 which isolates memory and gives each run's peak RSS (``os.wait4``); that and
-the wall time are kept in ``DIR/compare-run.json``.
+the wall time are kept in ``DIR/compare-run.json``. ``train_wall_s`` is the
+training loop's own clock (``elapsed_s`` of the run's last ``metrics.jsonl``
+record: every step from 0 to the end once, evaluations and checkpoints
+included, start-up excluded), so a run that was interrupted and resumed counts
+its whole training; ``resumed_from_step`` marks such a run.
+
+Interruption: the training process runs in its own process group, so a Ctrl-C
+reaches only ``xforget-compare``, which forwards one SIGINT to the training
+process (it checkpoints its current step and exits) and stops; a second Ctrl-C
+makes the training process exit at once. Re-running the command continues.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text
 from ..train.checkpoint import complete_checkpoints
 from ..train.config import (
     ConfigError,
@@ -149,6 +160,52 @@ def _config_diff(run_dir: Path, cfg: TrainConfig) -> str:
     return f" (saved vs planned: {'; '.join(diff)})" if diff else ""
 
 
+class Interrupted(CompareError):
+    """Ctrl-C / SIGTERM during a comparison; the message says how to continue."""
+
+    def __init__(self, key: str, run_dir: Path) -> None:
+        super().__init__(f"interrupted while training {key} ({run_dir}); run the same command again to continue: "
+                         "finished runs are re-used and this one resumes from its latest checkpoint", code=130)
+
+
+def _latest_step(run_dir: Path) -> int | None:
+    found = complete_checkpoints(run_dir) if run_dir.is_dir() else []
+    return found[-1][0] if found else None
+
+
+def train_wall_s(run_dir: Path) -> float | None:
+    """The training loop's seconds over the whole run (all resumed parts): the last ``elapsed_s`` in metrics."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return float(json.loads(line)["elapsed_s"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _wait_forwarding_interrupts(proc: subprocess.Popen):
+    """``os.wait4`` on ``proc``; a KeyboardInterrupt here is forwarded to it as SIGINT (it checkpoints and
+    exits), a second one as another SIGINT (it exits at once); then the KeyboardInterrupt propagates."""
+    interrupts = 0
+    while True:
+        try:
+            result = os.wait4(proc.pid, 0)
+        except KeyboardInterrupt:
+            interrupts += 1
+            try:
+                proc.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            continue
+        if interrupts:
+            raise KeyboardInterrupt
+        return result
+
+
 def read_info(run_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((run_dir / RUN_INFO).read_text())
@@ -176,16 +233,17 @@ def train_run(run: PlannedRun, *, log=print, in_subprocess: bool = True) -> None
     log(f"[compare] training {run.key}: {' '.join(cmd[1:])}")
     sys.stdout.flush()
     sys.stderr.flush()
+    resumed_from = _latest_step(run.run_dir)
     tic = time.time()
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, process_group=0)  # Ctrl-C reaches us only; we forward it once
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, usage = _wait_forwarding_interrupts(proc)
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
-        raise
+        raise Interrupted(run.key, run.run_dir) from None
     proc.returncode = code = os.waitstatus_to_exitcode(status)
     wall = time.time() - tic
+    if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):  # stopped by a signal that was not ours
+        raise Interrupted(run.key, run.run_dir)
     if code != 0:
         raise CompareError(f"training {run.key} failed with exit code {code} (see {run.run_dir / 'train.log'}); "
                            "run the same command again to resume", code=2 if code == 2 else 1)
@@ -193,8 +251,9 @@ def train_run(run: PlannedRun, *, log=print, in_subprocess: bool = True) -> None
         raise CompareError(f"training {run.key} exited but {run.run_dir} holds no finished run with the planned "
                            f"config{_config_diff(run.run_dir, run.cfg)}")
     run.info = {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # ru_maxrss: KiB on Linux
+                "train_wall_s": train_wall_s(run.run_dir), "resumed_from_step": resumed_from,
                 "command": cmd, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (run.run_dir / RUN_INFO).write_text(json.dumps(run.info, indent=1) + "\n")
+    atomic_write_text(run.run_dir / RUN_INFO, json.dumps(run.info, indent=1) + "\n")
 
 
 def _train_here(run: PlannedRun, *, log=print) -> None:
@@ -204,19 +263,25 @@ def _train_here(run: PlannedRun, *, log=print) -> None:
     from ..train.loop import TrainingError, train
 
     log(f"[compare] training {run.key} in-process: {' '.join(run.overrides)} -> {run.run_dir}")
+    resumed_from = _latest_step(run.run_dir)
     tic = time.time()
     try:
-        train(run.cfg, run.run_dir)
+        result = train(run.cfg, run.run_dir)
     except (CheckpointError, TrainingError) as exc:
         raise CompareError(f"training {run.key} failed: {exc}") from exc
+    except KeyboardInterrupt:
+        raise Interrupted(run.key, run.run_dir) from None
+    if result.stop_signal is not None:
+        raise Interrupted(run.key, run.run_dir)
     if not is_finished(run.run_dir, run.cfg):
         raise CompareError(f"training {run.key} returned but {run.run_dir} holds no finished run with the planned "
                            f"config{_config_diff(run.run_dir, run.cfg)}")
-    run.info = {"wall_s": round(time.time() - tic, 2),
+    run.info = {"wall_s": round(time.time() - tic, 2), "train_wall_s": train_wall_s(run.run_dir),
+                "resumed_from_step": resumed_from,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "peak_rss_scope": "compare process (in-process training)",
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (run.run_dir / RUN_INFO).write_text(json.dumps(run.info, indent=1) + "\n")
+    atomic_write_text(run.run_dir / RUN_INFO, json.dumps(run.info, indent=1) + "\n")
 
 
 def ensure_trained(runs: list[PlannedRun], *, retrain: bool = False, in_subprocess: bool = True,

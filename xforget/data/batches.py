@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,9 +47,18 @@ def split_corpus(data: bytes | Tensor, val_fraction: float, seq_len: int) -> Spl
     return Split(train=t[: n - n_val], val=t[n - n_val:])
 
 
-def _windows(data: Tensor, starts: Tensor, seq_len: int) -> Tensor:
-    offsets = torch.arange(seq_len + 1)
-    return data[starts[:, None] + offsets].long()
+def _numel(data) -> int:
+    return data.numel() if isinstance(data, Tensor) else len(data)
+
+
+def _windows(data, starts: Tensor, seq_len: int) -> Tensor:
+    """Windows ``data[s : s + seq_len + 1]`` for each start, int64; ``data`` is a tensor or a
+    (memory-mapped) numpy array, of which only the windows are read."""
+    if isinstance(data, Tensor):
+        offsets = torch.arange(seq_len + 1)
+        return data[starts[:, None] + offsets].long()
+    index = starts.numpy()[:, None] + np.arange(seq_len + 1)
+    return torch.from_numpy(data[index].astype(np.int64))
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -61,22 +71,26 @@ def step_seed(seed: int, step: int) -> int:
 
 
 class TrainBatches:
-    """``batches(step)`` -> (grad_accum, batch_size, seq_len + 1) int64 windows for that step."""
+    """``batches(step)`` -> (grad_accum, batch_size, seq_len + 1) int64 windows for that step.
 
-    def __init__(self, train: Tensor, seq_len: int, batch_size: int, grad_accum: int = 1, seed: int = 0) -> None:
-        if train.numel() < seq_len + 1:
-            raise DataError(f"training split of {train.numel()} bytes is shorter than seq_len + 1 = {seq_len + 1}")
+    ``train`` is a tensor (bytes in memory) or a numpy array such as a memory-mapped
+    token shard (:mod:`.tokens`); the starts are the same for both.
+    """
+
+    def __init__(self, train, seq_len: int, batch_size: int, grad_accum: int = 1, seed: int = 0) -> None:
+        if _numel(train) < seq_len + 1:
+            raise DataError(f"training split of {_numel(train)} tokens is shorter than seq_len + 1 = {seq_len + 1}")
         self.train, self.seq_len, self.batch_size, self.grad_accum, self.seed = train, seq_len, batch_size, grad_accum, seed
 
     def __call__(self, step: int) -> Tensor:
         g = torch.Generator().manual_seed(step_seed(self.seed, step))
-        high = self.train.numel() - self.seq_len  # starts in [0, n - seq_len - 1]
+        high = _numel(self.train) - self.seq_len  # starts in [0, n - seq_len - 1]
         starts = torch.randint(0, high, (self.grad_accum * self.batch_size,), generator=g)
         return _windows(self.train, starts, self.seq_len).view(self.grad_accum, self.batch_size, self.seq_len + 1)
 
 
-def val_windows(val: Tensor, seq_len: int, count: int) -> Tensor:
-    """``count`` windows (count, seq_len + 1) with evenly spaced starts over ``val``."""
-    last = val.numel() - seq_len - 1
+def val_windows(val, seq_len: int, count: int) -> Tensor:
+    """``count`` windows (count, seq_len + 1) int64 with evenly spaced starts over ``val`` (tensor or numpy array)."""
+    last = _numel(val) - seq_len - 1
     starts = torch.linspace(0, last, count).round().long() if count > 1 else torch.zeros(1, dtype=torch.long)
     return _windows(val, starts, seq_len)

@@ -57,4 +57,7 @@ def load_corpus(cfg) -> Corpus:
             return load_synthetic(cfg.name, seed=0, num_bytes=num_bytes, example_len=getattr(cfg, "example_len", None))
         except ValueError as exc:  # e.g. an example length the task cannot fill
             raise DataError(f"data={cfg.name}: {exc}") from None
-    raise DataError(f"unknown data set {cfg.name!r}; valid: stdlib, text, shakespeare, mqar, needle")
+    if cfg.name == "tokens":
+        raise DataError("data=tokens is a prepared dataset of token ids, not a byte corpus; "
+                        "read it with xforget.data.training.load_training_data")
+    raise DataError(f"unknown data set {cfg.name!r}; valid: stdlib, text, shakespeare, mqar, needle, tokens")

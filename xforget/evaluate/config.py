@@ -54,7 +54,14 @@ class EvalCommandConfig:
     checkpoint: str = MISSING  # a run directory (or one checkpoint directory)
     data: Optional[DataConfig] = None  # null = the run's own data config
     eval: EvalConfig = field(default_factory=EvalConfig)
-    out: Optional[str] = None  # JSON path; null = RUN_DIR/eval.json
+    out: Optional[str] = None  # JSON path; null = RUN_DIR/eval.json (harness: RUN_DIR/harness.json)
+    # lm-evaluation-harness (the `harness` extra): harness=true runs `tasks` instead of the evaluations above
+    harness: bool = False
+    tasks: list[str] = field(default_factory=list)
+    include_path: Optional[str] = None  # a directory of task YAMLs (your own tasks)
+    num_fewshot: Optional[int] = None
+    limit: Optional[float] = None  # documents per task (or a fraction), for quick checks
+    batch_size: int = 8
 
 
 @dataclass
@@ -68,6 +75,7 @@ class CompareConfig:
     retrain: bool = False  # train again even when a finished run with the same config exists
     subprocess: bool = True  # train each run in its own process (isolated memory, per-run peak RSS)
     plots: bool = True
+    train: list[str] = field(default_factory=list)  # training overrides for every run (before the command line's)
 
 
 TRAIN_ROOTS = ("model", "data", "optim", "trainer")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import load_corpus, val_windows
+from ..data import DataError, load_corpus, val_windows
 from ..data import synthetic
 from ..train.checkpoint import complete_checkpoints, load_model
 from ..train.config import DataConfig, TrainConfig
@@ -46,14 +46,36 @@ def validation_bytes(data_cfg: DataConfig) -> tuple[torch.Tensor, dict[str, Any]
     return t[t.numel() - n_val:], info
 
 
+def validation_tokens(data_cfg: DataConfig) -> tuple[Any, dict[str, Any], float]:
+    """(validation token ids, info, tokens per byte) of any data config: byte corpora via
+    :func:`validation_bytes` (factor 1), ``data=tokens`` memory-mapped (factor from meta.json)."""
+    if data_cfg.name != "tokens":
+        val, info = validation_bytes(data_cfg)
+        return val, info, 1.0
+    if not data_cfg.path:
+        raise DataError("data=tokens needs a prepared dataset directory: data.path=DIR")
+    from ..data.tokens import load_tokens
+
+    data = load_tokens(data_cfg.path)
+    m = data.meta
+    info = {"name": "tokens", "path": str(data.path), "tokenizer": m["tokenizer"], "vocab_size": m["vocab_size"],
+            "val_tokens": m["val"]["tokens"], "val_bytes": m["val"]["bytes"],
+            "tokens_per_byte": data.tokens_per_byte("val"), "sha256": m.get("input", {}).get("sha256")}
+    return data.val, info, data.tokens_per_byte("val")
+
+
 def _r(x: float) -> float:
     return round(float(x), ROUND)
 
 
 def evaluate_model(net: nn.Module, val: torch.Tensor, lengths: list[int], *, tokens: int, batch_tokens: int = 16384,
                    per_position: bool = True, device: torch.device | str = "cpu",
-                   multiples: list[int] | None = None) -> list[dict[str, Any]]:
+                   multiples: list[int] | None = None, tokens_per_byte: float = 1.0) -> list[dict[str, Any]]:
     """Loss, bpb and per-position loss of ``net`` at each length, on ``tokens // length`` validation windows.
+
+    Lengths and ``tokens`` count tokens (bytes for byte-level data); ``val`` is a
+    tensor or numpy array of ids; ``tokens_per_byte`` converts the loss into bits
+    per byte of the original text (see :mod:`.metrics`).
 
     Returns one dict per length: ``length``, ``multiple``, ``status`` (``ok``,
     ``cannot extrapolate`` for a model whose absolute position table is shorter,
@@ -66,12 +88,14 @@ def evaluate_model(net: nn.Module, val: torch.Tensor, lengths: list[int], *, tok
         row: dict[str, Any] = {"length": length, "multiple": multiples[i] if multiples else None}
         if limit is not None and length > limit:
             row.update(status=CANNOT_EXTRAPOLATE, reason=f"absolute position table has {limit} entries")
-        elif val.numel() < length + 1:
-            row.update(status=TOO_SHORT, reason=f"{val.numel()} validation bytes < {length + 1}")
+        elif len(val) < length + 1:
+            row.update(status=TOO_SHORT, reason=f"{len(val)} validation tokens < {length + 1}")
         else:
             windows = val_windows(val, length, max(1, tokens // length))
-            ev = evaluate_windows(net, windows, batch_tokens=batch_tokens, device=device)
-            row.update(status=OK, windows=ev.windows, tokens=ev.tokens, loss=_r(ev.loss), bpb=_r(ev.bpb))
+            ev = evaluate_windows(net, windows, batch_tokens=batch_tokens, device=device,
+                                  tokens_per_byte=tokens_per_byte)
+            row.update(status=OK, windows=ev.windows, tokens=ev.tokens, loss=_r(ev.loss), bpb=_r(ev.bpb),
+                       ppl=_r(ev.ppl))
             if per_position:
                 row["per_position"] = [_r(v) for v in ev.per_position]
         out.append(row)
@@ -151,9 +175,14 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
     multiples = [int(m) for m in ecfg.multiples]
     lengths = [m * base for m in multiples]
     tokens = ecfg.tokens or t.eval_batches * t.batch_size * t.seq_len
-    val, data_info = validation_bytes(data_cfg)
+    val, data_info, tokens_per_byte = validation_tokens(data_cfg)
+    if data_cfg.name == "tokens" and data_info["vocab_size"] != train_cfg.model.num_tokens:
+        raise DataError(f"the prepared dataset {data_cfg.path} has a vocabulary of {data_info['vocab_size']}, "
+                        f"the model was trained with num_tokens={train_cfg.model.num_tokens}; evaluate on data "
+                        "prepared with the run's tokenizer")
     rows = evaluate_model(model, val, lengths, tokens=tokens, batch_tokens=ecfg.batch_tokens,
-                          per_position=ecfg.per_position, device=device, multiples=multiples)
+                          per_position=ecfg.per_position, device=device, multiples=multiples,
+                          tokens_per_byte=tokens_per_byte)
     result: dict[str, Any] = {
         "run_dir": str(run_dir),
         "checkpoint_step": checkpoint_step(run_dir),
@@ -166,6 +195,7 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
         "lengths": rows,
         "val_loss": next((r["loss"] for r in rows if r["status"] == OK), None),
         "val_bpb": next((r["bpb"] for r in rows if r["status"] == OK), None),
+        "val_ppl": next((r["ppl"] for r in rows if r["status"] == OK), None),
     }
     ok_lengths = [r["length"] for r in rows if r["status"] == OK]
     if ok_lengths:  # adaptive computation pruning at the longest evaluated length

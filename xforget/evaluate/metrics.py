@@ -10,7 +10,9 @@ config. The numbers are defined once:
 * ``loss`` is the mean over every scored token. As every window has the same
   length, ``loss == mean(per_position)`` exactly (up to float summation order;
   tests/test_evaluate.py pins this down).
-* ``bpb`` (bits per byte) is ``loss / ln 2``: one token is one byte here.
+* ``bpb`` (bits per byte of the original text) is ``loss x tokens_per_byte / ln 2``,
+  ``tokens_per_byte`` being the validation split's tokens / bytes (1 for byte-level
+  data; from ``meta.json`` for a prepared dataset). ``ppl`` is ``exp(loss)`` (per token).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from torch import Tensor, nn
 LN2 = math.log(2.0)
 
 
-def nats_to_bpb(loss_nats: float) -> float:
-    """Bits per byte for a byte-level (vocabulary 256) model's loss in nats per token."""
-    return loss_nats / LN2
+def nats_to_bpb(loss_nats: float, tokens_per_byte: float = 1.0) -> float:
+    """Bits per byte of the original text for a loss in nats per token (``tokens_per_byte`` = 1 for bytes)."""
+    return loss_nats * tokens_per_byte / LN2
 
 
 @dataclass
@@ -39,6 +41,7 @@ class WindowEval:
     loss: float  # mean nats per scored token
     bpb: float
     per_position: list[float] = field(default_factory=list)  # mean loss at each target index (length entries)
+    ppl: float = math.nan  # exp(loss), per token
 
     @property
     def tokens(self) -> int:
@@ -83,13 +86,14 @@ def token_losses(net: nn.Module, windows: Tensor, *, batch_tokens: int = 16384,
 
 
 def evaluate_windows(net: nn.Module, windows: Tensor, *, batch_tokens: int = 16384,
-                     device: torch.device | str | None = None) -> WindowEval:
-    """Mean loss, bpb and the per-position loss curve of ``net`` on ``windows`` (count, L + 1)."""
+                     device: torch.device | str | None = None, tokens_per_byte: float = 1.0) -> WindowEval:
+    """Mean loss, bpb, perplexity and the per-position loss curve of ``net`` on ``windows`` (count, L + 1)."""
     losses, _ = token_losses(net, windows, batch_tokens=batch_tokens, device=device)
     per_position = losses.mean(dim=0)
     loss = float(losses.mean())
-    return WindowEval(length=windows.shape[1] - 1, windows=windows.shape[0], loss=loss, bpb=nats_to_bpb(loss),
-                      per_position=[float(v) for v in per_position])
+    return WindowEval(length=windows.shape[1] - 1, windows=windows.shape[0], loss=loss,
+                      bpb=nats_to_bpb(loss, tokens_per_byte), per_position=[float(v) for v in per_position],
+                      ppl=math.exp(min(loss, 700.0)))
 
 
 def length_limit(net: nn.Module) -> int | None:

@@ -20,12 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import ModelConfig
 from ..config_errors import explain_error, schema_keys
+from .precision import PRECISIONS
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle")
+DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle", "tokens")
 SYNTHETIC = ("mqar", "needle")
 STRATEGIES = ("ddp", "fsdp")
-LOGGERS = ("none", "tensorboard")
+RESUME_MODES = ("auto", "allow_changes")
+OPTIM_IMPLS = ("auto", "for_loop", "foreach", "fused")
 
 
 class ConfigError(ValueError):
@@ -34,14 +35,16 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Byte-level corpus (vocabulary 256).
+    """The training corpus: a byte-level corpus (vocabulary 256) or a prepared dataset.
 
     ``name``: ``stdlib`` (this Python's standard library sources), ``text``
     (the file at ``path``), ``shakespeare`` (``path``, else downloaded into
     the cache), or a synthetic task generated from seed 0 (``mqar``: multi-query
     associative recall, ``needle``: needle retrieval; see
     :mod:`xforget.data.synthetic`). The last ``val_fraction`` of the bytes is the
-    validation split.
+    validation split. ``tokens``: the prepared dataset directory at ``path``
+    (``xforget-prepare``; memory-mapped shards, its own split and vocabulary,
+    ``val_fraction`` unused; see :mod:`xforget.data.tokens`).
     """
 
     name: str = "stdlib"
@@ -62,6 +65,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     min_lr_ratio: float = 0.1
+    impl: str = "fused"  # auto (torch's choice) | for_loop | foreach | fused (one kernel for all parameters)
 
 
 @dataclass
@@ -70,7 +74,7 @@ class TrainerConfig:
     torchrun processes); one optimizer step sees ``batch_size * grad_accum``
     windows of ``seq_len`` + 1 bytes."""
 
-    max_steps: int = 1100
+    max_steps: int = 1400
     batch_size: int = 16
     seq_len: int = 256
     grad_accum: int = 1
@@ -82,7 +86,7 @@ class TrainerConfig:
     checkpoint_every: int = 250  # 0 = only at the end
     keep_last: int = 2  # complete checkpoints kept; 0 = keep all
     threads: int | None = None  # torch.set_num_threads; None = torch's default
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; grad scaler for fp16)
+    precision: str = "auto"  # auto (bf16 on native-bf16 hardware, else fp32) | fp32 | bf16 | fp16 (autocast; grad scaler for fp16)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the model
     strategy: str = "ddp"  # under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard)
@@ -90,6 +94,8 @@ class TrainerConfig:
     progress: bool = True  # tqdm progress bar
     sample_bytes: int = 200  # bytes generated at the end (0 = none)
     sample_temperature: float = 0.8
+    resume: str = "auto"  # auto: resume from the run directory's checkpoint, refusing changed settings | allow_changes
+    init_from: str | None = None  # a run directory, checkpoint directory or .safetensors file: its weights start a new run
 
 
 @dataclass
@@ -99,7 +105,44 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
-    logger: str = "none"  # none | tensorboard (metrics.jsonl is always written)
+    logger: Any = "none"  # none | tensorboard | wandb | a list, e.g. [tensorboard,wandb] (metrics.jsonl is always written)
+
+
+BYTE_VOCAB = 256
+
+
+def resolve_data_vocab(cfg: TrainConfig) -> None:
+    """``data=tokens``: take ``model.num_tokens`` from the prepared dataset's ``meta.json`` (in place)
+    and make ``data.path`` absolute.
+
+    ``model.num_tokens`` at its default (256) is replaced by the dataset's
+    vocabulary; any other value must equal it.
+
+    Raises:
+        ConfigError: no path, no/unreadable meta.json, or a conflicting ``model.num_tokens``.
+    """
+    d, m = cfg.data, cfg.model
+    if d.name != "tokens":
+        return
+    if not d.path:
+        raise ConfigError("data=tokens needs a prepared dataset directory: add data.path=DIR (made by xforget-prepare)")
+    from ..data.corpus import DataError
+    from ..data.prepare import read_meta
+
+    try:
+        meta = read_meta(d.path)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    vocab = int(meta["vocab_size"])
+    d.path = str(Path(d.path).expanduser().resolve())
+    if m.num_tokens == vocab:
+        return
+    if m.num_tokens == BYTE_VOCAB:  # the model configs' default: the data decides
+        m.num_tokens = vocab
+        return
+    raise ConfigError(f"invalid value model.num_tokens={m.num_tokens}: the prepared dataset {d.path} has a vocabulary "
+                      f"of {vocab} (meta.json vocab_size); remove model.num_tokens (it is taken from meta.json) or "
+                      f"set it to {vocab}")
 
 
 def register_configs() -> None:
@@ -111,20 +154,55 @@ register_configs()
 
 
 def config_dir() -> Path:
-    """The repository's ``configs/`` directory (found next to the ``xforget`` package).
+    """The Hydra config directory: ``xforget/configs/`` in an installed wheel, else the
+    repository's top-level ``configs/`` (a source checkout or an editable install).
+
+    pyproject.toml maps ``configs/`` into the package as ``xforget.configs``, so the
+    repository directory is the one source of both.
 
     Raises:
-        ConfigError: not found (e.g. a non-editable install); names the path tried.
+        ConfigError: neither holds ``train.yaml``; names the paths tried.
     """
     import xforget
 
-    path = Path(xforget.__file__).resolve().parent.parent / "configs"
-    if not (path / "train.yaml").is_file():
-        raise ConfigError(
-            f"config directory not found: {path}/train.yaml is missing; install xforget editable "
-            "from its repository (pip install -e .) so that configs/ sits next to the package"
-        )
-    return path
+    package = Path(xforget.__file__).resolve().parent
+    tried = [package / "configs", package.parent / "configs"]
+    for path in tried:
+        if (path / "train.yaml").is_file():
+            return path
+    raise ConfigError(f"config directory not found: no train.yaml in {' or '.join(map(str, tried))}; "
+                      "reinstall xforget (pip install .)")
+
+
+def user_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split Hydra's ``--config-dir DIR`` / ``-cd DIR`` / ``--config-dir=DIR`` out of ``argv``.
+
+    Returns ``(other arguments, [hydra.searchpath=[file://DIR, ...]])``: the override that puts
+    the user's directories on the search path of a compose call, as Hydra itself does for
+    ``hydra.main`` (a preset ``DIR/model/mine.yaml`` is then ``model=mine``; an experiment
+    ``DIR/experiment/x.yaml`` is ``experiment=x``).
+
+    Raises:
+        ConfigError: the flag without a directory, or a directory that does not exist.
+    """
+    rest, dirs = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd"):
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ConfigError(f"{flag} needs a directory: {flag} DIR")
+                value, i = argv[i + 1], i + 1
+            path = Path(value).expanduser().resolve()
+            if not path.is_dir():
+                raise ConfigError(f"{flag} {value}: not a directory")
+            dirs.append(path)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, ([f"hydra.searchpath=[{','.join('file://' + str(d) for d in dirs)}]"] if dirs else [])
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = (), *, return_hydra_config: bool = False) -> DictConfig:
@@ -154,6 +232,7 @@ def to_train_config(cfg: DictConfig | TrainConfig) -> TrainConfig:
         check_keys(cfg)  # `+model.foo=1` (force-add) slips past struct mode
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), _without_hydra(cfg))
         out = OmegaConf.to_object(cfg)
+    resolve_data_vocab(out)
     validate(out)
     return out
 
@@ -206,6 +285,7 @@ def validate(cfg: TrainConfig) -> None:
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas)
     need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", o.min_lr_ratio)
     need(o.eps > 0, "optim.eps", "> 0", o.eps)
+    need(o.impl in OPTIM_IMPLS, "optim.impl", f"one of {list(OPTIM_IMPLS)}", o.impl)
     need(t.max_steps >= 0, "trainer.max_steps", ">= 0", t.max_steps)
     for key in ("batch_size", "seq_len", "grad_accum", "log_every"):
         need(getattr(t, key) >= 1, f"trainer.{key}", ">= 1", getattr(t, key))
@@ -216,14 +296,19 @@ def validate(cfg: TrainConfig) -> None:
     need(t.threads is None or t.threads >= 1, "trainer.threads", ">= 1 or null", t.threads)
     need(t.precision in PRECISIONS, "trainer.precision", f"one of {list(PRECISIONS)}", t.precision)
     need(t.sample_temperature >= 0, "trainer.sample_temperature", ">= 0", t.sample_temperature)
+    need(t.resume in RESUME_MODES, "trainer.resume", f"one of {list(RESUME_MODES)}", t.resume)
     need(t.strategy in STRATEGIES, "trainer.strategy", f"one of {list(STRATEGIES)}", t.strategy)
     need(t.peak_flops is None or (math.isfinite(t.peak_flops) and t.peak_flops > 0), "trainer.peak_flops",
          "> 0 (FLOP/s) or null", t.peak_flops)
-    need(cfg.logger in LOGGERS, "logger", f"one of {list(LOGGERS)}", cfg.logger)
+    from .trackers import logger_names
+
+    logger_names(cfg.logger)
     need(d.name in DATASETS, "data.name", f"one of {list(DATASETS)}", d.name)
     need(0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
     if d.name == "text" and not d.path:
         raise ConfigError("data=text needs a file: add data.path=FILE")
+    if d.name == "tokens" and not d.path:
+        raise ConfigError("data=tokens needs a prepared dataset directory: add data.path=DIR (made by xforget-prepare)")
     for key in ("num_bytes", "example_len"):
         value = getattr(d, key)
         if value is not None and d.name not in SYNTHETIC:
@@ -237,7 +322,10 @@ def validate(cfg: TrainConfig) -> None:
              d.example_len)
     for key in ("dim", "depth", "heads"):
         need(getattr(m, key) >= 1, f"model.{key}", ">= 1", getattr(m, key))
-    need(m.num_tokens == 256, "model.num_tokens", "256 (the data is byte level)", m.num_tokens)
+    if d.name != "tokens":
+        need(m.num_tokens == BYTE_VOCAB, "model.num_tokens", "256 (the data is byte level)", m.num_tokens)
+    else:
+        need(m.num_tokens >= 1, "model.num_tokens", ">= 1 (taken from the prepared dataset's meta.json)", m.num_tokens)
     need(m.kind == "decoder", "model.kind", "'decoder' for language-model training", m.kind)
     from ..validate import validate_model_config
 

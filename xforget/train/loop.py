@@ -15,7 +15,9 @@ import contextlib
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,8 @@ from tqdm.auto import tqdm
 
 from ..autoregressive import AutoregressiveWrapper
 from ..config import build_model
-from ..data import TrainBatches, load_corpus, split_corpus, val_windows
+from ..data import TrainBatches, val_windows
+from ..data.training import load_training_data
 from ..data.batches import step_seed
 from .checkpoint import (
     CHECKPOINTS,
@@ -34,6 +37,7 @@ from .checkpoint import (
     check_same_model,
     latest_checkpoint,
     load_checkpoint,
+    load_init_weights,
     prune_checkpoints,
     remove_partial,
     rng_state,
@@ -42,7 +46,7 @@ from .checkpoint import (
     set_rng_state,
     step_dir_name,
 )
-from .config import ConfigError, TrainConfig, config_to_yaml, validate
+from .config import ConfigError, TrainConfig, config_to_yaml, resolve_data_vocab, validate
 from .distributed import (
     DistInfo,
     all_gather_object,
@@ -57,8 +61,13 @@ from .distributed import (
     shard_model,
     shutdown,
 )
-from .metrics import MetricsLog, TensorBoardLog, model_flops_per_token, peak_flops, tensorboard_writer_class
-from .schedule import make_scheduler
+from ..files import atomic_write_text
+from .metrics import MetricsLog, model_flops_per_token, peak_flops
+from .optim import adamw_impl, decay_names, param_groups
+from .precision import AMP_DTYPES, resolve_precision
+from .resume import check_resume, describe, record_resume_config
+from .schedule import lr_factor, make_scheduler
+from .trackers import check_trackers, open_trackers
 
 LN2 = math.log(2.0)
 
@@ -71,10 +80,14 @@ class TrainingError(RuntimeError):
 class TrainResult:
     run_dir: Path
     step: int  # optimizer steps completed
-    val_loss: float | None = None  # nats per byte
-    val_bpb: float | None = None  # bits per byte = val_loss / ln 2
-    sample: str | None = None
-    interrupted: bool = False
+    val_loss: float | None = None  # nats per token (per byte for byte-level data)
+    val_bpb: float | None = None  # bits per byte of the original text = val_loss x tokens / bytes / ln 2
+    val_ppl: float | None = None  # per-token perplexity = exp(val_loss)
+    sample: str | None = None  # the generated continuation (decoded by the run's tokenizer)
+    sample_prompt: str | None = None  # the prompt it continues (a line/document start of the validation split)
+    interrupted: bool = False  # stopped before max_steps (a signal, or stop_after_step)
+    stop_signal: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run (checkpoint written)
+    checkpoint: Path | None = None  # the latest complete checkpoint when the run stopped on a signal
     losses: dict[int, float] = field(default_factory=dict)  # step -> train loss, for this process's steps
 
 
@@ -96,9 +109,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after_step: int | None 
     a test can SIGKILL a tiny run at a chosen step; not counted in tokens/s);
     ``XFORGET_DEBUG_STOP_AFTER_STEP=N`` is ``stop_after_step=N`` for a command line run.
     """
+    resolve_data_vocab(cfg)
     validate(cfg)
-    if cfg.logger == "tensorboard":
-        tensorboard_writer_class()  # fail before anything is written if the package is missing
+    check_trackers(cfg.logger)  # fail before anything is written if a tracker's package is missing
     if stop_after_step is None and os.environ.get("XFORGET_DEBUG_STOP_AFTER_STEP"):
         stop_after_step = int(os.environ["XFORGET_DEBUG_STOP_AFTER_STEP"])
     try:
@@ -127,7 +140,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
             # Decayed attention weights (forget gate, ALiBi) underflow into denormal floats, which
             # x86 CPUs process ~10x slower: FoX's backward ran 3x slower without this.
             torch.set_flush_denormal(True)
-        amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+        precision = resolve_precision(t.precision, device)  # `auto`: bf16 where the hardware has it natively
+        amp_dtype = AMP_DTYPES[precision]
 
         def autocast():
             if amp_dtype is None:
@@ -136,21 +150,24 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
 
         # ---- the run directory's latest checkpoint: checked before any slow work ------------
         resume_from = broadcast_object(latest_checkpoint(run_dir), info)
+        changes = []
         if resume_from is not None:
-            check_same_model(resume_from, cfg)
+            saved_cfg = check_same_model(resume_from, cfg)
+            changes = check_resume(saved_cfg, cfg, int(resume_from.name.split("_")[1]), run_dir)
 
         # ---- data: fixed split; training windows are a pure function of (seed, step) ----
-        corpus = rank0_first(info, lambda: load_corpus(cfg.data))  # rank 0 builds any cache first
-        logger.info(f"data {corpus.describe()}")
-        logger.info(f"data meta {corpus.meta}")
-        split = split_corpus(corpus.data, cfg.data.val_fraction, t.seq_len)
-        batches = TrainBatches(split.train, t.seq_len, t.batch_size, t.grad_accum, cfg.seed)
+        data = rank0_first(info, lambda: load_training_data(cfg.data, t.seq_len))  # rank 0 builds any cache first
+        logger.info(f"data {data.description}")
+        batches = TrainBatches(data.train, t.seq_len, t.batch_size, t.grad_accum, cfg.seed)
         local_batch = t.batch_size // world  # this rank's columns of every global micro-batch
         shard = slice(rank * local_batch, (rank + 1) * local_batch)
-        val = val_windows(split.val, t.seq_len, t.eval_batches * t.batch_size)
+        val = val_windows(data.val, t.seq_len, t.eval_batches * t.batch_size)
         val_shard = val[rank * (val.shape[0] // world):(rank + 1) * (val.shape[0] // world)]
-        logger.info(f"split: {split.train.numel():,} train bytes, {split.val.numel():,} validation bytes "
-                    f"(last {cfg.data.val_fraction:.0%}); {val.shape[0]} fixed validation windows")
+        logger.info(f"split: {len(data.train):,} train tokens, {len(data.val):,} validation tokens; "
+                    f"{val.shape[0]} fixed validation windows; val_bpb = loss x {data.tokens_per_byte:.5f} "
+                    "tokens per byte / ln 2")
+        if main:
+            data.tokenizer.save(run_dir)  # the run directory alone can generate (tokenizer.json unless bytes)
 
         # ---- model -------------------------------------------------------------------------
         random.seed(cfg.seed)
@@ -164,10 +181,10 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
             torch.manual_seed(step_seed(cfg.seed, (1 << 40) + rank))
         n_params = sum(p.numel() for p in model.parameters())
         flops_per_token = model_flops_per_token(model, t.seq_len)
-        peak = peak_flops(device, t.precision, t.peak_flops)
+        peak = peak_flops(device, precision, t.peak_flops)
         fsdp = info.enabled and t.strategy == "fsdp"
         logger.info(f"model {cfg.model.position} dim={cfg.model.dim} depth={cfg.model.depth} heads={cfg.model.heads}: "
-                    f"{n_params / 1e6:.2f}M parameters on {device} ({t.precision}, {torch.get_num_threads()} threads"
+                    f"{n_params / 1e6:.2f}M parameters on {device} ({precision}{' (auto)' if t.precision == 'auto' else ''}, {torch.get_num_threads()} threads"
                     f"{f', {world} processes ({t.strategy}), {local_batch} windows each per micro-batch' if info.enabled else ''}); "
                     f"{flops_per_token / 1e6:.2f} MFLOP per trained token"
                     f"{f', peak {peak / 1e12:.1f} TFLOP/s per device' if peak else ''}")
@@ -177,6 +194,11 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
             for leftover in remove_partial(run_dir):
                 logger.warning(f"removed an interrupted checkpoint write: {leftover.name}")
         state = load_checkpoint(resume_from, model) if resume_from is not None else None
+        if state is None and t.init_from:
+            source = load_init_weights(t.init_from, model, cfg.model)
+            logger.info(f"initialised the weights from {source} (trainer.init_from; fresh optimizer and schedule)")
+        elif t.init_from:
+            logger.info(f"trainer.init_from={t.init_from} not used: resuming this run directory's own checkpoint")
 
         # ---- processes: DDP averages gradients over ranks; FSDP2 also shards the weights ---
         lm = AutoregressiveWrapper(model)
@@ -191,14 +213,21 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
 
         # ---- optimizer, schedule, grad scaler (and their resumed state) ----------------------
         optimizer = torch.optim.AdamW(
-            _param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
+            param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+            **adamw_impl(cfg.optim.impl, fsdp),
         )
+        decayed, kept = decay_names(model)
+        logger.info(f"AdamW: weight decay {cfg.optim.weight_decay} on {len(decayed)} weight matrices, none on "
+                    f"{len(kept)} norm gains, biases, embeddings and memory key/values")
         if t.warmup_steps >= t.max_steps > 0:
             logger.warning(f"trainer.warmup_steps={t.warmup_steps} >= trainer.max_steps={t.max_steps}: the learning "
                            f"rate never reaches optim.lr={cfg.optim.lr}; lower trainer.warmup_steps")
-        scheduler = make_scheduler(optimizer, warmup_steps=t.warmup_steps, max_steps=t.max_steps,
+        # the schedule's horizon is the run's first max_steps: a resume with a larger max_steps trains the
+        # extra steps at the final learning rate (see xforget/train/resume.py), no jump
+        horizon = t.max_steps if state is None else int(state.get("schedule_max_steps", saved_cfg.trainer.max_steps))
+        scheduler = make_scheduler(optimizer, warmup_steps=t.warmup_steps, max_steps=horizon,
                                    min_lr_ratio=cfg.optim.min_lr_ratio)
-        scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         start_step = 0
         if state is not None:
             try:
@@ -208,16 +237,34 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
                                       f"this model ({type(exc).__name__}: {exc})") from None
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
+            _apply_optim_config(optimizer, scheduler, cfg, horizon)  # the config's values (allow_changes may change them)
             _restore_rng(state, info, cfg.seed)
             start_step = int(state["step"])
+            elapsed_before = float(state.get("elapsed_s", 0.0))
             logger.info(f"resumed from {resume_from} at step {start_step}")
             del state
+            if changes:
+                logger.warning(f"resumed with changed settings: {describe(changes)}")
+                if t.max_steps != horizon:
+                    logger.info(f"trainer.max_steps={t.max_steps}, the learning-rate schedule keeps its horizon of "
+                                f"{horizon} steps (after it: the final lr {cfg.optim.min_lr_ratio * cfg.optim.lr:.3g})")
+        else:
+            elapsed_before = 0.0
 
         if main:
-            (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-            sinks = [MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if resume_from is not None else None)]
-            if cfg.logger == "tensorboard":
-                sinks.append(TensorBoardLog(run_dir / "tensorboard", start_step if resume_from is not None else None))
+            if resume_from is None or not (run_dir / "config.yaml").is_file():
+                atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))  # the run's first config
+            if changes:
+                logger.info(f"recorded the resumed config in {record_resume_config(run_dir, start_step, cfg)}")
+            metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if resume_from is not None else None)
+            if metrics.rotated_to is not None:
+                logger.warning(f"{run_dir} has metrics.jsonl but no checkpoint: training starts at step 0; "
+                               f"the old records were kept as {metrics.rotated_to.name}")
+            if metrics.dropped:
+                logger.info(f"metrics.jsonl: dropped {metrics.dropped} records past step {start_step} "
+                            "(trained after the last checkpoint; trained again now)")
+            sinks = [metrics]
+            sinks += open_trackers(cfg, run_dir, start_step if resume_from is not None else None)
         else:
             sinks = []
         result = TrainResult(run_dir=run_dir, step=start_step)
@@ -230,7 +277,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
                 else (model, optimizer.state_dict())  # FSDP: gathered on every rank, kept by rank 0
             if main:
                 state = {"optimizer": optim_state, "scheduler": scheduler.state_dict(),
-                         "scaler": scaler.state_dict(), "rng": rngs[0]}
+                         "scaler": scaler.state_dict(), "rng": rngs[0], "schedule_max_steps": horizon,
+                         "elapsed_s": elapsed()}
                 if info.enabled:
                     state["rng_ranks"] = rngs
                 path = save_checkpoint(run_dir, step, weights, state, cfg)
@@ -249,8 +297,15 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
         bar = tqdm(total=t.max_steps, initial=start_step, disable=not (t.progress and main), unit="step",
                    dynamic_ncols=True, file=sys.stderr, desc="train")
         window_loss, window_steps, window_time = 0.0, 0, 0.0
+        loop_start = time.perf_counter()
+
+        def elapsed() -> float:  # seconds of training (evaluations, checkpoints included) since step 0, over resumes
+            return round(elapsed_before + time.perf_counter() - loop_start, 3)
+
+        stop = _StopRequest(info, device)
         model.train()
         try:
+            stop.install()
             for step in range(start_step, t.max_steps):
                 tic = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]
@@ -290,13 +345,15 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
                 if eval_now or done % t.log_every == 0:
                     tokens_per_s = tokens_per_step * window_steps / max(window_time, 1e-9)
                     record = {"step": done, "train_loss": window_loss / window_steps, "lr": lr,
-                              "tokens_per_s": tokens_per_s, "tflops": flops_per_token * tokens_per_s / 1e12}
+                              "tokens_per_s": tokens_per_s, "tflops": flops_per_token * tokens_per_s / 1e12,
+                              "elapsed_s": elapsed()}
                     if peak:  # model FLOPs utilisation of all devices together
                         record["mfu"] = flops_per_token * tokens_per_s / (peak * world)
                     if eval_now:
                         val_loss = validation_loss()
-                        record.update(val_loss=val_loss, val_bpb=val_loss / LN2)
-                        result.val_loss, result.val_bpb = val_loss, val_loss / LN2
+                        result.val_loss, result.val_bpb = val_loss, val_loss * data.tokens_per_byte / LN2
+                        result.val_ppl = math.exp(min(val_loss, 700.0))
+                        record.update(val_loss=val_loss, val_bpb=result.val_bpb, val_ppl=result.val_ppl)
                     for sink in sinks:
                         sink.write(record)
                     postfix = {"loss": f"{record['train_loss']:.3f}", "lr": f"{lr:.2e}", "tok_s": f"{tokens_per_s:.0f}"}
@@ -305,14 +362,22 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
                     bar.set_postfix(postfix, refresh=False)
                     logger.info(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
                     window_loss, window_steps, window_time = 0.0, 0, 0.0
-                if is_last or (t.checkpoint_every > 0 and done % t.checkpoint_every == 0):
+                saved_now = is_last or (t.checkpoint_every > 0 and done % t.checkpoint_every == 0)
+                if saved_now:
                     checkpoint(done)
+                if stop.requested() and not is_last:  # SIGINT / SIGTERM: save this step, then stop
+                    if not saved_now:
+                        checkpoint(done)
+                    logger.warning(f"stopped by {stop.signal} after step {done}; checkpoint {last_saved}")
+                    result.interrupted, result.stop_signal, result.checkpoint = True, stop.signal, last_saved
+                    return result
                 if stop_after_step is not None and done >= stop_after_step and not is_last:
                     result.interrupted = True
                     return result
                 if step_sleep > 0:
                     time.sleep(step_sleep)
         finally:
+            stop.restore()
             bar.close()
             for sink in sinks:
                 sink.close()
@@ -320,16 +385,73 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
         # ---- report --------------------------------------------------------------------
         if result.val_bpb is None:  # nothing left to train (finished run, or max_steps=0)
             result.val_loss = validation_loss()
-            result.val_bpb = result.val_loss / LN2
+            result.val_bpb = result.val_loss * data.tokens_per_byte / LN2
+            result.val_ppl = math.exp(min(result.val_loss, 700.0))
         weights = full_model(model, cfg.model, info) if fsdp else model
         if main:
             save_final_model(run_dir, weights)
         if t.sample_bytes > 0 and (main or fsdp):  # FSDP: every rank runs the (collective) forward passes
-            sample = sample_text(lm, split.val, t.sample_bytes, t.sample_temperature, cfg.seed, device)
-            result.sample = sample if main else None
+            prompt, sample = sample_text(lm, data.val, t.sample_bytes, t.sample_temperature, cfg.seed, device,
+                                         tokenizer=data.tokenizer)
+            result.sample_prompt, result.sample = (prompt, sample) if main else (None, None)
         barrier(info)
         logger.info(f"finished step {result.step}: val_bpb={result.val_bpb:.4f} (run directory {run_dir})")
         return result
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM during the training loop: the first asks the loop to checkpoint the current step and
+    stop; a second exits at once (exit code 128 + signal number; checkpoints are atomic, so the latest complete
+    one stays). Under torchrun the ranks agree on stopping at the same step (one all-reduce per step)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, info: DistInfo, device: torch.device) -> None:
+        self.info, self.device, self.signal, self._old = info, device, None, {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for sig in self.SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. SIGINT of a background job in a script
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal is not None:
+            sys.stderr.write(f"\n{name} again: exiting at once (the latest complete checkpoint is kept)\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        self.signal = name
+        sys.stderr.write(f"\n{name}: finishing this step and saving a checkpoint (again to exit at once)\n")
+        sys.stderr.flush()
+
+    def requested(self) -> bool:
+        if not self.info.enabled:
+            return self.signal is not None
+        flag = all_reduce_sum(torch.tensor([1.0 if self.signal else 0.0], device=self.device), self.info)
+        if flag.item() > 0 and self.signal is None:
+            self.signal = "SIGTERM"  # another rank was signalled
+        return flag.item() > 0
+
+
+def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig, horizon: int) -> None:
+    """After loading a checkpoint's optimizer and scheduler state: the config's AdamW hyper-parameters and
+    the schedule's learning rate for the restored step (equal to the saved values unless the config changed)."""
+    o, t = cfg.optim, cfg.trainer
+    scheduler.base_lrs = [o.lr for _ in optimizer.param_groups]
+    factor = lr_factor(scheduler.last_epoch, warmup_steps=t.warmup_steps, max_steps=horizon,
+                       min_lr_ratio=o.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group.update(lr=o.lr * factor, initial_lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        if group["weight_decay"] > 0:  # the decayed group (norms, biases, embeddings stay at 0)
+            group["weight_decay"] = o.weight_decay
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 def _restore_rng(state: dict, info: DistInfo, seed: int) -> None:
@@ -372,25 +494,26 @@ def _eval_sums(lm: AutoregressiveWrapper, windows: torch.Tensor, batch_size: int
     return total, count
 
 
-def sample_text(lm: AutoregressiveWrapper, val: torch.Tensor, n_bytes: int, temperature: float, seed: int,
-                device: torch.device, prompt_bytes: int = 64) -> str:
-    """A short continuation of a line start from the validation split (bytes decoded with errors='replace')."""
-    data = bytes(val[: 64 * 1024].tolist())
-    start = data.find(b"\n") + 1
-    prompt = torch.tensor(list(data[start:start + prompt_bytes]), dtype=torch.long, device=device)[None]
+def sample_text(lm: AutoregressiveWrapper, val, n_tokens: int, temperature: float, seed: int,
+                device: torch.device, prompt_bytes: int = 64, tokenizer=None) -> tuple[str, str]:
+    """(prompt, continuation): the start of a line (byte data; a document for other tokenizers) of the
+    validation split and ``n_tokens`` generated after it, both decoded by ``tokenizer`` (default bytes,
+    decoded with errors='replace'); ``val`` is a tensor or numpy array of token ids."""
+    from ..data.tokenizer import ByteTokenizer
+
+    tokenizer = tokenizer or ByteTokenizer()
+    head = [int(v) for v in val[: 64 * 1024].tolist()]
+    if isinstance(tokenizer, ByteTokenizer):
+        data = bytes(head)
+        start = data.find(b"\n") + 1
+        ids = list(data[start:start + prompt_bytes])
+    else:  # after the first end-of-text token, about prompt_bytes / 4 tokens
+        start = head.index(tokenizer.eot_id) + 1 if tokenizer.eot_id in head[:-1] else 0
+        ids = head[start:start + max(1, prompt_bytes // 4)]
+    prompt = torch.tensor(ids, dtype=torch.long, device=device)[None]
     generator = torch.Generator(device=device).manual_seed(seed)
-    out = lm.generate(prompt, n_bytes, temperature=temperature, generator=generator)
-    return bytes(prompt[0].tolist() + out[0].tolist()).decode("utf-8", errors="replace")
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on norms, biases or embeddings."""
-    no_decay = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, rest = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and id(p) not in no_decay else rest).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    out = lm.generate(prompt, n_tokens, temperature=temperature, generator=generator)
+    return tokenizer.decode(prompt[0].tolist()), tokenizer.decode(out[0].tolist())
 
 
 def _device(name: str, info: DistInfo | None = None) -> torch.device:

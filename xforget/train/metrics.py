@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
+
+from ..files import atomic_write_text
 
 
 def _clean(value: Any) -> Any:
@@ -15,15 +18,32 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Appends records to ``path``; on resume, drops records past the restored step first."""
+    """Appends records to ``path``; never drops records silently.
+
+    * ``resume_step`` given (a resumed run): records past the restored step
+      (steps the interrupted process trained after its last checkpoint, which the
+      resumed run trains again) are dropped; :attr:`dropped` counts them.
+    * ``resume_step`` None (a fresh run) and the file holds records (e.g. a run
+      directory whose checkpoints were deleted, or a run killed before its first
+      checkpoint): the old file is kept, renamed to ``metrics.jsonl.<n>`` (the
+      first free n = 1, 2, ...), and :attr:`rotated_to` names it.
+    """
 
     def __init__(self, path: str | Path, resume_step: int | None = None) -> None:
         self.path = Path(path)
+        self.dropped, self.rotated_to = 0, None
         if resume_step is not None and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()  # a fresh run
+            lines = self.path.read_text().splitlines()
+            kept = [line for line in lines if _step_of(line) <= resume_step]
+            self.dropped = len(lines) - len(kept)
+            if self.dropped:
+                atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        elif resume_step is None and self.path.is_file() and self.path.stat().st_size > 0:
+            n = 1
+            while self.path.with_name(f"{self.path.name}.{n}").exists():
+                n += 1
+            self.rotated_to = self.path.with_name(f"{self.path.name}.{n}")
+            os.replace(self.path, self.rotated_to)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -89,13 +109,20 @@ _PEAK = {  # name fragment: (fp32, bf16/fp16)
 
 
 def peak_flops(device, precision: str, configured: float | None = None) -> float | None:
-    """``configured`` if given, else a known CUDA GPU's dense peak for ``precision``, else None (CPU, unknown GPU)."""
+    """Peak FLOP/s of one device for MFU, for a resolved ``precision`` (fp32/bf16/fp16).
+
+    ``configured`` if given; else a known CUDA GPU's dense peak; else this
+    machine's measured matmul peak stored by ``scripts/bench_peak.py``
+    (:func:`xforget.train.peak.load_peak`; CPUs); else None (TFLOP/s only).
+    """
     if configured:
         return float(configured)
     import torch
 
     if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
-        return None
+        from .peak import load_peak
+
+        return load_peak(precision) if getattr(device, "type", str(device)) == "cpu" else None
     name = torch.cuda.get_device_name(device)
     for fragment, (fp32, half) in _PEAK.items():
         if fragment in name:
@@ -112,9 +139,12 @@ class TensorBoardLog:
     Events after the restored step (all of them for a fresh run) are purged, like ``metrics.jsonl``.
     """
 
-    def __init__(self, log_dir: str | Path, resume_step: int | None = None) -> None:
+    def __init__(self, log_dir: str | Path, resume_step: int | None = None, hparams: dict[str, Any] | None = None) -> None:
         SummaryWriter = tensorboard_writer_class()
         self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=0 if resume_step is None else resume_step + 1)
+        if hparams and resume_step is None:  # the resolved config, once, as a text table
+            rows = "\n".join(f"| {k} | {v} |" for k, v in hparams.items())
+            self._writer.add_text("config", "| key | value |\n|---|---|\n" + rows, 0)
 
     def write(self, record: dict[str, Any]) -> None:
         step = int(record["step"])
@@ -139,5 +169,5 @@ def tensorboard_writer_class():
         from .config import ConfigError
 
         raise ConfigError(f"logger=tensorboard needs the tensorboard package ({exc}); install it with "
-                          "`pip install tensorboard`, or use logger=none (metrics.jsonl is always written)") from None
+                          "`pip install 'xforget[tensorboard]'`, or use logger=none (metrics.jsonl is always written)") from None
     return SummaryWriter

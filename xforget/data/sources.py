@@ -1,0 +1,344 @@
+"""Corpus inputs for ``xforget-prepare``: files, directories, globs, JSON lines, Parquet, ``datasets``.
+
+:func:`open_source` ``(spec, text_field, ...) -> Source``. A source knows how
+many documents it holds (cheaply: file counts, line counts, Parquet metadata,
+``len(dataset)``) and iterates them lazily as ``bytes``, so a corpus larger
+than memory streams through. One document per text file, per JSON line or per
+row. A single plain text file is *one* document; :meth:`Source.single_file`
+gives its path so the caller can split it by bytes (the byte path's rule).
+
+Inputs:
+
+* a text file, or a directory (every file below it, recursive, sorted; hidden
+  files skipped) or a glob (``data/**/*.txt``). Files ending ``.jsonl`` /
+  ``.json`` are JSON lines (one object per line, or one JSON array), files
+  ending ``.parquet`` are Parquet tables; the rest are read as text (bytes).
+* a Hugging Face ``datasets`` dataset saved with ``save_to_disk`` (a local
+  directory), or a ``load_dataset`` name (``input=NAME dataset_config=...
+  split=train``; offline it needs the data in the local cache).
+
+Errors are :class:`~xforget.data.corpus.DataError` with one line.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .corpus import DataError
+
+JSON_EXT = (".jsonl", ".json")
+PARQUET_EXT = (".parquet",)
+HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+READ_CHUNK = 1 << 20
+
+
+def _need(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise DataError(f"reading this input needs the '{module}' package: pip install 'xforget[data]'") from None
+
+
+@dataclass
+class Source:
+    """Documents of a corpus, iterated lazily (``bytes`` each)."""
+
+    kind: str  # files | dataset
+    files: list[Path] = field(default_factory=list)
+    dataset: object = None
+    text_field: str = "text"
+    description: str = ""
+
+    def single_file(self) -> Path | None:
+        """The path when the input is one plain text file (one document, split by bytes), else None."""
+        if self.kind == "files" and len(self.files) == 1 and _file_kind(self.files[0]) == "text":
+            return self.files[0]
+        return None
+
+    def total_bytes(self) -> int | None:
+        """Input size in bytes for the progress bar (None for a dataset)."""
+        return sum(f.stat().st_size for f in self.files) if self.kind == "files" else None
+
+    def check_fields(self) -> None:
+        """Fail early if the text field is missing (first record of each JSON file, Parquet schemas, dataset columns).
+
+        Raises:
+            DataError: naming the file and the fields found.
+        """
+        if self.kind == "dataset":
+            names = list(getattr(self.dataset, "column_names", []) or [])
+            if self.text_field not in names:
+                raise DataError(f"the dataset has no column {self.text_field!r} (columns: {names}); set text_field=NAME")
+            return
+        for f in self.files:
+            k = _file_kind(f)
+            if k == "parquet":
+                names = _parquet_file(f).schema_arrow.names
+                if self.text_field not in names:
+                    raise DataError(f"{f} has no column {self.text_field!r} (columns: {names}); set text_field=NAME")
+            elif k == "json":
+                next(iter(_json_records(f, self.text_field, parse=True)), None)
+
+    def count_documents(self) -> int:
+        """Number of documents (rows, lines, files), found without holding the corpus in memory."""
+        if self.kind == "dataset":
+            return len(self.dataset)
+        n = 0
+        for f in self.files:
+            k = _file_kind(f)
+            if k == "text":
+                n += 1
+            elif k == "parquet":
+                n += _parquet_file(f).metadata.num_rows
+            else:
+                n += sum(1 for _ in _json_records(f, self.text_field, parse=False))
+        return n
+
+    def pieces(self, chunk: int = 1 << 22) -> Iterator[tuple[bytes, bool]]:
+        """Every document as UTF-8 bytes (text files: their raw bytes), in a fixed order, as
+        ``(piece, last)``: text files longer than ``chunk`` come in pieces cut after a newline
+        (see :func:`text_pieces`); ``last`` marks a document's final piece."""
+        if self.kind == "dataset":
+            for doc in _dataset_docs(self.dataset, self.text_field):
+                yield doc, True
+            return
+        for f in self.files:
+            k = _file_kind(f)
+            if k == "text":
+                yield from text_pieces(f, 0, None, chunk)
+            elif k == "parquet":
+                for doc in _parquet_docs(f, self.text_field):
+                    yield doc, True
+            else:
+                for doc in _json_records(f, self.text_field, parse=True):
+                    yield doc, True
+
+    def fingerprint(self) -> dict:
+        """sha256 of the inputs (per file, and combined), or the dataset's fingerprint."""
+        if self.kind == "dataset":
+            return {"dataset": self.description, "fingerprint": getattr(self.dataset, "_fingerprint", None),
+                    "rows": len(self.dataset)}
+        combined = hashlib.sha256()
+        per_file = []
+        for f in self.files:
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(READ_CHUNK), b""):
+                    h.update(chunk)
+            combined.update(f"{f.name}\0{h.hexdigest()}\n".encode())
+            per_file.append({"path": str(f), "bytes": f.stat().st_size, "sha256": h.hexdigest()})
+        out = {"files": len(self.files), "sha256": combined.hexdigest()}
+        if len(per_file) <= 64:
+            out["inputs"] = per_file
+        return out
+
+
+def _file_kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(PARQUET_EXT):
+        return "parquet"
+    if name.endswith(JSON_EXT):
+        return "json"
+    return "text"
+
+
+_SPACE = frozenset(b" \t\n\r\x0b\x0c")
+
+
+def _last_safe_newline(buf: bytes) -> int:
+    """Index of the last newline with a non-space byte on both sides (-1 if none): cutting after it
+    changes no pre-token of GPT-2-style tokenizers."""
+    pos = buf.rfind(b"\n")
+    while pos > 0:
+        if pos + 1 < len(buf) and buf[pos - 1] not in _SPACE and buf[pos + 1] not in _SPACE:
+            return pos
+        pos = buf.rfind(b"\n", 0, pos)
+    return -1
+
+
+def text_pieces(path: Path, start: int = 0, stop: int | None = None,
+                chunk: int = 1 << 22) -> Iterator[tuple[bytes, bool]]:
+    """Bytes ``[start, stop)`` of ``path`` as ``(piece, last)``, pieces of about ``chunk`` bytes.
+
+    A piece ends after its last newline that has a non-space byte on both sides
+    (reading up to 8 chunks to find one; else after its last newline, else at
+    a UTF-8 character boundary), so no
+    character and, for GPT-2-style byte-level BPE, no pre-token is cut; the final piece has ``last=True`` (an empty file gives
+    one empty piece).
+    """
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"cannot read input file {path}: {exc.strerror or exc}") from None
+    with fh:
+        fh.seek(start)
+        left = None if stop is None else stop - start
+        carry = b""
+        while True:
+            want = chunk if left is None else min(chunk, left)
+            data = fh.read(want) if want > 0 else b""
+            if left is not None:
+                left -= len(data)
+            if not data:
+                yield carry, True
+                return
+            buf = carry + data
+            cut = _last_safe_newline(buf) + 1
+            if cut == 0 and len(buf) < 8 * chunk:  # read on (up to 8 chunks) for a newline that is safe to cut at
+                carry = buf
+                continue
+            if cut == 0:
+                cut = buf.rfind(b"\n") + 1
+            if cut == 0:  # no newline: cut before a trailing partial UTF-8 character
+                cut = len(buf)
+                back = 0
+                while back < 4 and cut - back - 1 >= 0 and (buf[cut - back - 1] & 0xC0) == 0x80:
+                    back += 1
+                if back < 4 and cut - back - 1 >= 0 and buf[cut - back - 1] >= 0xC0:
+                    cut -= back + 1
+            if cut <= 0:
+                carry = buf
+                continue
+            piece, carry = buf[:cut], buf[cut:]
+            yield piece, False
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read input file {path}: {exc.strerror or exc}") from None
+
+
+def _json_records(path: Path, text_field: str, parse: bool) -> Iterator[bytes]:
+    """Lines of a JSON-lines file (or the items of one JSON array); ``parse=False`` only counts."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip()
+    if head.startswith(b"["):  # one JSON array: read whole (not streamed)
+        try:
+            items = json.loads(_read(path))
+        except ValueError as exc:
+            raise DataError(f"{path} is not valid JSON ({exc})") from None
+        for i, item in enumerate(items):
+            yield _field(item, text_field, path, f"item {i}") if parse else b""
+        return
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            if not parse:
+                yield b""
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"{path} line {lineno} is not valid JSON ({exc})") from None
+            yield _field(item, text_field, path, f"line {lineno}")
+
+
+def _field(item, text_field: str, path, where: str) -> bytes:
+    if not isinstance(item, dict) or text_field not in item:
+        keys = sorted(item) if isinstance(item, dict) else type(item).__name__
+        raise DataError(f"{path} {where} has no field {text_field!r} (found {keys}); set text_field=NAME")
+    value = item[text_field]
+    if value is None:
+        return b""
+    if not isinstance(value, str):
+        raise DataError(f"{path} {where}: field {text_field!r} is {type(value).__name__}, not text")
+    return value.encode("utf-8")
+
+
+def _parquet_file(path: Path):
+    _need("pyarrow")
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as exc:
+        raise DataError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+
+
+def _parquet_docs(path: Path, text_field: str) -> Iterator[bytes]:
+    pf = _parquet_file(path)
+    names = pf.schema_arrow.names
+    if text_field not in names:
+        raise DataError(f"{path} has no column {text_field!r} (columns: {names}); set text_field=NAME")
+    for batch in pf.iter_batches(batch_size=1024, columns=[text_field]):
+        for value in batch.column(0).to_pylist():
+            yield b"" if value is None else str(value).encode("utf-8")
+
+
+def _dataset_docs(ds, text_field: str) -> Iterator[bytes]:
+    names = list(getattr(ds, "column_names", []) or [])
+    if text_field not in names:
+        raise DataError(f"the dataset has no column {text_field!r} (columns: {names}); set text_field=NAME")
+    for start in range(0, len(ds), 1024):
+        for value in ds[start:start + 1024][text_field]:
+            yield b"" if value is None else str(value).encode("utf-8")
+
+
+def _is_glob(spec: str) -> bool:
+    return any(c in spec for c in "*?[")
+
+
+def _files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                         p.relative_to(root).parts))
+
+
+def _load_hf(spec: str, config: str | None, split: str):
+    _need("datasets")
+    import datasets
+
+    p = Path(spec).expanduser()
+    try:
+        if p.is_dir():
+            ds = datasets.load_from_disk(str(p))
+        else:
+            ds = datasets.load_dataset(spec, config, split=split)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise DataError(f"cannot load the datasets dataset {spec!r} ({msg})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"dataset {spec!r} has no split {split!r}; splits: {list(ds)} (set split=NAME)")
+        ds = ds[split]
+    return ds
+
+
+def open_source(spec: str, text_field: str = "text", dataset_config: str | None = None,
+                split: str = "train") -> Source:
+    """The :class:`Source` named by ``input=`` (see the module docstring).
+
+    Raises:
+        DataError: nothing matches, an empty directory, an unreadable dataset.
+    """
+    if not spec:
+        raise DataError("input= is required: a text file, a directory, a glob, .jsonl/.parquet files or a dataset")
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if any((p / m).is_file() for m in HF_MARKERS):
+            return Source("dataset", dataset=_load_hf(str(p), dataset_config, split), text_field=text_field,
+                          description=str(p.resolve()))
+        files = _files_under(p)
+        if not files:
+            raise DataError(f"input directory {p.resolve()} holds no files")
+        return Source("files", files=files, text_field=text_field, description=str(p.resolve()))
+    if p.is_file():
+        return Source("files", files=[p.resolve()], text_field=text_field, description=str(p.resolve()))
+    if _is_glob(spec):
+        files = sorted(Path(f).resolve() for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+        if not files:
+            raise DataError(f"input glob {spec!r} matches no files")
+        return Source("files", files=files, text_field=text_field, description=spec)
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or Path(spec).suffix != ""
+    if looks_like_path:
+        raise DataError(f"input not found: {p.resolve()} (a text file, a directory, a glob, .jsonl/.json/.parquet "
+                        "files, a datasets directory or a dataset name)")
+    return Source("dataset", dataset=_load_hf(spec, dataset_config, split), text_field=text_field,
+                  description=f"{spec}{f'/{dataset_config}' if dataset_config else ''}:{split}")

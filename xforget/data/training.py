@@ -1,0 +1,55 @@
+"""What training and evaluation read: one split of token ids per part, a tokenizer, and the
+tokens-per-byte factor that turns a per-token loss into bits per byte of the original text.
+
+* byte corpora (``stdlib``, ``text``, ``shakespeare``, ``mqar``, ``needle``):
+  the bytes in memory, split by :func:`~xforget.data.batches.split_corpus`;
+  tokenizer :class:`~xforget.data.tokenizer.ByteTokenizer`, factor 1.
+* ``tokens``: a prepared dataset, memory-mapped (:mod:`.tokens`); its
+  tokenizer; factor ``val tokens / val bytes`` from ``meta.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .corpus import DataError
+
+
+@dataclass
+class TrainingData:
+    train: Any  # uint8 tensor (bytes) or uint16/uint32 memmap (tokens)
+    val: Any
+    tokenizer: Any  # a xforget.data.tokenizer.Tokenizer
+    tokens_per_byte: float  # of the validation split
+    description: str
+    meta: dict = field(default_factory=dict)
+
+
+def load_training_data(cfg, seq_len: int) -> TrainingData:
+    """The train/validation token ids named by a data config (``name``, ``path``, ``val_fraction``, ...).
+
+    Raises:
+        DataError: missing data, or a split shorter than ``seq_len + 1`` tokens.
+    """
+    from .tokenizer import ByteTokenizer
+
+    if cfg.name == "tokens":
+        from .tokenizer import load_tokenizer
+        from .tokens import load_tokens
+
+        data = load_tokens(cfg.path)
+        for part in ("train", "val"):
+            n = len(getattr(data, part))
+            if n < seq_len + 1:
+                raise DataError(f"the {part} split of {data.path} has {n} tokens, fewer than seq_len + 1 = "
+                                f"{seq_len + 1}; lower trainer.seq_len or prepare more text")
+        return TrainingData(data.train, data.val, load_tokenizer(data.path), data.tokens_per_byte("val"),
+                            data.describe(), data.meta)
+    from .batches import split_corpus
+    from .corpus import load_corpus
+
+    corpus = load_corpus(cfg)
+    split = split_corpus(corpus.data, cfg.val_fraction, seq_len)
+    return TrainingData(split.train, split.val, ByteTokenizer(), 1.0,
+                        f"{corpus.describe()} (last {cfg.val_fraction:.0%} validate)", dict(corpus.meta))
