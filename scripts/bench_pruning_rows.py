@@ -84,6 +84,21 @@ def worker(spec: dict) -> dict:
             step()
             times.append(time.perf_counter() - t0)
         out["time_s"] = statistics.median(times)
+    elif spec["kind"] == "open_gates":  # heads that never forget: the op with pruning on vs off, interleaved
+        from xforget.ops import forgetting_attention
+
+        b, h, d = 1, 8, 32
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(b, h, n, d, requires_grad=True) for _ in range(3))
+        lf = torch.zeros(b, h, n, requires_grad=True)
+        times = {True: [], False: []}
+        for i in range(2 * spec.get("repeats", 5) + 2):
+            prune = bool(i % 2)
+            t0 = time.perf_counter()
+            forgetting_attention(q, k, v, lf, backend="fold", prune=prune).sum().backward()
+            if i >= 2:
+                times[prune].append(time.perf_counter() - t0)
+        out["on_s"], out["off_s"] = statistics.median(times[True]), statistics.median(times[False])
     elif spec["kind"] == "fractions":
         net.eval()
         from xforget.evaluate.pruning import pruning_fractions
@@ -151,6 +166,14 @@ def acp_tables(run_dir: str, *, rounds: int = 2, timeout: float = 3600.0, thread
         for layer in r["pruning"]["layers"]:
             lines.append(f"| {n} | {layer['layer']} | {layer['mean']:.3f} | {' '.join(f'{h:.2f}' for h in layer['heads'])} |")
         log(f"  fractions n={n}: mean {r['pruning']['mean']}")
+    # 1b. heads that never forget (log f = 0): pruning finds nothing, what does looking cost?
+    r = run({**base, "model": "fox", "kind": "open_gates", "n": 4096}, timeout)
+    lines += ["", "| heads that never forget (op fwd+bwd, 4096 tokens, 8 heads) | prune=True | prune=False | ratio | target |",
+              "|---|---|---|---|---|"]
+    if r["status"] == "ok":
+        lines.append(f"| log f = 0 | {r['on_s']:.3f} s | {r['off_s']:.3f} s | {r['on_s'] / r['off_s']:.3f}x | <= 1.05x |")
+    else:
+        lines.append(f"| log f = 0 | {r['status']} | | | |")
     # 2. fwd+bwd, interleaved rounds
     lines += ["", "| n | FoX (pruned) | FoX (attn_prune=false) | no-bias (plain causal SDPA) | pruned / no-bias | unpruned / no-bias | target |",
               "|---|---|---|---|---|---|---|"]
