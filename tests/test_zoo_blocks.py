@@ -218,7 +218,7 @@ SAMPLE_OVERRIDES = {
     "rotary_xpos_scale_base": 256.0, "num_buckets": 16, "max_distance": 64, "dynamic_bias_dim": 12,
     "dynamic_bias_depth": 3, "dynamic_bias_log_distance": True, "per_row_dim_head": 4, "kv_heads": 2, "num_mem_kv": 4,
     "qk_norm": True, "output_gate": True, "kv_shift": True, "output_norm": True, "softclamp_logits": 30.0,
-    "value_residual": True, "value_residual_mix": "fixed", "tie_embedding": True, "attn_backend": "reference",
+    "value_residual": True, "value_residual_mix": "fixed", "tie_embedding": True, "attn_backend": "reference", "attn_prune": False, "attn_prune_eps": 1e-4,
     "extra": "{}",
 }
 
