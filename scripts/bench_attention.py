@@ -21,6 +21,8 @@ turns that off.
     python scripts/bench_attention.py            # full run (minutes to tens of minutes)
     python scripts/bench_attention.py --quick    # n = 1024 only, fewer repeats
     python scripts/bench_attention.py --only ours
+    python scripts/bench_attention.py --acp runs/acp_fox   # + adaptive computation pruning rows
+                                                           # (scripts/bench_pruning_rows.py)
 """
 
 from __future__ import annotations
@@ -274,6 +276,10 @@ def main(argv=None) -> None:
     p.add_argument("--backend", default=None, help="our attn_backend (default: automatic)")
     p.add_argument("--no-ftz", dest="ftz", action="store_false", help="keep subnormal floats (slow on CPU)")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--acp", default=None, metavar="RUN_DIR",
+                   help="add the adaptive computation pruning rows, with the trained FoX run in RUN_DIR")
+    p.add_argument("--acp-only", action="store_true", help="only the pruning rows (needs --acp)")
+    p.add_argument("--acp-threads", type=int, default=1, help="torch threads per pruning-row worker (0 = default)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -288,9 +294,19 @@ def main(argv=None) -> None:
     print(f"# attention benchmark: dim {DIM}, depth {DEPTH}, heads {HEADS}, vocab {VOCAB}, fp32, CPU "
           f"({os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"flush-to-zero {'on' if args.ftz else 'off'}, memory limit {mem_limit_gb:.0f} GB)\n")
-    print("## One forward+backward, batch 1\n")
-    print("\n".join(table_latency(args, mem_limit_gb)))
-    if not args.skip_throughput:
+    if args.acp_only and not args.acp:
+        p.error("--acp-only needs --acp RUN_DIR")
+    if not args.acp_only:
+        print("## One forward+backward, batch 1\n")
+        print("\n".join(table_latency(args, mem_limit_gb)))
+    if args.acp:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_pruning_rows import acp_tables
+
+        print()
+        print("\n".join(acp_tables(args.acp, threads=args.acp_threads or None,
+                                   log=lambda m: print(m, file=sys.stderr, flush=True))))
+    if not args.skip_throughput and not args.acp_only:
         print("\n## Training throughput, n = 1024, batch 8 (forward+backward+AdamW)\n")
         print("\n".join(table_throughput(args, mem_limit_gb)))
 

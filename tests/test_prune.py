@@ -288,3 +288,49 @@ def test_config_prune_flag_and_errors():
     q = torch.randn(1, 1, 4, 8)
     with pytest.raises(ValueError, match="prune_eps"):
         forgetting_attention(q, q, q, None, prune_eps=0.0)
+
+
+# ----------------------------------------------------------------------------- eviction
+
+
+@pytest.mark.slow
+def test_decoding_with_eviction_equals_without_over_2000_steps():
+    """Fast-forgetting FoX (gate bias -1: f ~ 0.27): evicting every step keeps the cache short and the
+    logits equal to decoding with the full cache within the bound (eps = 1e-6).  float64, because over
+    2000 steps |c| reaches ~2600, where the full cache's fp32 decay bias alone is off by ~2e-4."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2000 tiny steps: thread hand-offs would dominate on a shared CPU
+    try:
+        layers = dict(dim=32, depth=2, heads=4, kv_heads=2, position="fox", forget_gate_bias_init=-1.0)
+        net = TransformerWrapper(num_tokens=64, max_seq_len=4096, attn_layers=Decoder(**layers)).eval().double()
+        x = torch.randint(0, 64, (2, 2016))
+        with torch.no_grad():
+            _, full = net(x[:, :16], return_cache=True)
+            ev = full
+            longest, worst = 0, 0.0
+            for t in range(16, 2016):
+                a, full = net(x[:, t:t + 1], cache=full, return_cache=True)
+                b_, ev = net(x[:, t:t + 1], cache=ev, return_cache=True)
+                ev = ev.evict_forgotten(net, eps=1e-6)
+                longest = max(longest, ev.length)
+                worst = max(worst, (a - b_).abs().max().item())
+        assert full.length == 2016
+        assert longest < 300, f"cache grew to {longest}"
+        assert ev.layers[0].evicted is not None and (ev.layers[0].evicted <= math.log(1e-6)).all()
+        assert worst < 1e-8, f"max logit difference {worst:.3g}"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_eviction_refuses_what_it_cannot_bound():
+    net = TransformerWrapper(num_tokens=64, max_seq_len=64,
+                             attn_layers=Decoder(dim=32, depth=1, heads=4, position="rotary")).eval()
+    _, cache = net(torch.randint(0, 64, (1, 8)), return_cache=True)
+    with pytest.raises(ValueError, match="decay bias"):
+        cache.evict_forgotten(net)
+    post = TransformerWrapper(num_tokens=64, max_seq_len=64,
+                              attn_layers=Decoder(dim=32, depth=1, heads=4, position="fox", norm_style="post")).eval()
+    _, cache = post(torch.randint(0, 64, (1, 8)), return_cache=True)
+    with pytest.raises(ValueError, match="pre-norm"):
+        cache.evict_forgotten(post)

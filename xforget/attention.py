@@ -207,6 +207,7 @@ class Attention(nn.Module):
             dense_bias = self.bias(x, positions, k_pos, key_state=bias_state, key_mask=key_mask)
 
         k_norm = None
+        new_log_fgate = log_fgate
         if log_fgate is not None and self.causal and self.prune:  # the pruning bound reads key norms, not keys
             k_norm = k.detach().float().norm(dim=-1)
             if cache is not None:
@@ -216,7 +217,11 @@ class Attention(nn.Module):
             k, v = extend(cache.k, k, 2), extend(cache.v, v, 2)
             if log_fgate is not None:
                 log_fgate = extend(cache.log_fgate, log_fgate, 2)
-        new_cache = LayerCache(k, v, log_fgate, k_pos=k_pos, bias_state=bias_state, shift=shift, k_norm=k_norm)
+        evicted = None
+        if cache is not None and cache.evicted is not None and new_log_fgate is not None:
+            evicted = cache.evicted + new_log_fgate.float().sum(-1)  # the bound decays with every new token
+        new_cache = LayerCache(k, v, log_fgate, k_pos=k_pos, bias_state=bias_state, shift=shift, k_norm=k_norm,
+                               evicted=evicted)
 
         out = self._attend(q, k, v, key_mask, log_fgate, log_bgate, dense_bias, key_norm=k_norm)
         return self._project_out(out, x), own_values, new_cache

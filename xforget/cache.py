@@ -37,6 +37,8 @@ class LayerCache:
         shift: the last real token's un-shifted k~, v~ (:class:`xforget.kv_shift.ShiftState`), or None.
         k_norm: (batch, kv_heads, n_cached) float32 L2 norms of the keys (decay biases: the
             pruning bound of :mod:`xforget.ops.prune` reads them instead of the keys), or None.
+        evicted: (batch, heads) float32 log of the bound on the attention mass of keys evicted by
+            :meth:`Cache.evict_forgotten`, relative to the newest position, or None (nothing evicted).
     """
 
     k: Tensor
@@ -46,6 +48,7 @@ class LayerCache:
     bias_state: Tensor | None = None
     shift: Any = None
     k_norm: Tensor | None = None
+    evicted: Tensor | None = None
 
     def crop(self, keep: int) -> "LayerCache":
         """The last ``keep`` positions; the KV-shift state (the last token) is unchanged."""
@@ -57,6 +60,7 @@ class LayerCache:
             bias_state=None if self.bias_state is None else self.bias_state[:, :, -keep:],
             shift=self.shift,
             k_norm=None if self.k_norm is None else self.k_norm[..., -keep:],
+            evicted=self.evicted,
         )
 
 
@@ -78,6 +82,16 @@ class Cache:
     def length(self) -> int:
         """Number of cached key positions (pads included)."""
         return 0 if not self.layers else self.layers[0].k.shape[2]
+
+    def evict_forgotten(self, model, eps: float = 1e-6) -> "Cache":
+        """Drop the prefix every head of every layer has provably forgotten (bound in :mod:`xforget.evict`).
+
+        ``model``: the TransformerWrapper that made this cache; ``eps``: evicted attention mass per
+        future row.  Decoding stays exact within ``eps * (max v - min v)`` per output channel.
+        """
+        from .evict import evict_forgotten
+
+        return evict_forgotten(model, self, eps)
 
     def crop(self, keep: int) -> "Cache":
         """Keep the last ``keep`` positions (sliding window). Exact for relative schemes:

@@ -15,6 +15,7 @@ logsigmoid directly (stable for very negative logits); pad tokens get log f = 0.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -56,7 +57,8 @@ class ForgetGate(BiasBuilder):
         nn.init.constant_(self.to_gate_logits.bias, forget_gate_bias_init)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> DecayGates:
-        logits = self.to_gate_logits(x).float().transpose(1, 2)  # (b, h or 2h, n)
+        logits = self.to_gate_logits(x)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).transpose(1, 2)  # (b, h or 2h, n), >= fp32
         log_gates = mask_gate(F.logsigmoid(logits) / self.divisor, mask)
         if self.causal:
             return DecayGates(log_fgate=log_gates)

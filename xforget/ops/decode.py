@@ -53,20 +53,29 @@ def decode_attention(
     s = shapes
     c = cumulative_gate(log_fgate, mask, s)
     if prune and c is not None and s.n_k > 64:
-        kn = acp.key_norms(k, s.h, mask, key_norm)
-        start = acp.decode_starts(q, kn, c, mask, s, default_scale(s.d, scale), prune_eps)  # (b, h)
-        g = s.h // s.h_kv
-        kv_start = start.view(s.b, s.h_kv, g).amin(-1)  # (b, h_kv): a kv head serves its whole group
-        acp.record("decode", kv_start.repeat_interleave(g, dim=1).double() * s.n_q,
-                   torch.full((s.b, s.h), float(s.n_q * s.offset + s.n_q * (s.n_q + 1) // 2), dtype=torch.float64))
-        starts = kv_start.tolist()
-        lo = min(min(r) for r in starts)
-        if max(max(r) for r in starts) > 0:
-            if all(x == lo for r in starts for x in r):
-                return _decode(q, k[:, :, lo:], v[:, :, lo:], c[..., lo:], None if mask is None else mask[:, lo:],
-                               s, scale, causal, lo)
-            return _decode_rows(q, k, v, c, mask, s, scale, starts)
+        out = _pruned(q, k, v, c, mask, s, scale, causal, prune_eps, key_norm)
+        if out is not None:
+            return out
     return _decode(q, k, v, c, mask, s, scale, causal, 0)
+
+
+@torch.compiler.disable  # data-dependent starts: runs eagerly inside torch.compile
+def _pruned(q, k, v, c, mask, s: Shapes, scale, causal, prune_eps, key_norm) -> Optional[Tensor]:
+    """Attention from each (batch, kv head)'s first kept key, or None when nothing is skipped."""
+    kn = acp.key_norms(k, s.h, mask, key_norm)
+    start = acp.decode_starts(q, kn, c, mask, s, default_scale(s.d, scale), prune_eps)  # (b, h)
+    g = s.h // s.h_kv
+    kv_start = start.view(s.b, s.h_kv, g).amin(-1)  # (b, h_kv): a kv head serves its whole group
+    acp.record("decode", kv_start.repeat_interleave(g, dim=1).double() * s.n_q,
+               torch.full((s.b, s.h), float(s.n_q * s.offset + s.n_q * (s.n_q + 1) // 2), dtype=torch.float64))
+    starts = kv_start.tolist()
+    lo = min(min(r) for r in starts)
+    if max(max(r) for r in starts) == 0:
+        return None
+    if all(x == lo for r in starts for x in r):
+        return _decode(q, k[:, :, lo:], v[:, :, lo:], c[..., lo:], None if mask is None else mask[:, lo:],
+                       s, scale, causal, lo)
+    return _decode_rows(q, k, v, c, mask, s, scale, starts)
 
 
 def _decode_rows(q, k, v, c, mask, s: Shapes, scale, starts) -> Tensor:

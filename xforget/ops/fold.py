@@ -161,22 +161,26 @@ def fold_attention(
     # the fused CPU/GPU kernels want equal head dims: pad v with zero channels
     v2 = F.pad(expand_kv(v, s.h), (0, pad_v)) if pad_v else expand_kv(v, s.h)
 
-    plan = None
+    out = None
     if prune and c is not None and not q.is_cuda and s.n_k >= 2 * acp.PRUNE_BLOCK:
-        kn = acp.key_norms(k, s.h, mask, key_norm)
-        starts = acp.block_starts(q, kn, c, mask, s, scale, prune_eps)
-        plan, skipped, total = make_plan(starts.view(s.b * s.h, -1).tolist(), s.n_q, s.n_k, acp.PRUNE_BLOCK)
-        skipped_t = torch.tensor(skipped, dtype=torch.float64).view(s.b, s.h)
-        acp.record("fold", skipped_t, torch.full_like(skipped_t, total))
-        if not any(skipped):
-            plan = None
-    if plan is None:
+        out = _pruned(q, k, c, mask, s, scale, prune_eps, key_norm, q2, k2, v2, width)
+    if out is None:
         out = causal_sdpa(q2, k2, v2, s.n_q, s.n_k, 1.0)[..., : s.d_v]
-    else:
-        r = s.b * s.h
-        out = BandedCausalSDPA.apply(
-            q2.reshape(1, r, s.n_q, width), k2.reshape(1, r, s.n_k, width), v2.reshape(1, r, s.n_k, width),
-            plan, 1.0,
-        )
-        out = out.reshape(s.b, s.h, s.n_q, width)[..., : s.d_v]
     return zero_invalid_rows(out, valid_rows(mask, s, causal)).to(dtype)
+
+
+@torch.compiler.disable  # data-dependent plan: runs eagerly inside torch.compile (a graph break)
+def _pruned(q, k, c, mask, s: Shapes, scale, prune_eps, key_norm, q2, k2, v2, width) -> Optional[Tensor]:
+    """The banded pruned attention of the folded q2/k2/v2, or None when nothing can be skipped."""
+    kn = acp.key_norms(k, s.h, mask, key_norm)
+    starts = acp.block_starts(q, kn, c, mask, s, scale, prune_eps)
+    plan, skipped, total = make_plan(starts.view(s.b * s.h, -1).tolist(), s.n_q, s.n_k, acp.PRUNE_BLOCK)
+    skipped_t = torch.tensor(skipped, dtype=torch.float64).view(s.b, s.h)
+    acp.record("fold", skipped_t, torch.full_like(skipped_t, total))
+    if not any(skipped):
+        return None
+    r = s.b * s.h
+    out = BandedCausalSDPA.apply(
+        q2.reshape(1, r, s.n_q, width), k2.reshape(1, r, s.n_k, width), v2.reshape(1, r, s.n_k, width), plan, 1.0,
+    )
+    return out.reshape(s.b, s.h, s.n_q, width)[..., : s.d_v]
