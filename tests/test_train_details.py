@@ -46,7 +46,7 @@ def tiny(tmp_path: Path, text_file: Path, *overrides: str):
         "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=16", "trainer.batch_size=8",
         "data=text", f"data.path={text_file}", f"data.cache_dir={tmp_path / 'cache'}",
         "trainer.progress=false", "trainer.sample_bytes=0", "trainer.eval_batches=2", "trainer.threads=1",
-        "trainer.log_every=1", "trainer.eval_every=0", "trainer.checkpoint_every=0",
+        "trainer.log_every=1", "trainer.eval_every=0", "trainer.checkpoint_every=0", "trainer.precision=fp32",
     ]
     return to_train_config(compose_config(base + list(overrides)))
 
