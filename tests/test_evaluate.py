@@ -122,7 +122,8 @@ def trained_run(tmp_path_factory):
     cfg = to_train_config(compose_config([
         "data=text", f"data.path={data}", "model=rotary", "model.dim=32", "model.depth=1", "model.heads=2",
         "trainer.seq_len=32", "trainer.batch_size=4", "trainer.max_steps=4", "trainer.eval_batches=2",
-        "trainer.progress=false", "trainer.sample_bytes=0", "trainer.log_every=2"]))
+        "trainer.progress=false", "trainer.sample_bytes=0", "trainer.log_every=2",
+        "trainer.precision=fp32"]))  # val_bpb is compared with the eval CLI's fp32 score
     result = train(cfg, run_dir)
     return run_dir, result
 
