@@ -66,7 +66,7 @@ FAULTS: list[Fault] = [
           "micro-batch gradients summed, not averaged (the logged loss stays right)"),
     Fault("autocast-off", "training: autocast", "xforget/train/loop.py",
           "if amp_dtype is None:", "if True:",
-          (f"{T_DETAILS}::test_autocast_is_applied_to_training_and_validation",), "bf16/fp16 run in fp32"),
+          (f"{T_DETAILS}::test_autocast_is_applied_to_training_and_validation_runs_in_fp32",), "bf16/fp16 run in fp32"),
     Fault("mfu-peak", "training: MFU", "xforget/train/loop.py",
           'record["mfu"] = flops_per_token * tokens_per_s / (peak * world)',
           'record["mfu"] = flops_per_token * tokens_per_s / (1e12 * world)',
