@@ -49,6 +49,17 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
     assert err.startswith("error: ") and message in err and "\n" not in err
 
 
+@pytest.mark.parametrize("arg, needle", [("top_k=-3", "top_k=-3 must be >= 0"), ("top_p=2", "top_p=2.0 must be in [0, 1]"),
+                                          ("top_p=-0.5", "top_p=-0.5 must be in [0, 1]"),
+                                          ("min_p=2", "min_p=2.0 must be in [0, 1]"),
+                                          ("min_p=-1", "min_p=-1.0 must be in [0, 1]")])
+def test_sampling_filter_values_out_of_range_are_one_line(run_dir, capsys, arg, needle):
+    with pytest.raises(SystemExit) as exc:
+        main([f"checkpoint={run_dir}", "prompt=hi", arg])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
+
+
 def test_negative_temperature_rejected(run_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([f"checkpoint={run_dir}", "temperature=-1"])

@@ -163,3 +163,12 @@ def test_top_k_runs_before_top_p_inside_the_sampler():
     assert set(tokens.tolist()) == {0}
     tokens = sample_next(logits.expand(4000, -1), top_k=3, top_p=0.6, generator=g)  # 0.4, 0.33 | 0.27
     assert set(tokens.tolist()) == {0, 1}
+
+
+def test_min_p_above_one_keeps_only_the_top_token():
+    """min_p > 1 would put the threshold above every probability: the top token still survives (greedy)."""
+    from xforget.sampling import min_p_filter
+
+    logits = torch.randn(3, 50)
+    kept = torch.isfinite(min_p_filter(logits, 2.0))
+    assert kept.sum(-1).tolist() == [1, 1, 1] and (kept.float().argmax(-1) == logits.argmax(-1)).all()

@@ -73,6 +73,12 @@ def parse_config(overrides: list[str]) -> GenerateConfig:
         _fail(f"temperature={gen.temperature} must be >= 0 (0 = greedy)")
     if gen.max_new_tokens < 0:
         _fail(f"max_new_tokens={gen.max_new_tokens} must be >= 0")
+    if gen.top_k is not None and gen.top_k < 0:
+        _fail(f"top_k={gen.top_k} must be >= 0 (0 or null = off)")
+    for name in ("top_p", "min_p"):
+        value = getattr(gen, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            _fail(f"{name}={value} must be in [0, 1] (null = off)")
     return gen
 
 

@@ -52,7 +52,7 @@ def min_p_filter(logits: Tensor, min_p: float | None) -> Tensor:
     if min_p is None or min_p <= 0:
         return logits
     probs = logits.softmax(dim=-1)
-    threshold = min_p * probs.amax(dim=-1, keepdim=True)
+    threshold = min(min_p, 1.0) * probs.amax(dim=-1, keepdim=True)  # min_p > 1 would remove every token
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
