@@ -242,8 +242,11 @@ def make_plan(source: Source, val_fraction: float, seed: int) -> Plan:
         raise DataError(f"empty corpus: no documents in {source.description}")
     k = int(round(n * val_fraction))
     if k == 0 or k == n:
+        hint = ("a split by documents needs at least 2" if n < 2 else
+                f"use val_fraction={math.ceil(100 / n) / 100:g} or more" if k == 0 else
+                f"use val_fraction={math.floor(100 * (n - 1) / n) / 100:g} or less")
         raise DataError(f"val_fraction={val_fraction} leaves an empty split: {n} document(s) give {k} validation "
-                        f"and {n - k} training documents")
+                        f"and {n - k} training documents; {hint}")
     is_val = np.zeros(n, dtype=bool)
     is_val[np.random.default_rng(seed).permutation(n)[:k]] = True
     return Plan(None, is_val=is_val, documents=n)
