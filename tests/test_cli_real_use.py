@@ -112,7 +112,8 @@ def test_interrupted_compare_exits_cleanly_resumes_and_counts_the_whole_training
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "xforget.compare", *args], env={**env,
                             "XFORGET_DEBUG_STEP_SLEEP": "0.1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # (SIGINT as at a terminal: a background job of a non-interactive shell inherits it ignored)
     deadline = time.monotonic() + 120
     while not (runs := list(out.glob("runs/*"))) or _steps_logged(runs[0]) < 6:
         assert proc.poll() is None, proc.communicate()[1][-3000:]

@@ -55,7 +55,13 @@ def _steps_logged(run: Path) -> int:
 def _start(tmp_path: Path, args: list[str], sleep: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "xforget.train", *args], cwd=tmp_path,
                             env=_env(XFORGET_DEBUG_STEP_SLEEP=str(sleep)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_as_in_a_terminal)
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """A background job of a non-interactive shell (CI scripts, `make test &`) inherits SIGINT ignored, and
+    training rightly keeps an ignored SIGINT ignored; the child gets the default, as typed at a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_step(proc: subprocess.Popen, run_of, step: int, timeout: float = 120) -> Path:
