@@ -1,6 +1,6 @@
 """Test data made on the spot: about 1.1 MB of this Python's standard library sources.
 
-Tests never read files outside the repository (no ``../shared``). The corpus is
+Tests never read files outside the repository. The corpus is
 the top-level ``*.py`` modules of the standard library, concatenated in sorted
 name order and cut at :data:`SIZE` bytes; it is written once per Python version
 into the temporary directory (atomically) and re-used.

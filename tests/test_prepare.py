@@ -1,6 +1,6 @@
 """Prepared datasets: xforget-prepare -> data=tokens training -> eval -> generate, and its guarantees.
 
-Every corpus here is generated in the test (no network, no ../shared).
+Every corpus here is generated in the test (no network, no files from outside the repository).
 """
 
 from __future__ import annotations
