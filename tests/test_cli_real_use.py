@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from corpus import TEXT  # generated text (tests/corpus.py)
+from runs import steps_logged
 
 from xforget.train import compose_config, to_train_config, train
 from xforget.train.checkpoint import complete_checkpoints
@@ -96,14 +97,6 @@ def test_eval_with_no_result_fails_and_keeps_the_earlier_result(run_dir, capsys)
 # --------------------------------------------------------------------------- compare interrupted
 
 
-def _steps_logged(run: Path) -> int:
-    try:
-        lines = (run / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return 0
-    return max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
-
-
 @pytest.mark.slow
 def test_interrupted_compare_exits_cleanly_resumes_and_counts_the_whole_training(tmp_path):
     out = tmp_path / "cmp"
@@ -115,7 +108,7 @@ def test_interrupted_compare_exits_cleanly_resumes_and_counts_the_whole_training
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # (SIGINT as at a terminal: a background job of a non-interactive shell inherits it ignored)
     deadline = time.monotonic() + 120
-    while not (runs := list(out.glob("runs/*"))) or _steps_logged(runs[0]) < 6:
+    while not (runs := list(out.glob("runs/*"))) or steps_logged(runs[0]) < 6:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.02)

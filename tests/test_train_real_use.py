@@ -7,7 +7,6 @@ schedule written out here.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from corpus import TEXT  # generated text (tests/corpus.py)
+from runs import steps_logged
 from safetensors.torch import load_file
 
 from xforget.train import CheckpointError, ConfigError, compose_config, to_train_config, train
@@ -44,14 +44,6 @@ def _env(**extra: str) -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
 
 
-def _steps_logged(run: Path) -> int:
-    try:
-        lines = (run / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return 0
-    return max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
-
-
 def _start(tmp_path: Path, args: list[str], sleep: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "xforget.train", *args], cwd=tmp_path,
                             env=_env(XFORGET_DEBUG_STEP_SLEEP=str(sleep)), stdout=subprocess.PIPE,
@@ -68,7 +60,7 @@ def _wait_for_step(proc: subprocess.Popen, run_of, step: int, timeout: float = 1
     deadline = time.monotonic() + timeout
     while True:
         run = run_of()
-        if run is not None and _steps_logged(run) >= step:
+        if run is not None and steps_logged(run) >= step:
             return run
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, f"the run did not reach step {step}"
