@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from xforget.autoregressive import AutoregressiveWrapper  # noqa: E402
 from xforget.train.config import compose_config, to_train_config  # noqa: E402
-from xforget.train.loop import _param_groups  # noqa: E402
+from xforget.train.optim import param_groups  # noqa: E402
 from xforget.train.metrics import model_flops_per_token  # noqa: E402
 from xforget.train.peak import load_peak  # noqa: E402
 from xforget.config import build_model  # noqa: E402
@@ -55,7 +55,7 @@ class Runner:
         self.forward = torch.compile(self.lm) if "compile" in parts else self.lm
         kw = {"fused": True} if "fused" in parts else {"foreach": True} if "foreach" in parts else {"foreach": False}
         o = cfg.optim
-        self.opt = torch.optim.AdamW(_param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas),
+        self.opt = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas),
                                      eps=o.eps, **kw)
         self.amp = AMP[self.precision]
         self.batch, self.seq_len = batch, seq_len
