@@ -102,7 +102,12 @@ def eval_cache_path(run_dir: Path, ecfg: EvalConfig, step: int | None) -> Path:
 
 
 def evaluate_cached(run_dir: Path, ecfg: EvalConfig) -> tuple[dict[str, Any], bool]:
-    """``evaluate_run`` for a finished run, cached in the run directory; returns (result, was_cached)."""
+    """``evaluate_run`` for a finished run, cached in the run directory; returns (result, was_cached).
+
+    The result records its own ``eval_wall_s`` (seconds the evaluation took when it ran).
+    """
+    import time
+
     from ..evaluate.core import checkpoint_step, evaluate_run
 
     path = eval_cache_path(run_dir, ecfg, checkpoint_step(run_dir))
@@ -111,26 +116,74 @@ def evaluate_cached(run_dir: Path, ecfg: EvalConfig) -> tuple[dict[str, Any], bo
             return json.loads(path.read_text()), True
         except ValueError:
             pass
+    tic = time.time()
     result = evaluate_run(run_dir, ecfg)
+    result["eval_wall_s"] = round(time.time() - tic, 2)
     atomic_write_text(path, json.dumps(result) + "\n")
     return result, False
 
 
-def plan_comparison(argv: list[str]):
+def _evaluate_worker(run_dir: str, ecfg: EvalConfig, threads: int) -> tuple[dict[str, Any], bool]:
+    import torch
+
+    torch.set_num_threads(threads)
+    return evaluate_cached(Path(run_dir), ecfg)
+
+
+def evaluate_all(run_dirs: list[Path], ecfg: EvalConfig, jobs: int) -> list[tuple[dict[str, Any], bool]]:
+    """``evaluate_cached`` for every run; ``jobs > 1``: that many worker processes (spawned), each with
+    ``eval.threads`` threads (default: this machine's cores / jobs)."""
+    if jobs <= 1 or len(run_dirs) <= 1:
+        return [evaluate_cached(d, ecfg) for d in run_dirs]
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = ecfg.threads or max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_evaluate_worker, str(d), ecfg, threads) for d in run_dirs]
+        return [f.result() for f in futures]
+
+
+def plan_comparison(argv: list[str], *, log=print, data_info: dict | None = None):
     """(comparison config, output directory, training overrides, planned runs) of ``argv``; nothing is trained.
 
+    With a ``prepare:`` node the token shards are made first (or re-used), as
+    every run's vocabulary comes from them; ``data_info`` (a dict) receives
+    what was prepared and how long it took.
+
     Raises:
-        ConfigError: a bad key, scheme or training setting.
+        ConfigError: a bad key, scheme or training setting. DataError: the data step failed.
     """
+    import time
+
     from ..train.config import user_config_overrides
     from .runner import plan_runs
 
     argv, search = user_config_overrides(argv)  # --config-dir DIR: the user's presets, for both
     mine, train_args = partition_overrides(argv)
     cfg, out_dir = load_compare_config(mine + search)
-    train_args = [*search, *cfg.train, *train_args]
     out_dir = out_dir.resolve()
-    return cfg, out_dir, train_args, plan_runs(list(cfg.positions), list(cfg.seeds), train_args, out_dir)
+    data_args = []
+    if cfg.prepare is not None:
+        from ..data.prepare import PrepareConfig
+        from .prepared import ensure_prepared, prepare_summary
+
+        p = cfg.prepare
+        tic = time.time()
+        target, reused = ensure_prepared(PrepareConfig(input=p.input, output=p.output or "", tokenizer=p.tokenizer,
+                                                       vocab_size=p.vocab_size, text_field=p.text_field,
+                                                       val_fraction=p.val_fraction, seed=p.seed, num_proc=p.num_proc),
+                                         out_dir, log=log)
+        if data_info is not None:
+            data_info.update(prepare_summary(target), reused=reused, wall_s=round(time.time() - tic, 2))
+        data_args = ["data=tokens", f"data.path={target}"]
+    train_args = [*search, *cfg.train, *data_args, *train_args]
+    runs = plan_runs(list(cfg.positions), list(cfg.seeds), train_args, out_dir)
+    from .checks import preflight
+
+    preflight(cfg, runs)
+    return cfg, out_dir, train_args, runs
 
 
 def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
@@ -139,23 +192,32 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
     Raises:
         ConfigError, DataError (exit 2), CompareError (a training run failed).
     """
+    import time
+
     from .plots import write_plots
     from .report import build_report, train_summary, write_json, write_markdown
     from .runner import ensure_trained
 
-    cfg, out_dir, train_args, runs = plan_comparison(argv)
+    tic = time.time()
+    data_info: dict[str, Any] = {}
+    cfg, out_dir, train_args, runs = plan_comparison(argv, log=log, data_info=data_info)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log(f"[compare] {len(runs)} runs ({len(cfg.positions)} schemes x {len(cfg.seeds)} seeds) in {out_dir}")
-    ensure_trained(runs, retrain=cfg.retrain, in_subprocess=cfg.subprocess, log=log)
+    log(f"[compare] {len(runs)} runs ({len(cfg.positions)} schemes x {len(cfg.seeds)} seeds) in {out_dir}"
+        + (f", {cfg.jobs} at a time" if cfg.jobs > 1 else ""))
+    t_train = time.time()
+    ensure_trained(runs, retrain=cfg.retrain, in_subprocess=cfg.subprocess, log=log, jobs=cfg.jobs)
+    t_eval = time.time()
+    evaluated = evaluate_all([run.run_dir for run in runs], cfg.eval, cfg.jobs)
+    t_report = time.time()
 
     records = []
-    for run in runs:
-        result, cached = evaluate_cached(run.run_dir, cfg.eval)
+    for run, (result, cached) in zip(runs, evaluated):
         log(f"[compare] {'cached' if cached else 'evaluated'} {run.key}: val_bpb={result['val_bpb']:.4f}")
         records.append({"scheme": run.scheme, "seed": run.seed, "run_dir": str(run.run_dir), "reused": run.reused,
                         "eval": result, "train": train_summary(run.run_dir, run.cfg),
                         "peak_rss_mb": run.info.get("peak_rss_mb"),
                         "wall_s": run.info.get("train_wall_s") or run.info.get("wall_s"),
+                        "process_wall_s": run.info.get("wall_s"), "eval_wall_s": result.get("eval_wall_s"),
                         "resumed": run.info.get("resumed_from_step") is not None})
     c0 = runs[0].cfg
     t, m, d = c0.trainer, c0.model, c0.data
@@ -170,10 +232,17 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
         "model": f"dim {m.dim}, depth {m.depth}, heads {m.heads}",
         "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} {'tokens' if d.name == 'tokens' else 'bytes'}",
         "eval": asdict(cfg.eval),
+        "jobs": cfg.jobs,
+        "threads_per_run": t.threads,
+        "prepared_data": data_info or None,
+        "wall_s": {"prepare": data_info.get("wall_s"), "plan": round(t_train - tic, 2),
+                   "train": round(t_eval - t_train, 2), "evaluate": round(t_report - t_eval, 2)},
     }
-    report = build_report(records, meta=meta)
+    report = build_report(records, meta=meta, findings=cfg.findings)
     plots = write_plots(report, out_dir) if cfg.plots else []
     report["meta"]["plots"] = [Path(p).name for p in plots]
+    report["meta"]["wall_s"]["report"] = round(time.time() - t_report, 2)
+    report["meta"]["wall_s"]["total"] = round(time.time() - tic, 2)
     write_json(report, out_dir / "compare.json")
     text = write_markdown(report, out_dir / "compare.md", plots)
     log(text)
@@ -187,7 +256,7 @@ def composed_config_yaml(argv: list[str]) -> str:
     Raises:
         ConfigError: as for a real run.
     """
-    cfg, _, _, runs = plan_comparison(argv)
+    cfg, _, _, runs = plan_comparison(argv, log=lambda m: print(m, file=sys.stderr))
     first = runs[0]
     text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     text += f"# training config of the first run ({first.key}; {len(runs)} runs in all), {first.run_dir}\n"

@@ -7,6 +7,12 @@ Every loss is in bits per byte (nats / ln 2), the unit of the tables.
   length each scheme was evaluated at; the dashed line marks the training context.
 * ``bpb_vs_length.png``     -- validation bpb vs evaluation length (error bars: std over seeds).
 * ``task_accuracy.png``     -- synthetic-task answer accuracy vs evaluation length (when present).
+
+With per-position buckets (``eval.position_buckets``; token data) the position
+plot shows log-spaced bucket means in nats per token with a shaded band over
+seeds (min to max), the length plot the bpb of the first L tokens, and
+(:mod:`.plots_long`) ``fox_vs_rope.png``, ``needle.png`` and
+``pruned_fraction.png`` are added. Every band is the range over seeds.
 """
 
 from __future__ import annotations
@@ -43,15 +49,30 @@ def plot_loss_vs_step(schemes: list[dict[str, Any]], path: Path) -> str:
         pts = [(st, v / LN2) for st, v in zip(c["step"], c["train_loss"]) if v is not None]
         if pts:
             ax.plot(*zip(*pts), color=color, label=f"{s['name']} train", alpha=0.8)
+            band = [(st, lo / LN2, hi / LN2) for st, lo, hi in zip(c["step"], c.get("train_loss_min", []),
+                                                                    c.get("train_loss_max", []))
+                    if lo is not None and hi is not None]
+            if band:
+                x, lo, hi = zip(*band)
+                ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
         val = [(st, v) for st, v in zip(c["step"], c["val_bpb"]) if v is not None]
         if val:
             ax.plot(*zip(*val), "o--", color=color, ms=4, label=f"{s['name']} val")
+            band = [(st, lo, hi) for st, lo, hi in zip(c["step"], c.get("val_bpb_min", []), c.get("val_bpb_max", []))
+                    if lo is not None and hi is not None]
+            if band:
+                x, lo, hi = zip(*band)
+                ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
     ax.set_xlabel("training step")
-    ax.set_ylabel("loss (bits per byte)")
+    ax.set_ylabel("loss (bits per token; bytes: per byte)")
     return _finish(fig, ax, path, "Loss vs training step")
 
 
 def plot_loss_vs_position(schemes: list[dict[str, Any]], path: Path, train_seq_len: int) -> str:
+    if any(s.get("position_loss") for s in schemes):
+        from .plots_long import plot_position_buckets
+
+        return plot_position_buckets(schemes, path, train_seq_len)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, s in enumerate(schemes):
         if not s["per_position"]:
@@ -67,6 +88,10 @@ def plot_loss_vs_position(schemes: list[dict[str, Any]], path: Path, train_seq_l
 
 
 def plot_bpb_vs_length(schemes: list[dict[str, Any]], path: Path, train_seq_len: int) -> str:
+    if any(s.get("prefix_bpb") for s in schemes):
+        from .plots_long import plot_prefix_bpb
+
+        return plot_prefix_bpb(schemes, path, train_seq_len)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, s in enumerate(schemes):
         rows = [r for r in s["lengths"] if r["status"] == "ok"]
@@ -119,4 +144,6 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         plot_bpb_vs_length(schemes, out_dir / "bpb_vs_length.png", n),
     ]
     task = plot_task_accuracy(schemes, out_dir / "task_accuracy.png")
-    return paths + ([task] if task else [])
+    from .plots_long import long_context_plots
+
+    return paths + ([task] if task else []) + long_context_plots(schemes, out_dir, n)

@@ -83,7 +83,11 @@ def scheme_summary(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     curve = {"step": steps,
              "train_loss": [_avg([c[s][1] for c in curves]) for s in steps],
-             "val_bpb": [_avg([c[s][2] for c in curves]) for s in steps]}
+             "val_bpb": [_avg([c[s][2] for c in curves]) for s in steps],
+             "train_loss_min": [_ext(min, [c[s][1] for c in curves]) for s in steps],
+             "train_loss_max": [_ext(max, [c[s][1] for c in curves]) for s in steps],
+             "val_bpb_min": [_ext(min, [c[s][2] for c in curves]) for s in steps],
+             "val_bpb_max": [_ext(max, [c[s][2] for c in curves]) for s in steps]}
     out = {
         "name": name,
         "position": first["position"],
@@ -97,6 +101,10 @@ def scheme_summary(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "train_wall_s": _stat([r.get("wall_s") for r in runs], 1),
         "curve": curve,
     }
+    out.update(_long_context_summary(evals))
+    if "position_loss" in out:  # the buckets replace the raw curves (which would make compare.json large)
+        out["per_position"] = {}
+    out["eval_wall_s"] = _stat([e.get("eval_wall_s") for e in evals], 1)
     if all("task" in e for e in evals):
         task_rows = []
         for i, row in enumerate(first["task"]["lengths"]):
@@ -109,6 +117,73 @@ def scheme_summary(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             task_rows.append(entry)
         out["task"] = {"name": first["task"]["name"], "lengths": task_rows}
     return out
+
+
+def _band(values: list[float]) -> dict[str, Any]:
+    """Mean, min and max over seeds (the band the plots shade), and the values."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "min": None, "max": None, "values": values}
+    return {"mean": round(sum(vals) / len(vals), 6), "min": round(min(vals), 6), "max": round(max(vals), 6),
+            "values": [round(v, 6) for v in vals]}
+
+
+def _bucket_band(per_seed: list[list[dict]]) -> list[dict[str, Any]]:
+    """Seed band of per-position buckets; ``se`` per seed and ``se_mean``, the standard error of the seed mean
+    (sqrt(sum se_i^2) / seeds: seeds are independent)."""
+    rows = []
+    for i, b in enumerate(per_seed[0]):
+        col = [s[i] for s in per_seed]
+        ses = [c["se"] for c in col]
+        se_mean = (math.sqrt(sum(x * x for x in ses)) / len(ses)) if all(x is not None for x in ses) else None
+        rows.append({"lo": b["lo"], "hi": b["hi"], **_band([c["mean"] for c in col]),
+                     "se": ses, "se_mean": None if se_mean is None else round(se_mean, 6), "windows": b["windows"]})
+    return rows
+
+
+def _long_context_summary(evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-position buckets (seed bands, standard errors), prefix bpb, needle accuracy and pruned fraction."""
+    out: dict[str, Any] = {}
+    ok = [[r for r in e["lengths"] if r["status"] == OK and "buckets" in r] for e in evals]
+    if all(ok):
+        longest = min(max(r["length"] for r in rows) for rows in ok)
+        rows = [next(r for r in e["lengths"] if r["length"] == longest) for e in evals]
+        out["position_loss"] = {"length": longest, "windows": rows[0]["windows"],
+                                "buckets": _bucket_band([r["buckets"] for r in rows]),
+                                "octaves": _bucket_band([r["octaves"] for r in rows])}
+        out["prefix_bpb"] = {k: _band([r["prefix_bpb"][k] for r in rows]) for k in rows[0]["prefix_bpb"]}
+    if all("needle" in e for e in evals):
+        lens = []
+        for i, row in enumerate(evals[0]["needle"]["lengths"]):
+            rows = [e["needle"]["lengths"][i] for e in evals]
+            entry: dict[str, Any] = {"length": row["length"], "status": row["status"]}
+            if all(r["status"] == OK for r in rows):
+                entry["exact"] = _band([r["exact"] for r in rows])
+                entry["token_accuracy"] = _band([r["token_accuracy"] for r in rows])
+                entry["examples"] = sum(r["examples"] for r in rows)
+                entry["by_depth"] = [{"depth": d["depth"], "exact": _band([r["by_depth"][j]["exact"] for r in rows]),
+                                      "token_accuracy": _band([r["by_depth"][j]["token_accuracy"] for r in rows])}
+                                     for j, d in enumerate(row["by_depth"])]
+            lens.append(entry)
+        out["needle"] = {"depths": evals[0]["needle"]["depths"], "per_depth": evals[0]["needle"]["per_depth"],
+                         "lengths": lens}
+    if all(e.get("pruning_by_length") for e in evals):
+        pr = {}
+        for key, first in evals[0]["pruning_by_length"].items():
+            reps = [e["pruning_by_length"].get(key) for e in evals]
+            if not first.get("layers") or any(r is None or not r.get("layers") for r in reps):
+                continue
+            pr[key] = {"mean": _band([r["mean"] for r in reps]),
+                       "layers": [{"layer": lay["layer"], "mean": _band([r["layers"][j]["mean"] for r in reps])}
+                                  for j, lay in enumerate(first["layers"])]}
+        if pr:
+            out["pruning"] = pr
+    return out
+
+
+def _ext(fn, vals):
+    vals = [v for v in vals if v is not None]
+    return round(fn(vals), 5) if vals else None
 
 
 def _avg(vals):
@@ -126,8 +201,9 @@ def _merge_bins(bin_lists: list[list[dict]]) -> list[dict]:
     return [{"lo": lo, "hi": hi, "n": n, "accuracy": round(c / n, 6)} for (lo, hi), (n, c) in sorted(merged.items())]
 
 
-def build_report(runs: list[dict[str, Any]], *, meta: dict[str, Any]) -> dict[str, Any]:
-    """The ``compare.json`` object: ``meta``, ``schemes`` (aggregates) and ``runs`` (one per scheme and seed)."""
+def build_report(runs: list[dict[str, Any]], *, meta: dict[str, Any], findings: bool = True) -> dict[str, Any]:
+    """The ``compare.json`` object: ``meta``, ``schemes`` (aggregates), ``runs`` (one per scheme and seed) and
+    ``findings`` (:mod:`.findings`: the FoX paper's claims checked, when ``fox`` and ``rotary`` were compared)."""
     order: list[str] = []
     for r in runs:
         if r["scheme"] not in order:
@@ -141,11 +217,17 @@ def build_report(runs: list[dict[str, Any]], *, meta: dict[str, Any]) -> dict[st
             "checkpoint_step": e["checkpoint_step"], "val_bpb": e["val_bpb"], "val_loss": e["val_loss"],
             "lengths": [{k: v for k, v in row.items() if k != "per_position"} for row in e["lengths"]],
             "tokens_per_s": r["train"]["tokens_per_s"], "peak_rss_mb": r.get("peak_rss_mb"), "wall_s": r.get("wall_s"),
+            "process_wall_s": r.get("process_wall_s"), "eval_wall_s": r.get("eval_wall_s"),
             "resumed": bool(r.get("resumed")),
             "final_train_loss": r["train"]["final_train_loss"],
             **({"task": e["task"]} if "task" in e else {}),
         })
-    return {"meta": {**meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, "schemes": schemes, "runs": slim_runs}
+    report = {"meta": {**meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, "schemes": schemes, "runs": slim_runs}
+    if findings:
+        from .findings import check_findings
+
+        report["findings"] = check_findings(schemes, meta["train_seq_len"])
+    return report
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -201,7 +283,17 @@ def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
 
     lines += ["", "train wall s: the training loop's wall-clock time from step 0 to the end (evaluations and "
-                  "checkpoints included, start-up excluded), summed over the parts of an interrupted and resumed run."]
+                  "checkpoints included, start-up excluded), summed over the parts of an interrupted and resumed run.",
+              ""]
+    from . import long_report as lr
+
+    lines[4:4] = lr.setup_lines(meta)
+    if report.get("findings"):
+        from .findings import findings_markdown
+
+        lines += findings_markdown(report["findings"]) + [""]
+    lines += lr.wall_lines(schemes, report["runs"]) + lr.prefix_lines(schemes, unit)
+    lines += lr.position_lines(schemes, n, unit) + lr.needle_lines(schemes) + lr.pruning_lines(schemes)
 
     # per-position loss table (mean loss in bits per byte over token-index ranges, longest evaluated length)
     longest = max((int(k) for s in schemes for k in s["per_position"]), default=0)

@@ -52,6 +52,7 @@ from ..train.config import (
 )
 
 RUN_INFO = "compare-run.json"
+TRAIN_OUT = "compare-train.out"  # a training process's output when runs train in parallel (jobs > 1)
 
 
 class CompareError(RuntimeError):
@@ -226,22 +227,53 @@ def train_run(run: PlannedRun, *, log=print, in_subprocess: bool = True) -> None
     if not in_subprocess:
         _train_here(run, log=log)
         return
+    started = _start(run, log=log, quiet=False)
+    try:
+        _, status, usage = _wait_forwarding_interrupts(started.proc)
+    except KeyboardInterrupt:
+        raise Interrupted(run.key, run.run_dir) from None
+    _finish(started, status, usage)
+
+
+@dataclass
+class _Started:
+    run: PlannedRun
+    proc: subprocess.Popen
+    cmd: list[str]
+    tic: float
+    resumed_from: int | None
+
+
+def _start(run: PlannedRun, *, log=print, quiet: bool = False) -> _Started:
+    """Start the training process of ``run``; ``quiet``: its output goes to ``RUN_DIR/compare-train.out``."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "xforget.train", *run.overrides, f"hydra.run.dir={run.run_dir}"]
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    log(f"[compare] training {run.key}: {' '.join(cmd[1:])}")
+    log(f"[compare] training {run.key}: {' '.join(cmd[1:])}" + (f" (output: {run.run_dir / TRAIN_OUT})" if quiet else ""))
     sys.stdout.flush()
     sys.stderr.flush()
     resumed_from = _latest_step(run.run_dir)
-    tic = time.time()
-    proc = subprocess.Popen(cmd, env=env, process_group=0)  # Ctrl-C reaches us only; we forward it once
+    out = open(run.run_dir / TRAIN_OUT, "ab") if quiet else None
     try:
-        _, status, usage = _wait_forwarding_interrupts(proc)
-    except KeyboardInterrupt:
-        raise Interrupted(run.key, run.run_dir) from None
+        # own process group: Ctrl-C reaches us only; we forward it once
+        proc = subprocess.Popen(cmd, env=env, process_group=0, stdout=out, stderr=subprocess.STDOUT if quiet else None)
+    finally:
+        if out is not None:
+            out.close()
+    return _Started(run, proc, cmd, time.time(), resumed_from)
+
+
+def _finish(started: _Started, status: int, usage) -> None:
+    """Check the exit of a training process and record ``compare-run.json``.
+
+    Raises:
+        Interrupted, CompareError.
+    """
+    run, proc = started.run, started.proc
     proc.returncode = code = os.waitstatus_to_exitcode(status)
-    wall = time.time() - tic
+    wall = time.time() - started.tic
     if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):  # stopped by a signal that was not ours
         raise Interrupted(run.key, run.run_dir)
     if code != 0:
@@ -251,9 +283,57 @@ def train_run(run: PlannedRun, *, log=print, in_subprocess: bool = True) -> None
         raise CompareError(f"training {run.key} exited but {run.run_dir} holds no finished run with the planned "
                            f"config{_config_diff(run.run_dir, run.cfg)}")
     run.info = {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # ru_maxrss: KiB on Linux
-                "train_wall_s": train_wall_s(run.run_dir), "resumed_from_step": resumed_from,
-                "command": cmd, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "train_wall_s": train_wall_s(run.run_dir), "resumed_from_step": started.resumed_from,
+                "command": started.cmd, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_text(run.run_dir / RUN_INFO, json.dumps(run.info, indent=1) + "\n")
+
+
+def train_parallel(runs: list[PlannedRun], jobs: int, *, log=print) -> None:
+    """Train ``runs`` in subprocesses, ``jobs`` at a time (in order); each one's output goes to its directory.
+
+    A Ctrl-C (or SIGTERM) is forwarded once as SIGINT to every running process
+    (each checkpoints its current step); the others are not started. After a
+    failure the running processes finish and nothing new starts.
+
+    Raises:
+        Interrupted, CompareError (the first failure).
+    """
+    pending, active = list(runs), {}
+    interrupted: _Started | None = None
+    failure: CompareError | None = None
+    while pending or active:
+        while pending and len(active) < jobs and interrupted is None and failure is None:
+            started = _start(pending.pop(0), log=log, quiet=True)
+            active[started.proc.pid] = started
+        if not active:
+            break
+        try:
+            pid, status, usage = os.wait4(-1, 0)
+        except KeyboardInterrupt:
+            interrupted = interrupted or next(iter(active.values()))
+            for started in active.values():
+                try:
+                    started.proc.send_signal(signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+            continue
+        except ChildProcessError:
+            break
+        started = active.pop(pid, None)
+        if started is None:
+            continue
+        try:
+            _finish(started, status, usage)
+            log(f"[compare] finished {started.run.key} in {started.run.info['wall_s']:.0f} s")
+        except Interrupted as exc:
+            interrupted = interrupted or started
+            failure = failure or exc
+        except CompareError as exc:
+            failure = failure or exc
+    if interrupted is not None:
+        raise Interrupted(interrupted.run.key, interrupted.run.run_dir)
+    if failure is not None:
+        raise failure
 
 
 def _train_here(run: PlannedRun, *, log=print) -> None:
@@ -285,10 +365,14 @@ def _train_here(run: PlannedRun, *, log=print) -> None:
 
 
 def ensure_trained(runs: list[PlannedRun], *, retrain: bool = False, in_subprocess: bool = True,
-                   log=print) -> None:
-    """Train every run that is not finished (all of them with ``retrain``); mark the others re-used."""
+                   log=print, jobs: int = 1) -> None:
+    """Train every run that is not finished (all of them with ``retrain``); mark the others re-used.
+
+    ``jobs > 1`` (subprocesses only): that many training processes at once (:func:`train_parallel`).
+    """
     import shutil
 
+    todo = []
     for run in runs:
         if retrain and run.run_dir.exists():
             shutil.rmtree(run.run_dir)
@@ -296,4 +380,9 @@ def ensure_trained(runs: list[PlannedRun], *, retrain: bool = False, in_subproce
             run.reused, run.info = True, read_info(run.run_dir)
             log(f"[compare] re-using finished run {run.key}: {run.run_dir}")
             continue
+        todo.append(run)
+    if jobs > 1 and in_subprocess:
+        train_parallel(todo, jobs, log=log)
+        return
+    for run in todo:
         train_run(run, log=log, in_subprocess=in_subprocess)

@@ -45,6 +45,11 @@ class EvalConfig:
     task_seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = None
+    position_buckets: int = 4  # log-spaced per-position buckets per octave, with standard errors (0 = off)
+    needle_examples: int = 0  # needle in a haystack (xforget.data.haystack): examples per length and depth (0 = off)
+    needle_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    needle_multiples: Optional[list[int]] = None  # lengths of the needle test, multiples of seq_len (null = multiples)
+    pruning_windows: int = 1  # validation windows the ACP pruned fraction is averaged over (at 1x and the longest)
 
 
 @dataclass
@@ -65,6 +70,24 @@ class EvalCommandConfig:
 
 
 @dataclass
+class ComparePrepare:
+    """``prepare:`` of ``xforget-compare``: token shards made before training (``xforget-prepare`` keys).
+
+    ``input: stdlib`` = this Python's standard-library corpus; ``output`` null =
+    ``<comparison dir>/data/``. See :mod:`xforget.compare.prepared`.
+    """
+
+    input: str = "stdlib"
+    output: Optional[str] = None
+    tokenizer: str = "bpe"
+    vocab_size: int = 4096
+    text_field: str = "text"
+    val_fraction: float = 0.05
+    seed: int = 0
+    num_proc: int = 1
+
+
+@dataclass
 class CompareConfig:
     """``xforget-compare``'s own keys; ``model.*``, ``data``, ``optim.*`` and ``trainer.*``
     go to every training run unchanged (validated by the training config)."""
@@ -76,6 +99,9 @@ class CompareConfig:
     subprocess: bool = True  # train each run in its own process (isolated memory, per-run peak RSS)
     plots: bool = True
     train: list[str] = field(default_factory=list)  # training overrides for every run (before the command line's)
+    prepare: Optional[ComparePrepare] = None  # token shards to make first; every run trains on them (data=tokens)
+    jobs: int = 1  # training runs (and evaluations) at once, each in its own process
+    findings: bool = True  # compare.md: which of the FoX paper's findings hold (needs fox and rotary among positions)
 
 
 TRAIN_ROOTS = ("model", "data", "optim", "trainer")
@@ -127,6 +153,13 @@ def validate_eval(cfg: EvalConfig) -> None:
 
     need(cfg.task is None or cfg.task in TASKS, "task", f"one of {list(TASKS)} or null", cfg.task)
     need(cfg.threads is None or cfg.threads >= 1, "threads", ">= 1 or null", cfg.threads)
+    need(cfg.position_buckets >= 0, "position_buckets", ">= 0 (buckets per octave; 0 = off)", cfg.position_buckets)
+    need(cfg.needle_examples >= 0, "needle_examples", ">= 0 (0 = no needle test)", cfg.needle_examples)
+    need(len(cfg.needle_depths) >= 1 and all(0.0 <= d <= 1.0 for d in cfg.needle_depths), "needle_depths",
+         "a non-empty list of depths in [0, 1]", list(cfg.needle_depths))
+    need(cfg.needle_multiples is None or (len(cfg.needle_multiples) >= 1 and all(m >= 1 for m in cfg.needle_multiples)),
+         "needle_multiples", "a list of integers >= 1 or null", cfg.needle_multiples)
+    need(cfg.pruning_windows >= 1, "pruning_windows", ">= 1", cfg.pruning_windows)
 
 
 def split_override(arg: str) -> tuple[str, str | None]:

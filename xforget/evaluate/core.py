@@ -19,7 +19,7 @@ from ..data import synthetic
 from ..train.checkpoint import complete_checkpoints, load_model
 from ..train.config import DataConfig, TrainConfig
 from .config import EvalConfig, validate_eval
-from .metrics import evaluate_windows, length_limit, token_losses
+from .metrics import evaluate_windows, length_limit, nats_to_bpb, token_losses
 from .pruning import format_pruning, pruning_fractions
 
 ROUND = 6
@@ -70,7 +70,8 @@ def _r(x: float) -> float:
 
 def evaluate_model(net: nn.Module, val: torch.Tensor, lengths: list[int], *, tokens: int, batch_tokens: int = 16384,
                    per_position: bool = True, device: torch.device | str = "cpu",
-                   multiples: list[int] | None = None, tokens_per_byte: float = 1.0) -> list[dict[str, Any]]:
+                   multiples: list[int] | None = None, tokens_per_byte: float = 1.0,
+                   buckets_per_octave: int = 0) -> list[dict[str, Any]]:
     """Loss, bpb and per-position loss of ``net`` at each length, on ``tokens // length`` validation windows.
 
     Lengths and ``tokens`` count tokens (bytes for byte-level data); ``val`` is a
@@ -80,7 +81,12 @@ def evaluate_model(net: nn.Module, val: torch.Tensor, lengths: list[int], *, tok
     Returns one dict per length: ``length``, ``multiple``, ``status`` (``ok``,
     ``cannot extrapolate`` for a model whose absolute position table is shorter,
     ``validation split too short``), and when ok ``windows``, ``tokens``,
-    ``loss`` (nats), ``bpb`` and ``per_position`` (mean loss at each target index).
+    ``loss`` (nats), ``bpb`` and ``per_position`` (mean loss at each target index);
+    with ``buckets_per_octave > 0`` also ``buckets`` (log-spaced position
+    buckets: mean loss and standard error over windows, see
+    :func:`.metrics.bucket_stats`) and ``prefix_bpb`` (``{L: bpb of positions
+    1..L}`` for every shorter evaluated ``L``: what a causal model scores on
+    windows of ``L`` tokens starting where these windows start).
     """
     limit = length_limit(net)
     out = []
@@ -93,11 +99,17 @@ def evaluate_model(net: nn.Module, val: torch.Tensor, lengths: list[int], *, tok
         else:
             windows = val_windows(val, length, max(1, tokens // length))
             ev = evaluate_windows(net, windows, batch_tokens=batch_tokens, device=device,
-                                  tokens_per_byte=tokens_per_byte)
+                                  tokens_per_byte=tokens_per_byte, buckets_per_octave=buckets_per_octave)
             row.update(status=OK, windows=ev.windows, tokens=ev.tokens, loss=_r(ev.loss), bpb=_r(ev.bpb),
                        ppl=_r(ev.ppl))
             if per_position:
                 row["per_position"] = [_r(v) for v in ev.per_position]
+            if ev.buckets:
+                for key, stats in (("buckets", ev.buckets), ("octaves", ev.octaves)):
+                    row[key] = [{**b, "mean": _r(b["mean"]), "se": None if b["se"] is None else _r(b["se"])}
+                                for b in stats]
+                row["prefix_bpb"] = {str(n): _r(nats_to_bpb(sum(ev.per_position[:n]) / n, tokens_per_byte))
+                                     for n in lengths if n <= length}
         out.append(row)
     return out
 
@@ -182,7 +194,7 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
                         "prepared with the run's tokenizer")
     rows = evaluate_model(model, val, lengths, tokens=tokens, batch_tokens=ecfg.batch_tokens,
                           per_position=ecfg.per_position, device=device, multiples=multiples,
-                          tokens_per_byte=tokens_per_byte)
+                          tokens_per_byte=tokens_per_byte, buckets_per_octave=ecfg.position_buckets)
     result: dict[str, Any] = {
         "run_dir": str(run_dir),
         "checkpoint_step": checkpoint_step(run_dir),
@@ -198,10 +210,23 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
         "val_ppl": next((r["ppl"] for r in rows if r["status"] == OK), None),
     }
     ok_lengths = [r["length"] for r in rows if r["status"] == OK]
-    if ok_lengths:  # adaptive computation pruning at the longest evaluated length
-        head = val[: max(ok_lengths)]  # a tensor (bytes) or a memory-mapped numpy array (data=tokens)
-        head = head.long() if isinstance(head, torch.Tensor) else torch.from_numpy(head.astype("int64"))
-        result["pruning"] = pruning_fractions(model, head.to(device))
+    if ok_lengths:  # adaptive computation pruning at the shortest and the longest evaluated length
+        by_length = {}
+        for n in sorted({min(ok_lengths), max(ok_lengths)}):
+            wins = val_windows(val, n - 1, ecfg.pruning_windows)  # (k, n) token ids, evenly spaced
+            by_length[str(n)] = pruning_fractions(model, wins.to(device))
+        result["pruning"] = by_length[str(max(ok_lengths))]
+        result["pruning_by_length"] = by_length
+    if ecfg.needle_examples > 0:
+        from ..data.tokenizer import load_tokenizer
+        from .needle import needle_accuracy
+
+        tok = load_tokenizer(run_dir)
+        needle_lengths = [int(m) * base for m in (ecfg.needle_multiples or multiples)]
+        result["needle"] = {"key": "secret", "per_depth": ecfg.needle_examples, "depths": list(ecfg.needle_depths),
+                            "lengths": needle_accuracy(model, tok, val, needle_lengths, list(ecfg.needle_depths),
+                                                       per_depth=ecfg.needle_examples, seed=ecfg.task_seed,
+                                                       batch_tokens=ecfg.batch_tokens, device=device)}
     task = ecfg.task or (data_cfg.name if data_cfg.name in synthetic.TASKS else None)
     if task:
         result["task"] = {"name": task, "lengths": task_accuracy(model, task, lengths, examples=ecfg.task_examples,

@@ -42,6 +42,8 @@ class WindowEval:
     bpb: float
     per_position: list[float] = field(default_factory=list)  # mean loss at each target index (length entries)
     ppl: float = math.nan  # exp(loss), per token
+    buckets: list[dict] = field(default_factory=list)  # position_buckets: mean and standard error per bucket
+    octaves: list[dict] = field(default_factory=list)  # the same over doubling buckets (1, 2, 3-4, 5-8, ...)
 
     @property
     def tokens(self) -> int:
@@ -86,14 +88,62 @@ def token_losses(net: nn.Module, windows: Tensor, *, batch_tokens: int = 16384,
 
 
 def evaluate_windows(net: nn.Module, windows: Tensor, *, batch_tokens: int = 16384,
-                     device: torch.device | str | None = None, tokens_per_byte: float = 1.0) -> WindowEval:
-    """Mean loss, bpb, perplexity and the per-position loss curve of ``net`` on ``windows`` (count, L + 1)."""
+                     device: torch.device | str | None = None, tokens_per_byte: float = 1.0,
+                     buckets_per_octave: int = 0) -> WindowEval:
+    """Mean loss, bpb, perplexity and the per-position loss curve of ``net`` on ``windows`` (count, L + 1).
+
+    ``buckets_per_octave > 0`` adds :func:`bucket_stats` over :func:`position_buckets` (that many per
+    octave, and one per octave).
+    """
     losses, _ = token_losses(net, windows, batch_tokens=batch_tokens, device=device)
     per_position = losses.mean(dim=0)
     loss = float(losses.mean())
-    return WindowEval(length=windows.shape[1] - 1, windows=windows.shape[0], loss=loss,
+    length = windows.shape[1] - 1
+    buckets = bucket_stats(losses, position_buckets(length, buckets_per_octave)) if buckets_per_octave > 0 else []
+    octaves = bucket_stats(losses, position_buckets(length, 1)) if buckets_per_octave > 0 else []
+    return WindowEval(length=length, windows=windows.shape[0], loss=loss,
                       bpb=nats_to_bpb(loss, tokens_per_byte), per_position=[float(v) for v in per_position],
-                      ppl=math.exp(min(loss, 700.0)))
+                      ppl=math.exp(min(loss, 700.0)), buckets=buckets, octaves=octaves)
+
+
+def position_buckets(length: int, per_octave: int = 4) -> list[tuple[int, int]]:
+    """Log-spaced position buckets ``[(lo, hi), ...]``, 1-based inclusive, covering positions 1..length.
+
+    Position ``p`` is the loss of predicting token ``p`` after reading ``p``
+    tokens (target index ``p - 1``). Edges are ``floor(2 ** (k / per_octave))``
+    (duplicates dropped), so every power of two ``2**j`` ends a bucket and the
+    prefix ``1..2**j`` is a union of whole buckets.
+
+    Raises:
+        ValueError: length < 1 or per_octave < 1.
+    """
+    if length < 1 or per_octave < 1:
+        raise ValueError(f"position_buckets needs length >= 1 and per_octave >= 1, got {length}, {per_octave}")
+    edges, k = [0], 0
+    while edges[-1] < length:
+        e = min(length, int(math.floor(2 ** (k / per_octave) + 1e-9)))
+        if e > edges[-1]:
+            edges.append(e)
+        k += 1
+    return [(lo + 1, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def bucket_stats(losses: Tensor, buckets: list[tuple[int, int]]) -> list[dict]:
+    """Mean loss and its standard error per position bucket, over windows.
+
+    ``losses``: (windows, L) per-token losses (nats). Each window's mean over
+    the bucket is one observation (tokens of one window are correlated, windows
+    are nearly independent); ``mean`` is their mean (= the mean over every token
+    of the bucket), ``se`` their sample standard deviation / sqrt(windows)
+    (None for one window). Returns ``[{lo, hi, mean, se, windows}, ...]``.
+    """
+    out = []
+    w = losses.shape[0]
+    for lo, hi in buckets:
+        per_window = losses[:, lo - 1:hi].double().mean(dim=1)
+        se = float(per_window.std(unbiased=True) / math.sqrt(w)) if w > 1 else None
+        out.append({"lo": lo, "hi": hi, "mean": float(per_window.mean()), "se": se, "windows": w})
+    return out
 
 
 def length_limit(net: nn.Module) -> int | None:

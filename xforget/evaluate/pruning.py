@@ -19,17 +19,17 @@ from ..ops.prune import collect_pruning
 
 @torch.no_grad()
 def pruning_fractions(net: nn.Module, window: torch.Tensor) -> dict[str, Any]:
-    """Pruned fraction per self-attention layer and head on one window.
+    """Pruned fraction per self-attention layer and head on one window (or a batch of windows, pooled).
 
     Args:
         net: a TransformerWrapper (eval mode).
-        window: (n,) or (1, n) int64 token ids.
+        window: (n,) or (b, n) int64 token ids; with b > 1 the fraction is over all b windows' pairs.
     Returns:
         ``{"length": n, "layers": [{"layer": name, "heads": [fractions], "mean": f}, ...],
         "mean": f}``; layers that never reach a pruning kernel (no decay bias,
         pruning off, dense paths) are absent, and the mean is None without any.
     """
-    x = window.view(1, -1)
+    x = window.view(1, -1) if window.ndim == 1 else window
     layers = [(name, m) for name, m in net.named_modules() if isinstance(m, Attention) and not m.cross]
     with collect_pruning() as log:
         hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: log.label(name)) for name, m in layers]
@@ -42,7 +42,7 @@ def pruning_fractions(net: nn.Module, window: torch.Tensor) -> dict[str, Any]:
     for name, frac in log.by_label().items():
         rows.append({"layer": name, "heads": [round(float(f), 4) for f in frac], "mean": round(float(frac.mean()), 4)})
     mean = round(sum(r["mean"] for r in rows) / len(rows), 4) if rows else None
-    return {"length": int(x.shape[1]), "layers": rows, "mean": mean}
+    return {"length": int(x.shape[1]), "windows": int(x.shape[0]), "layers": rows, "mean": mean}
 
 
 def format_pruning(report: dict[str, Any]) -> list[str]:

@@ -1,0 +1,92 @@
+"""The data step of a comparison: prepare token shards once (``xforget-prepare``), re-use them after.
+
+A comparison with a ``prepare:`` node (e.g. ``experiment=fox_vs_rope``) runs
+:func:`xforget.data.prepare.prepare` before planning its runs and trains every
+run on the result (``data=tokens data.path=<dir>``). ``prepare.input: stdlib``
+is this Python's standard-library corpus (the default training data, offline);
+anything else is an ``xforget-prepare`` input.
+
+The directory is ``<comparison dir>/data/<name>-<hash8>`` (or under
+``prepare.output`` when that is set) where the hash covers the prepare
+settings and the input's sha256: the same command finds and re-uses it, and
+changed settings or a changed input get a new directory (so the runs, whose
+directory names hash ``data.path``, are never re-used with other data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from ..data.corpus import DataError
+from ..data.prepare import META_FILE, PrepareConfig, prepare
+
+STDLIB = "stdlib"
+# settings that change the prepared tokens (output, overwrite, progress, num_proc and batch_bytes do not)
+_KEYS = ("tokenizer", "vocab_size", "text_field", "val_fraction", "seed", "separator", "dataset_config", "split")
+
+
+def resolve_input(spec: str) -> tuple[str, str]:
+    """(path or name for ``xforget-prepare``, sha256 of the input) for ``prepare.input``."""
+    if spec == STDLIB:
+        from ..data.cache import cache_dir
+        from ..data.stdlib import load_stdlib_corpus, stdlib_root
+
+        corpus = load_stdlib_corpus(cache_dir())
+        version, tag = corpus.meta["python_version"], hashlib.sha256(str(stdlib_root().resolve()).encode()).hexdigest()[:8]
+        blob = cache_dir() / f"stdlib-py{version}-{tag}.bin"
+        if not blob.is_file():
+            raise DataError(f"the stdlib corpus cache {blob} is missing after building it")
+        return str(blob), corpus.meta["sha256"]
+    from ..data.sources import open_source
+
+    fp = open_source(spec).fingerprint()
+    return spec, str(fp.get("sha256") or fp.get("fingerprint") or json.dumps(fp, sort_keys=True))
+
+
+def prepared_dir(cfg: PrepareConfig, out_dir: Path, input_sha: str) -> Path:
+    key = json.dumps({"input_sha256": input_sha, **{k: getattr(cfg, k) for k in _KEYS}}, sort_keys=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(cfg.input).stem if cfg.input != STDLIB else STDLIB)
+    tok = f"{cfg.tokenizer}{cfg.vocab_size}" if cfg.tokenizer == "bpe" else re.sub(r"[^A-Za-z0-9]", "", Path(cfg.tokenizer).stem)
+    base = Path(cfg.output).expanduser() if cfg.output not in ("", "???", None) else out_dir / "data"
+    if not base.is_absolute():
+        base = out_dir / base
+    return (base / f"{name}-{tok}-{hashlib.sha256(key.encode()).hexdigest()[:8]}").resolve()
+
+
+def ensure_prepared(cfg: PrepareConfig, out_dir: Path, *, log=print) -> tuple[Path, bool]:
+    """The prepared dataset for ``cfg``: (directory, re-used?). Prepares it when missing.
+
+    Raises:
+        DataError: a bad input or setting (one line), or a damaged directory in the way.
+    """
+    path, sha = resolve_input(cfg.input)
+    target = prepared_dir(cfg, out_dir, sha)
+    meta_path = target / META_FILE
+    if meta_path.is_file():  # the name hashes the settings and the input's sha256
+        try:
+            from ..data.tokens import load_tokens
+
+            load_tokens(target)  # shards match meta.json
+            log(f"[compare] re-using prepared data {target}")
+            return target, True
+        except DataError as exc:
+            log(f"[compare] preparing again: {exc}")
+    run_cfg = replace(cfg, input=path, output=str(target), overwrite=meta_path.is_file(), progress=False)
+    log(f"[compare] preparing data: {cfg.input} -> {target} ({cfg.tokenizer}"
+        f"{f' {cfg.vocab_size}' if cfg.tokenizer == 'bpe' else ''})")
+    prepare(run_cfg, log=lambda m: log(f"[prepare] {m}"))
+    return target, False
+
+
+def prepare_summary(target: Path) -> dict:
+    """What the report says about the data: tokenizer, sizes, bytes per token, the command."""
+    meta = json.loads((target / META_FILE).read_text())
+    return {"path": str(target), "tokenizer": meta["tokenizer"], "vocab_size": meta["vocab_size"],
+            "train_tokens": meta["train"]["tokens"], "val_tokens": meta["val"]["tokens"],
+            "val_bytes": meta["val"]["bytes"],
+            "bytes_per_token": round(meta["val"]["bytes"] / max(1, meta["val"]["tokens"]), 4),
+            "input_sha256": meta.get("input", {}).get("sha256"), "command": meta.get("command")}
