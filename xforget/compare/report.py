@@ -102,8 +102,6 @@ def scheme_summary(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "curve": curve,
     }
     out.update(_long_context_summary(evals))
-    if "position_loss" in out:  # the buckets replace the raw curves (which would make compare.json large)
-        out["per_position"] = {}
     out["eval_wall_s"] = _stat([e.get("eval_wall_s") for e in evals], 1)
     if all("task" in e for e in evals):
         task_rows = []

@@ -45,7 +45,7 @@ class EvalConfig:
     task_seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = None
-    position_buckets: int = 4  # log-spaced per-position buckets per octave, with standard errors (0 = off)
+    position_buckets: int = 0  # log-spaced per-position buckets per octave, with standard errors (0 = off)
     needle_examples: int = 0  # needle in a haystack (xforget.data.haystack): examples per length and depth (0 = off)
     needle_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     needle_multiples: Optional[list[int]] = None  # lengths of the needle test, multiples of seq_len (null = multiples)
