@@ -24,6 +24,8 @@ PRESETS = {
     "fox_pro": dict(position="fox", forget_gate_divisor=1.0, forget_gate_bias_init=0.0, qk_norm=True,
                     output_gate=True, kv_shift=True, output_norm=True, norm="rmsnorm", ff_activation="swiglu"),
     "fox_rotary": dict(position=["fox", "rotary"]),
+    "fox_value_residual": dict(position="fox", forget_gate_divisor=1.0, forget_gate_bias_init=0.0,
+                               value_residual=True, value_residual_mix="learned"),
     "gpt": dict(position="rotary", tie_embedding=True),
     "rotary": dict(position="rotary"),
     "alibi": dict(position="alibi"),
