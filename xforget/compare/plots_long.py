@@ -60,19 +60,22 @@ def plot_position_buckets(schemes: list[dict[str, Any]], path: Path, train_len: 
     return _finish(fig, ax, path, "Per-position loss (bands: range over seeds)")
 
 
-def _ylim(schemes, train_len: int) -> tuple[float, float]:
-    """From the loss floor to a little above the worst in-context loss past position 16 (long-tail blow-ups clip)."""
-    vals, inside = [], []
+def _ylim(schemes, train_len: int, room: float = 0.6) -> tuple[float, float]:
+    """From the loss floor to the worst loss past position 16, capped at ``room`` x the in-context range above the
+    worst in-context loss (a blow-up beyond the context leaves the plot rather than flattening the rest)."""
+    vals, inside, top = [], [], []
     for s in schemes:
         for b in (s.get("position_loss") or {}).get("buckets", []):
             if b["lo"] >= 16:
                 vals.append(b["min"])
+                top.append(b["max"])
                 if b["hi"] <= train_len:
                     inside.append(b["max"])
     if not vals:
         return (0.0, 1.0)
     lo, hi = min(vals), max(inside or vals)
-    return lo - 0.05 * (hi - lo) - 0.02, hi + 0.6 * (hi - lo) + 0.05
+    cap = hi + room * (hi - lo) + 0.05
+    return lo - 0.05 * (hi - lo) - 0.02, min(cap, max(top) + 0.05)
 
 
 def plot_fox_vs_rope(schemes: list[dict[str, Any]], path: Path, train_len: int) -> str | None:
@@ -84,7 +87,7 @@ def plot_fox_vs_rope(schemes: list[dict[str, Any]], path: Path, train_len: int) 
         return None
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     _position_panel(ax, [fox, rope], train_len, {"fox": "C3", "rotary": "C0"})
-    ax.set_ylim(*_ylim([fox, rope], train_len))
+    ax.set_ylim(*_ylim([fox, rope], train_len, room=3.0))
     ax.set_title("FoX vs RoPE Transformer: loss by position")
     bf, br = fox["position_loss"]["buckets"], rope["position_loss"]["buckets"]
     n = min(len(bf), len(br))
@@ -183,7 +186,7 @@ def plot_pruned_fraction(schemes: list[dict[str, Any]], path: Path) -> str | Non
         ax.set_title(f"{length} tokens")
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Adaptive computation pruning: attention skipped per layer (error bars: range over seeds)")
+    fig.suptitle("ACP: attention pairs skipped per layer (bars: range over seeds)", fontsize=10)
     return _finish(fig, axes[0][0], path)
 
 
