@@ -6,8 +6,13 @@
 
     xforget-compare experiment=compare_shakespeare data.path=../shared/data/tinyshakespeare.txt
 
+    xforget-compare experiment=fox_vs_rope        # the FoX paper's comparison: BPE tokens, context 512, eval to 4096
+
 Keys: the comparison's own (``configs/compare.yaml``: ``positions``, ``seeds``,
 ``eval.*``, ``retrain``, ``plots``, ``hydra.run.dir`` = the output directory,
+``jobs`` = training runs and evaluations at once, ``prepare`` = token shards
+to make first (``{input: stdlib, tokenizer: bpe, vocab_size: 4096}``; the runs
+then train with ``data=tokens``), ``findings`` = the FoX-paper verdicts,
 ``train`` = training overrides for every run, ``experiment=NAME`` = a preset of
 these keys from ``configs/experiment/`` or ``--config-dir DIR``),
 and every training key (``model.*``, ``data=``/``data.*``, ``optim.*``,
@@ -19,7 +24,9 @@ are set per run and cannot be given.
 Outputs in the output directory: ``runs/<scheme>-seed<S>-<hash>/`` (one
 training run each; re-used when finished), ``compare.md``, ``compare.json``,
 ``loss_vs_step.png``, ``loss_vs_position.png``, ``bpb_vs_length.png``
-(and ``task_accuracy.png`` on a synthetic task). Exit codes: 0 ok, 2 bad
+(and ``task_accuracy.png`` on a synthetic task; with ``eval.position_buckets``,
+``eval.needle_examples`` and a FoX run: ``fox_vs_rope.png``, ``needle.png``,
+``pruned_fraction.png``); ``data/`` holds the prepared shards. Exit codes: 0 ok, 2 bad
 config or data, 1 a training run failed, 130 interrupted (Ctrl-C or SIGTERM:
 the run in training checkpoints its current step; the same command continues).
 ``xforget-compare --cfg job ...`` prints the composed comparison config and the
