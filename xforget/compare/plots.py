@@ -41,15 +41,17 @@ def _finish(fig, ax, path: Path, title: str) -> str:
     return str(path)
 
 
-def plot_loss_vs_step(schemes: list[dict[str, Any]], path: Path) -> str:
+def plot_loss_vs_step(schemes: list[dict[str, Any]], path: Path, tokens_per_byte: float = 1.0) -> str:
+    """``tokens_per_byte`` converts the training loss (per token) into bits per byte, the unit of val_bpb."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    k = tokens_per_byte / LN2
     for i, s in enumerate(schemes):
         c = s["curve"]
         color = f"C{i}"
-        pts = [(st, v / LN2) for st, v in zip(c["step"], c["train_loss"]) if v is not None]
+        pts = [(st, v * k) for st, v in zip(c["step"], c["train_loss"]) if v is not None]
         if pts:
             ax.plot(*zip(*pts), color=color, label=f"{s['name']} train", alpha=0.8)
-            band = [(st, lo / LN2, hi / LN2) for st, lo, hi in zip(c["step"], c.get("train_loss_min", []),
+            band = [(st, lo * k, hi * k) for st, lo, hi in zip(c["step"], c.get("train_loss_min", []),
                                                                     c.get("train_loss_max", []))
                     if lo is not None and hi is not None]
             if band:
@@ -64,7 +66,7 @@ def plot_loss_vs_step(schemes: list[dict[str, Any]], path: Path) -> str:
                 x, lo, hi = zip(*band)
                 ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
     ax.set_xlabel("training step")
-    ax.set_ylabel("loss (bits per token; bytes: per byte)")
+    ax.set_ylabel("loss (bits per byte)")
     return _finish(fig, ax, path, "Loss vs training step")
 
 
@@ -139,7 +141,8 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
     """All plots for ``report`` (the compare.json object) into ``out_dir``; returns their paths."""
     schemes, n = report["schemes"], report["meta"]["train_seq_len"]
     paths = [
-        plot_loss_vs_step(schemes, out_dir / "loss_vs_step.png"),
+        plot_loss_vs_step(schemes, out_dir / "loss_vs_step.png",
+                          1.0 / ((report["meta"].get("prepared_data") or {}).get("bytes_per_token") or 1.0)),
         plot_loss_vs_position(schemes, out_dir / "loss_vs_position.png", n),
         plot_bpb_vs_length(schemes, out_dir / "bpb_vs_length.png", n),
     ]
