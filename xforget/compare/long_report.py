@@ -39,6 +39,8 @@ def setup_lines(meta: dict[str, Any]) -> list[str]:
 
 
 def wall_lines(schemes: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[str]:
+    if not runs:
+        return []
     lines = ["Time per scheme (seconds per run, one entry per seed; training loop = step 0 to the end, training "
              "process = the same plus start-up; evaluation = all evaluations of the run):", "",
              "| scheme | training loop s | training process s | evaluation s | all seeds, process + evaluation s |",

@@ -286,12 +286,6 @@ def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
     from . import long_report as lr
 
     lines[4:4] = lr.setup_lines(meta)
-    if report.get("findings"):
-        from .findings import findings_markdown
-
-        lines += findings_markdown(report["findings"]) + [""]
-    lines += lr.wall_lines(schemes, report["runs"]) + lr.prefix_lines(schemes, unit)
-    lines += lr.position_lines(schemes, n, unit) + lr.needle_lines(schemes) + lr.pruning_lines(schemes)
 
     # per-position loss table (mean loss in bits per byte over token-index ranges, longest evaluated length)
     longest = max((int(k) for s in schemes for k in s["per_position"]), default=0)
@@ -322,6 +316,12 @@ def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
                 cells = [_pm(r.get("accuracy")) if r["status"] == OK else r["status"] for r in s["task"]["lengths"]]
                 lines.append(f"| `{s['name']}` | " + " | ".join(cells) + " |")
 
+    if report.get("findings"):
+        from .findings import findings_markdown
+
+        lines += [""] + findings_markdown(report["findings"])
+    lines += [""] + lr.wall_lines(schemes, report["runs"]) + lr.prefix_lines(schemes, unit)
+    lines += lr.position_lines(schemes, n, unit) + lr.needle_lines(schemes) + lr.pruning_lines(schemes)
     lines += ["", "Runs:", ""]
     for r in report["runs"]:
         lines.append(f"* `{r['scheme']}` seed {r['seed']}: `{r['run_dir']}`"
