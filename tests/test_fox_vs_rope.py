@@ -96,7 +96,8 @@ def test_tiny_experiment_end_to_end(compared):
     assert meta["jobs"] == 2 and meta["prepared_data"]["vocab_size"] == 300
     assert meta["wall_s"]["total"] >= meta["wall_s"]["train"] > 0
     claims = {f["claim"].split(":")[0]: f["verdict"] for f in data["findings"]}
-    assert all(v in ("holds", "does not hold", "inconclusive", "not measured") for v in claims.values())
+    assert all(v in ("holds", "does not hold", "inconclusive", "not measured") or v.startswith("partly")
+               for v in claims.values())
     for s in data["schemes"]:
         pl = s["position_loss"]
         assert pl["length"] == 256 and pl["buckets"][-1]["hi"] == 256

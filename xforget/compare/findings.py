@@ -19,8 +19,8 @@ Transformer", COLM 2025):
 The rule with seeds: "A < B on every seed" when the largest seed value of A is
 below the smallest of B (the seed bands do not overlap); "within the seed
 spread" otherwise. Losses are nats per token unless said otherwise. Verdicts:
-``holds``, ``does not hold``, ``inconclusive`` (seed bands overlap) or ``not
-measured``.
+``holds``, ``does not hold``, ``inconclusive`` (seed bands overlap), ``partly: ...``
+(claim 3 when RoPE does not rise either) or ``not measured``.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def check_findings(schemes: list[dict[str, Any]], train_len: int) -> list[dict[s
         if len(rises) == 2:
             fox_flat = max(rises["fox"]) <= RISE_TOL
             rope_rises = min(rises["rotary"]) > RISE_TOL
-            verdict = "holds" if fox_flat and rope_rises else "does not hold" if not fox_flat else "inconclusive"
+            verdict = ("holds" if fox_flat and rope_rises else "does not hold" if not fox_flat
+                       else "partly: FoX does not rise, but neither does RoPE")
             out.append(_claim(
                 "Length extrapolation: FoX's per-position loss does not rise beyond the training context; the RoPE "
                 "Transformer's does",
