@@ -258,8 +258,11 @@ def test_init_from_with_other_shapes_or_no_weights_is_one_clear_line(tmp_path):
     assert "do not fit this model" in message and "(32, 32) there, (48, 48) here" in message
     assert message.endswith("(model.dim: 32 there, 48 here)")
     assert "\n" not in message
-    with pytest.raises(CheckpointError, match="no weights there"):
-        train(cfg_of("trainer.max_steps=1", f"trainer.init_from={tmp_path / 'nothing'}"), tmp_path / "bad2")
+    (tmp_path / "empty").mkdir()
+    for missing, reason in ((tmp_path / "nothing", "no such file or directory"), (tmp_path / "empty", "no weights there")):
+        with pytest.raises(ConfigError, match=reason):  # before anything is written (exit 2 on the command line)
+            train(cfg_of("trainer.max_steps=1", f"trainer.init_from={missing}"), tmp_path / "bad2")
+        assert not (tmp_path / "bad2").exists()
 
 
 # --------------------------------------------------------------------------- the command line
@@ -292,6 +295,22 @@ def test_failed_run_leaves_no_generated_dir_and_logs_into_an_existing_train_log(
     assert code == 2 and len(err) == 1
     assert (run / "train.log").read_text().splitlines()[-1].endswith("ERROR   | data file not found: "
                                                                      "/no/such/file.txt (set data.path=FILE)")
+
+
+def test_missing_init_from_fails_up_front_and_writes_nothing(tmp_path, capsys, monkeypatch, _keep_argv):
+    monkeypatch.chdir(tmp_path)
+    for where in ([f"hydra.run.dir={tmp_path / 'new' / 'run'}"], []):  # explicit and time-stamped run directories
+        code, err = _cli([*TINY, "trainer.init_from=/missing/path", *where], capsys)
+        assert code == 2 and len(err) == 1, err
+        assert err[0].startswith("error: trainer.init_from=/missing/path: no such file or directory; expected a run "
+                                 "directory") and "a checkpoint directory" in err[0] and ".safetensors file" in err[0]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+    # a run directory that already holds a checkpoint resumes from it and never reads trainer.init_from
+    run = tmp_path / "run"
+    train(cfg_of("trainer.max_steps=2", "trainer.checkpoint_every=1"), run, stop_after_step=1)
+    cli_main([*TINY, "trainer.max_steps=2", "trainer.checkpoint_every=1", "trainer.init_from=/missing/path",
+              f"hydra.run.dir={run}"])
+    assert "val_bpb=" in capsys.readouterr().out and complete_checkpoints(run)[-1][0] == 2
 
 
 def test_multirun_reports_every_failed_job(tmp_path, capsys, monkeypatch, _keep_argv):

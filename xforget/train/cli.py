@@ -80,6 +80,7 @@ def _precheck(argv: list[str]) -> DictConfig | None:
     Returns the composed config of the (first) job, with its ``hydra`` node, or None for Hydra's own flags.
     Under ``-m`` every job of the sweep is checked and each bad one gets its own ``error:`` line.
     """
+    from .checkpoint import check_init_from
     from .config import ConfigError, compose_config, explain_config_error, to_train_config, user_config_overrides
 
     if any(a.split("=")[0] in _HYDRA_ONLY_FLAGS for a in argv):
@@ -93,7 +94,11 @@ def _precheck(argv: list[str]) -> DictConfig | None:
     for i, job in enumerate(jobs):
         try:
             cfg = compose_config(job, return_hydra_config=True)
-            to_train_config(cfg)
+            typed = to_train_config(cfg)
+            # files named by the config, before Hydra creates the run directory (a run directory that
+            # already holds a checkpoint resumes from it and does not read trainer.init_from)
+            explicit = Path(str(cfg.hydra.run.dir)) if len(jobs) == 1 and _user_run_dir(argv) else None
+            check_init_from(typed.trainer.init_from, explicit)
             composed = composed if composed is not None else cfg
         except ConfigError as exc:
             errors.append(str(exc))

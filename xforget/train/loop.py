@@ -34,6 +34,7 @@ from ..data.batches import step_seed
 from .checkpoint import (
     CHECKPOINTS,
     CheckpointError,
+    check_init_from,
     check_same_model,
     latest_checkpoint,
     load_checkpoint,
@@ -112,6 +113,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after_step: int | None 
     resolve_data_vocab(cfg)
     validate(cfg)
     check_trackers(cfg.logger)  # fail before anything is written if a tracker's package is missing
+    check_init_from(cfg.trainer.init_from, run_dir)  # likewise a missing trainer.init_from
     if stop_after_step is None and os.environ.get("XFORGET_DEBUG_STOP_AFTER_STEP"):
         stop_after_step = int(os.environ["XFORGET_DEBUG_STOP_AFTER_STEP"])
     try:
