@@ -101,8 +101,74 @@ def test_export_cli_writes_a_directory_that_loads_to_the_run_model(tmp_path, cap
     assert not (tmp_path / "hub/tokenizer.json").exists()  # bytes: no tokenizer file
 
 
+def _bpe_run(tmp_path: Path) -> Path:
+    """A tiny run on a BPE-300 prepared dataset (its run directory holds tokenizer.json)."""
+    pytest.importorskip("tokenizers")
+    from xforget.data.prepare import PrepareConfig, prepare
+
+    docs = tmp_path / "docs.jsonl"
+    words = "the cat sat on a mat while dogs ran far away from home today".split()
+    docs.write_text("".join(json.dumps({"text": " ".join(words[(i + j) % len(words)] for j in range(30))}) + "\n"
+                            for i in range(80)))
+    prepared = prepare(PrepareConfig(input=str(docs), output=str(tmp_path / "prep"), tokenizer="bpe", vocab_size=300,
+                                     progress=False), log=lambda m: None)
+    cfg = to_train_config(compose_config([
+        "data=tokens", f"data.path={prepared}", "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32",
+        "trainer.batch_size=4", "trainer.max_steps=2", "trainer.warmup_steps=1", "trainer.eval_batches=1",
+        "trainer.progress=false", "trainer.sample_bytes=0", "trainer.threads=1"]))
+    train(cfg, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_export_refuses_a_non_empty_out_unless_overwrite_replaces_it_atomically(tmp_path, capsys, monkeypatch):
+    import xforget.hub
+    from xforget.export import main
+    from xforget.train.checkpoint import load_model
+
+    def export(*args: str) -> tuple[int, list[str], str]:
+        with pytest.raises(SystemExit) as exc:
+            main([f"checkpoint={run}", f"out={out}", *args])
+        captured = capsys.readouterr()
+        return exc.value.code, captured.err.strip().splitlines(), captured.out
+
+    run, out = _bpe_run(tmp_path), tmp_path / "hub"
+    capsys.readouterr()  # the training log
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    code, err, _ = export()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: out={out} already exists and is not empty")
+    assert "overwrite=true" in err[0] and sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+    def broken(model, directory):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(xforget.hub, "save_weights", broken)  # a failed export leaves the old directory as it was
+    code, err, _ = export("overwrite=true")
+    assert code == 2 and len(err) == 1 and "disk full" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    monkeypatch.undo()
+
+    main([f"checkpoint={run}", f"out={out}", "overwrite=true"])
+    printed = capsys.readouterr().out
+    files = sorted(p.name for p in out.iterdir())
+    assert "mine.txt" not in files and {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(files)
+    listed = printed.split("(", 1)[1].split(")", 1)[0].split(", ")
+    assert sorted(listed) == files  # every file written, tokenizer.json included
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "hub", "prep", "run"]  # no temporary left
+    ours, _ = load_model(run)
+    x = torch.randint(0, 300, (1, 20))
+    with torch.no_grad():
+        assert torch.equal(TransformerWrapper.from_pretrained(out)(x), ours(x))
+    for bad in (run, tmp_path):  # the run directory itself, or a directory holding it: never replaced
+        out = bad
+        code, err, _ = export("overwrite=true")
+        assert code == 2 and len(err) == 1 and "is the run directory or holds it" in err[0]
+    assert (run / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("argv,needle", [
     ([], "missing checkpoint=..., out=..."),
+    (["checkpoint=a", "out=b", "overwrite=yes"], "invalid value overwrite='yes': must be true or false"),
     (["checkpoint=/no/such/run", "out=x"], "no trained model in /no/such/run"),
     (["checkpoint=a", "out=b", "outt=c"], "bad argument 'outt=c'"),
 ])
