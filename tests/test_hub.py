@@ -166,6 +166,32 @@ def test_export_refuses_a_non_empty_out_unless_overwrite_replaces_it_atomically(
     assert (run / "model.safetensors").is_file()
 
 
+def test_eval_of_an_exported_directory_equals_eval_of_its_run(tmp_path, capsys):
+    """xforget-eval checkpoint=<hub dir>: the same numbers as on the run directory, given the same data."""
+    from xforget.evaluate.cli import main as eval_main
+    from xforget.evaluate.config import EvalConfig
+    from xforget.evaluate.core import evaluate_run
+    from xforget.export import main as export_main
+    from xforget.train.config import DataConfig
+
+    run = _tiny_run(tmp_path)
+    export_main([f"checkpoint={run}", f"out={tmp_path / 'hub'}"])
+    capsys.readouterr()
+    data = DataConfig(name="text", path=str(tmp_path / "text.txt"))
+    ecfg = EvalConfig(multiples=[1, 2], tokens=256, threads=1, device="cpu")
+    ours, theirs = evaluate_run(tmp_path / "hub", ecfg, data), evaluate_run(run, ecfg, data)
+    assert ours["lengths"] == theirs["lengths"] and ours["val_bpb"] == theirs["val_bpb"] is not None
+    assert ours["base_seq_len"] == 32  # the model's max_seq_len = the training context
+
+    with pytest.raises(SystemExit) as exc:  # a hub directory records no data: one line saying what to add
+        eval_main([f"checkpoint={tmp_path / 'hub'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "hub-style directory" in err[0] and "data=text data.path=FILE" in err[0]
+    eval_main([f"checkpoint={tmp_path / 'hub'}", "data=text", f"data.path={tmp_path / 'text.txt'}", "eval.multiples=[1]",
+               "eval.tokens=256", f"out={tmp_path / 'eval.json'}"])
+    assert json.loads((tmp_path / "eval.json").read_text())["val_bpb"] == theirs["val_bpb"]
+
+
 @pytest.mark.parametrize("argv,needle", [
     ([], "missing checkpoint=..., out=..."),
     (["checkpoint=a", "out=b", "overwrite=yes"], "invalid value overwrite='yes': must be true or false"),
