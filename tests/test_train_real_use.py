@@ -313,6 +313,30 @@ def test_missing_init_from_fails_up_front_and_writes_nothing(tmp_path, capsys, m
     assert "val_bpb=" in capsys.readouterr().out and complete_checkpoints(run)[-1][0] == 2
 
 
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def test_failed_run_with_an_explicit_run_dir_leaves_nothing_new_behind(tmp_path, capsys, monkeypatch, _keep_argv):
+    """A config error from a missing extra (found before Hydra writes anything) and a data error (found in the
+    run, after Hydra wrote .hydra/ and logging opened train.log): a new directory is gone, an existing one is as
+    it was (its own .hydra/ files too)."""
+    monkeypatch.setitem(sys.modules, "wandb", None)  # the wandb extra is missing
+    args = [a for a in TINY if not a.startswith("data.path")]
+    existing = tmp_path / "existing"
+    (existing / ".hydra").mkdir(parents=True)
+    (existing / ".hydra" / "config.yaml").write_text("an earlier run's config\n")
+    (existing / "notes.txt").write_text("mine\n")
+    before = _tree(existing)
+    for bad, needle in ((["logger=wandb", f"data.path={TEXT}"], "pip install 'xforget[wandb]'"),
+                        (["data.path=/no/such/file.txt"], "data file not found")):
+        for run in (tmp_path / "new" / "run", existing):
+            code, err = _cli([*args, *bad, f"hydra.run.dir={run}"], capsys)
+            assert code == 2 and len(err) == 1 and needle in err[0], err
+            assert not (tmp_path / "new").exists()
+            assert _tree(existing) == before
+
+
 def test_multirun_reports_every_failed_job(tmp_path, capsys, monkeypatch, _keep_argv):
     monkeypatch.chdir(tmp_path)
     args = [a for a in TINY if not a.startswith("data.path")]
