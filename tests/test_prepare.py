@@ -420,6 +420,23 @@ def test_num_tokens_null_is_from_the_data_and_an_explicit_other_value_is_refused
     assert model.num_tokens == 256 and model._hub_mixin_config["num_tokens"] == 256
 
 
+def test_bpe_without_the_data_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    corpus = write_corpus("jsonl", tmp_path, make_docs(20))
+    prepared = prep(corpus, tmp_path / "prep", tokenizer="bpe", vocab_size=300)  # while tokenizers is there
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # now `import tokenizers` fails, as without the extra
+    with pytest.raises(SystemExit) as exc:
+        prepare_main([f"input={corpus}", f"output={tmp_path / 'out'}", "tokenizer=bpe", "vocab_size=300"])
+    captured = capsys.readouterr()
+    assert exc.value.code == 2 and captured.out == ""
+    assert captured.err.splitlines() == ["error: tokenizer=bpe needs the Hugging Face 'tokenizers' package (the data "
+                                         "extra): pip install 'xforget[data]'"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    with pytest.raises(DataError) as info:  # a BPE run directory or prepared dataset: the same one line
+        load_tokenizer(prepared)
+    assert "\n" not in str(info.value) and str(info.value).endswith("(the data extra): pip install 'xforget[data]'")
+
+
 def test_long_documents_encode_exactly_as_a_whole(tmp_path):
     """Pieces cut for parallel encoding (and 4 MiB file pieces) give the ids of the whole text."""
     from xforget.data.prepare import split_for_encoding
