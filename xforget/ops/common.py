@@ -96,6 +96,21 @@ def default_scale(d: int, scale: Optional[float]) -> float:
     return 1.0 / math.sqrt(d) if scale is None else float(scale)
 
 
+def kernel_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the fused SDPA kernel runs in for inputs like ``x``.
+
+    On the CPU, PyTorch's flash kernel in bf16/fp16 is slower than in fp32
+    (measured on the dev machine with AMX, torch 2.13: fwd+bwd at b=16, h=8,
+    n=256, d=32 takes ~1.75x the fp32 time; ``scripts/bench_train.py``), and
+    fp32 is also exact for the fold's per-key channel.  So half-precision CPU
+    inputs are computed in fp32 (the caller casts the output back); CUDA keeps
+    the input dtype.
+    """
+    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return x.dtype
+
+
 def gate_dtype(x: Tensor) -> torch.dtype:
     """fp32, or fp64 when the gate already is fp64."""
     return torch.promote_types(x.dtype, torch.float32)

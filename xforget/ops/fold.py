@@ -45,7 +45,16 @@ import torch
 import torch.nn.functional as F
 
 from . import prune as acp
-from .common import Shapes, Tensor, cumulative_gate, default_scale, expand_kv, valid_rows, zero_invalid_rows
+from .common import (
+    Shapes,
+    Tensor,
+    cumulative_gate,
+    default_scale,
+    expand_kv,
+    kernel_dtype,
+    valid_rows,
+    zero_invalid_rows,
+)
 from .pruned_sdpa import BandedCausalSDPA, make_plan
 
 PAD_GAP = 1.0e4  # pad keys sit this far (at least) below every real key's logit
@@ -91,7 +100,17 @@ def per_key_logit(c: Optional[Tensor], mask: Optional[Tensor], s: Shapes, device
 
 
 def causal_sdpa(q: Tensor, k: Tensor, v: Tensor, n_q: int, n_k: int, scale: Optional[float], **kw) -> Tensor:
-    """SDPA with causal masking aligned lower-right (query m sits at m + n_k - n_q)."""
+    """SDPA with causal masking aligned lower-right (query m sits at m + n_k - n_q); returns q's dtype.
+
+    Half-precision CPU inputs run in fp32 (:func:`kernel_dtype`: faster there).
+    """
+    work = kernel_dtype(q)
+    if work != q.dtype:
+        return _causal_sdpa(q.to(work), k.to(work), v.to(work), n_q, n_k, scale, **kw).to(q.dtype)
+    return _causal_sdpa(q, k, v, n_q, n_k, scale, **kw)
+
+
+def _causal_sdpa(q: Tensor, k: Tensor, v: Tensor, n_q: int, n_k: int, scale: Optional[float], **kw) -> Tensor:
     if n_q == n_k:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **kw)
     if n_q == 1:  # the last position sees every key
@@ -137,12 +156,14 @@ def fold_attention(
         raise ValueError("backend 'fold' takes no log_bgate (causal attention has no backward gate)")
     s = shapes
     scale = default_scale(s.d, scale)
-    dtype = q.dtype
+    out_dtype = q.dtype
 
     c = cumulative_gate(log_fgate, mask, s)
     if c is None and mask is None:  # plain causal attention: nothing to fold
         return causal_sdpa(q, k, v, s.n_q, s.n_k, scale, enable_gqa=s.h != s.h_kv)
 
+    dtype = kernel_dtype(q)  # half precision on the CPU runs in fp32 (faster there, one exact channel)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     u = per_key_logit(c, mask, s, q.device)
     k_chans, q_val = split_channels(u, dtype)
     n_ch = len(k_chans)
@@ -166,7 +187,7 @@ def fold_attention(
         out = _pruned(q, k, c, mask, s, scale, prune_eps, key_norm, q2, k2, v2, width)
     if out is None:
         out = causal_sdpa(q2, k2, v2, s.n_q, s.n_k, 1.0)[..., : s.d_v]
-    return zero_invalid_rows(out, valid_rows(mask, s, causal)).to(dtype)
+    return zero_invalid_rows(out, valid_rows(mask, s, causal)).to(out_dtype)
 
 
 @torch.compiler.disable  # data-dependent plan: runs eagerly inside torch.compile (a graph break)
