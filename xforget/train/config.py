@@ -112,17 +112,20 @@ BYTE_VOCAB = 256
 
 
 def resolve_data_vocab(cfg: TrainConfig) -> None:
-    """``data=tokens``: take ``model.num_tokens`` from the prepared dataset's ``meta.json`` (in place)
-    and make ``data.path`` absolute.
+    """``model.num_tokens`` from the data (in place); ``data=tokens``: also make ``data.path`` absolute.
 
-    ``model.num_tokens`` at its default (256) is replaced by the dataset's
-    vocabulary; any other value must equal it.
+    ``model.num_tokens`` null (the default of every preset) means "from the data": 256 for
+    the byte corpora, the prepared dataset's ``meta.json`` ``vocab_size`` for ``data=tokens``.
+    An explicit value must equal it (checked here for ``data=tokens``, by :func:`validate` for bytes).
 
     Raises:
-        ConfigError: no path, no/unreadable meta.json, or a conflicting ``model.num_tokens``.
+        ConfigError: no path, no/unreadable meta.json, or an explicit ``model.num_tokens`` that differs
+            from the prepared dataset's vocabulary (naming both numbers).
     """
     d, m = cfg.data, cfg.model
     if d.name != "tokens":
+        if m.num_tokens is None:
+            m.num_tokens = BYTE_VOCAB
         return
     if not d.path:
         raise ConfigError("data=tokens needs a prepared dataset directory: add data.path=DIR (made by xforget-prepare)")
@@ -135,14 +138,12 @@ def resolve_data_vocab(cfg: TrainConfig) -> None:
         raise ConfigError(str(exc)) from None
     vocab = int(meta["vocab_size"])
     d.path = str(Path(d.path).expanduser().resolve())
-    if m.num_tokens == vocab:
-        return
-    if m.num_tokens == BYTE_VOCAB:  # the model configs' default: the data decides
+    if m.num_tokens is None:  # from the data
         m.num_tokens = vocab
-        return
-    raise ConfigError(f"invalid value model.num_tokens={m.num_tokens}: the prepared dataset {d.path} has a vocabulary "
-                      f"of {vocab} (meta.json vocab_size); remove model.num_tokens (it is taken from meta.json) or "
-                      f"set it to {vocab}")
+    elif m.num_tokens != vocab:
+        raise ConfigError(f"invalid value model.num_tokens={m.num_tokens}: the prepared dataset {d.path} has a "
+                          f"vocabulary of {vocab} (meta.json vocab_size); remove model.num_tokens (null takes it "
+                          f"from meta.json) or set it to {vocab}")
 
 
 def register_configs() -> None:
@@ -323,9 +324,11 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("dim", "depth", "heads"):
         need(getattr(m, key) >= 1, f"model.{key}", ">= 1", getattr(m, key))
     if d.name != "tokens":
-        need(m.num_tokens == BYTE_VOCAB, "model.num_tokens", "256 (the data is byte level)", m.num_tokens)
+        need(m.num_tokens in (None, BYTE_VOCAB), "model.num_tokens",
+             f"256 or null (data={d.name} is byte level, vocabulary 256)", m.num_tokens)
     else:
-        need(m.num_tokens >= 1, "model.num_tokens", ">= 1 (taken from the prepared dataset's meta.json)", m.num_tokens)
+        need(m.num_tokens is None or m.num_tokens >= 1, "model.num_tokens",
+             ">= 1 or null (null: taken from the prepared dataset's meta.json)", m.num_tokens)
     need(m.kind == "decoder", "model.kind", "'decoder' for language-model training", m.kind)
     from ..validate import validate_model_config
 
