@@ -383,10 +383,18 @@ def test_hydra_quoting_round_trips_any_text():
 def test_train_config_defaults_are_the_configs_defaults():
     from omegaconf import OmegaConf
 
+    from xforget.config import ModelConfig
     from xforget.train.config import TrainConfig
 
-    assert OmegaConf.to_container(compose_config([]), resolve=True) == asdict(TrainConfig())  # num_tokens null in both
-    assert asdict(to_train_config(compose_config([]))) == asdict(to_train_config(TrainConfig()))  # 256 from the data
+    composed = OmegaConf.to_container(compose_config([]), resolve=True)
+    plain = asdict(TrainConfig())
+    assert {k: v for k, v in composed.items() if k != "model"} == {k: v for k, v in plain.items() if k != "model"}
+    # the model: train.yaml picks the fox_pro preset; the schema's model is the plain ModelConfig every preset
+    # starts from, so e.g. model=rotary does not inherit FoX Pro's QK-norm or KV-shift
+    assert composed["model"] == OmegaConf.to_container(compose_config(["model=fox_pro"]), resolve=True)["model"]
+    assert plain["model"] == asdict(ModelConfig()) and plain["model"]["num_tokens"] is None  # null: from the data
+    rotary = to_train_config(compose_config(["model=rotary"])).model
+    assert rotary.qk_norm is False and not rotary.kv_shift and rotary.norm == "layernorm"
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import ModelConfig
 from ..config_errors import explain_error, schema_keys
+from .compile import COMPILE_CHOICES
 from .precision import PRECISIONS
 
 DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle", "tokens")
@@ -74,7 +75,7 @@ class TrainerConfig:
     torchrun processes); one optimizer step sees ``batch_size * grad_accum``
     windows of ``seq_len`` + 1 bytes."""
 
-    max_steps: int = 1400
+    max_steps: int = 1300
     batch_size: int = 16
     seq_len: int = 256
     grad_accum: int = 1
@@ -88,7 +89,7 @@ class TrainerConfig:
     threads: int | None = None  # torch.set_num_threads; None = torch's default
     precision: str = "auto"  # auto (bf16 on native-bf16 hardware, else fp32) | fp32 | bf16 | fp16 (autocast; grad scaler for fp16)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: bool = False  # torch.compile the model
+    compile: str = "auto"  # auto (runs of >= 1000 steps with a compiler backend) | true | false: torch.compile the step
     strategy: str = "ddp"  # under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard)
     peak_flops: float | None = None  # peak FLOP/s of one device, for MFU; None = a known GPU's, else TFLOP/s only
     progress: bool = True  # tqdm progress bar
@@ -100,6 +101,7 @@ class TrainerConfig:
 
 @dataclass
 class TrainConfig:
+    # plain ModelConfig: every preset (configs/model/) starts from these; the default run picks fox_pro in train.yaml
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -296,6 +298,7 @@ def validate(cfg: TrainConfig) -> None:
     need(t.grad_clip >= 0, "trainer.grad_clip", ">= 0 (0 = off)", t.grad_clip)
     need(t.threads is None or t.threads >= 1, "trainer.threads", ">= 1 or null", t.threads)
     need(t.precision in PRECISIONS, "trainer.precision", f"one of {list(PRECISIONS)}", t.precision)
+    need(str(t.compile).lower() in COMPILE_CHOICES, "trainer.compile", f"one of {list(COMPILE_CHOICES)}", t.compile)
     need(t.sample_temperature >= 0, "trainer.sample_temperature", ">= 0", t.sample_temperature)
     need(t.resume in RESUME_MODES, "trainer.resume", f"one of {list(RESUME_MODES)}", t.resume)
     need(t.strategy in STRATEGIES, "trainer.strategy", f"one of {list(STRATEGIES)}", t.strategy)

@@ -63,6 +63,7 @@ from .distributed import (
     shutdown,
 )
 from ..files import atomic_write_text
+from .compile import resolve_compile
 from .metrics import MetricsLog, model_flops_per_token, peak_flops
 from .optim import adamw_impl, decay_names, param_groups
 from .precision import AMP_DTYPES, resolve_precision
@@ -211,7 +212,9 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
             from torch.nn.parallel import DistributedDataParallel
 
             ddp = DistributedDataParallel(lm, device_ids=[device.index] if device.type == "cuda" else None)
-        forward = torch.compile(ddp or lm) if t.compile else (ddp or lm)
+        compiled, why = resolve_compile(t.compile, t.max_steps, device)
+        logger.info(why)
+        forward = torch.compile(ddp or lm) if compiled else (ddp or lm)
 
         # ---- optimizer, schedule, grad scaler (and their resumed state) ----------------------
         optimizer = torch.optim.AdamW(
