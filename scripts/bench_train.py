@@ -9,12 +9,14 @@ setting: median tokens/s over the rounds, the ratio to the first setting (the
 peer, fp32 by default) and MFU against this machine's measured peak
 (``scripts/bench_peak.py``; the fp32 peak for fp32, the bf16 peak for bf16).
 
-Settings are ``precision[+compile][+fused|+foreach]``, e.g.
-``fp32 bf16 bf16+fused bf16+compile+fused``; ``--batch``/``--seq-len``/
-model overrides apply to all.
+Settings are ``precision[+compile][+fused|+foreach][@override,override...]``,
+e.g. ``fp32 bf16 bf16+fused bf16+compile+fused bf16+fused@model=fox_pro``;
+``--batch``/``--seq-len``/the positional overrides apply to all, the ones after
+``@`` to that setting only (so two models are timed in the same run).
 
     python scripts/bench_train.py
     python scripts/bench_train.py --settings fp32 bf16 bf16+fused --rounds 8 --steps 3
+    python scripts/bench_train.py --settings bf16+fused@model=fox bf16+fused@model=fox_pro,model.kv_shift=false
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ AMP = {"fp32": None, "bf16": torch.bfloat16}
 
 class Runner:
     def __init__(self, name: str, cfg, batch: int, seq_len: int) -> None:
-        parts = name.split("+")
+        parts = name.split("@")[0].split("+")
         self.name, self.precision = name, parts[0]
         if self.precision not in AMP:
             raise SystemExit(f"error: unknown precision {self.precision!r} in setting {name!r}; valid: {list(AMP)}")
@@ -61,6 +63,7 @@ class Runner:
         self.batch, self.seq_len = batch, seq_len
         self.step_times: list[float] = []
         self.gen = torch.Generator().manual_seed(1)
+        self.cfg = cfg
 
     def steps(self, n: int, record: bool = True) -> None:
         for _ in range(n):
@@ -99,7 +102,11 @@ def main() -> None:
         overrides.append(f"trainer.seq_len={args.seq_len}")
     cfg = to_train_config(compose_config(overrides))
     batch, seq_len = cfg.trainer.batch_size, cfg.trainer.seq_len
-    runners = [Runner(s, cfg, batch, seq_len) for s in args.settings]
+    runners = []
+    for setting in args.settings:
+        extra = setting.split("@")[1].split(",") if "@" in setting else []
+        runners.append(Runner(setting, to_train_config(compose_config(overrides + extra)) if extra else cfg,
+                              batch, seq_len))
     compile_s = {}
     for r in runners:
         tic = time.perf_counter()
@@ -113,19 +120,19 @@ def main() -> None:
 
 def report(runners, cfg, args, rounds: int, compile_s: dict) -> None:
     batch, seq_len = cfg.trainer.batch_size, cfg.trainer.seq_len
-    fpt = model_flops_per_token(runners[0].model, seq_len)
     tokens = batch * seq_len
     print(f"model dim={cfg.model.dim} depth={cfg.model.depth} heads={cfg.model.heads} position={cfg.model.position}; "
           f"batch {batch} x {seq_len}; {torch.get_num_threads()} threads; {rounds} rounds x {args.steps} steps")
-    print(f"{'setting':<22} {'tokens/s':>9} {'s/step':>7} {'ratio':>6} {'TFLOP/s':>8} {'MFU':>6} {'warm-up s':>9}")
+    print(f"{'setting':<40} {'tokens/s':>9} {'s/step':>7} {'ratio':>6} {'TFLOP/s':>8} {'MFU':>6} {'warm-up s':>9}")
     base = None
     for r in runners:
         per_step = statistics.median(r.step_times)
+        fpt = model_flops_per_token(r.model, seq_len)
         tps = tokens / per_step
         base = base or tps
         peak = load_peak(r.precision)
         mfu = f"{fpt * tps / peak:6.1%}" if peak else "   n/a"
-        print(f"{r.name:<22} {tps:>9.0f} {per_step:>7.3f} {tps / base:>5.2f}x {fpt * tps / 1e12:>8.3f} {mfu} "
+        print(f"{r.name:<40} {tps:>9.0f} {per_step:>7.3f} {tps / base:>5.2f}x {fpt * tps / 1e12:>8.3f} {mfu} "
               f"{compile_s[r.name]:>9.1f}", flush=True)
 
 

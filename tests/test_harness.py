@@ -164,6 +164,29 @@ def test_eval_cli_runs_a_local_task_offline_and_writes_results(hub_dir, tmp_path
     assert results["xf_tiny_mc"]["acc,none"] == pytest.approx(sum(picks) / len(picks))
 
 
+def test_lm_eval_command_line_through_harness_cli_scores_like_the_reference(hub_dir, tmp_path):
+    """lm-eval 0.4.x loads no model plugins from entry points: `python -m xforget.evaluate.harness_cli` is its own
+    command line with `xforget` registered; a local task's perplexity equals the float64 reference."""
+    import os
+    import subprocess
+    import sys
+
+    tasks = _write_task(tmp_path)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "xforget.evaluate.harness_cli", "--model", "xforget", "--model_args",
+                           f"pretrained={hub_dir}", "--tasks", "xf_tiny_ll", "--include_path", str(tasks),
+                           "--device", "cpu", "--batch_size", "2", "--output_path", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]["xf_tiny_ll"]
+    lm = XForgetLM(pretrained=str(hub_dir), batch_size=1)
+    rows = [json.loads(line) for line in (tasks / "data.jsonl").read_text().splitlines()]
+    nll = [-_reference_logprob(lm.model, list((r["context"] + r["continuation"]).encode()), len(r["continuation"]))[0]
+           for r in rows]
+    assert results["perplexity,none"] == pytest.approx(float(torch.tensor(nll).mean().exp()), rel=1e-4)
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["harness=true", "checkpoint=/no/such/dir", "tasks=[x]"], "no trained model in /no/such/dir"),
     (["harness=true", "tasks=[]"], "harness=true needs tasks="),

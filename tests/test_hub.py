@@ -101,8 +101,100 @@ def test_export_cli_writes_a_directory_that_loads_to_the_run_model(tmp_path, cap
     assert not (tmp_path / "hub/tokenizer.json").exists()  # bytes: no tokenizer file
 
 
+def _bpe_run(tmp_path: Path) -> Path:
+    """A tiny run on a BPE-300 prepared dataset (its run directory holds tokenizer.json)."""
+    pytest.importorskip("tokenizers")
+    from xforget.data.prepare import PrepareConfig, prepare
+
+    docs = tmp_path / "docs.jsonl"
+    words = "the cat sat on a mat while dogs ran far away from home today".split()
+    docs.write_text("".join(json.dumps({"text": " ".join(words[(i + j) % len(words)] for j in range(30))}) + "\n"
+                            for i in range(80)))
+    prepared = prepare(PrepareConfig(input=str(docs), output=str(tmp_path / "prep"), tokenizer="bpe", vocab_size=300,
+                                     progress=False), log=lambda m: None)
+    cfg = to_train_config(compose_config([
+        "data=tokens", f"data.path={prepared}", "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32",
+        "trainer.batch_size=4", "trainer.max_steps=2", "trainer.warmup_steps=1", "trainer.eval_batches=1",
+        "trainer.progress=false", "trainer.sample_bytes=0", "trainer.threads=1"]))
+    train(cfg, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_export_refuses_a_non_empty_out_unless_overwrite_replaces_it_atomically(tmp_path, capsys, monkeypatch):
+    import xforget.hub
+    from xforget.export import main
+    from xforget.train.checkpoint import load_model
+
+    def export(*args: str) -> tuple[int, list[str], str]:
+        with pytest.raises(SystemExit) as exc:
+            main([f"checkpoint={run}", f"out={out}", *args])
+        captured = capsys.readouterr()
+        return exc.value.code, captured.err.strip().splitlines(), captured.out
+
+    run, out = _bpe_run(tmp_path), tmp_path / "hub"
+    capsys.readouterr()  # the training log
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    code, err, _ = export()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: out={out} already exists and is not empty")
+    assert "overwrite=true" in err[0] and sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+    def broken(model, directory):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(xforget.hub, "save_weights", broken)  # a failed export leaves the old directory as it was
+    code, err, _ = export("overwrite=true")
+    assert code == 2 and len(err) == 1 and "disk full" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    monkeypatch.undo()
+
+    main([f"checkpoint={run}", f"out={out}", "overwrite=true"])
+    printed = capsys.readouterr().out
+    files = sorted(p.name for p in out.iterdir())
+    assert "mine.txt" not in files and {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(files)
+    listed = printed.split("(", 1)[1].split(")", 1)[0].split(", ")
+    assert sorted(listed) == files  # every file written, tokenizer.json included
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "hub", "prep", "run"]  # no temporary left
+    ours, _ = load_model(run)
+    x = torch.randint(0, 300, (1, 20))
+    with torch.no_grad():
+        assert torch.equal(TransformerWrapper.from_pretrained(out)(x), ours(x))
+    for bad in (run, tmp_path):  # the run directory itself, or a directory holding it: never replaced
+        out = bad
+        code, err, _ = export("overwrite=true")
+        assert code == 2 and len(err) == 1 and "is the run directory or holds it" in err[0]
+    assert (run / "model.safetensors").is_file()
+
+
+def test_eval_of_an_exported_directory_equals_eval_of_its_run(tmp_path, capsys):
+    """xforget-eval checkpoint=<hub dir>: the same numbers as on the run directory, given the same data."""
+    from xforget.evaluate.cli import main as eval_main
+    from xforget.evaluate.config import EvalConfig
+    from xforget.evaluate.core import evaluate_run
+    from xforget.export import main as export_main
+    from xforget.train.config import DataConfig
+
+    run = _tiny_run(tmp_path)
+    export_main([f"checkpoint={run}", f"out={tmp_path / 'hub'}"])
+    capsys.readouterr()
+    data = DataConfig(name="text", path=str(tmp_path / "text.txt"))
+    ecfg = EvalConfig(multiples=[1, 2], tokens=256, threads=1, device="cpu")
+    ours, theirs = evaluate_run(tmp_path / "hub", ecfg, data), evaluate_run(run, ecfg, data)
+    assert ours["lengths"] == theirs["lengths"] and ours["val_bpb"] == theirs["val_bpb"] is not None
+    assert ours["base_seq_len"] == 32  # the model's max_seq_len = the training context
+
+    with pytest.raises(SystemExit) as exc:  # a hub directory records no data: one line saying what to add
+        eval_main([f"checkpoint={tmp_path / 'hub'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "hub-style directory" in err[0] and "data=text data.path=FILE" in err[0]
+    eval_main([f"checkpoint={tmp_path / 'hub'}", "data=text", f"data.path={tmp_path / 'text.txt'}", "eval.multiples=[1]",
+               "eval.tokens=256", f"out={tmp_path / 'eval.json'}"])
+    assert json.loads((tmp_path / "eval.json").read_text())["val_bpb"] == theirs["val_bpb"]
+
+
 @pytest.mark.parametrize("argv,needle", [
     ([], "missing checkpoint=..., out=..."),
+    (["checkpoint=a", "out=b", "overwrite=yes"], "invalid value overwrite='yes': must be true or false"),
     (["checkpoint=/no/such/run", "out=x"], "no trained model in /no/such/run"),
     (["checkpoint=a", "out=b", "outt=c"], "bad argument 'outt=c'"),
 ])

@@ -382,6 +382,7 @@ def test_training_on_bad_prepared_dirs_fails_clearly(tmp_path):
     cases = [
         ([f"data.path={nometa}"], "no meta.json"),
         ([f"data.path={out}", "model.num_tokens=512"], "model.num_tokens=512"),
+        ([f"data.path={out}", "model.num_tokens=256"], "model.num_tokens=256: the prepared dataset"),  # explicit 256 too
         ([], "data.path=DIR"),
     ]
     for extra, match in cases:
@@ -391,6 +392,49 @@ def test_training_on_bad_prepared_dirs_fails_clearly(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_num_tokens_null_is_from_the_data_and_an_explicit_other_value_is_refused(tmp_path):
+    """model.num_tokens: null (every preset) = from the data; an explicit 256 on BPE data is an error, not replaced."""
+    from xforget import ModelConfig, build_model
+    from xforget.train import ConfigError
+
+    out = prep(write_corpus("jsonl", tmp_path, make_docs(20)), tmp_path / "prep", tokenizer="bpe", vocab_size=300)
+    vocab = json.loads((out / "meta.json").read_text())["vocab_size"]
+    assert vocab != 256
+    assert compose_config([]).model.num_tokens is None
+    for preset in ("fox", "gpt", "fox_pro"):
+        assert tiny_cfg(f"model={preset}", "data=tokens", f"data.path={out}").model.num_tokens == vocab
+        assert tiny_cfg(f"model={preset}").model.num_tokens == 256
+    assert tiny_cfg("data=tokens", f"data.path={out}", f"model.num_tokens={vocab}").model.num_tokens == vocab
+    assert tiny_cfg("model.num_tokens=256").model.num_tokens == 256
+    for explicit in (256, 512):
+        with pytest.raises(ConfigError) as info:
+            tiny_cfg("data=tokens", f"data.path={out}", f"model.num_tokens={explicit}")
+        message = str(info.value)
+        assert message.startswith(f"invalid value model.num_tokens={explicit}: ") and f"vocabulary of {vocab}" in message
+    with pytest.raises(ConfigError, match=r"model.num_tokens=300.*256"):
+        tiny_cfg("model.num_tokens=300")  # byte-level data
+    # the Python API: no data, so bytes; config.json gets the number, not null
+    model = build_model(ModelConfig(dim=16, depth=1, heads=2))
+    assert model.num_tokens == 256 and model._hub_mixin_config["num_tokens"] == 256
+
+
+def test_bpe_without_the_data_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    corpus = write_corpus("jsonl", tmp_path, make_docs(20))
+    prepared = prep(corpus, tmp_path / "prep", tokenizer="bpe", vocab_size=300)  # while tokenizers is there
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # now `import tokenizers` fails, as without the extra
+    with pytest.raises(SystemExit) as exc:
+        prepare_main([f"input={corpus}", f"output={tmp_path / 'out'}", "tokenizer=bpe", "vocab_size=300"])
+    captured = capsys.readouterr()
+    assert exc.value.code == 2 and captured.out == ""
+    assert captured.err.splitlines() == ["error: tokenizer=bpe needs the Hugging Face 'tokenizers' package (the data "
+                                         "extra): pip install 'xforget[data]'"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    with pytest.raises(DataError) as info:  # a BPE run directory or prepared dataset: the same one line
+        load_tokenizer(prepared)
+    assert "\n" not in str(info.value) and str(info.value).endswith("(the data extra): pip install 'xforget[data]'")
 
 
 def test_long_documents_encode_exactly_as_a_whole(tmp_path):

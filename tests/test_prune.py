@@ -334,3 +334,19 @@ def test_eviction_refuses_what_it_cannot_bound():
     _, cache = post(torch.randint(0, 64, (1, 8)), return_cache=True)
     with pytest.raises(ValueError, match="pre-norm"):
         cache.evict_forgotten(post)
+
+
+def test_no_pruning_below_min_keys():
+    """Below PRUNE_MIN_KEYS keys the fold makes no pruning plan (it would cost more than it saves),
+    and from there on a strongly decaying gate does prune."""
+    from xforget.ops.prune import PRUNE_MIN_KEYS
+
+    for n, expect_pruned in ((PRUNE_MIN_KEYS - 1, False), (PRUNE_MIN_KEYS, True)):
+        q, k, v = make(1, 4, 4, n, n, dtype=torch.float32)
+        lf = gates(1, 4, n, "strong", dtype=torch.float32)
+        w = torch.randn(1, 4, n, 16)
+        out, _, frac = run(q, k, v, lf, None, "fold", True, 1e-6, w)
+        ref_out, _, _ = run(q, k, v, lf, None, "fold", False, 1e-6, w)
+        assert (frac > 0) == expect_pruned, (n, frac)
+        if not expect_pruned:
+            assert torch.equal(out, ref_out)  # the very same fused call

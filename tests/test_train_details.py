@@ -131,6 +131,25 @@ def test_logged_lr_follows_warmup_then_cosine(tmp_path, text_file):
     assert records[3]["lr"] == pytest.approx(1e-3) and records[-1]["lr"] == pytest.approx(2e-4)
 
 
+@pytest.mark.parametrize("warmup,max_steps", [(10, 4), (4, 4)])
+def test_warmup_not_shorter_than_the_run_is_logged_as_it_is_and_a_resume_past_it_keeps_the_last_lr(
+        tmp_path, text_file, warmup, max_steps):
+    lr, run = 1e-3, tmp_path / "run"
+    base = ("trainer.warmup_steps=%d" % warmup, "optim.lr=1e-3", "optim.min_lr_ratio=0.2", "trainer.checkpoint_every=1")
+    train(tiny(tmp_path, text_file, *base, f"trainer.max_steps={max_steps}"), run)
+    ramp = [lr * (s + 1) / warmup for s in range(max_steps)]  # linear warmup only: the run ends in it
+    assert [r["lr"] for r in read_metrics(run)] == pytest.approx(ramp, rel=1e-12)
+    warning = next(line for line in (run / "train.log").read_text().splitlines() if "trainer.warmup_steps=" in line)
+    assert f"trainer.warmup_steps={warmup} >= trainer.max_steps={max_steps}: the run ends in its warmup" in warning
+    assert f"rises linearly from {ramp[0]:.3g}" in warning and "with no cosine decay to 0.0002" in warning
+    reached = "reaches optim.lr=0.001 only at the last step" if warmup == max_steps else \
+        f"reaches only {ramp[-1]:.3g} ({max_steps}/{warmup} of optim.lr=0.001) at the last step"
+    assert reached in warning
+    # a resume with a larger max_steps keeps the horizon: past it, the last learning rate, no jump, no more warmup
+    train(tiny(tmp_path, text_file, *base, f"trainer.max_steps={max_steps + 3}"), run)
+    assert [r["lr"] for r in read_metrics(run)] == pytest.approx(ramp + [ramp[-1]] * 3, rel=1e-12)
+
+
 # --------------------------------------------------------------------------- autocast
 
 

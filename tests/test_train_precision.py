@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from xforget.train import ConfigError, compose_config, to_train_config, train
 from xforget.train.metrics import read_metrics
 from xforget.train.peak import load_peak, machine_key, save_peak
+from xforget.train.compile import AUTO_MIN_STEPS, resolve_compile
 from xforget.train.precision import resolve_precision
 
 
@@ -53,7 +54,41 @@ def test_auto_precision_follows_native_bf16_support(monkeypatch):
 
 def test_defaults_are_the_fast_ones():
     cfg = to_train_config(compose_config([]))
-    assert cfg.trainer.precision == "auto" and cfg.optim.impl == "fused"
+    assert cfg.trainer.precision == "auto" and cfg.optim.impl == "fused" and cfg.trainer.compile == "auto"
+    assert cfg.trainer.max_steps >= AUTO_MIN_STEPS  # so the default run compiles where it can
+    m = cfg.model  # FoX Pro (README "Default run")
+    assert m.position == "fox" and m.qk_norm is True and m.kv_shift and m.output_gate and m.output_norm
+    assert (m.norm, m.ff_activation) == ("rmsnorm", "swiglu")
+
+
+def test_auto_compile_needs_a_long_run_and_a_compiler_backend(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    assert resolve_compile("auto", AUTO_MIN_STEPS, cpu)[0] is True
+    assert resolve_compile("auto", AUTO_MIN_STEPS - 1, cpu)[0] is False  # compiling would not pay for itself
+    assert resolve_compile(False, 10**6, cpu)[0] is False and resolve_compile("True", 5, cpu)[0] is True
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    compiled, why = resolve_compile("auto", 10**6, cpu)
+    assert compiled is False and "no C++ compiler" in why  # inductor would fail at the first step
+    assert resolve_compile("auto", 10**6, cuda)[0] is True
+    with pytest.raises(ValueError, match=r"trainer.compile='fast'.*\['auto', 'true', 'false'\]"):
+        resolve_compile("fast", 10, cpu)
+    with pytest.raises(ConfigError, match=r"trainer.compile='fast'.*\['auto', 'true', 'false'\]"):
+        to_train_config(compose_config(["trainer.compile=fast"]))
+
+
+@pytest.mark.slow
+def test_compiled_training_equals_eager(tmp_path):
+    """The default run compiles: torch.compile must not change what is learned (fp32, 4 steps)."""
+    runs = {}
+    for flag in ("false", "true"):
+        runs[flag] = train(tiny(tmp_path, "trainer.max_steps=4", "trainer.precision=fp32", f"trainer.compile={flag}"),
+                           tmp_path / flag)
+    assert [runs["true"].losses[s] for s in range(1, 5)] == pytest.approx(
+        [runs["false"].losses[s] for s in range(1, 5)], abs=1e-4)
+    w = {flag: load_file(tmp_path / flag / "model.safetensors") for flag in runs}
+    for k in w["false"]:
+        torch.testing.assert_close(w["true"][k], w["false"][k], atol=1e-4, rtol=1e-3)
 
 
 def test_adamw_implementations_give_the_same_run(tmp_path):

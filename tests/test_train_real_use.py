@@ -258,8 +258,11 @@ def test_init_from_with_other_shapes_or_no_weights_is_one_clear_line(tmp_path):
     assert "do not fit this model" in message and "(32, 32) there, (48, 48) here" in message
     assert message.endswith("(model.dim: 32 there, 48 here)")
     assert "\n" not in message
-    with pytest.raises(CheckpointError, match="no weights there"):
-        train(cfg_of("trainer.max_steps=1", f"trainer.init_from={tmp_path / 'nothing'}"), tmp_path / "bad2")
+    (tmp_path / "empty").mkdir()
+    for missing, reason in ((tmp_path / "nothing", "no such file or directory"), (tmp_path / "empty", "no weights there")):
+        with pytest.raises(ConfigError, match=reason):  # before anything is written (exit 2 on the command line)
+            train(cfg_of("trainer.max_steps=1", f"trainer.init_from={missing}"), tmp_path / "bad2")
+        assert not (tmp_path / "bad2").exists()
 
 
 # --------------------------------------------------------------------------- the command line
@@ -292,6 +295,46 @@ def test_failed_run_leaves_no_generated_dir_and_logs_into_an_existing_train_log(
     assert code == 2 and len(err) == 1
     assert (run / "train.log").read_text().splitlines()[-1].endswith("ERROR   | data file not found: "
                                                                      "/no/such/file.txt (set data.path=FILE)")
+
+
+def test_missing_init_from_fails_up_front_and_writes_nothing(tmp_path, capsys, monkeypatch, _keep_argv):
+    monkeypatch.chdir(tmp_path)
+    for where in ([f"hydra.run.dir={tmp_path / 'new' / 'run'}"], []):  # explicit and time-stamped run directories
+        code, err = _cli([*TINY, "trainer.init_from=/missing/path", *where], capsys)
+        assert code == 2 and len(err) == 1, err
+        assert err[0].startswith("error: trainer.init_from=/missing/path: no such file or directory; expected a run "
+                                 "directory") and "a checkpoint directory" in err[0] and ".safetensors file" in err[0]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+    # a run directory that already holds a checkpoint resumes from it and never reads trainer.init_from
+    run = tmp_path / "run"
+    train(cfg_of("trainer.max_steps=2", "trainer.checkpoint_every=1"), run, stop_after_step=1)
+    cli_main([*TINY, "trainer.max_steps=2", "trainer.checkpoint_every=1", "trainer.init_from=/missing/path",
+              f"hydra.run.dir={run}"])
+    assert "val_bpb=" in capsys.readouterr().out and complete_checkpoints(run)[-1][0] == 2
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def test_failed_run_with_an_explicit_run_dir_leaves_nothing_new_behind(tmp_path, capsys, monkeypatch, _keep_argv):
+    """A config error from a missing extra (found before Hydra writes anything) and a data error (found in the
+    run, after Hydra wrote .hydra/ and logging opened train.log): a new directory is gone, an existing one is as
+    it was (its own .hydra/ files too)."""
+    monkeypatch.setitem(sys.modules, "wandb", None)  # the wandb extra is missing
+    args = [a for a in TINY if not a.startswith("data.path")]
+    existing = tmp_path / "existing"
+    (existing / ".hydra").mkdir(parents=True)
+    (existing / ".hydra" / "config.yaml").write_text("an earlier run's config\n")
+    (existing / "notes.txt").write_text("mine\n")
+    before = _tree(existing)
+    for bad, needle in ((["logger=wandb", f"data.path={TEXT}"], "pip install 'xforget[wandb]'"),
+                        (["data.path=/no/such/file.txt"], "data file not found")):
+        for run in (tmp_path / "new" / "run", existing):
+            code, err = _cli([*args, *bad, f"hydra.run.dir={run}"], capsys)
+            assert code == 2 and len(err) == 1 and needle in err[0], err
+            assert not (tmp_path / "new").exists()
+            assert _tree(existing) == before
 
 
 def test_multirun_reports_every_failed_job(tmp_path, capsys, monkeypatch, _keep_argv):
@@ -338,9 +381,20 @@ def test_hydra_quoting_round_trips_any_text():
 
 
 def test_train_config_defaults_are_the_configs_defaults():
+    from omegaconf import OmegaConf
+
+    from xforget.config import ModelConfig
     from xforget.train.config import TrainConfig
 
-    assert asdict(to_train_config(compose_config([]))) == asdict(TrainConfig())
+    composed = OmegaConf.to_container(compose_config([]), resolve=True)
+    plain = asdict(TrainConfig())
+    assert {k: v for k, v in composed.items() if k != "model"} == {k: v for k, v in plain.items() if k != "model"}
+    # the model: train.yaml picks the fox_pro preset; the schema's model is the plain ModelConfig every preset
+    # starts from, so e.g. model=rotary does not inherit FoX Pro's QK-norm or KV-shift
+    assert composed["model"] == OmegaConf.to_container(compose_config(["model=fox_pro"]), resolve=True)["model"]
+    assert plain["model"] == asdict(ModelConfig()) and plain["model"]["num_tokens"] is None  # null: from the data
+    rotary = to_train_config(compose_config(["model=rotary"])).model
+    assert rotary.qk_norm is False and not rotary.kv_shift and rotary.norm == "layernorm"
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

@@ -7,7 +7,7 @@ unknown key fails at composition time with the valid keys listed, and
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .layers import Decoder, Encoder
@@ -23,11 +23,13 @@ class ModelConfig:
     (causal) or ``encoder`` (bidirectional). Scheme-specific options left at
     null take the scheme's default and must stay null when the scheme is not
     used. :func:`xforget.validate.validate_model_config` checks everything
-    before a model is built.
+    before a model is built. ``num_tokens`` left at None means "from the data":
+    training takes it from the dataset (256 for byte corpora, ``meta.json``'s
+    ``vocab_size`` for ``data=tokens``), and :func:`build_model` uses 256 (bytes).
     """
 
     kind: str = "decoder"
-    num_tokens: int = 256
+    num_tokens: int | None = None  # vocabulary; None = from the data (bytes: 256; training: meta.json of data=tokens)
     max_seq_len: int = 256
     dim: int = 256
     depth: int = 4
@@ -74,6 +76,7 @@ class ModelConfig:
 
 
 _WRAPPER_KEYS = {"num_tokens", "max_seq_len", "tie_embedding"}
+BYTE_VOCAB = 256
 
 
 def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
@@ -98,6 +101,8 @@ def build_model(cfg: ModelConfig | dict[str, Any]) -> TransformerWrapper:
     """
     if not isinstance(cfg, ModelConfig):
         cfg = model_config_from_dict(dict(cfg))
+    if cfg.num_tokens is None:  # "from the data", and there is none here: bytes
+        cfg = replace(cfg, num_tokens=BYTE_VOCAB)
     validate_model_config(cfg)
     values = asdict(cfg)
     kind = values.pop("kind")

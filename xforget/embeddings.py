@@ -22,7 +22,9 @@ class TokenEmbedding(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise TypeError(f"token ids must be an integer tensor, got dtype {tokens.dtype}")
-        if tokens.numel():
+        # the range check reads two numbers back from the tensor (a graph break under torch.compile);
+        # compiled training feeds ids its data loader already bounded by the vocabulary, so it is skipped there
+        if tokens.numel() and not torch.compiler.is_compiling():
             lo, hi = int(tokens.min()), int(tokens.max())
             if lo < 0 or hi >= self.num_tokens:
                 bad = lo if lo < 0 else hi

@@ -165,12 +165,42 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
     return model, load_run_tokenizer(path, cfg)
 
 
-def export_run(run_dir: str | Path, out: str | Path) -> Path:
+def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> tuple[Path, list[str]]:
     """A run directory's latest weights as a hub-style directory (``xforget-export``).
 
+    Everything is written into ``.<out>.tmp-<pid>/`` beside ``out`` and renamed into place, so ``out``
+    is either absent/untouched or complete. An existing ``out`` that is not empty is refused unless
+    ``overwrite``; ``out`` may not be the run directory or hold it.
+
+    Returns:
+        ``(out, files)``: the directory and every file written into it (relative paths, sorted).
     Raises:
         CheckpointError: nothing loadable in ``run_dir``.
+        ValueError: ``out`` exists and is not empty (without ``overwrite``), is a file, or is/holds ``run_dir``.
     """
-    model, tokenizer = load_pretrained(run_dir)
-    model.save_pretrained(out, tokenizer=tokenizer)
-    return Path(out)
+    import os
+    import shutil
+
+    source, target = Path(run_dir).expanduser().resolve(), Path(out).expanduser().resolve()
+    if target == source or target in source.parents:
+        raise ValueError(f"out={out} is the run directory or holds it ({source}); choose another directory")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"out={out} exists and is not a directory; choose another path")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ValueError(f"out={out} already exists and is not empty; choose another directory or add "
+                         "overwrite=true (replaces it)")
+    model, tokenizer = load_pretrained(source)  # before anything is written
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, tokenizer=tokenizer)
+        files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
+        if target.exists():
+            os.replace(target, old)  # then the complete export takes its place
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return target, files

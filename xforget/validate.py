@@ -174,6 +174,8 @@ def validate_model_config(cfg: Any) -> PositionPlan:
         raise ValueError(f"model.kind={kind!r} must be 'decoder' (causal LM) or 'encoder' (bidirectional)")
     for name in ("num_tokens", "max_seq_len"):
         value = values.get(name)
+        if name == "num_tokens" and value is None:  # from the data (build_model: bytes, 256)
+            continue
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"model.{name}={value!r} must be an integer >= 1")
     options = {k: v for k, v in values.items() if k not in ("kind", "num_tokens", "max_seq_len", "tie_embedding", "extra")}

@@ -140,8 +140,10 @@ class TransformerWrapper(
         b, n = x.shape
         if mask is not None and mask.shape != x.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} must equal token shape {tuple(x.shape)}")
-        seen = cache.seen if cache is not None and cache.seen is not None else torch.zeros(b, dtype=torch.long, device=x.device)
-        positions = self._positions(b, n, mask, seen, x.device)
+        fresh = cache is None or cache.seen is None
+        seen = torch.zeros(b, dtype=torch.long, device=x.device) if fresh else cache.seen
+        # without a cache every row starts at 0: no data-dependent check (a graph break under torch.compile)
+        positions = torch.arange(n, device=x.device) if fresh and mask is None else self._positions(b, n, mask, seen, x.device)
 
         h = self.token_emb(x)
         if self.pos_emb is not None:

@@ -289,7 +289,7 @@ def train_bpe(texts: Iterator[str], vocab_size: int, length: int | None = None) 
     Hugging Face ``tokenizers`` library on ``texts``; ``<|endoftext|>`` is id 0."""
     from .tokenizer import _import_tokenizers
 
-    tokenizers = _import_tokenizers()
+    tokenizers = _import_tokenizers("tokenizer=bpe")
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     tok = tokenizers.Tokenizer(models.BPE())
@@ -340,6 +340,10 @@ def prepare(cfg: PrepareConfig, log=print) -> Path:
         DataError: bad input or config (one line); nothing is left at ``output``.
     """
     validate_prepare(cfg)
+    if cfg.tokenizer == "bpe":  # before anything is read, logged or written
+        from .tokenizer import _import_tokenizers
+
+        _import_tokenizers("tokenizer=bpe")
     output = Path(cfg.output).expanduser().resolve()
     if output.exists() and not cfg.overwrite:
         what = "a prepared dataset" if (output / META_FILE).is_file() else "not a prepared dataset"

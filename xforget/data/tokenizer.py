@@ -89,11 +89,17 @@ class ByteTokenizer:
         return "ByteTokenizer(vocab_size=256)"
 
 
-def _import_tokenizers():
+def _import_tokenizers(what: str = "a tokenizer.json tokenizer"):
+    """The ``tokenizers`` module; without it one line naming the ``data`` extra.
+
+    Raises:
+        DataError: ``{what} needs the Hugging Face 'tokenizers' package (the data extra): pip install 'xforget[data]'``.
+    """
     try:
         import tokenizers
     except ImportError:
-        raise DataError("this tokenizer needs the Hugging Face 'tokenizers' package: pip install 'xforget[data]'") from None
+        raise DataError(f"{what} needs the Hugging Face 'tokenizers' package (the data extra): "
+                        "pip install 'xforget[data]'") from None
     return tokenizers
 
 
@@ -133,7 +139,7 @@ class HFTokenizer:
         Raises:
             DataError: missing, or not a tokenizer file (one line naming the path).
         """
-        tokenizers = _import_tokenizers()
+        tokenizers = _import_tokenizers(f"the tokenizer {Path(path).expanduser()}")
         p = Path(path).expanduser()
         if not p.is_file():
             raise DataError(f"tokenizer file not found: {p.resolve()}")

@@ -3,9 +3,13 @@
     xforget-eval checkpoint=RUN_DIR
     xforget-eval checkpoint=RUN_DIR data=shakespeare data.path=FILE eval.seq_len=512
     xforget-eval checkpoint=RUN_DIR eval.multiples=[1,2] eval.tokens=16384 out=eval.json
+    xforget-eval checkpoint=HUB_DIR data=text data.path=FILE   # an exported directory: give the data
 
 Config: ``configs/eval.yaml`` over :class:`~xforget.evaluate.config.EvalCommandConfig`.
-``data.*`` keys without ``data=NAME`` modify the run's own data config.
+``data.*`` keys without ``data=NAME`` modify the run's own data config. A
+hub-style directory (``xforget-export``, ``save_pretrained``: ``config.json`` +
+``model.safetensors`` + tokenizer) records no data, so it needs ``data=NAME``;
+its base length is the model's ``max_seq_len``.
     xforget-eval --cfg job checkpoint=RUN_DIR     # print the composed config, evaluate nothing
 
 Errors print one ``error: ...`` line; exit code 2 for bad config, data or

@@ -56,7 +56,7 @@ class EvalConfig:
 class EvalCommandConfig:
     """``xforget-eval checkpoint=RUN_DIR [data=NAME data.path=FILE] [eval.*] [out=FILE]``."""
 
-    checkpoint: str = MISSING  # a run directory (or one checkpoint directory)
+    checkpoint: str = MISSING  # a run directory, one checkpoint directory, or a hub-style directory (needs data=)
     data: Optional[DataConfig] = None  # null = the run's own data config
     eval: EvalConfig = field(default_factory=EvalConfig)
     out: Optional[str] = None  # JSON path; null = RUN_DIR/eval.json (harness: RUN_DIR/harness.json)

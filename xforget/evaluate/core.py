@@ -161,12 +161,53 @@ def checkpoint_step(run_dir: Path) -> int | None:
     return found[-1][0] if found else None
 
 
+def load_for_eval(path: Path, data_cfg: DataConfig | None, device) -> tuple[nn.Module, TrainConfig]:
+    """(model, the training config to evaluate it by) of a run/checkpoint directory or a hub-style directory.
+
+    A hub-style directory (``config.json`` + ``model.safetensors``, no ``config.yaml``) holds the model
+    and its tokenizer but no training config: the base length is its ``max_seq_len`` (the training
+    context), the other defaults are :class:`TrainerConfig`'s, and the data must be given.
+
+    Raises:
+        CheckpointError: nothing loadable; ConfigError: a hub-style directory without ``data_cfg``;
+        DataError: byte-level data for a model with another vocabulary.
+    """
+    from ..hub import is_hub_directory, load_pretrained
+    from ..train.config import BYTE_VOCAB, ConfigError, TrainerConfig
+
+    if not (is_hub_directory(path) and not (path / "config.yaml").is_file()):
+        return load_model(path, device=device)
+    if data_cfg is None:
+        raise ConfigError(f"checkpoint={path} is a hub-style directory (config.json + model.safetensors), which records "
+                          "no data: add the data to evaluate on, e.g. data=text data.path=FILE or data=tokens "
+                          "data.path=DIR (prepared with its tokenizer)")
+    try:
+        model, _ = load_pretrained(path, device)
+    except ValueError as exc:
+        from ..train.checkpoint import CheckpointError
+
+        raise CheckpointError(" ".join(str(exc).split())) from None
+    import json
+
+    from ..config import model_config_from_dict
+    from ..hub import CONFIG
+
+    model_cfg = model_config_from_dict(json.loads((path / CONFIG).read_text()))  # loaded just now: it fits
+    if data_cfg.name != "tokens" and model_cfg.num_tokens != BYTE_VOCAB:
+        raise DataError(f"the model in {path} has a vocabulary of {model_cfg.num_tokens}, data={data_cfg.name} is byte "
+                        f"level ({BYTE_VOCAB}); evaluate on data=tokens data.path=DIR prepared with its tokenizer")
+    cfg = TrainConfig(model=model_cfg, data=data_cfg, trainer=TrainerConfig(seq_len=model_cfg.max_seq_len))
+    return model, cfg
+
+
 def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: DataConfig | None = None,
                  *, model: nn.Module | None = None, train_cfg: TrainConfig | None = None) -> dict[str, Any]:
     """All evaluations of the trained model in ``run_dir`` as a JSON-able dict.
 
     Args:
-        run_dir: a training run directory (latest complete checkpoint is used).
+        run_dir: a training run directory (latest complete checkpoint is used), one checkpoint
+            directory, or a hub-style directory (``config.json`` + ``model.safetensors``, e.g. from
+            ``xforget-export``; it records no data, so ``data_cfg`` is required).
         ecfg: what to measure (default :class:`EvalConfig`).
         data_cfg: the corpus to validate on (default: the run's own data config).
     Raises:
@@ -179,7 +220,7 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
         torch.set_num_threads(ecfg.threads)
     device = pick_device(ecfg.device)
     if model is None or train_cfg is None:
-        model, train_cfg = load_model(run_dir, device=device)
+        model, train_cfg = load_for_eval(run_dir, data_cfg, device)
     model = model.to(device).eval()
     data_cfg = data_cfg or train_cfg.data
     t = train_cfg.trainer

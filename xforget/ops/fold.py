@@ -142,7 +142,8 @@ def fold_attention(
     """Causal forgetting attention via the key-channel fold; returns q's dtype.
 
     ``channel_multiple`` rounds the folded head dim up (8 suits the CUDA kernels).
-    ``prune``: adaptive computation pruning on CPU tensors (``prune.py``: per
+    ``prune``: adaptive computation pruning on CPU tensors with at least
+    ``PRUNE_MIN_KEYS`` (512) keys (``prune.py``: per
     (batch, head, block of 128 queries) the key prefix whose weights are all
     below ``prune_eps / n_k`` of the row's reference key is skipped; the output
     moves by at most ``2 * prune_eps * max|v|``).  Nothing prunes without a
@@ -183,7 +184,7 @@ def fold_attention(
     v2 = F.pad(expand_kv(v, s.h), (0, pad_v)) if pad_v else expand_kv(v, s.h)
 
     out = None
-    if prune and c is not None and not q.is_cuda and s.n_k >= 2 * acp.PRUNE_BLOCK:
+    if prune and c is not None and not q.is_cuda and s.n_k >= acp.PRUNE_MIN_KEYS:
         out = _pruned(q, k, c, mask, s, scale, prune_eps, key_norm, q2, k2, v2, width)
     if out is None:
         out = causal_sdpa(q2, k2, v2, s.n_q, s.n_k, 1.0)[..., : s.d_v]

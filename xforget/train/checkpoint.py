@@ -36,11 +36,13 @@ from torch import nn
 from ..config import build_model
 from ..files import apply_umask
 from ..wrapper import TransformerWrapper
-from .config import TrainConfig, config_to_yaml, load_config_yaml
+from .config import ConfigError, TrainConfig, config_to_yaml, load_config_yaml
 
 CHECKPOINTS = "checkpoints"
 MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+INIT_FROM_ACCEPTS = ("expected a run directory (with checkpoints/step_*/ or model.safetensors), a checkpoint "
+                     "directory (checkpoints/step_*/) or a .safetensors file")
 
 
 class CheckpointError(RuntimeError):
@@ -263,6 +265,8 @@ def init_weights_file(source: str | Path) -> Path:
         CheckpointError: nothing loadable there.
     """
     path = Path(source).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"trainer.init_from={source}: no such file or directory; {INIT_FROM_ACCEPTS}")
     if path.is_file():
         return path
     if (path / MARKER).is_file():
@@ -272,8 +276,25 @@ def init_weights_file(source: str | Path) -> Path:
         return latest / "model.safetensors"
     if (path / "model.safetensors").is_file():
         return path / "model.safetensors"
-    raise CheckpointError(f"trainer.init_from={source}: no weights there; expected a run directory (checkpoints/step_*/ "
-                          "or model.safetensors), a checkpoint directory or a .safetensors file")
+    raise CheckpointError(f"trainer.init_from={source}: no weights there; {INIT_FROM_ACCEPTS}")
+
+
+def check_init_from(source: str | Path | None, run_dir: str | Path | None = None) -> None:
+    """``trainer.init_from`` checked before anything is written or loaded (like a missing data file).
+
+    Nothing to check without ``source``, or when ``run_dir`` already holds a complete checkpoint
+    (that run resumes from its own checkpoint and does not read ``source``).
+
+    Raises:
+        ConfigError: ``source`` does not exist or holds no weights (one line naming the path and
+            what is accepted: a run directory, a checkpoint directory, a ``.safetensors`` file).
+    """
+    if not source or (run_dir is not None and latest_checkpoint(run_dir) is not None):
+        return
+    try:
+        init_weights_file(source)
+    except CheckpointError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_init_weights(source: str | Path, model: nn.Module, model_cfg=None) -> Path:

@@ -9,7 +9,9 @@
 Errors (unknown or mistyped config keys, missing data, a run directory holding
 another model, a diverged loss) print one ``error: ...`` line (under torchrun:
 from rank 0 only), also appended to the run's ``train.log`` when it has one; a
-failed run leaves no empty time-stamped directory behind. Under ``-m``
+failed run leaves no empty time-stamped directory behind, and a config or data
+error leaves an explicit ``hydra.run.dir`` as it was before the command (removed
+if the command created it). Under ``-m``
 (multirun) every failed job gets its own ``error:`` line. Exit codes: 0 ok,
 1 training failed (diverged, corrupt checkpoint), 2 bad config or data,
 130 / 143 stopped by SIGINT / SIGTERM (after checkpointing the current step;
@@ -80,6 +82,8 @@ def _precheck(argv: list[str]) -> DictConfig | None:
     Returns the composed config of the (first) job, with its ``hydra`` node, or None for Hydra's own flags.
     Under ``-m`` every job of the sweep is checked and each bad one gets its own ``error:`` line.
     """
+    from .checkpoint import check_init_from
+    from .trackers import check_trackers
     from .config import ConfigError, compose_config, explain_config_error, to_train_config, user_config_overrides
 
     if any(a.split("=")[0] in _HYDRA_ONLY_FLAGS for a in argv):
@@ -93,7 +97,12 @@ def _precheck(argv: list[str]) -> DictConfig | None:
     for i, job in enumerate(jobs):
         try:
             cfg = compose_config(job, return_hydra_config=True)
-            to_train_config(cfg)
+            typed = to_train_config(cfg)
+            # files named by the config, before Hydra creates the run directory (a run directory that
+            # already holds a checkpoint resumes from it and does not read trainer.init_from)
+            explicit = Path(str(cfg.hydra.run.dir)) if len(jobs) == 1 and _user_run_dir(argv) else None
+            check_init_from(typed.trainer.init_from, explicit)
+            check_trackers(typed.logger)  # a missing extra (logger=wandb without wandb)
             composed = composed if composed is not None else cfg
         except ConfigError as exc:
             errors.append(str(exc))
@@ -154,6 +163,52 @@ def _note_failure(run_dir: Path, message: str, generated: bool) -> None:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} | ERROR   | {message}\n")
 
 
+class _RunDirSnapshot:
+    """What an explicit ``hydra.run.dir`` held before this command, so that a run failing with a config or
+    data error leaves nothing new behind: a directory this command created is removed (with the parents it
+    created), an existing one gets back its entries and ``.hydra/`` files as they were (Hydra writes
+    ``.hydra/`` before the job runs). Nothing is removed once the run wrote results."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.expanduser().absolute()
+        self.created: Path | None = None  # the top-most directory this command will create
+        p = self.path
+        while not p.exists() and p != p.parent:
+            self.created, p = p, p.parent
+        existed = self.created is None and self.path.is_dir()
+        self.names = {c.name for c in self.path.iterdir()} if existed else set()
+        hydra = self.path / ".hydra"
+        self.hydra = ({f.name: f.read_bytes() for f in hydra.iterdir() if f.is_file()}
+                      if existed and hydra.is_dir() else None)
+
+    def restore(self) -> None:
+        if not self.path.is_dir() or any((self.path / n).exists() and n not in self.names for n in _RESULTS):
+            return
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+            return
+        for child in self.path.iterdir():
+            if child.name not in self.names:
+                _remove(child)
+        hydra = self.path / ".hydra"
+        if self.hydra is not None and hydra.is_dir():
+            from ..files import atomic_write_bytes
+
+            for child in hydra.iterdir():
+                if child.name not in self.hydra:
+                    _remove(child)
+            for name, data in self.hydra.items():
+                if not (hydra / name).is_file() or (hydra / name).read_bytes() != data:
+                    atomic_write_bytes(hydra / name, data)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _remove_with_empty_parents(path: Path, levels: int = 2) -> None:
     """Delete ``path`` and then up to ``levels`` parents that became empty (``outputs/<date>/``)."""
     shutil.rmtree(path, ignore_errors=True)
@@ -190,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
             info = _join_torchrun(composed, sys.argv[1:])
     generated = not _user_run_dir(user_argv)
     multirun = any(a in _MULTIRUN for a in user_argv)
+    before = None  # an explicit run directory as it was: a config/data error leaves it so
+    if composed is not None and not generated and not multirun and _is_rank0():
+        before = _RunDirSnapshot(Path(str(composed.hydra.run.dir)))
     errors: list[tuple[str, int]] = []
     sweep_dirs: set[Path] = set()
 
@@ -210,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 message = str(exc)
                 code = EXIT_CONFIG if isinstance(exc, (ConfigError, DataError)) else EXIT_RUNTIME
+            if before is not None and code == EXIT_CONFIG:
+                before.restore()
             _note_failure(run_dir, message, generated)
             errors.append((where + message, code))
             return

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import ModelConfig
 from ..config_errors import explain_error, schema_keys
+from .compile import COMPILE_CHOICES
 from .precision import PRECISIONS
 
 DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle", "tokens")
@@ -74,7 +75,7 @@ class TrainerConfig:
     torchrun processes); one optimizer step sees ``batch_size * grad_accum``
     windows of ``seq_len`` + 1 bytes."""
 
-    max_steps: int = 1400
+    max_steps: int = 1300
     batch_size: int = 16
     seq_len: int = 256
     grad_accum: int = 1
@@ -88,7 +89,7 @@ class TrainerConfig:
     threads: int | None = None  # torch.set_num_threads; None = torch's default
     precision: str = "auto"  # auto (bf16 on native-bf16 hardware, else fp32) | fp32 | bf16 | fp16 (autocast; grad scaler for fp16)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: bool = False  # torch.compile the model
+    compile: str = "auto"  # auto (runs of >= 1000 steps with a compiler backend) | true | false: torch.compile the step
     strategy: str = "ddp"  # under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard)
     peak_flops: float | None = None  # peak FLOP/s of one device, for MFU; None = a known GPU's, else TFLOP/s only
     progress: bool = True  # tqdm progress bar
@@ -100,6 +101,7 @@ class TrainerConfig:
 
 @dataclass
 class TrainConfig:
+    # plain ModelConfig: every preset (configs/model/) starts from these; the default run picks fox_pro in train.yaml
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -112,17 +114,20 @@ BYTE_VOCAB = 256
 
 
 def resolve_data_vocab(cfg: TrainConfig) -> None:
-    """``data=tokens``: take ``model.num_tokens`` from the prepared dataset's ``meta.json`` (in place)
-    and make ``data.path`` absolute.
+    """``model.num_tokens`` from the data (in place); ``data=tokens``: also make ``data.path`` absolute.
 
-    ``model.num_tokens`` at its default (256) is replaced by the dataset's
-    vocabulary; any other value must equal it.
+    ``model.num_tokens`` null (the default of every preset) means "from the data": 256 for
+    the byte corpora, the prepared dataset's ``meta.json`` ``vocab_size`` for ``data=tokens``.
+    An explicit value must equal it (checked here for ``data=tokens``, by :func:`validate` for bytes).
 
     Raises:
-        ConfigError: no path, no/unreadable meta.json, or a conflicting ``model.num_tokens``.
+        ConfigError: no path, no/unreadable meta.json, or an explicit ``model.num_tokens`` that differs
+            from the prepared dataset's vocabulary (naming both numbers).
     """
     d, m = cfg.data, cfg.model
     if d.name != "tokens":
+        if m.num_tokens is None:
+            m.num_tokens = BYTE_VOCAB
         return
     if not d.path:
         raise ConfigError("data=tokens needs a prepared dataset directory: add data.path=DIR (made by xforget-prepare)")
@@ -135,14 +140,12 @@ def resolve_data_vocab(cfg: TrainConfig) -> None:
         raise ConfigError(str(exc)) from None
     vocab = int(meta["vocab_size"])
     d.path = str(Path(d.path).expanduser().resolve())
-    if m.num_tokens == vocab:
-        return
-    if m.num_tokens == BYTE_VOCAB:  # the model configs' default: the data decides
+    if m.num_tokens is None:  # from the data
         m.num_tokens = vocab
-        return
-    raise ConfigError(f"invalid value model.num_tokens={m.num_tokens}: the prepared dataset {d.path} has a vocabulary "
-                      f"of {vocab} (meta.json vocab_size); remove model.num_tokens (it is taken from meta.json) or "
-                      f"set it to {vocab}")
+    elif m.num_tokens != vocab:
+        raise ConfigError(f"invalid value model.num_tokens={m.num_tokens}: the prepared dataset {d.path} has a "
+                          f"vocabulary of {vocab} (meta.json vocab_size); remove model.num_tokens (null takes it "
+                          f"from meta.json) or set it to {vocab}")
 
 
 def register_configs() -> None:
@@ -295,6 +298,7 @@ def validate(cfg: TrainConfig) -> None:
     need(t.grad_clip >= 0, "trainer.grad_clip", ">= 0 (0 = off)", t.grad_clip)
     need(t.threads is None or t.threads >= 1, "trainer.threads", ">= 1 or null", t.threads)
     need(t.precision in PRECISIONS, "trainer.precision", f"one of {list(PRECISIONS)}", t.precision)
+    need(str(t.compile).lower() in COMPILE_CHOICES, "trainer.compile", f"one of {list(COMPILE_CHOICES)}", t.compile)
     need(t.sample_temperature >= 0, "trainer.sample_temperature", ">= 0", t.sample_temperature)
     need(t.resume in RESUME_MODES, "trainer.resume", f"one of {list(RESUME_MODES)}", t.resume)
     need(t.strategy in STRATEGIES, "trainer.strategy", f"one of {list(STRATEGIES)}", t.strategy)
@@ -323,9 +327,11 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("dim", "depth", "heads"):
         need(getattr(m, key) >= 1, f"model.{key}", ">= 1", getattr(m, key))
     if d.name != "tokens":
-        need(m.num_tokens == BYTE_VOCAB, "model.num_tokens", "256 (the data is byte level)", m.num_tokens)
+        need(m.num_tokens in (None, BYTE_VOCAB), "model.num_tokens",
+             f"256 or null (data={d.name} is byte level, vocabulary 256)", m.num_tokens)
     else:
-        need(m.num_tokens >= 1, "model.num_tokens", ">= 1 (taken from the prepared dataset's meta.json)", m.num_tokens)
+        need(m.num_tokens is None or m.num_tokens >= 1, "model.num_tokens",
+             ">= 1 or null (null: taken from the prepared dataset's meta.json)", m.num_tokens)
     need(m.kind == "decoder", "model.kind", "'decoder' for language-model training", m.kind)
     from ..validate import validate_model_config
 

@@ -34,6 +34,7 @@ from ..data.batches import step_seed
 from .checkpoint import (
     CHECKPOINTS,
     CheckpointError,
+    check_init_from,
     check_same_model,
     latest_checkpoint,
     load_checkpoint,
@@ -62,11 +63,12 @@ from .distributed import (
     shutdown,
 )
 from ..files import atomic_write_text
+from .compile import resolve_compile
 from .metrics import MetricsLog, model_flops_per_token, peak_flops
 from .optim import adamw_impl, decay_names, param_groups
 from .precision import AMP_DTYPES, resolve_precision
 from .resume import check_resume, describe, record_resume_config
-from .schedule import lr_factor, make_scheduler
+from .schedule import describe_short_schedule, lr_factor, make_scheduler
 from .trackers import check_trackers, open_trackers
 
 LN2 = math.log(2.0)
@@ -112,6 +114,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after_step: int | None 
     resolve_data_vocab(cfg)
     validate(cfg)
     check_trackers(cfg.logger)  # fail before anything is written if a tracker's package is missing
+    check_init_from(cfg.trainer.init_from, run_dir)  # likewise a missing trainer.init_from
     if stop_after_step is None and os.environ.get("XFORGET_DEBUG_STOP_AFTER_STEP"):
         stop_after_step = int(os.environ["XFORGET_DEBUG_STOP_AFTER_STEP"])
     try:
@@ -209,7 +212,9 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
             from torch.nn.parallel import DistributedDataParallel
 
             ddp = DistributedDataParallel(lm, device_ids=[device.index] if device.type == "cuda" else None)
-        forward = torch.compile(ddp or lm) if t.compile else (ddp or lm)
+        compiled, why = resolve_compile(t.compile, t.max_steps, device)
+        logger.info(why)
+        forward = torch.compile(ddp or lm) if compiled else (ddp or lm)
 
         # ---- optimizer, schedule, grad scaler (and their resumed state) ----------------------
         optimizer = torch.optim.AdamW(
@@ -219,12 +224,13 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
         decayed, kept = decay_names(model)
         logger.info(f"AdamW: weight decay {cfg.optim.weight_decay} on {len(decayed)} weight matrices, none on "
                     f"{len(kept)} norm gains, biases, embeddings and memory key/values")
-        if t.warmup_steps >= t.max_steps > 0:
-            logger.warning(f"trainer.warmup_steps={t.warmup_steps} >= trainer.max_steps={t.max_steps}: the learning "
-                           f"rate never reaches optim.lr={cfg.optim.lr}; lower trainer.warmup_steps")
         # the schedule's horizon is the run's first max_steps: a resume with a larger max_steps trains the
         # extra steps at the final learning rate (see xforget/train/resume.py), no jump
         horizon = t.max_steps if state is None else int(state.get("schedule_max_steps", saved_cfg.trainer.max_steps))
+        short = describe_short_schedule(warmup_steps=t.warmup_steps, max_steps=horizon, lr=cfg.optim.lr,
+                                        min_lr_ratio=cfg.optim.min_lr_ratio)
+        if short is not None:
+            logger.warning(short)
         scheduler = make_scheduler(optimizer, warmup_steps=t.warmup_steps, max_steps=horizon,
                                    min_lr_ratio=cfg.optim.min_lr_ratio)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -246,8 +252,10 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
             if changes:
                 logger.warning(f"resumed with changed settings: {describe(changes)}")
                 if t.max_steps != horizon:
+                    final = cfg.optim.lr * lr_factor(horizon - 1, warmup_steps=t.warmup_steps, max_steps=horizon,
+                                                     min_lr_ratio=cfg.optim.min_lr_ratio)
                     logger.info(f"trainer.max_steps={t.max_steps}, the learning-rate schedule keeps its horizon of "
-                                f"{horizon} steps (after it: the final lr {cfg.optim.min_lr_ratio * cfg.optim.lr:.3g})")
+                                f"{horizon} steps (after it: its final lr {final:.3g})")
         else:
             elapsed_before = 0.0
 
