@@ -36,7 +36,7 @@ def tiny_args(corpus_file, out, positions="[rotary,fox]"):
             "prepare.vocab_size=300", "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=64",
             "trainer.batch_size=4", "trainer.max_steps=6", "trainer.eval_every=3", "trainer.eval_batches=2",
             "trainer.warmup_steps=2", "trainer.log_every=2", "trainer.precision=fp32", "eval.tokens=2048",
-            "eval.needle_examples=1", "eval.multiples=[1,4]", "eval.needle_multiples=[1,4]",
+            "eval.needle_examples=1", "eval.multiples=[1,8]", "eval.needle_multiples=[1,8]",
             "eval.pruning_windows=1", f"hydra.run.dir={out}"]
 
 
@@ -100,27 +100,27 @@ def test_tiny_experiment_end_to_end(compared):
                for v in claims.values())
     for s in data["schemes"]:
         pl = s["position_loss"]
-        assert pl["length"] == 256 and pl["buckets"][-1]["hi"] == 256
+        assert pl["length"] == 512 and pl["buckets"][-1]["hi"] == 512
         assert len(pl["buckets"][0]["values"]) == 2  # one per seed
-        assert set(s["prefix_bpb"]) == {"64", "256"}
-        assert [r["length"] for r in s["needle"]["lengths"]] == [64, 256]
+        assert set(s["prefix_bpb"]) == {"64", "512"}
+        assert [r["length"] for r in s["needle"]["lengths"]] == [64, 512]
     fox = next(s for s in data["schemes"] if s["name"] == "fox")
-    assert "256" in fox["pruning"]
+    assert "512" in fox["pruning"]  # the fold prunes from 512 keys on
     # prefix bpb at the full length is the bpb of the 4x evaluation
     for run in data["runs"]:
-        long = next(r for r in run["lengths"] if r["length"] == 256)
-        assert long["prefix_bpb"]["256"] == pytest.approx(long["bpb"], abs=2e-6)
+        long = next(r for r in run["lengths"] if r["length"] == 512)
+        assert long["prefix_bpb"]["512"] == pytest.approx(long["bpb"], abs=2e-6)
 
 
 def test_per_position_standard_errors_match_a_float64_computation(compared):
-    """Buckets of the 4x evaluation against the model run in float64 on the same windows, statistics in numpy."""
+    """Buckets of the 8x evaluation against the model run in float64 on the same windows, statistics in numpy."""
     out, _, report = compared
     run = report["runs"][1]
     model, cfg = load_model(run["run_dir"])
     model = model.double().eval()
     val = load_tokens(cfg.data.path).val
-    row = next(r for r in run["lengths"] if r["length"] == 256)
-    windows = val_windows(val, 256, row["windows"])
+    row = next(r for r in run["lengths"] if r["length"] == 512)
+    windows = val_windows(val, 512, row["windows"])
     with torch.no_grad():
         logits = model(windows[:, :-1])
         losses = F.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none").numpy()
@@ -135,7 +135,7 @@ def test_per_position_standard_errors_match_a_float64_computation(compared):
     # the seed mean's standard error in the summary: sqrt(se_0^2 + se_1^2) / 2
     scheme = next(s for s in report["schemes"] if s["name"] == run["scheme"])
     seeds = [r for r in report["runs"] if r["scheme"] == run["scheme"]]
-    ses = [next(x for x in s["lengths"] if x["length"] == 256)["octaves"][-1]["se"] for s in seeds]
+    ses = [next(x for x in s["lengths"] if x["length"] == 512)["octaves"][-1]["se"] for s in seeds]
     assert scheme["position_loss"]["octaves"][-1]["se_mean"] == pytest.approx(
         math.sqrt(sum(x * x for x in ses)) / len(ses), abs=1e-6)
 
