@@ -75,7 +75,7 @@ class TrainerConfig:
     torchrun processes); one optimizer step sees ``batch_size * grad_accum``
     windows of ``seq_len`` + 1 bytes."""
 
-    max_steps: int = 1300
+    max_steps: int = 1200
     batch_size: int = 16
     seq_len: int = 256
     grad_accum: int = 1
