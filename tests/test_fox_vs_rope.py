@@ -240,3 +240,13 @@ def test_bad_inputs_fail_in_one_line(extra, needle, corpus_file, compared, capsy
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and needle in err and "\n" not in err, err
+
+
+def test_unknown_scheme_fails_before_preparing_data(corpus_file, tmp_path, capsys):
+    out = tmp_path / "fresh"
+    with pytest.raises(SystemExit) as exc:
+        main(tiny_args(corpus_file, out) + ["positions=[fox,rope]"])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert "unknown scheme 'rope'" in captured.err and "[prepare]" not in captured.out + captured.err
+    assert not (out / "data").exists()  # no BPE trained, no shards written

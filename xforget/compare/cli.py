@@ -171,6 +171,10 @@ def plan_comparison(argv: list[str], *, log=print, data_info: dict | None = None
     mine, train_args = partition_overrides(argv)
     cfg, out_dir = load_compare_config(mine + search)
     out_dir = out_dir.resolve()
+    from .runner import scheme_overrides
+
+    for scheme in cfg.positions:  # a misspelt scheme fails before any data is prepared
+        scheme_overrides(scheme)
     data_args = []
     if cfg.prepare is not None:
         from ..data.prepare import PrepareConfig
