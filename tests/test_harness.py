@@ -17,6 +17,8 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from xforget.config import ModelConfig, build_model  # noqa: E402
 from xforget.evaluate.harness import XForgetLM  # noqa: E402
 
+from runs import tiny_bpe_run  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def hub_dir(tmp_path_factory) -> Path:
@@ -206,23 +208,10 @@ def test_eval_cli_harness_errors_are_one_line(argv, needle, hub_dir, capsys):
 
 def test_bpe_run_directory_and_its_export_score_through_the_run_tokenizer(tmp_path):
     pytest.importorskip("tokenizers")
-    from xforget.data.prepare import PrepareConfig, prepare
     from xforget.data.tokenizer import HFTokenizer
     from xforget.export import main as export_main
-    from xforget.train import compose_config, to_train_config, train
 
-    docs = tmp_path / "docs.jsonl"
-    words = "the cat sat on a mat while dogs ran far away from home today".split()
-    docs.write_text("".join(json.dumps({"text": " ".join(words[(i + j) % len(words)] for j in range(30))}) + "\n"
-                            for i in range(80)))
-    prepared = prepare(PrepareConfig(input=str(docs), output=str(tmp_path / "prep"), tokenizer="bpe", vocab_size=300,
-                                     progress=False), log=lambda m: None)
-    cfg = to_train_config(compose_config([
-        "data=tokens", f"data.path={prepared}", "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32",
-        "trainer.batch_size=4", "trainer.max_steps=3", "trainer.warmup_steps=1", "trainer.eval_batches=1",
-        "trainer.progress=false", "trainer.sample_bytes=0", "trainer.threads=1"]))
-    run = tmp_path / "run"
-    train(cfg, run)
+    run = tiny_bpe_run(tmp_path, max_steps=3)
     export_main([f"checkpoint={run}", f"out={tmp_path / 'hub'}"])
     assert (tmp_path / "hub" / "tokenizer.json").is_file()
 

@@ -14,6 +14,8 @@ from xforget.config import ModelConfig, build_model
 from xforget.train import compose_config, to_train_config, train
 from xforget.train.config import config_dir
 
+from runs import tiny_bpe_run
+
 PRESETS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 
 
@@ -102,22 +104,8 @@ def test_export_cli_writes_a_directory_that_loads_to_the_run_model(tmp_path, cap
 
 
 def _bpe_run(tmp_path: Path) -> Path:
-    """A tiny run on a BPE-300 prepared dataset (its run directory holds tokenizer.json)."""
     pytest.importorskip("tokenizers")
-    from xforget.data.prepare import PrepareConfig, prepare
-
-    docs = tmp_path / "docs.jsonl"
-    words = "the cat sat on a mat while dogs ran far away from home today".split()
-    docs.write_text("".join(json.dumps({"text": " ".join(words[(i + j) % len(words)] for j in range(30))}) + "\n"
-                            for i in range(80)))
-    prepared = prepare(PrepareConfig(input=str(docs), output=str(tmp_path / "prep"), tokenizer="bpe", vocab_size=300,
-                                     progress=False), log=lambda m: None)
-    cfg = to_train_config(compose_config([
-        "data=tokens", f"data.path={prepared}", "model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32",
-        "trainer.batch_size=4", "trainer.max_steps=2", "trainer.warmup_steps=1", "trainer.eval_batches=1",
-        "trainer.progress=false", "trainer.sample_bytes=0", "trainer.threads=1"]))
-    train(cfg, tmp_path / "run")
-    return tmp_path / "run"
+    return tiny_bpe_run(tmp_path)
 
 
 def test_export_refuses_a_non_empty_out_unless_overwrite_replaces_it_atomically(tmp_path, capsys, monkeypatch):
