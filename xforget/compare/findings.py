@@ -55,6 +55,11 @@ def _octave(s: dict[str, Any], lo: int, hi: int) -> dict[str, Any] | None:
     return next((b for b in pl["octaves"] if b["lo"] == lo and b["hi"] == hi), None)
 
 
+def _verdict(order: str) -> str:
+    """The verdict on "the first side has the lower loss" from :func:`_order`."""
+    return {"lower": "holds", "higher": "does not hold"}.get(order, "inconclusive")
+
+
 def _claim(claim: str, verdict: str, evidence: str, rule: str) -> dict[str, str]:
     return {"claim": claim, "verdict": verdict, "evidence": evidence, "rule": rule}
 
@@ -73,7 +78,7 @@ def check_findings(schemes: list[dict[str, Any]], train_len: int) -> list[dict[s
     order = _order(f, r)
     out.append(_claim(
         "FoX has a lower loss than the RoPE Transformer within the training context",
-        {"lower": "holds", "higher": "does not hold"}.get(order, "inconclusive"),
+        _verdict(order),
         f"validation bpb at {L} tokens: fox {_fmt(f, 4)} vs rotary {_fmt(r, 4)}",
         "every fox seed below every rotary seed"))
 
@@ -87,7 +92,7 @@ def check_findings(schemes: list[dict[str, Any]], train_len: int) -> list[dict[s
             out.append(_claim(
                 f"FoX has a lower per-position loss than the RoPE Transformer at long context "
                 f"(positions {lo_hi[0]}-{lo_hi[1]}, {longest // L}x the training context)",
-                {"lower": "holds", "higher": "does not hold"}.get(order, "inconclusive"),
+                _verdict(order),
                 f"mean loss there: fox {_fmt(bf['values'])} ± {bf['se_mean']:.3f} (standard error over windows) vs "
                 f"rotary {_fmt(br['values'])} ± {br['se_mean']:.3f} nats/token",
                 "every fox seed below every rotary seed"))
@@ -145,7 +150,7 @@ def check_findings(schemes: list[dict[str, Any]], train_len: int) -> list[dict[s
         order = _order(fp, fl)
         out.append(_claim(
             "FoX (Pro) has a lower loss than FoX (LLaMA)",
-            {"lower": "holds", "higher": "does not hold"}.get(order, "inconclusive"),
+            _verdict(order),
             f"validation bpb at {L} tokens: fox_pro {_fmt(fp, 4)} vs fox {_fmt(fl, 4)}",
             "every fox_pro seed below every fox seed"))
 
