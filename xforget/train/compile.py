@@ -34,14 +34,20 @@ def has_compiler_backend(device: torch.device) -> bool:
     return device.type == "cpu" and any(shutil.which(cxx) for cxx in CXX_COMPILERS)
 
 
+def compile_choice(value) -> str | None:
+    """``value`` as one of :data:`COMPILE_CHOICES`, or None when it is none of them."""
+    text = str(value).strip().lower()
+    return text if text in COMPILE_CHOICES else None
+
+
 def normalise_compile(value) -> str:
     """``trainer.compile`` as one of :data:`COMPILE_CHOICES` (YAML/CLI booleans arrive as True/False or "True").
 
     Raises:
         ValueError: any other value (the message lists the valid ones).
     """
-    text = str(value).strip().lower()
-    if text not in COMPILE_CHOICES:
+    text = compile_choice(value)
+    if text is None:
         raise ValueError(f"invalid value trainer.compile={value!r}: must be one of {list(COMPILE_CHOICES)}")
     return text
 

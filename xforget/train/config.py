@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import ModelConfig
 from ..config_errors import explain_error, schema_keys
-from .compile import COMPILE_CHOICES
+from .compile import COMPILE_CHOICES, compile_choice
 from .precision import PRECISIONS
 
 DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle", "tokens")
@@ -298,7 +298,7 @@ def validate(cfg: TrainConfig) -> None:
     need(t.grad_clip >= 0, "trainer.grad_clip", ">= 0 (0 = off)", t.grad_clip)
     need(t.threads is None or t.threads >= 1, "trainer.threads", ">= 1 or null", t.threads)
     need(t.precision in PRECISIONS, "trainer.precision", f"one of {list(PRECISIONS)}", t.precision)
-    need(str(t.compile).lower() in COMPILE_CHOICES, "trainer.compile", f"one of {list(COMPILE_CHOICES)}", t.compile)
+    need(compile_choice(t.compile) is not None, "trainer.compile", f"one of {list(COMPILE_CHOICES)}", t.compile)
     need(t.sample_temperature >= 0, "trainer.sample_temperature", ">= 0", t.sample_temperature)
     need(t.resume in RESUME_MODES, "trainer.resume", f"one of {list(RESUME_MODES)}", t.resume)
     need(t.strategy in STRATEGIES, "trainer.strategy", f"one of {list(STRATEGIES)}", t.strategy)
