@@ -48,13 +48,17 @@ class Runner:
         self.name, self.precision = name, parts[0]
         if self.precision not in AMP:
             raise SystemExit(f"error: unknown precision {self.precision!r} in setting {name!r}; valid: {list(AMP)}")
-        unknown = set(parts[1:]) - {"compile", "fused", "foreach"}
+        unknown = set(parts[1:]) - {"compile", "regional", "fused", "foreach"}
         if unknown:
-            raise SystemExit(f"error: unknown option(s) {sorted(unknown)} in {name!r}; valid: compile, fused, foreach")
+            raise SystemExit(f"error: unknown option(s) {sorted(unknown)} in {name!r}; "
+                             "valid: compile, regional, fused, foreach")
         torch.manual_seed(0)
         self.model = build_model(cfg.model)
         self.lm = AutoregressiveWrapper(self.model)
         self.forward = torch.compile(self.lm) if "compile" in parts else self.lm
+        if "regional" in parts:  # each block compiled in place (one graph, re-used by every block)
+            for block in self.model.attn_layers.blocks:
+                block.compile()
         kw = {"fused": True} if "fused" in parts else {"foreach": True} if "foreach" in parts else {"foreach": False}
         o = cfg.optim
         self.opt = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas),

@@ -92,6 +92,21 @@ def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
     return ModelConfig(**values)
 
 
+def describe_model(cfg: ModelConfig) -> str:
+    """One line naming what sets this model apart, for logs: position scheme(s), then the attention extras
+    that are on, the norm and the feed-forward, e.g. ``fox + qk_norm, output_gate, kv_shift, output_norm;
+    rmsnorm, swiglu x4`` (FoX Pro) against ``fox; layernorm, gelu x4`` (plain FoX)."""
+    position = cfg.position if isinstance(cfg.position, str) else "+".join(map(str, cfg.position))
+    extras = [name for name in ("qk_norm", "output_gate", "kv_shift", "output_norm", "value_residual", "tie_embedding")
+              if getattr(cfg, name)]
+    if cfg.qk_norm == "l2":
+        extras[extras.index("qk_norm")] = "qk_norm=l2"
+    if cfg.kv_heads:
+        extras.append(f"kv_heads={cfg.kv_heads}")
+    head = position + (" + " + ", ".join(extras) if extras else "")
+    return f"{head}; {cfg.norm}, {cfg.ff_activation} x{cfg.ff_mult:g}"
+
+
 def build_model(cfg: ModelConfig | dict[str, Any]) -> TransformerWrapper:
     """Instantiate the TransformerWrapper described by ``cfg``.
 

@@ -61,7 +61,7 @@ class OptimConfig:
     """AdamW with linear warmup and cosine decay to ``min_lr_ratio * lr``."""
 
     name: str = "adamw"
-    lr: float = 2e-3
+    lr: float = 1.5e-3
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
@@ -75,7 +75,7 @@ class TrainerConfig:
     torchrun processes); one optimizer step sees ``batch_size * grad_accum``
     windows of ``seq_len`` + 1 bytes."""
 
-    max_steps: int = 1200
+    max_steps: int = 1100
     batch_size: int = 16
     seq_len: int = 256
     grad_accum: int = 1

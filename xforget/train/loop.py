@@ -27,7 +27,7 @@ from loguru import logger
 from tqdm.auto import tqdm
 
 from ..autoregressive import AutoregressiveWrapper
-from ..config import build_model
+from ..config import build_model, describe_model
 from ..data import TrainBatches, val_windows
 from ..data.training import load_training_data
 from ..data.batches import step_seed
@@ -186,7 +186,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
         flops_per_token = model_flops_per_token(model, t.seq_len)
         peak = peak_flops(device, precision, t.peak_flops)
         fsdp = info.enabled and t.strategy == "fsdp"
-        logger.info(f"model {cfg.model.position} dim={cfg.model.dim} depth={cfg.model.depth} heads={cfg.model.heads}: "
+        logger.info(f"model {describe_model(cfg.model)}; dim={cfg.model.dim} depth={cfg.model.depth} heads={cfg.model.heads}: "
                     f"{n_params / 1e6:.2f}M parameters on {device} ({precision}{' (auto)' if t.precision == 'auto' else ''}, {torch.get_num_threads()} threads"
                     f"{f', {world} processes ({t.strategy}), {local_batch} windows each per micro-batch' if info.enabled else ''}); "
                     f"{flops_per_token / 1e6:.2f} MFLOP per trained token"
