@@ -232,6 +232,9 @@ def test_needle_scoring_counts_exactly_the_answer_ids(bpe, corpus_file):
     (["eval.needle_depths=[0.5,1.5]"], "eval.needle_depths=[0.5, 1.5]: must be a non-empty list of depths in [0, 1]"),
     (["jobs=0"], "jobs=0: must be >= 1"),
     (["prepare.vocab_sise=10"], "unknown config key 'prepare.vocab_sise'"),
+    (["prepare.vocab_size=10"], "invalid value prepare.vocab_size=10: must be >= 258"),
+    (["positions=fox"], "'positions=fox': positions is a list; write positions=[fox]"),
+    (["seeds=0"], "'seeds=0': seeds is a list; write seeds=[0]"),
 ])
 def test_bad_inputs_fail_in_one_line(extra, needle, corpus_file, compared, capsys):
     out, _, _ = compared

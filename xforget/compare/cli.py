@@ -78,6 +78,8 @@ def partition_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
                               "(model.* keys apply to every scheme)")
         if root == "seed":
             raise ConfigError(f"'{arg}': use seeds=[...] (each scheme is trained once per seed)")
+        if key in ("positions", "seeds") and value is not None and not value.strip().startswith("["):
+            raise ConfigError(f"'{arg}': {key} is a list; write {key}=[{value}] (several: {key}=[a,b])")
         (train if root in TRAIN_ROOTS else mine).append(arg)
     return mine, train
 

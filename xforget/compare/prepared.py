@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..data.corpus import DataError
-from ..data.prepare import META_FILE, PrepareConfig, prepare
+from ..data.prepare import META_FILE, PrepareConfig, prepare, validate_prepare
 
 STDLIB = "stdlib"
 # settings that change the prepared tokens (output, overwrite, progress, num_proc and batch_bytes do not)
@@ -63,6 +63,9 @@ def ensure_prepared(cfg: PrepareConfig, out_dir: Path, *, log=print) -> tuple[Pa
     Raises:
         DataError: a bad input or setting (one line), or a damaged directory in the way.
     """
+    # the settings first, named as the user typed them (prepare.vocab_size=...), before the corpus is read;
+    # the output directory is chosen below, so any placeholder passes its check here
+    validate_prepare(replace(cfg, output=cfg.output or "(chosen below)"), key_prefix="prepare.")
     path, sha = resolve_input(cfg.input)
     target = prepared_dir(cfg, out_dir, sha)
     meta_path = target / META_FILE

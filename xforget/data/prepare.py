@@ -107,11 +107,15 @@ def command_line(cfg: PrepareConfig) -> str:
                                          else f"{k}={v}" for k, v in asdict(cfg).items() if k != "progress")
 
 
-def validate_prepare(cfg: PrepareConfig) -> None:
-    """Raises DataError (one line, naming the key) for impossible values."""
+def validate_prepare(cfg: PrepareConfig, key_prefix: str = "") -> None:
+    """Raises DataError (one line, naming the key) for impossible values.
+
+    ``key_prefix`` is put before the key names in the message (``prepare.`` when the settings come from
+    ``xforget-compare``'s ``prepare`` node, so the message names the key the user typed).
+    """
     def need(ok: bool, key: str, rule: str, value) -> None:
         if not ok:
-            raise DataError(f"invalid value {key}={value!r}: must be {rule}")
+            raise DataError(f"invalid value {key_prefix}{key}={value!r}: must be {rule}")
 
     need(bool(cfg.input) and cfg.input != "???", "input", "a file, directory, glob or dataset name", cfg.input)
     need(bool(cfg.output) and cfg.output != "???", "output", "a directory to create", cfg.output)
