@@ -89,6 +89,9 @@ def test_compiled_training_equals_eager(tmp_path):
     w = {flag: load_file(tmp_path / flag / "model.safetensors") for flag in runs}
     for k in w["false"]:
         torch.testing.assert_close(w["true"][k], w["false"][k], atol=1e-4, rtol=1e-3)
+    # compilation happens in the first step; the log says so and tokens/s leaves it out
+    assert "first step" in (tmp_path / "true" / "train.log").read_text()
+    assert "first step" not in (tmp_path / "false" / "train.log").read_text()
 
 
 def test_adamw_implementations_give_the_same_run(tmp_path):

@@ -305,7 +305,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
         tokens_per_step = t.batch_size * t.grad_accum * t.seq_len  # global
         bar = tqdm(total=t.max_steps, initial=start_step, disable=not (t.progress and main), unit="step",
                    dynamic_ncols=True, file=sys.stderr, desc="train")
-        window_loss, window_steps, window_time = 0.0, 0, 0.0
+        # window_timed/window_time: the steps whose time counts in tokens/s (not a compiled run's first step)
+        window_loss, window_steps, window_timed, window_time = 0.0, 0, 0, 0.0
         loop_start = time.perf_counter()
 
         def elapsed() -> float:  # seconds of training (evaluations, checkpoints included) since step 0, over resumes
@@ -346,13 +347,20 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
                 done = step + 1
                 result.step, result.losses[done] = done, train_loss
                 window_loss, window_steps = window_loss + train_loss, window_steps + 1
-                window_time += time.perf_counter() - tic
+                step_time = time.perf_counter() - tic
+                if compiled and step == start_step:  # torch.compile traces and compiles during this step
+                    logger.info(f"first step {step_time:.1f} s (torch.compile compiling forward and backward; "
+                                "not counted in tokens/s)")
+                else:
+                    window_timed, window_time = window_timed + 1, window_time + step_time
                 bar.update(1)
 
                 is_last = done == t.max_steps
                 eval_now = is_last or (t.eval_every > 0 and done % t.eval_every == 0)
                 if eval_now or done % t.log_every == 0:
-                    tokens_per_s = tokens_per_step * window_steps / max(window_time, 1e-9)
+                    if window_timed == 0:  # the window is only the compiling first step: count it after all
+                        window_timed, window_time = 1, step_time
+                    tokens_per_s = tokens_per_step * window_timed / max(window_time, 1e-9)
                     record = {"step": done, "train_loss": window_loss / window_steps, "lr": lr,
                               "tokens_per_s": tokens_per_s, "tflops": flops_per_token * tokens_per_s / 1e12,
                               "elapsed_s": elapsed()}
@@ -370,7 +378,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
                         postfix["mfu"] = f"{record['mfu']:.1%}"
                     bar.set_postfix(postfix, refresh=False)
                     logger.info(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-                    window_loss, window_steps, window_time = 0.0, 0, 0.0
+                    window_loss, window_steps, window_timed, window_time = 0.0, 0, 0, 0.0
                 saved_now = is_last or (t.checkpoint_every > 0 and done % t.checkpoint_every == 0)
                 if saved_now:
                     checkpoint(done)
