@@ -37,16 +37,24 @@ def _position_panel(ax, schemes, train_len: int, colors: dict[str, str]) -> None
         if not pl:
             continue
         bs = pl["buckets"]
-        x = [_mid(b) for b in bs]
-        c = colors[s["name"]]
-        ax.plot(x, [b["mean"] for b in bs], color=c, lw=1.5, label=f"{s['name']} ({len(bs[0]['values'])} seeds)")
-        ax.fill_between(x, [b["min"] for b in bs], [b["max"] for b in bs], color=c, alpha=0.2, lw=0)
+        _seed_band(ax, [_mid(b) for b in bs], bs, colors[s["name"]], f"{s['name']} ({len(bs[0]['values'])} seeds)")
+    _context_axes(ax, train_len, "token position", "loss (nats per token)", legend_size=7)
+
+
+def _seed_band(ax, x: list[float], stats: list[dict[str, Any]], color: str, label: str, style: str = "-") -> None:
+    """The seed mean of ``stats`` (dicts with mean/min/max) as a line, its min-max range over seeds as a band."""
+    ax.plot(x, [b["mean"] for b in stats], style, color=color, lw=1.5, label=label)
+    ax.fill_between(x, [b["min"] for b in stats], [b["max"] for b in stats], color=color, alpha=0.2, lw=0)
+
+
+def _context_axes(ax, train_len: int, xlabel: str, ylabel: str, legend_size: int) -> None:
+    """Log2 x axis with the training context marked, labels, grid and legend."""
     ax.axvline(train_len, color="k", ls="--", lw=1, label=f"training context {train_len}")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("token position")
-    ax.set_ylabel("loss (nats per token)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=legend_size)
 
 
 def _colors(schemes) -> dict[str, str]:
@@ -119,15 +127,8 @@ def plot_prefix_bpb(schemes: list[dict[str, Any]], path: Path, train_len: int) -
         if not pb:
             continue
         keys = sorted(pb, key=int)
-        x = [int(k) for k in keys]
-        ax.plot(x, [pb[k]["mean"] for k in keys], "o-", color=f"C{i}", label=s["name"])
-        ax.fill_between(x, [pb[k]["min"] for k in keys], [pb[k]["max"] for k in keys], color=f"C{i}", alpha=0.2, lw=0)
-    ax.axvline(train_len, color="k", ls="--", lw=1, label=f"training context {train_len}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("evaluated length L (first L tokens of each window)")
-    ax.set_ylabel("bits per byte")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+        _seed_band(ax, [int(k) for k in keys], [pb[k] for k in keys], f"C{i}", s["name"], style="o-")
+    _context_axes(ax, train_len, "evaluated length L (first L tokens of each window)", "bits per byte", legend_size=8)
     return _finish(fig, ax, path, "bpb vs evaluated length (bands: range over seeds)")
 
 
