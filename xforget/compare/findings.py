@@ -60,6 +60,15 @@ def _verdict(order: str) -> str:
     return {"lower": "holds", "higher": "does not hold"}.get(order, "inconclusive")
 
 
+def _lower_bpb_claim(claim: str, name_a: str, a: dict[str, Any], name_b: str, b: dict[str, Any],
+                     train_len: int) -> dict[str, str]:
+    """The claim "scheme a has a lower validation bpb than scheme b", judged over their seeds."""
+    va, vb = a["val_bpb"]["values"], b["val_bpb"]["values"]
+    return _claim(claim, _verdict(_order(va, vb)),
+                  f"validation bpb at {train_len} tokens: {name_a} {_fmt(va, 4)} vs {name_b} {_fmt(vb, 4)}",
+                  f"every {name_a} seed below every {name_b} seed")
+
+
 def _claim(claim: str, verdict: str, evidence: str, rule: str) -> dict[str, str]:
     return {"claim": claim, "verdict": verdict, "evidence": evidence, "rule": rule}
 
@@ -74,13 +83,8 @@ def check_findings(schemes: list[dict[str, Any]], train_len: int) -> list[dict[s
     L = train_len
 
     # 1. loss within the training context (val bpb at 1x, the standard validation windows)
-    f, r = fox["val_bpb"]["values"], rope["val_bpb"]["values"]
-    order = _order(f, r)
-    out.append(_claim(
-        "FoX has a lower loss than the RoPE Transformer within the training context",
-        _verdict(order),
-        f"validation bpb at {L} tokens: fox {_fmt(f, 4)} vs rotary {_fmt(r, 4)}",
-        "every fox seed below every rotary seed"))
+    out.append(_lower_bpb_claim("FoX has a lower loss than the RoPE Transformer within the training context",
+                                "fox", fox, "rotary", rope, L))
 
     pl_f, pl_r = fox.get("position_loss"), rope.get("position_loss")
     longest = min(pl_f["length"], pl_r["length"]) if pl_f and pl_r else None
@@ -146,13 +150,7 @@ def check_findings(schemes: list[dict[str, Any]], train_len: int) -> list[dict[s
     # 5. Pro
     pro = s.get("fox_pro")
     if pro is not None:
-        fp, fl = pro["val_bpb"]["values"], fox["val_bpb"]["values"]
-        order = _order(fp, fl)
-        out.append(_claim(
-            "FoX (Pro) has a lower loss than FoX (LLaMA)",
-            _verdict(order),
-            f"validation bpb at {L} tokens: fox_pro {_fmt(fp, 4)} vs fox {_fmt(fl, 4)}",
-            "every fox_pro seed below every fox seed"))
+        out.append(_lower_bpb_claim("FoX (Pro) has a lower loss than FoX (LLaMA)", "fox_pro", pro, "fox", fox, L))
 
     # 6. ACP
     rows = []
