@@ -20,6 +20,17 @@ def _band(b: dict[str, Any] | None, digits: int = 3) -> str:
     return f"{b['mean']:.{digits}f} [{b['min']:.{digits}f}, {b['max']:.{digits}f}]"
 
 
+def _table_head(columns) -> list[str]:
+    """The header and alignment lines of a markdown table: a ``scheme`` column, then ``columns`` (right-aligned)."""
+    columns = list(columns)
+    return ["| scheme | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+
+
+def _row(name: str, cells) -> str:
+    """One scheme's row of a table from :func:`_table_head`."""
+    return f"| `{name}` | " + " | ".join(cells) + " |"
+
+
 def setup_lines(meta: dict[str, Any]) -> list[str]:
     d = meta.get("prepared_data")
     lines = []
@@ -63,9 +74,9 @@ def prefix_lines(schemes: list[dict[str, Any]], unit: str) -> list[str]:
     longest = have[0]["position_loss"]["length"]
     lines = [f"bpb of the first L {unit} of the {longest}-{unit[:-1]} windows ({have[0]['position_loss']['windows']} "
              f"windows; a causal model scores positions 1..L the same whatever follows; mean [seed range]):", "",
-             "| scheme | " + " | ".join(f"L = {k}" for k in keys) + " |", "|---|" + "---:|" * len(keys)]
+             *_table_head(f"L = {k}" for k in keys)]
     for s in have:
-        lines.append(f"| `{s['name']}` | " + " | ".join(_band(s["prefix_bpb"].get(k), 4) for k in keys) + " |")
+        lines.append(_row(s["name"], (_band(s["prefix_bpb"].get(k), 4) for k in keys)))
     return lines + [""]
 
 
@@ -77,7 +88,7 @@ def position_lines(schemes: list[dict[str, Any]], train_len: int, unit: str) -> 
     lines = [f"Per-position loss (nats per {unit[:-1]}) by doubling position ranges, mean over seeds ± the standard "
              f"error over {have[0]['position_loss']['windows']} windows (of the seed mean), [seed range]; positions "
              f"past {train_len} are beyond the training context:", "",
-             "| scheme | " + " | ".join(f"{b['lo']}–{b['hi']}" for b in octs) + " |", "|---|" + "---:|" * len(octs)]
+             *_table_head(f"{b['lo']}–{b['hi']}" for b in octs)]
     for s in have:
         by = {(b["lo"], b["hi"]): b for b in s["position_loss"]["octaves"]}
         cells = []
@@ -89,7 +100,7 @@ def position_lines(schemes: list[dict[str, Any]], train_len: int, unit: str) -> 
             se = f" ± {b['se_mean']:.3f}" if b.get("se_mean") is not None else ""
             rng = f" [{b['min']:.3f}, {b['max']:.3f}]" if len(b["values"]) > 1 else ""
             cells.append(f"{b['mean']:.3f}{se}{rng}")
-        lines.append(f"| `{s['name']}` | " + " | ".join(cells) + " |")
+        lines.append(_row(s["name"], cells))
     return lines + [""]
 
 
@@ -103,17 +114,17 @@ def needle_lines(schemes: list[dict[str, Any]]) -> list[str]:
              f"`secret =`; {n0['per_depth']} examples per depth and length per seed at depths {n0['depths']}): "
              "exact-match accuracy of the whole answer (= greedy decoding gets it right) by context length, mean "
              "[seed range]; token accuracy in parentheses:", "",
-             "| scheme | " + " | ".join(str(n) for n in lens) + " |", "|---|" + "---:|" * len(lens)]
+             *_table_head(str(n) for n in lens)]
     for s in have:
         cells = []
         for r in s["needle"]["lengths"]:
             cells.append(f"{_band(r.get('exact'), 2)} ({r['token_accuracy']['mean']:.2f})" if r.get("exact")
                          else r["status"])
-        lines.append(f"| `{s['name']}` | " + " | ".join(cells) + " |")
+        lines.append(_row(s["name"], cells))
     depths = n0["depths"]
     lines += ["", f"Exact match by needle depth (0 = start of the context, 1 = just before the question), "
                   f"mean over seeds, at {lens[0]} / {lens[-1]} tokens:", "",
-              "| scheme | " + " | ".join(f"depth {d:g}" for d in depths) + " |", "|---|" + "---:|" * len(depths)]
+              *_table_head(f"depth {d:g}" for d in depths)]
     for s in have:
         first, last = s["needle"]["lengths"][0], s["needle"]["lengths"][-1]
         cells = []
@@ -121,7 +132,7 @@ def needle_lines(schemes: list[dict[str, Any]]) -> list[str]:
             a = first["by_depth"][j]["exact"]["mean"] if first.get("by_depth") else None
             b = last["by_depth"][j]["exact"]["mean"] if last.get("by_depth") else None
             cells.append(f"{'n/a' if a is None else f'{a:.2f}'} / {'n/a' if b is None else f'{b:.2f}'}")
-        lines.append(f"| `{s['name']}` | " + " | ".join(cells) + " |")
+        lines.append(_row(s["name"], cells))
     return lines + [""]
 
 
