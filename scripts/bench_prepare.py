@@ -71,7 +71,7 @@ def batches(docs: list[str], batch_bytes: int) -> list[list[str]]:
 def run_ours(corpus: Path, tokenizer: Path, out: Path, batch_bytes: int, num_proc: int) -> tuple[float, float]:
     """(seconds, peak RSS MiB) of one ``xforget-prepare`` child process."""
     shutil.rmtree(out, ignore_errors=True)
-    code = ("import resource, sys; from xforget.data.prepare_cli import main; main(sys.argv[1:]); "
+    code = ("import resource, sys; from xforget.commands.prepare import main; main(sys.argv[1:]); "
             "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     tic = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, f"input={corpus}", f"output={out}", f"tokenizer={tokenizer}",

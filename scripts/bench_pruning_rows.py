@@ -105,7 +105,7 @@ def worker(spec: dict) -> dict:
 
         out["pruning"] = pruning_fractions(net, x[0])
     elif spec["kind"] == "decode":
-        from xforget.cache import Cache, LayerCache
+        from xforget.nn.kv_cache import Cache, LayerCache
 
         net.eval()
         steps = spec.get("steps", 16)

@@ -44,7 +44,7 @@ def main() -> None:
     from xforget.data.tokens import load_tokens
 
     if args.data is None:
-        from xforget.data.cache import cache_dir
+        from xforget.data.corpus_cache import cache_dir
         from xforget.data.prepare import PrepareConfig, prepare
         from xforget.data.stdlib import load_stdlib_corpus
 

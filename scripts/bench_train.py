@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from xforget.autoregressive import AutoregressiveWrapper  # noqa: E402
+from xforget.models.autoregressive import AutoregressiveWrapper  # noqa: E402
 from xforget.train.config import compose_config, to_train_config  # noqa: E402
 from xforget.train.optim import param_groups  # noqa: E402
 from xforget.train.metrics import model_flops_per_token  # noqa: E402
 from xforget.train.peak import load_peak  # noqa: E402
-from xforget.config import build_model  # noqa: E402
+from xforget.models.wrapper import build_model  # noqa: E402
 
 AMP = {"fp32": None, "bf16": torch.bfloat16}
 

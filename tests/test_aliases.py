@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from xforget import Decoder, Encoder, TransformerWrapper
-from xforget.aliases import translate_x_transformers_kwargs
+from xforget.models.aliases import translate_x_transformers_kwargs
 
 
 def test_scheme_flags_become_position():

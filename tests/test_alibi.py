@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from reference import alibi_slopes_paper, attention_f64
-from xforget.attention import Attention
-from xforget.bias import alibi_slopes
+from xforget.nn.attention import Attention
+from xforget.nn.bias import alibi_slopes
 
 
 @pytest.mark.parametrize("heads", [1, 2, 3, 4, 6, 8, 12, 16, 24])

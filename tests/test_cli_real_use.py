@@ -43,8 +43,8 @@ def _exit(main, argv, capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize("module", ["xforget.train.cli", "xforget.evaluate.cli", "xforget.compare.cli",
-                                    "xforget.generate"])
+@pytest.mark.parametrize("module", ["xforget.commands.train", "xforget.commands.evaluate", "xforget.commands.compare",
+                                    "xforget.commands.generate"])
 def test_help_works_on_every_cli(module, capsys, monkeypatch):
     import importlib
 
@@ -56,7 +56,7 @@ def test_help_works_on_every_cli(module, capsys, monkeypatch):
 def test_eval_cfg_job_prints_the_config_without_evaluating(run_dir, capsys):
     from omegaconf import OmegaConf
 
-    from xforget.evaluate.cli import main
+    from xforget.commands.evaluate import main
 
     code, out, err = _exit(main, ["--cfg", "job", f"checkpoint={run_dir}", "eval.multiples=[1,2]"], capsys)
     assert code == 0, err
@@ -70,7 +70,7 @@ def test_eval_cfg_job_prints_the_config_without_evaluating(run_dir, capsys):
 def test_compare_cfg_job_prints_the_configs_without_training(tmp_path, capsys):
     from omegaconf import OmegaConf
 
-    from xforget.compare.cli import main
+    from xforget.commands.compare import main
 
     code, out, err = _exit(main, ["--cfg", "job", "positions=[rotary,fox]", "seeds=[3]", "model.dim=48",
                                   f"hydra.run.dir={tmp_path}"], capsys)
@@ -81,7 +81,7 @@ def test_compare_cfg_job_prints_the_configs_without_training(tmp_path, capsys):
 
 
 def test_eval_with_no_result_fails_and_keeps_the_earlier_result(run_dir, capsys):
-    from xforget.evaluate.cli import main
+    from xforget.commands.evaluate import main
 
     code, _, err = _exit(main, [f"checkpoint={run_dir}", "eval.multiples=[1]"], capsys)
     assert code == 0, err

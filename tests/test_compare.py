@@ -122,7 +122,7 @@ def test_rerunning_the_same_command_reuses_finished_runs(compared):
     (["model=fox"], "positions=[...]"),
 ])
 def test_bad_keys_fail_in_one_line_with_exit_code_2(args, needle, capsys, tmp_path, text_file):
-    from xforget.compare.cli import main
+    from xforget.commands.compare import main
 
     cheap = ["subprocess=false", "data=text", f"data.path={text_file}", "model.dim=32", "model.depth=1",
              "model.heads=2", "trainer.max_steps=1", "trainer.seq_len=32"]  # should a case ever pass by mistake

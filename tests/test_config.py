@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from xforget.config import build_model
+from xforget.models.wrapper import build_model
 from xforget.train.config import ConfigError, compose_config, config_dir, to_train_config
 
 REPO = Path(__file__).resolve().parents[1]

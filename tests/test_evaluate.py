@@ -129,7 +129,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_eval_cli_matches_training_and_writes_json(trained_run, capsys, tmp_path):
-    from xforget.evaluate.cli import main
+    from xforget.commands.evaluate import main
 
     run_dir, result = trained_run
     out = tmp_path / "e.json"
@@ -155,7 +155,7 @@ def test_eval_cli_matches_training_and_writes_json(trained_run, capsys, tmp_path
     (["eval.multiples=[0]"], "eval.multiples"),
 ])
 def test_eval_cli_rejects_bad_keys_in_one_line(trained_run, capsys, args, needle):
-    from xforget.evaluate.cli import main
+    from xforget.commands.evaluate import main
 
     with pytest.raises(SystemExit) as exc:
         main([f"checkpoint={trained_run[0]}", *args])

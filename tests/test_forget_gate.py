@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from reference import attention_f64, forget_gate_bias_f64
-from xforget.attention import Attention
-from xforget.bias import ForgetGate
+from xforget.nn.attention import Attention
+from xforget.nn.bias import ForgetGate
 
 
 def _split(t, heads):
@@ -81,7 +81,7 @@ def test_initial_gate_value_quoted_in_the_readme():
     import re
     from pathlib import Path
 
-    from xforget.bias.forget_gate import ForgetGate
+    from xforget.nn.bias.forget_gate import ForgetGate
 
     gate = ForgetGate(dim=8, heads=2, causal=True, forget_gate_divisor=8, forget_gate_bias_init=5.0)
     f = gate(torch.zeros(1, 3, 8)).log_fgate.exp()  # zero input: the bias alone, as at the start of training

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from xforget import AutoregressiveWrapper, Decoder, TransformerWrapper
-from xforget.xtransformer import XTransformer
+from xforget.models.xtransformer import XTransformer
 
 
 def _lm(vocab=16):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from xforget import AutoregressiveWrapper
-from xforget.generate import main
+from xforget.commands.generate import main
 from xforget.train import compose_config, load_model, to_train_config, train
 
 from corpus import TEXT  # generated text (tests/corpus.py), no files outside the repository
@@ -103,7 +103,7 @@ def test_readme_command_form_in_a_subprocess(run_dir):
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "xforget.generate", f"checkpoint={run_dir}", "prompt=def main(",
+    proc = subprocess.run([sys.executable, "-m", "xforget.commands.generate", f"checkpoint={run_dir}", "prompt=def main(",
                            "max_new_tokens=8", "temperature=0"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(repo)})
     assert proc.returncode == 0, proc.stderr

@@ -14,8 +14,9 @@ pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from xforget.config import ModelConfig, build_model  # noqa: E402
-from xforget.evaluate.harness import XForgetLM  # noqa: E402
+from xforget.models.config import ModelConfig
+from xforget.models.wrapper import build_model  # noqa: E402
+from xforget.integrations.harness import XForgetLM  # noqa: E402
 
 from runs import tiny_bpe_run  # noqa: E402
 
@@ -140,7 +141,7 @@ def _write_task(tmp_path: Path) -> Path:
 
 
 def test_eval_cli_runs_a_local_task_offline_and_writes_results(hub_dir, tmp_path, monkeypatch, capsys):
-    from xforget.evaluate.cli import main
+    from xforget.commands.evaluate import main
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -167,7 +168,7 @@ def test_eval_cli_runs_a_local_task_offline_and_writes_results(hub_dir, tmp_path
 
 
 def test_lm_eval_command_line_through_harness_cli_scores_like_the_reference(hub_dir, tmp_path):
-    """lm-eval 0.4.x loads no model plugins from entry points: `python -m xforget.evaluate.harness_cli` is its own
+    """lm-eval 0.4.x loads no model plugins from entry points: `python -m xforget.commands.harness` is its own
     command line with `xforget` registered; a local task's perplexity equals the float64 reference."""
     import os
     import subprocess
@@ -176,7 +177,7 @@ def test_lm_eval_command_line_through_harness_cli_scores_like_the_reference(hub_
     tasks = _write_task(tmp_path)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "xforget.evaluate.harness_cli", "--model", "xforget", "--model_args",
+    proc = subprocess.run([sys.executable, "-m", "xforget.commands.harness", "--model", "xforget", "--model_args",
                            f"pretrained={hub_dir}", "--tasks", "xf_tiny_ll", "--include_path", str(tasks),
                            "--device", "cpu", "--batch_size", "2", "--output_path", str(tmp_path / "out")],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -195,7 +196,7 @@ def test_lm_eval_command_line_through_harness_cli_scores_like_the_reference(hub_
     (["harness=true", "tasks=[no_such_task_xyz]"], "unknown harness task(s) ['no_such_task_xyz']"),
 ])
 def test_eval_cli_harness_errors_are_one_line(argv, needle, hub_dir, capsys):
-    from xforget.evaluate.cli import main
+    from xforget.commands.evaluate import main
 
     argv = [a if not a.startswith("checkpoint") else a for a in argv]
     if not any(a.startswith("checkpoint=") for a in argv):
@@ -209,7 +210,7 @@ def test_eval_cli_harness_errors_are_one_line(argv, needle, hub_dir, capsys):
 def test_bpe_run_directory_and_its_export_score_through_the_run_tokenizer(tmp_path):
     pytest.importorskip("tokenizers")
     from xforget.data.tokenizer import HFTokenizer
-    from xforget.export import main as export_main
+    from xforget.commands.export import main as export_main
 
     run = tiny_bpe_run(tmp_path, max_steps=3)
     export_main([f"checkpoint={run}", f"out={tmp_path / 'hub'}"])

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from xforget import TransformerWrapper
-from xforget.config import ModelConfig, build_model
+from xforget.models.config import ModelConfig
+from xforget.models.wrapper import build_model
 from xforget.train import compose_config, to_train_config, train
 from xforget.train.config import config_dir
 
@@ -89,7 +90,7 @@ def _tiny_run(tmp_path: Path) -> Path:
 
 
 def test_export_cli_writes_a_directory_that_loads_to_the_run_model(tmp_path, capsys):
-    from xforget.export import main
+    from xforget.commands.export import main
     from xforget.train.checkpoint import load_model
 
     run = _tiny_run(tmp_path)
@@ -109,8 +110,8 @@ def _bpe_run(tmp_path: Path) -> Path:
 
 
 def test_export_refuses_a_non_empty_out_unless_overwrite_replaces_it_atomically(tmp_path, capsys, monkeypatch):
-    import xforget.hub
-    from xforget.export import main
+    import xforget.models.wrapper
+    from xforget.commands.export import main
     from xforget.train.checkpoint import load_model
 
     def export(*args: str) -> tuple[int, list[str], str]:
@@ -130,7 +131,7 @@ def test_export_refuses_a_non_empty_out_unless_overwrite_replaces_it_atomically(
     def broken(model, directory):
         raise OSError("disk full")
 
-    monkeypatch.setattr(xforget.hub, "save_weights", broken)  # a failed export leaves the old directory as it was
+    monkeypatch.setattr(xforget.models.wrapper, "save_weights", broken)  # a failed export leaves the old directory as it was
     code, err, _ = export("overwrite=true")
     assert code == 2 and len(err) == 1 and "disk full" in err[0]
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
@@ -156,10 +157,10 @@ def test_export_refuses_a_non_empty_out_unless_overwrite_replaces_it_atomically(
 
 def test_eval_of_an_exported_directory_equals_eval_of_its_run(tmp_path, capsys):
     """xforget-eval checkpoint=<hub dir>: the same numbers as on the run directory, given the same data."""
-    from xforget.evaluate.cli import main as eval_main
+    from xforget.commands.evaluate import main as eval_main
     from xforget.evaluate.config import EvalConfig
     from xforget.evaluate.core import evaluate_run
-    from xforget.export import main as export_main
+    from xforget.commands.export import main as export_main
     from xforget.train.config import DataConfig
 
     run = _tiny_run(tmp_path)
@@ -187,7 +188,7 @@ def test_eval_of_an_exported_directory_equals_eval_of_its_run(tmp_path, capsys):
     (["checkpoint=a", "out=b", "outt=c"], "bad argument 'outt=c'"),
 ])
 def test_export_cli_errors_are_one_line_exit_2(argv, needle, capsys):
-    from xforget.export import main
+    from xforget.commands.export import main
 
     with pytest.raises(SystemExit) as exc:
         main(argv)

@@ -6,7 +6,7 @@ import torch
 
 xt = pytest.importorskip("x_transformers")
 
-from xforget.interop import from_x_transformers  # noqa: E402
+from xforget.integrations.interop import from_x_transformers  # noqa: E402
 
 try:  # x-transformers logs a warning for small rotary dims
     from loguru import logger

@@ -22,7 +22,7 @@ import torch
 
 from xforget.data.corpus import DataError
 from xforget.data.prepare import PrepareConfig, prepare
-from xforget.data.prepare_cli import main as prepare_main
+from xforget.commands.prepare import main as prepare_main
 from xforget.data.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 from xforget.data.tokens import load_tokens
 from xforget.train import compose_config, to_train_config, train
@@ -109,7 +109,7 @@ def split_docs(ids: np.ndarray, tok) -> list[str]:
 def test_round_trip_prepare_train_eval_generate(kind, tokenizer, tmp_path, capsys):
     from xforget.evaluate.core import evaluate_run
     from xforget.evaluate.config import EvalConfig
-    from xforget.generate import main as generate_main
+    from xforget.commands.generate import main as generate_main
 
     docs = make_docs(40)
     input_ = write_corpus(kind, tmp_path, docs)
@@ -235,7 +235,7 @@ def test_bpe_bpb_matches_an_independent_computation(tmp_path):
 
 
 def _peak_rss_mb(args: list[str], env=None) -> float:
-    code = ("import resource, sys; from xforget.data.prepare_cli import main; main(sys.argv[1:]); "
+    code = ("import resource, sys; from xforget.commands.prepare import main; main(sys.argv[1:]); "
             "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
@@ -279,7 +279,7 @@ def test_sigkill_during_prepare_then_rerun_is_identical(tokenizer, tmp_path):
 
     shutil.rmtree(out)
     env = {**os.environ, "XFORGET_DEBUG_PREPARE_SLEEP": "0.2"}
-    proc = subprocess.Popen([sys.executable, "-m", "xforget.data.prepare_cli", *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "xforget.commands.prepare", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     tmp_dirs: list[Path] = []
@@ -373,7 +373,7 @@ def test_vocab_over_uint32_is_rejected():
 
 
 def test_training_on_bad_prepared_dirs_fails_clearly(tmp_path):
-    from xforget.train.cli import main as train_main
+    from xforget.commands.train import main as train_main
 
     out = prep(write_corpus("jsonl", tmp_path, make_docs(20)), tmp_path / "prep", tokenizer="bpe", vocab_size=300)
     nometa = tmp_path / "nometa"

@@ -279,7 +279,7 @@ def test_ops_keep_precision_under_autocast(backend, amp):
 
 
 def test_config_prune_flag_and_errors():
-    from xforget.config import build_model
+    from xforget.models.wrapper import build_model
 
     net = build_model(dict(position="fox", attn_prune=False, dim=32, heads=4, depth=1))
     assert all(not m.prune for m in net.modules() if hasattr(m, "prune_eps"))

@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
-from xforget.attention import Attention
-from xforget.config import ModelConfig, build_model
+from xforget.nn.attention import Attention
+from xforget.models.config import ModelConfig
+from xforget.models.wrapper import build_model
 from xforget.train import ConfigError, compose_config, to_train_config
 
 

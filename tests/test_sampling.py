@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from xforget.sampling import min_p_filter, sample_next, top_k_filter, top_p_filter
+from xforget.models.sampling import min_p_filter, sample_next, top_k_filter, top_p_filter
 
 
 def _logits(vocab=20, rows=4):
@@ -167,7 +167,7 @@ def test_top_k_runs_before_top_p_inside_the_sampler():
 
 def test_min_p_above_one_keeps_only_the_top_token():
     """min_p > 1 would put the threshold above every probability: the top token still survives (greedy)."""
-    from xforget.sampling import min_p_filter
+    from xforget.models.sampling import min_p_filter
 
     logits = torch.randn(3, 50)
     kept = torch.isfinite(min_p_filter(logits, 2.0))

@@ -150,7 +150,7 @@ def test_cli_trains_and_reports(tmp_path):
 
 
 def test_metrics_log_throughput_and_model_flops_utilisation(tmp_path):
-    from xforget.config import build_model
+    from xforget.models.wrapper import build_model
     from xforget.train.metrics import model_flops_per_token
 
     cfg = tiny(tmp_path, "trainer.max_steps=2", "trainer.peak_flops=1e12")
@@ -223,7 +223,7 @@ def test_batch_must_split_evenly_over_processes(tmp_path, monkeypatch):
 
 
 def test_compile_wraps_the_training_forward(tmp_path, monkeypatch):
-    from xforget.autoregressive import AutoregressiveWrapper
+    from xforget.models.autoregressive import AutoregressiveWrapper
 
     compiled = []
 

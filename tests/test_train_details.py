@@ -22,8 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xforget.autoregressive import AutoregressiveWrapper
-from xforget.config import build_model
+from xforget.models.autoregressive import AutoregressiveWrapper
+from xforget.models.wrapper import build_model
 from xforget.data import TrainBatches, load_corpus, split_corpus
 from xforget.train import compose_config, to_train_config, train
 from xforget.train.metrics import read_metrics

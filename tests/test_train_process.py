@@ -14,7 +14,7 @@ import pytest
 
 from xforget.train import compose_config, to_train_config, train
 from xforget.train.checkpoint import complete_checkpoints
-from xforget.train.cli import main as cli_main
+from xforget.commands.train import main as cli_main
 from xforget.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from xforget.train import CheckpointError, ConfigError, compose_config, to_train_config, train
 from xforget.train.checkpoint import complete_checkpoints
-from xforget.train.cli import main as cli_main
+from xforget.commands.train import main as cli_main
 from xforget.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -370,7 +370,7 @@ def test_data_path_with_tilde_and_grammar_characters(tmp_path, value, monkeypatc
 def test_hydra_quoting_round_trips_any_text():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from xforget.cli_args import hydra_quote
+    from xforget.commands.args import hydra_quote
 
     parser = OverridesParser.create()
     for text in ["plain", "a'b", 'a"b', "a\\'b", "ends\\", "\\\\", "(x) [y] {z} = , : ~", "ünïcode ✓", ""]:
@@ -383,7 +383,7 @@ def test_hydra_quoting_round_trips_any_text():
 def test_train_config_defaults_are_the_configs_defaults():
     from omegaconf import OmegaConf
 
-    from xforget.config import ModelConfig
+    from xforget.models.config import ModelConfig
     from xforget.train.config import TrainConfig
 
     composed = OmegaConf.to_container(compose_config([]), resolve=True)
@@ -399,7 +399,7 @@ def test_train_config_defaults_are_the_configs_defaults():
 
 def test_the_log_line_tells_fox_pro_from_plain_fox():
     """train.log's model line names the block, not only the position scheme (FoX Pro and FoX share 'fox')."""
-    from xforget.config import describe_model
+    from xforget.models.config import describe_model
 
     pro = describe_model(to_train_config(compose_config([])).model)
     plain = describe_model(to_train_config(compose_config(["model=fox"])).model)
@@ -415,7 +415,7 @@ def test_experiments_keep_the_lr_of_their_committed_results():
     README/docs numbers were measured with, so their one command still reproduces them."""
     assert to_train_config(compose_config([])).optim.lr == 1.5e-3
     assert to_train_config(compose_config(["experiment=shakespeare_small"])).optim.lr == 2e-3
-    from xforget.compare.cli import load_compare_config
+    from xforget.compare.run import load_compare_config
 
     fox_vs_rope, _ = load_compare_config(["experiment=fox_vs_rope"])
     assert float(dict(a.split("=", 1) for a in fox_vs_rope.train)["optim.lr"]) == 2e-3

@@ -10,7 +10,7 @@ import pytest
 
 from xforget.train import compose_config, to_train_config
 from xforget.train.checkpoint import load_model
-from xforget.train.cli import main as cli_main
+from xforget.commands.train import main as cli_main
 from xforget.train.config import load_config_yaml
 
 
@@ -96,7 +96,7 @@ def test_shipped_experiments_compose():
 
 
 def test_compare_experiment_holds_the_readme_comparison(tmp_path):
-    from xforget.compare.cli import load_compare_config
+    from xforget.compare.run import load_compare_config
     from xforget.compare.runner import plan_runs
 
     cfg, out_dir = load_compare_config(["experiment=compare_shakespeare"])

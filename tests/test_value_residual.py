@@ -3,7 +3,7 @@
 import torch
 
 from xforget import Decoder, TransformerWrapper
-from xforget.value_residual import ValueResidualMix
+from xforget.nn.value_residual import ValueResidualMix
 
 
 def test_fixed_mix_is_half_and_half():

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from xforget import ContinuousTransformerWrapper, Decoder, Encoder
-from xforget.autoregressive import AutoregressiveWrapper
-from xforget.sampling import sample_next
-from xforget.xtransformer import XTransformer
+from xforget.models.autoregressive import AutoregressiveWrapper
+from xforget.models.sampling import sample_next
+from xforget.models.xtransformer import XTransformer
 
 M = 3  # memory tokens
 

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from reference import forget_gate_bias_f64
 
 from xforget import AutoregressiveWrapper, Decoder, TransformerWrapper
-from xforget.attention import Attention
-from xforget.kv_shift import KVShift
-from xforget.norms import HeadRMSNorm
+from xforget.nn.attention import Attention
+from xforget.nn.kv_shift import KVShift
+from xforget.nn.norms import HeadRMSNorm
 
 
 def _proj(x, linear, heads_dim):

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from xforget import (ContinuousTransformerWrapper, CrossAttender, Decoder, ModelConfig, TransformerWrapper,
                      XTransformer, build_model)
-from xforget.feedforward import FeedForward
-from xforget.norms import RMSNorm, ScaleNorm
-from xforget.validate import validate_model_config
+from xforget.nn.feedforward import FeedForward
+from xforget.nn.norms import RMSNorm, ScaleNorm
+from xforget.models.validate import validate_model_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -244,7 +244,7 @@ def test_every_model_option_is_reachable_from_the_command_line():
 
 
 def test_x_transformers_flag_names_build_the_same_options():
-    from xforget.aliases import translate_x_transformers_kwargs
+    from xforget.models.aliases import translate_x_transformers_kwargs
 
     out = translate_x_transformers_kwargs(dict(
         rel_pos_bias=True, rel_pos_num_buckets=16, attn_kv_heads=2, ff_glu=True, ff_swish=True, use_scalenorm=True,

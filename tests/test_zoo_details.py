@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from xforget import ContinuousTransformerWrapper, Decoder, ModelConfig
-from xforget.config import build_model
+from xforget.models.wrapper import build_model
 from xforget.data import synthetic
 from xforget.evaluate import task_accuracy
-from xforget.norms import RMSNorm
+from xforget.nn.norms import RMSNorm
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SIZE = dict(kind="decoder", num_tokens=256, dim=256, depth=4, heads=8, max_seq_len=64)  # max_seq_len = trainer.seq_len

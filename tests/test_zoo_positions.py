@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from xforget import AutoregressiveWrapper, Decoder, Encoder, TransformerWrapper
-from xforget.attention import Attention
-from xforget.bias import t5_bucket
-from xforget.embeddings import ScaledSinusoidalEmbedding
-from xforget.rotary import RotaryEmbedding
+from xforget.nn.attention import Attention
+from xforget.nn.bias import t5_bucket
+from xforget.nn.embeddings import ScaledSinusoidalEmbedding
+from xforget.nn.rotary import RotaryEmbedding
 
 
 # ----------------------------------------------------------------------------- rotary, xPos, sinusoidal

@@ -1,13 +1,30 @@
-"""xforget: a readable PyTorch model zoo for forgetting attention and positional schemes."""
+"""xforget: a readable PyTorch model zoo for forgetting attention and positional schemes.
 
-from .autoregressive import AutoregressiveWrapper
-from .cache import Cache
-from .config import ModelConfig, build_model
-from .continuous import ContinuousTransformerWrapper
-from .interop import from_x_transformers
-from .layers import AttentionLayers, CrossAttender, Decoder, Encoder
-from .wrapper import TransformerWrapper
-from .xtransformer import XTransformer
+The package's layers, bottom to top (imports point down only; ``make test`` checks it with import-linter):
+
+* :mod:`xforget.ops`          -- attention kernels (forgetting attention, its backends, pruning).
+* :mod:`xforget.nn`           -- building blocks (attention layer, bias registry, norms, rotary, KV cache).
+* :mod:`xforget.models`       -- assemblies and their config (Decoder, TransformerWrapper, ModelConfig).
+* :mod:`xforget.data`         -- corpora, tokenizers, prepared token shards, batches.
+* :mod:`xforget.train`, :mod:`xforget.evaluate`, :mod:`xforget.compare` -- training, evaluation, comparison.
+* :mod:`xforget.integrations` -- x-transformers interop, lm-evaluation-harness.
+* :mod:`xforget.commands`     -- the command-line programs.
+
+This module is the public face: everything a user imports from ``xforget``.
+"""
+
+from xforget import _compat
+
+_compat.install()  # old module paths (xforget.config, xforget.bias, ...) keep working
+
+from xforget.integrations.interop import from_x_transformers
+from xforget.models.autoregressive import AutoregressiveWrapper
+from xforget.models.config import ModelConfig
+from xforget.models.continuous import ContinuousTransformerWrapper
+from xforget.models.layers import AttentionLayers, CrossAttender, Decoder, Encoder
+from xforget.models.wrapper import TransformerWrapper, build_model
+from xforget.models.xtransformer import XTransformer
+from xforget.nn.kv_cache import Cache
 
 __all__ = [
     "AttentionLayers",

@@ -1,6 +1,6 @@
 """``python -m xforget.compare ...``: the same as ``xforget-compare ...``."""
 
-from .cli import main
+from xforget.commands.compare import main
 
 if __name__ == "__main__":
     main()

@@ -6,8 +6,8 @@ bad value, why, and what would work.
 
 from __future__ import annotations
 
-from ..evaluate.config import CompareConfig
-from ..train.config import ConfigError
+from xforget.compare.config import CompareConfig
+from xforget.errors import ConfigError
 
 
 def preflight(cfg: CompareConfig, runs) -> None:
@@ -35,8 +35,8 @@ def preflight(cfg: CompareConfig, runs) -> None:
     lengths = [m * base for m in mult]
     if c0.data.name != "tokens" or not c0.data.path:
         return
-    from ..data.tokenizer import load_tokenizer
-    from ..data.tokens import load_tokens
+    from xforget.data.tokenizer import load_tokenizer
+    from xforget.data.tokens import load_tokens
 
     data = load_tokens(c0.data.path)
     n_val = len(data.val)
@@ -45,7 +45,7 @@ def preflight(cfg: CompareConfig, runs) -> None:
                           f"split of {data.path} has {n_val} tokens (needs {lengths[-1] + 1}); lower eval.multiples "
                           "or eval.seq_len, or prepare more validation text (prepare.val_fraction)")
     if e.needle_examples > 0:
-        from ..data.haystack import min_needle_length
+        from xforget.data.haystack import min_needle_length
 
         need = min_needle_length(load_tokenizer(c0.data.path))
         needle = [int(m) * base for m in (e.needle_multiples or mult)]

@@ -21,8 +21,8 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from ..data.corpus import DataError
-from ..data.prepare import META_FILE, PrepareConfig, prepare, validate_prepare
+from xforget.data.corpus import DataError
+from xforget.data.prepare import META_FILE, PrepareConfig, prepare, validate_prepare
 
 STDLIB = "stdlib"
 # settings that change the prepared tokens (output, overwrite, progress, num_proc and batch_bytes do not)
@@ -32,8 +32,8 @@ _KEYS = ("tokenizer", "vocab_size", "text_field", "val_fraction", "seed", "separ
 def resolve_input(spec: str) -> tuple[str, str]:
     """(path or name for ``xforget-prepare``, sha256 of the input) for ``prepare.input``."""
     if spec == STDLIB:
-        from ..data.cache import cache_dir
-        from ..data.stdlib import load_stdlib_corpus, stdlib_root
+        from xforget.data.corpus_cache import cache_dir
+        from xforget.data.stdlib import load_stdlib_corpus, stdlib_root
 
         corpus = load_stdlib_corpus(cache_dir())
         version, tag = corpus.meta["python_version"], hashlib.sha256(str(stdlib_root().resolve()).encode()).hexdigest()[:8]
@@ -41,7 +41,7 @@ def resolve_input(spec: str) -> tuple[str, str]:
         if not blob.is_file():
             raise DataError(f"the stdlib corpus cache {blob} is missing after building it")
         return str(blob), corpus.meta["sha256"]
-    from ..data.sources import open_source
+    from xforget.data.sources import open_source
 
     fp = open_source(spec).fingerprint()
     return spec, str(fp.get("sha256") or fp.get("fingerprint") or json.dumps(fp, sort_keys=True))
@@ -71,7 +71,7 @@ def ensure_prepared(cfg: PrepareConfig, out_dir: Path, *, log=print) -> tuple[Pa
     meta_path = target / META_FILE
     if meta_path.is_file():  # the name hashes the settings and the input's sha256
         try:
-            from ..data.tokens import load_tokens
+            from xforget.data.tokens import load_tokens
 
             load_tokens(target)  # shards match meta.json
             log(f"[compare] re-using prepared data {target}")

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_text
-from ..evaluate.core import CANNOT_EXTRAPOLATE, OK, mean_std
-from ..train.metrics import read_metrics
+from xforget.files import atomic_write_text
+from xforget.evaluate.core import CANNOT_EXTRAPOLATE, OK, mean_std
+from xforget.train.metrics import read_metrics
 
 LN2 = math.log(2.0)
 
@@ -222,7 +222,7 @@ def build_report(runs: list[dict[str, Any]], *, meta: dict[str, Any], findings: 
         })
     report = {"meta": {**meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, "schemes": schemes, "runs": slim_runs}
     if findings:
-        from .findings import check_findings
+        from xforget.compare.findings import check_findings
 
         report["findings"] = check_findings(schemes, meta["train_seq_len"])
     return report
@@ -283,7 +283,7 @@ def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
     lines += ["", "train wall s: the training loop's wall-clock time from step 0 to the end (evaluations and "
                   "checkpoints included, start-up excluded), summed over the parts of an interrupted and resumed run.",
               ""]
-    from . import long_report as lr
+    from xforget.compare import long_report as lr
 
     lines[4:4] = lr.setup_lines(meta)
 
@@ -317,7 +317,7 @@ def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
                 lines.append(f"| `{s['name']}` | " + " | ".join(cells) + " |")
 
     if report.get("findings"):
-        from .findings import findings_markdown
+        from xforget.compare.findings import findings_markdown
 
         lines += [""] + findings_markdown(report["findings"])
     lines += [""] + lr.wall_lines(schemes, report["runs"]) + lr.prefix_lines(schemes, unit)

@@ -39,9 +39,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_text
-from ..train.checkpoint import complete_checkpoints
-from ..train.config import (
+from xforget.files import atomic_write_text
+from xforget.train.checkpoint import complete_checkpoints
+from xforget.train.config import (
     ConfigError,
     TrainConfig,
     compose_config,
@@ -77,7 +77,7 @@ def scheme_overrides(name: str) -> list[str]:
     Raises:
         ConfigError: neither a preset nor a scheme, listing both.
     """
-    from ..positions import position_schemes
+    from xforget.models.positions import position_schemes
 
     presets = model_presets()
     if name in presets:
@@ -339,8 +339,8 @@ def train_parallel(runs: list[PlannedRun], jobs: int, *, log=print) -> None:
 def _train_here(run: PlannedRun, *, log=print) -> None:
     import resource
 
-    from ..train.checkpoint import CheckpointError
-    from ..train.loop import TrainingError, train
+    from xforget.train.checkpoint import CheckpointError
+    from xforget.train.loop import TrainingError, train
 
     log(f"[compare] training {run.key} in-process: {' '.join(run.overrides)} -> {run.run_dir}")
     resumed_from = _latest_step(run.run_dir)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .corpus import DataError
+from xforget.data.corpus import DataError
 
 
 @dataclass

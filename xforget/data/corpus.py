@@ -1,13 +1,11 @@
-"""``load_corpus(data_cfg)``: the bytes named by a :class:`~xforget.train.config.DataConfig`."""
+"""A byte corpus (:class:`Corpus`) and the data layer's error (:class:`DataError`); every corpus module
+returns one (see :func:`xforget.data.load.load_corpus`)."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
-
-
-SYNTHETIC_BYTES = 1 << 21  # default size of a synthetic corpus (data=mqar / data=needle)
 
 
 class DataError(RuntimeError):
@@ -29,35 +27,3 @@ class Corpus:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def load_corpus(cfg) -> Corpus:
-    """Load the corpus for ``cfg`` (fields ``name``, ``path``, ``cache_dir``; ``num_bytes`` and
-    ``example_len`` for the synthetic tasks ``mqar`` / ``needle``, generated from seed 0).
-
-    Raises:
-        DataError: missing/unreadable file, failed download or checksum, unknown name.
-    """
-    from . import shakespeare, stdlib, text
-    from .cache import cache_dir
-
-    if cfg.name == "stdlib":
-        return stdlib.load_stdlib_corpus(cache=cache_dir(cfg.cache_dir))
-    if cfg.name == "text":
-        if not cfg.path:
-            raise DataError("data=text needs a file: data.path=FILE")
-        return text.load_text(cfg.path)
-    if cfg.name == "shakespeare":
-        return shakespeare.load_shakespeare(cfg.path, cache=cache_dir(cfg.cache_dir))
-    if cfg.name in ("mqar", "needle"):
-        from .synthetic import load_synthetic
-
-        num_bytes = getattr(cfg, "num_bytes", None) or SYNTHETIC_BYTES
-        try:
-            return load_synthetic(cfg.name, seed=0, num_bytes=num_bytes, example_len=getattr(cfg, "example_len", None))
-        except ValueError as exc:  # e.g. an example length the task cannot fill
-            raise DataError(f"data={cfg.name}: {exc}") from None
-    if cfg.name == "tokens":
-        raise DataError("data=tokens is a prepared dataset of token ids, not a byte corpus; "
-                        "read it with xforget.data.training.load_training_data")
-    raise DataError(f"unknown data set {cfg.name!r}; valid: stdlib, text, shakespeare, mqar, needle, tokens")

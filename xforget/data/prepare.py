@@ -1,7 +1,7 @@
 """Prepare a corpus as token shards: ``train.bin``, ``val.bin``, ``tokenizer.json``, ``meta.json``.
 
 :func:`prepare` ``(PrepareConfig) -> Path`` is what ``xforget-prepare``
-(:mod:`xforget.data.prepare_cli`) runs. Layout (``/work/shared/DESIGN.md`` 6):
+(:mod:`xforget.commands.prepare`) runs. Layout (``/work/shared/DESIGN.md`` 6):
 
 * ``train.bin`` / ``val.bin``: token ids, no header, ``uint16`` when the
   vocabulary has at most 65,536 ids, else ``uint32`` (what nanoGPT-style tools
@@ -52,9 +52,9 @@ from typing import Optional
 
 import numpy as np
 
-from .corpus import DataError
-from .sources import Source, open_source, text_pieces
-from .tokenizer import TOKENIZER_FILE, ByteTokenizer, HFTokenizer, resolve_tokenizer
+from xforget.data.corpus import DataError
+from xforget.data.sources import Source, open_source, text_pieces
+from xforget.data.tokenizer import TOKENIZER_FILE, ByteTokenizer, HFTokenizer, resolve_tokenizer
 
 META_FILE = "meta.json"
 FORMAT = "xforget-tokens"
@@ -291,7 +291,7 @@ def batches(stream: Iterator[tuple[bytes, bool, bool]], batch_bytes: int) -> Ite
 def train_bpe(texts: Iterator[str], vocab_size: int, length: int | None = None) -> HFTokenizer:
     """A byte-level BPE (GPT-2 style pre-tokenizer, all 256 bytes in the base alphabet) trained with the
     Hugging Face ``tokenizers`` library on ``texts``; ``<|endoftext|>`` is id 0."""
-    from .tokenizer import _import_tokenizers
+    from xforget.data.tokenizer import _import_tokenizers
 
     tokenizers = _import_tokenizers("tokenizer=bpe")
     from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -345,7 +345,7 @@ def prepare(cfg: PrepareConfig, log=print) -> Path:
     """
     validate_prepare(cfg)
     if cfg.tokenizer == "bpe":  # before anything is read, logged or written
-        from .tokenizer import _import_tokenizers
+        from xforget.data.tokenizer import _import_tokenizers
 
         _import_tokenizers("tokenizer=bpe")
     output = Path(cfg.output).expanduser().resolve()

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpus import DataError
+from xforget.data.corpus import DataError
 
 JSON_EXT = (".jsonl", ".json")
 PARQUET_EXT = (".parquet",)

@@ -19,8 +19,8 @@ import platform
 import sysconfig
 from pathlib import Path
 
-from .cache import atomic_write_bytes
-from .corpus import Corpus, DataError, sha256
+from xforget.data.corpus_cache import atomic_write_bytes
+from xforget.data.corpus import Corpus, DataError, sha256
 
 EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .corpus import Corpus, DataError, sha256
+from xforget.data.corpus import Corpus, DataError, sha256
 
 
 def read_bytes(path: str | Path, what: str = "data file") -> bytes:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .corpus import DataError
+from xforget.data.corpus import DataError
 
 TOKENIZER_FILE = "tokenizer.json"
 BYTE_VOCAB = 256

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpus import DataError
-from .prepare import read_meta
+from xforget.data.corpus import DataError
+from xforget.data.prepare import read_meta
 
 LN2 = math.log(2.0)
 

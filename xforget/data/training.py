@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .corpus import DataError
+from xforget.data.corpus import DataError
 
 
 @dataclass
@@ -32,11 +32,11 @@ def load_training_data(cfg, seq_len: int) -> TrainingData:
     Raises:
         DataError: missing data, or a split shorter than ``seq_len + 1`` tokens.
     """
-    from .tokenizer import ByteTokenizer
+    from xforget.data.tokenizer import ByteTokenizer
 
     if cfg.name == "tokens":
-        from .tokenizer import load_tokenizer
-        from .tokens import load_tokens
+        from xforget.data.tokenizer import load_tokenizer
+        from xforget.data.tokens import load_tokens
 
         data = load_tokens(cfg.path)
         for part in ("train", "val"):
@@ -46,8 +46,8 @@ def load_training_data(cfg, seq_len: int) -> TrainingData:
                                 f"{seq_len + 1}; lower trainer.seq_len or prepare more text")
         return TrainingData(data.train, data.val, load_tokenizer(data.path), data.tokens_per_byte("val"),
                             data.describe(), data.meta)
-    from .batches import split_corpus
-    from .corpus import load_corpus
+    from xforget.data.batches import split_corpus
+    from xforget.data.load import load_corpus
 
     corpus = load_corpus(cfg)
     split = split_corpus(corpus.data, cfg.val_fraction, seq_len)

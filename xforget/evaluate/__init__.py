@@ -6,9 +6,9 @@
 * :mod:`.cli`     -- ``xforget-eval checkpoint=RUN_DIR data=... eval.seq_len=...``.
 """
 
-from .config import EvalConfig
-from .core import evaluate_model, evaluate_run, format_table, task_accuracy
-from .metrics import WindowEval, evaluate_windows, nats_to_bpb, token_losses
+from xforget.evaluate.config import EvalConfig
+from xforget.evaluate.core import evaluate_model, evaluate_run, format_table, task_accuracy
+from xforget.evaluate.metrics import WindowEval, evaluate_windows, nats_to_bpb, token_losses
 
 __all__ = ["EvalConfig", "WindowEval", "evaluate_model", "evaluate_run", "evaluate_windows", "format_table",
            "nats_to_bpb", "task_accuracy", "token_losses"]

@@ -1,6 +1,6 @@
 """``python -m xforget.evaluate ...``: the same as ``xforget-eval ...``."""
 
-from .cli import main
+from xforget.commands.evaluate import main
 
 if __name__ == "__main__":
     main()

@@ -14,9 +14,10 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from ..config_errors import explain_error as _explain
-from ..config_errors import schema_keys
-from ..train.config import ConfigError, DataConfig
+from xforget.errors import explain_error as _explain
+from xforget.errors import schema_keys
+from xforget.errors import ConfigError
+from xforget.train.config import DataConfig
 
 EXIT_CONFIG, EXIT_RUNTIME = 2, 1
 
@@ -69,48 +70,11 @@ class EvalCommandConfig:
     batch_size: int = 8
 
 
-@dataclass
-class ComparePrepare:
-    """``prepare:`` of ``xforget-compare``: token shards made before training (``xforget-prepare`` keys).
-
-    ``input: stdlib`` = this Python's standard-library corpus; ``output`` null =
-    ``<comparison dir>/data/``. See :mod:`xforget.compare.prepared`.
-    """
-
-    input: str = "stdlib"
-    output: Optional[str] = None
-    tokenizer: str = "bpe"
-    vocab_size: int = 4096
-    text_field: str = "text"
-    val_fraction: float = 0.05
-    seed: int = 0
-    num_proc: int = 1
-
-
-@dataclass
-class CompareConfig:
-    """``xforget-compare``'s own keys; ``model.*``, ``data``, ``optim.*`` and ``trainer.*``
-    go to every training run unchanged (validated by the training config)."""
-
-    positions: list[str] = field(default_factory=lambda: ["none", "absolute", "rotary", "alibi", "fox"])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    retrain: bool = False  # train again even when a finished run with the same config exists
-    subprocess: bool = True  # train each run in its own process (isolated memory, per-run peak RSS)
-    plots: bool = True
-    train: list[str] = field(default_factory=list)  # training overrides for every run (before the command line's)
-    prepare: Optional[ComparePrepare] = None  # token shards to make first; every run trains on them (data=tokens)
-    jobs: int = 1  # training runs (and evaluations) at once, each in its own process
-    findings: bool = True  # compare.md: which of the FoX paper's findings hold (needs fox and rotary among positions)
-
-
-TRAIN_ROOTS = ("model", "data", "optim", "trainer")
 
 
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="eval_schema", node=EvalCommandConfig)
-    cs.store(name="compare_schema", node=CompareConfig)
 
 
 register()
@@ -149,7 +113,7 @@ def validate_eval(cfg: EvalConfig) -> None:
     need(cfg.tokens is None or cfg.tokens >= 1, "tokens", ">= 1 or null", cfg.tokens)
     need(cfg.batch_tokens >= 1, "batch_tokens", ">= 1", cfg.batch_tokens)
     need(cfg.task_examples >= 1, "task_examples", ">= 1", cfg.task_examples)
-    from ..data.synthetic import TASKS
+    from xforget.data.synthetic import TASKS
 
     need(cfg.task is None or cfg.task in TASKS, "task", f"one of {list(TASKS)} or null", cfg.task)
     need(cfg.threads is None or cfg.threads >= 1, "threads", ">= 1 or null", cfg.threads)

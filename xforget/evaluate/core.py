@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import DataError, load_corpus, val_windows
-from ..data import synthetic
-from ..train.checkpoint import complete_checkpoints, load_model
-from ..train.config import DataConfig, TrainConfig
-from .config import EvalConfig, validate_eval
-from .metrics import evaluate_windows, length_limit, nats_to_bpb, token_losses
-from .pruning import format_pruning, pruning_fractions
+from xforget.data import DataError, load_corpus, val_windows
+from xforget.data import synthetic
+from xforget.train.checkpoint import complete_checkpoints, load_model
+from xforget.train.config import DataConfig, TrainConfig
+from xforget.evaluate.config import EvalConfig, validate_eval
+from xforget.evaluate.metrics import evaluate_windows, length_limit, nats_to_bpb, token_losses
+from xforget.evaluate.pruning import format_pruning, pruning_fractions
 
 ROUND = 6
 OK, CANNOT_EXTRAPOLATE, TOO_SHORT = "ok", "cannot extrapolate", "validation split too short"
@@ -54,7 +54,7 @@ def validation_tokens(data_cfg: DataConfig) -> tuple[Any, dict[str, Any], float]
         return val, info, 1.0
     if not data_cfg.path:
         raise DataError("data=tokens needs a prepared dataset directory: data.path=DIR")
-    from ..data.tokens import load_tokens
+    from xforget.data.tokens import load_tokens
 
     data = load_tokens(data_cfg.path)
     m = data.meta
@@ -172,8 +172,10 @@ def load_for_eval(path: Path, data_cfg: DataConfig | None, device) -> tuple[nn.M
         CheckpointError: nothing loadable; ConfigError: a hub-style directory without ``data_cfg``;
         DataError: byte-level data for a model with another vocabulary.
     """
-    from ..hub import is_hub_directory, load_pretrained
-    from ..train.config import BYTE_VOCAB, ConfigError, TrainerConfig
+    from xforget.models.pretrained import is_hub_directory
+    from xforget.train.loading import load_pretrained
+    from xforget.errors import ConfigError
+    from xforget.train.config import BYTE_VOCAB, TrainerConfig
 
     if not (is_hub_directory(path) and not (path / "config.yaml").is_file()):
         return load_model(path, device=device)
@@ -184,13 +186,13 @@ def load_for_eval(path: Path, data_cfg: DataConfig | None, device) -> tuple[nn.M
     try:
         model, _ = load_pretrained(path, device)
     except ValueError as exc:
-        from ..train.checkpoint import CheckpointError
+        from xforget.train.checkpoint import CheckpointError
 
         raise CheckpointError(" ".join(str(exc).split())) from None
     import json
 
-    from ..config import model_config_from_dict
-    from ..hub import CONFIG
+    from xforget.models.config import model_config_from_dict
+    from xforget.models.pretrained import CONFIG
 
     model_cfg = model_config_from_dict(json.loads((path / CONFIG).read_text()))  # loaded just now: it fits
     if data_cfg.name != "tokens" and model_cfg.num_tokens != BYTE_VOCAB:
@@ -259,8 +261,8 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
         result["pruning"] = by_length[str(max(ok_lengths))]
         result["pruning_by_length"] = by_length
     if ecfg.needle_examples > 0:
-        from ..data.tokenizer import load_tokenizer
-        from .needle import needle_accuracy
+        from xforget.data.tokenizer import load_tokenizer
+        from xforget.evaluate.needle import needle_accuracy
 
         tok = load_tokenizer(run_dir)
         needle_lengths = [int(m) * base for m in (ecfg.needle_multiples or multiples)]

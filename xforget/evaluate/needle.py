@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import haystack
-from .metrics import length_limit, token_losses
+from xforget.data import haystack
+from xforget.evaluate.metrics import length_limit, token_losses
 
 
 def needle_accuracy(net: nn.Module, tokenizer, val, lengths: list[int], depths: list[float], *, per_depth: int,

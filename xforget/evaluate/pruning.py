@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attention import Attention
-from ..ops.prune import collect_pruning
+from xforget.nn.attention import Attention
+from xforget.ops.prune import collect_pruning
 
 
 @torch.no_grad()

@@ -7,6 +7,6 @@ See :func:`forgetting_attention` for the maths and the backends
 point used by the attention layer.
 """
 
-from .dispatch import BACKENDS, attend, forgetting_attention, resolve_backend
+from xforget.ops.dispatch import BACKENDS, attend, forgetting_attention, resolve_backend
 
 __all__ = ["BACKENDS", "attend", "forgetting_attention", "resolve_backend"]

@@ -13,8 +13,8 @@ from typing import Optional
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .common import Shapes, Tensor, cumulative_gate, default_scale, needs_grad, valid_rows, zero_invalid_rows
-from .reference import compute_dtype, dense_block
+from xforget.ops.common import Shapes, Tensor, cumulative_gate, default_scale, needs_grad, valid_rows, zero_invalid_rows
+from xforget.ops.reference import compute_dtype, dense_block
 
 # Aim for tiles of about this many float elements (b * h * B * n_k): 16 Mi = 64 MB fp32.
 TILE_ELEMENTS = 1 << 24

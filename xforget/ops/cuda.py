@@ -15,8 +15,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .common import Shapes, Tensor, default_scale
-from .fold import fold_attention
+from xforget.ops.common import Shapes, Tensor, default_scale
+from xforget.ops.fold import fold_attention
 
 _FLA: Optional[Callable] = None
 _FLA_TRIED = False

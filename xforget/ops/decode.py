@@ -18,8 +18,8 @@ from typing import Optional
 
 import torch
 
-from . import prune as acp
-from .common import Shapes, Tensor, cumulative_gate, default_scale, valid_rows, zero_invalid_rows
+from xforget.ops import prune as acp
+from xforget.ops.common import Shapes, Tensor, cumulative_gate, default_scale, valid_rows, zero_invalid_rows
 
 MAX_DECODE_QUERIES = 16
 

@@ -12,14 +12,14 @@ from typing import Optional
 
 import torch
 
-from .chunked import chunked_attention
-from .common import Tensor, check_inputs
-from .cuda import cuda_attention
-from .decode import MAX_DECODE_QUERIES, decode_attention
-from .fold import fold_attention
-from .prune import PRUNE_EPS, check_eps
-from .reference import reference_attention
-from .sdpa import dense_bias_attention, plain_attention
+from xforget.ops.chunked import chunked_attention
+from xforget.ops.common import Tensor, check_inputs
+from xforget.ops.cuda import cuda_attention
+from xforget.ops.decode import MAX_DECODE_QUERIES, decode_attention
+from xforget.ops.fold import fold_attention
+from xforget.ops.prune import PRUNE_EPS, check_eps
+from xforget.ops.reference import reference_attention
+from xforget.ops.sdpa import dense_bias_attention, plain_attention
 
 BACKENDS = ("auto", "reference", "fold", "chunked", "decode", "cuda")
 

@@ -44,8 +44,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import prune as acp
-from .common import (
+from xforget.ops import prune as acp
+from xforget.ops.common import (
     Shapes,
     Tensor,
     cumulative_gate,
@@ -55,7 +55,7 @@ from .common import (
     valid_rows,
     zero_invalid_rows,
 )
-from .pruned_sdpa import BandedCausalSDPA, make_plan
+from xforget.ops.pruned_sdpa import BandedCausalSDPA, make_plan
 
 PAD_GAP = 1.0e4  # pad keys sit this far (at least) below every real key's logit
 FP16_CHANNEL_MAX = 2.0 ** 14  # |u| / 2^p stays below this in fp16 channels

@@ -49,7 +49,7 @@ from typing import Iterator, List, Optional
 
 import torch
 
-from .common import Shapes, Tensor
+from xforget.ops.common import Shapes, Tensor
 
 PRUNE_EPS = 1.0e-6  # pruned mass per row < eps (weights < eps / n_k of the reference key)
 PRUNE_BLOCK = 128  # query rows per pruning decision (fold)

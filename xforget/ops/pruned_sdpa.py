@@ -35,7 +35,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .common import Tensor
+from xforget.ops.common import Tensor
 
 _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward

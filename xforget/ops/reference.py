@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from .common import Shapes, Tensor, cumulative_gate, default_scale, valid_rows, zero_invalid_rows
+from xforget.ops.common import Shapes, Tensor, cumulative_gate, default_scale, valid_rows, zero_invalid_rows
 
 
 def dense_block(

@@ -15,9 +15,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .common import Shapes, Tensor, default_scale, expand_kv, valid_rows, zero_invalid_rows
-from .decode import MAX_DECODE_QUERIES, decode_attention
-from .fold import causal_sdpa, fold_attention
+from xforget.ops.common import Shapes, Tensor, default_scale, expand_kv, valid_rows, zero_invalid_rows
+from xforget.ops.decode import MAX_DECODE_QUERIES, decode_attention
+from xforget.ops.fold import causal_sdpa, fold_attention
 
 
 def plain_attention(

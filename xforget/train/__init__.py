@@ -9,9 +9,9 @@
 * :mod:`.cli`        -- the Hydra entry point :func:`main`.
 """
 
-from .checkpoint import CheckpointError, load_model
-from .config import ConfigError, TrainConfig, compose_config, to_train_config
-from .loop import TrainingError, TrainResult, train
+from xforget.train.checkpoint import CheckpointError, load_model
+from xforget.train.config import ConfigError, TrainConfig, compose_config, to_train_config
+from xforget.train.loop import TrainingError, TrainResult, train
 
 __all__ = [
     "CheckpointError", "ConfigError", "TrainConfig", "TrainResult", "TrainingError",

@@ -1,6 +1,6 @@
 """``python -m xforget.train ...``: the same as ``xforget-train ...``."""
 
-from .cli import main
+from xforget.commands.train import main
 
 if __name__ == "__main__":
     main()

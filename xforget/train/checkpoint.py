@@ -33,10 +33,11 @@ from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 from torch import nn
 
-from ..config import build_model
-from ..files import apply_umask
-from ..wrapper import TransformerWrapper
-from .config import ConfigError, TrainConfig, config_to_yaml, load_config_yaml
+from xforget.models.wrapper import build_model
+from xforget.files import apply_umask
+from xforget.models.wrapper import TransformerWrapper
+from xforget.errors import ConfigError
+from xforget.train.config import TrainConfig, config_to_yaml, load_config_yaml
 
 CHECKPOINTS = "checkpoints"
 MARKER = "COMPLETE"
@@ -243,7 +244,7 @@ def load_run_tokenizer(run_dir: str | Path, cfg: TrainConfig | None = None):
     Raises:
         DataError: a ``tokenizer.json`` that cannot be read.
     """
-    from ..data.tokenizer import TOKENIZER_FILE, load_tokenizer
+    from xforget.data.tokenizer import TOKENIZER_FILE, load_tokenizer
 
     root = Path(run_dir)
     if (root / MARKER).is_file() and root.parent.name == CHECKPOINTS:

@@ -18,20 +18,16 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import ModelConfig
-from ..config_errors import explain_error, schema_keys
-from .compile import COMPILE_CHOICES, compile_choice
-from .precision import PRECISIONS
+from xforget.models.config import ModelConfig
+from xforget.errors import ConfigError, explain_error, schema_keys
+from xforget.train.compile import COMPILE_CHOICES, compile_choice
+from xforget.train.precision import PRECISIONS
 
 DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle", "tokens")
 SYNTHETIC = ("mqar", "needle")
 STRATEGIES = ("ddp", "fsdp")
 RESUME_MODES = ("auto", "allow_changes")
 OPTIM_IMPLS = ("auto", "for_loop", "foreach", "fused")
-
-
-class ConfigError(ValueError):
-    """A configuration problem; its message is one line meant for the user."""
 
 
 @dataclass
@@ -131,8 +127,8 @@ def resolve_data_vocab(cfg: TrainConfig) -> None:
         return
     if not d.path:
         raise ConfigError("data=tokens needs a prepared dataset directory: add data.path=DIR (made by xforget-prepare)")
-    from ..data.corpus import DataError
-    from ..data.prepare import read_meta
+    from xforget.data.corpus import DataError
+    from xforget.data.prepare import read_meta
 
     try:
         meta = read_meta(d.path)
@@ -166,9 +162,7 @@ def config_dir() -> Path:
     Raises:
         ConfigError: neither holds ``train.yaml``; names the paths tried.
     """
-    import xforget
-
-    package = Path(xforget.__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # xforget/
     tried = [package / "configs", package.parent / "configs"]
     for path in tried:
         if (path / "train.yaml").is_file():
@@ -225,6 +219,15 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), *, return_hydra_
         raise
     except Exception as exc:  # Hydra / OmegaConf composition errors
         raise ConfigError(explain_config_error(exc)) from exc
+
+def compose_named(name: str, overrides: list[str], *, return_hydra_config: bool = False):
+    """Compose ``configs/<name>.yaml`` with Hydra overrides (every schema registered)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=name):
+        return compose(name, overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def to_train_config(cfg: DictConfig | TrainConfig) -> TrainConfig:
@@ -304,7 +307,7 @@ def validate(cfg: TrainConfig) -> None:
     need(t.strategy in STRATEGIES, "trainer.strategy", f"one of {list(STRATEGIES)}", t.strategy)
     need(t.peak_flops is None or (math.isfinite(t.peak_flops) and t.peak_flops > 0), "trainer.peak_flops",
          "> 0 (FLOP/s) or null", t.peak_flops)
-    from .trackers import logger_names
+    from xforget.train.trackers import logger_names
 
     logger_names(cfg.logger)
     need(d.name in DATASETS, "data.name", f"one of {list(DATASETS)}", d.name)
@@ -320,7 +323,7 @@ def validate(cfg: TrainConfig) -> None:
                               f"not data={d.name}; remove it")
     need(d.num_bytes is None or d.num_bytes >= 1, "data.num_bytes", ">= 1 or null", d.num_bytes)
     if d.name in SYNTHETIC and d.example_len is not None:
-        from ..data.synthetic import min_length
+        from xforget.data.synthetic import min_length
 
         need(d.example_len >= min_length(d.name), "data.example_len", f">= {min_length(d.name)} for {d.name}",
              d.example_len)
@@ -333,7 +336,7 @@ def validate(cfg: TrainConfig) -> None:
         need(m.num_tokens is None or m.num_tokens >= 1, "model.num_tokens",
              ">= 1 or null (null: taken from the prepared dataset's meta.json)", m.num_tokens)
     need(m.kind == "decoder", "model.kind", "'decoder' for language-model training", m.kind)
-    from ..validate import validate_model_config
+    from xforget.models.validate import validate_model_config
 
     try:
         validate_model_config(m)

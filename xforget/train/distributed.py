@@ -177,7 +177,7 @@ def full_model(model: torch.nn.Module, model_cfg, info: DistInfo) -> torch.nn.Mo
     """An unsharded CPU copy of an FSDP2 model on rank 0 (None elsewhere); collective: every rank calls it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from ..config import build_model
+    from xforget.models.wrapper import build_model
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not info.is_main:

@@ -26,12 +26,13 @@ import torch
 from loguru import logger
 from tqdm.auto import tqdm
 
-from ..autoregressive import AutoregressiveWrapper
-from ..config import build_model, describe_model
-from ..data import TrainBatches, val_windows
-from ..data.training import load_training_data
-from ..data.batches import step_seed
-from .checkpoint import (
+from xforget.models.autoregressive import AutoregressiveWrapper
+from xforget.models.config import describe_model
+from xforget.models.wrapper import build_model
+from xforget.data import TrainBatches, val_windows
+from xforget.data.training import load_training_data
+from xforget.data.batches import step_seed
+from xforget.train.checkpoint import (
     CHECKPOINTS,
     CheckpointError,
     check_init_from,
@@ -47,8 +48,9 @@ from .checkpoint import (
     set_rng_state,
     step_dir_name,
 )
-from .config import ConfigError, TrainConfig, config_to_yaml, resolve_data_vocab, validate
-from .distributed import (
+from xforget.errors import ConfigError
+from xforget.train.config import TrainConfig, config_to_yaml, resolve_data_vocab, validate
+from xforget.train.distributed import (
     DistInfo,
     all_gather_object,
     all_reduce_sum,
@@ -62,14 +64,14 @@ from .distributed import (
     shard_model,
     shutdown,
 )
-from ..files import atomic_write_text
-from .compile import resolve_compile
-from .metrics import MetricsLog, model_flops_per_token, peak_flops
-from .optim import adamw_impl, decay_names, param_groups
-from .precision import AMP_DTYPES, resolve_precision
-from .resume import check_resume, describe, record_resume_config
-from .schedule import describe_short_schedule, lr_factor, make_scheduler
-from .trackers import check_trackers, open_trackers
+from xforget.files import atomic_write_text
+from xforget.train.compile import resolve_compile
+from xforget.train.metrics import MetricsLog, model_flops_per_token, peak_flops
+from xforget.train.optim import adamw_impl, decay_names, param_groups
+from xforget.train.precision import AMP_DTYPES, resolve_precision
+from xforget.train.resume import check_resume, describe, record_resume_config
+from xforget.train.schedule import describe_short_schedule, lr_factor, make_scheduler
+from xforget.train.trackers import check_trackers, open_trackers
 
 LN2 = math.log(2.0)
 
@@ -516,7 +518,7 @@ def sample_text(lm: AutoregressiveWrapper, val, n_tokens: int, temperature: floa
     """(prompt, continuation): the start of a line (byte data; a document for other tokenizers) of the
     validation split and ``n_tokens`` generated after it, both decoded by ``tokenizer`` (default bytes,
     decoded with errors='replace'); ``val`` is a tensor or numpy array of token ids."""
-    from ..data.tokenizer import ByteTokenizer
+    from xforget.data.tokenizer import ByteTokenizer
 
     tokenizer = tokenizer or ByteTokenizer()
     head = [int(v) for v in val[: 64 * 1024].tolist()]

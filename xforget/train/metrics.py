@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_text
+from xforget.files import atomic_write_text
 
 
 def _clean(value: Any) -> Any:
@@ -83,7 +83,7 @@ def model_flops_per_token(model, seq_len: int) -> float:
     """
     from torch import nn
 
-    from ..attention import Attention
+    from xforget.nn.attention import Attention
 
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     logits = getattr(model, "to_logits", None)
@@ -120,7 +120,7 @@ def peak_flops(device, precision: str, configured: float | None = None) -> float
     import torch
 
     if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
-        from .peak import load_peak
+        from xforget.train.peak import load_peak
 
         return load_peak(precision) if getattr(device, "type", str(device)) == "cpu" else None
     name = torch.cuda.get_device_name(device)
@@ -166,7 +166,7 @@ def tensorboard_writer_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        from .config import ConfigError
+        from xforget.errors import ConfigError
 
         raise ConfigError(f"logger=tensorboard needs the tensorboard package ({exc}); install it with "
                           "`pip install 'xforget[tensorboard]'`, or use logger=none (metrics.jsonl is always written)") from None

@@ -29,7 +29,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .config import RESUME_MODES, ConfigError, TrainConfig, config_to_yaml  # noqa: F401
+from xforget.errors import ConfigError
+
+from xforget.train.config import RESUME_MODES, TrainConfig, config_to_yaml  # noqa: F401
 
 EXTEND_KEYS = frozenset({"trainer.max_steps"})
 FREE_KEYS = frozenset({
@@ -87,7 +89,7 @@ def check_resume(saved: TrainConfig, cfg: TrainConfig, step: int, run_dir: Path)
 
 def record_resume_config(run_dir: Path, step: int, cfg: TrainConfig) -> Path:
     """Write the resumed run's config as ``config.resume-<step>.yaml`` (atomic); returns its path."""
-    from ..files import atomic_write_text
+    from xforget.files import atomic_write_text
 
     path = Path(run_dir) / f"config.resume-{step}.yaml"
     atomic_write_text(path, config_to_yaml(cfg))

@@ -23,7 +23,7 @@ def logger_names(logger: Any) -> list[str]:
     Raises:
         ConfigError: an unknown name, listing the valid ones.
     """
-    from .config import ConfigError
+    from xforget.errors import ConfigError
 
     names = [logger] if isinstance(logger, str) else list(logger or [])
     names = [n for n in names if n != "none"]
@@ -38,7 +38,7 @@ def check_trackers(logger: Any) -> None:
     """Fail early (ConfigError, one line) if a requested tracker's package is missing."""
     names = logger_names(logger)
     if "tensorboard" in names:
-        from .metrics import tensorboard_writer_class
+        from xforget.train.metrics import tensorboard_writer_class
 
         tensorboard_writer_class()
     if "wandb" in names:
@@ -50,7 +50,7 @@ def open_trackers(cfg, run_dir: Path, resume_step: int | None) -> list:
     names = logger_names(cfg.logger)
     sinks: list = []
     if "tensorboard" in names:
-        from .metrics import TensorBoardLog
+        from xforget.train.metrics import TensorBoardLog
 
         sinks.append(TensorBoardLog(run_dir / "tensorboard", resume_step, hparams=_flat_config(cfg)))
     if "wandb" in names:
@@ -78,7 +78,7 @@ def _import_wandb():
     try:
         import wandb
     except ImportError as exc:
-        from .config import ConfigError
+        from xforget.errors import ConfigError
 
         raise ConfigError(f"logger=wandb needs the wandb package ({exc}); install the extra: "
                           "pip install 'xforget[wandb]', or drop wandb from logger") from None

@@ -1,0 +1,242 @@
+"""Run a comparison of positional schemes: plan the runs, train, evaluate, report (library side of
+``xforget-compare``, see :mod:`xforget.commands.compare`)."""
+
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf, open_dict
+
+from xforget.files import atomic_write_text
+from xforget.compare.config import TRAIN_ROOTS, CompareConfig
+from xforget.evaluate.config import (
+    EXIT_CONFIG,
+    EvalConfig,
+    explain_error,
+    split_override,
+    validate_eval,
+)
+
+
+def partition_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(comparison overrides, training overrides).
+
+    Raises:
+        ConfigError: ``model=...`` or ``seed=...`` (set per run), or a flag.
+    """
+    from xforget.errors import ConfigError
+
+    mine, train = [], []
+    for arg in argv:
+        key, value = split_override(arg)
+        if arg.startswith("-"):
+            raise ConfigError(f"unsupported flag {arg!r}; xforget-compare takes key=value overrides only (see --help)")
+        root = key.split(".")[0]
+        if key == "model":
+            raise ConfigError(f"'{arg}': the model preset is set per scheme; list schemes in positions=[...] "
+                              "(model.* keys apply to every scheme)")
+        if root == "seed":
+            raise ConfigError(f"'{arg}': use seeds=[...] (each scheme is trained once per seed)")
+        if key in ("positions", "seeds") and value is not None and not value.strip().startswith("["):
+            raise ConfigError(f"'{arg}': {key} is a list; write {key}=[{value}] (several: {key}=[a,b])")
+        (train if root in TRAIN_ROOTS else mine).append(arg)
+    return mine, train
+
+
+def load_compare_config(overrides: list[str]) -> tuple[CompareConfig, Path]:
+    """Compose ``configs/compare.yaml``; returns the typed config and the output directory.
+
+    Raises:
+        ConfigError: one line naming the bad key and the valid keys.
+    """
+    from xforget.train.config import compose_named
+    from xforget.errors import ConfigError
+
+    try:
+        cfg = compose_named("compare", overrides, return_hydra_config=True)
+        out_dir = Path(str(cfg.hydra.run.dir))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        typed: CompareConfig = OmegaConf.to_object(cfg)
+    except Exception as exc:
+        raise ConfigError(explain_error(exc, CompareConfig, extra_root_keys=(*TRAIN_ROOTS, "hydra"))) from exc
+    validate_eval(typed.eval)
+    return typed, out_dir
+
+
+def eval_cache_path(run_dir: Path, ecfg: EvalConfig, step: int | None) -> Path:
+    key = hashlib.sha256(json.dumps({"eval": asdict(ecfg), "step": step}, sort_keys=True).encode()).hexdigest()[:10]
+    return run_dir / f"compare-eval-{key}.json"
+
+
+def evaluate_cached(run_dir: Path, ecfg: EvalConfig) -> tuple[dict[str, Any], bool]:
+    """``evaluate_run`` for a finished run, cached in the run directory; returns (result, was_cached).
+
+    The result records its own ``eval_wall_s`` (seconds the evaluation took when it ran).
+    """
+    import time
+
+    from xforget.evaluate.core import checkpoint_step, evaluate_run
+
+    path = eval_cache_path(run_dir, ecfg, checkpoint_step(run_dir))
+    if path.is_file():
+        try:
+            return json.loads(path.read_text()), True
+        except ValueError:
+            pass
+    tic = time.time()
+    result = evaluate_run(run_dir, ecfg)
+    result["eval_wall_s"] = round(time.time() - tic, 2)
+    atomic_write_text(path, json.dumps(result) + "\n")
+    return result, False
+
+
+def _evaluate_worker(run_dir: str, ecfg: EvalConfig, threads: int) -> tuple[dict[str, Any], bool]:
+    import torch
+
+    torch.set_num_threads(threads)
+    return evaluate_cached(Path(run_dir), ecfg)
+
+
+def evaluate_all(run_dirs: list[Path], ecfg: EvalConfig, jobs: int) -> list[tuple[dict[str, Any], bool]]:
+    """``evaluate_cached`` for every run; ``jobs > 1``: that many worker processes (spawned), each with
+    ``eval.threads`` threads (default: this machine's cores / jobs)."""
+    if jobs <= 1 or len(run_dirs) <= 1:
+        return [evaluate_cached(d, ecfg) for d in run_dirs]
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = ecfg.threads or max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_evaluate_worker, str(d), ecfg, threads) for d in run_dirs]
+        return [f.result() for f in futures]
+
+
+def plan_comparison(argv: list[str], *, log=print, data_info: dict | None = None):
+    """(comparison config, output directory, training overrides, planned runs) of ``argv``; nothing is trained.
+
+    With a ``prepare:`` node the token shards are made first (or re-used), as
+    every run's vocabulary comes from them; ``data_info`` (a dict) receives
+    what was prepared and how long it took.
+
+    Raises:
+        ConfigError: a bad key, scheme or training setting. DataError: the data step failed.
+    """
+    import time
+
+    from xforget.train.config import user_config_overrides
+    from xforget.compare.runner import plan_runs
+
+    argv, search = user_config_overrides(argv)  # --config-dir DIR: the user's presets, for both
+    mine, train_args = partition_overrides(argv)
+    cfg, out_dir = load_compare_config(mine + search)
+    out_dir = out_dir.resolve()
+    from xforget.compare.runner import scheme_overrides
+
+    for scheme in cfg.positions:  # a misspelt scheme fails before any data is prepared
+        scheme_overrides(scheme)
+    data_args = []
+    if cfg.prepare is not None:
+        from xforget.data.prepare import PrepareConfig
+        from xforget.compare.prepared import ensure_prepared, prepare_summary
+
+        p = cfg.prepare
+        tic = time.time()
+        target, reused = ensure_prepared(PrepareConfig(input=p.input, output=p.output or "", tokenizer=p.tokenizer,
+                                                       vocab_size=p.vocab_size, text_field=p.text_field,
+                                                       val_fraction=p.val_fraction, seed=p.seed, num_proc=p.num_proc),
+                                         out_dir, log=log)
+        if data_info is not None:
+            data_info.update(prepare_summary(target), reused=reused, wall_s=round(time.time() - tic, 2))
+        data_args = ["data=tokens", f"data.path={target}"]
+    train_args = [*search, *cfg.train, *data_args, *train_args]
+    runs = plan_runs(list(cfg.positions), list(cfg.seeds), train_args, out_dir)
+    from xforget.compare.checks import preflight
+
+    preflight(cfg, runs)
+    return cfg, out_dir, train_args, runs
+
+
+def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
+    """The whole comparison for command-line overrides ``argv``; returns the compare.json object.
+
+    Raises:
+        ConfigError, DataError (exit 2), CompareError (a training run failed).
+    """
+    import time
+
+    from xforget.compare.plots import write_plots
+    from xforget.compare.report import build_report, train_summary, write_json, write_markdown
+    from xforget.compare.runner import ensure_trained
+
+    tic = time.time()
+    data_info: dict[str, Any] = {}
+    cfg, out_dir, train_args, runs = plan_comparison(argv, log=log, data_info=data_info)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"[compare] {len(runs)} runs ({len(cfg.positions)} schemes x {len(cfg.seeds)} seeds) in {out_dir}"
+        + (f", {cfg.jobs} at a time" if cfg.jobs > 1 else ""))
+    t_train = time.time()
+    ensure_trained(runs, retrain=cfg.retrain, in_subprocess=cfg.subprocess, log=log, jobs=cfg.jobs)
+    t_eval = time.time()
+    evaluated = evaluate_all([run.run_dir for run in runs], cfg.eval, cfg.jobs)
+    t_report = time.time()
+
+    records = []
+    for run, (result, cached) in zip(runs, evaluated):
+        log(f"[compare] {'cached' if cached else 'evaluated'} {run.key}: val_bpb={result['val_bpb']:.4f}")
+        records.append({"scheme": run.scheme, "seed": run.seed, "run_dir": str(run.run_dir), "reused": run.reused,
+                        "eval": result, "train": train_summary(run.run_dir, run.cfg),
+                        "peak_rss_mb": run.info.get("peak_rss_mb"),
+                        "wall_s": run.info.get("train_wall_s") or run.info.get("wall_s"),
+                        "process_wall_s": run.info.get("wall_s"), "eval_wall_s": result.get("eval_wall_s"),
+                        "resumed": run.info.get("resumed_from_step") is not None})
+    c0 = runs[0].cfg
+    t, m, d = c0.trainer, c0.model, c0.data
+    meta = {
+        "command": "xforget-compare " + " ".join(shlex.quote(a) for a in argv),
+        "out_dir": str(out_dir),
+        "positions": list(cfg.positions),
+        "seeds": list(cfg.seeds),
+        "train_overrides": train_args,
+        "train_seq_len": t.seq_len,
+        "data": d.name + (f" ({Path(d.path).name})" if d.path else ""),
+        "model": f"dim {m.dim}, depth {m.depth}, heads {m.heads}",
+        "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} {'tokens' if d.name == 'tokens' else 'bytes'}",
+        "eval": asdict(cfg.eval),
+        "jobs": cfg.jobs,
+        "threads_per_run": t.threads,
+        "prepared_data": data_info or None,
+        "wall_s": {"prepare": data_info.get("wall_s"), "plan": round(t_train - tic, 2),
+                   "train": round(t_eval - t_train, 2), "evaluate": round(t_report - t_eval, 2)},
+    }
+    report = build_report(records, meta=meta, findings=cfg.findings)
+    plots = write_plots(report, out_dir) if cfg.plots else []
+    report["meta"]["plots"] = [Path(p).name for p in plots]
+    report["meta"]["wall_s"]["report"] = round(time.time() - t_report, 2)
+    report["meta"]["wall_s"]["total"] = round(time.time() - tic, 2)
+    write_json(report, out_dir / "compare.json")
+    text = write_markdown(report, out_dir / "compare.md", plots)
+    log(text)
+    log(f"[compare] wrote {out_dir / 'compare.md'}, {out_dir / 'compare.json'} and {len(plots)} plots")
+    return report
+
+
+def composed_config_yaml(argv: list[str]) -> str:
+    """``--cfg job``: the comparison's own config and the training config of its first run, as YAML.
+
+    Raises:
+        ConfigError: as for a real run.
+    """
+    cfg, _, _, runs = plan_comparison(argv, log=lambda m: print(m, file=sys.stderr))
+    first = runs[0]
+    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    text += f"# training config of the first run ({first.key}; {len(runs)} runs in all), {first.run_dir}\n"
+    return text + OmegaConf.to_yaml({"first_run": OmegaConf.structured(first.cfg)})

@@ -1,0 +1,101 @@
+"""``ContinuousTransformerWrapper``: vectors in, vectors out (no token embedding or logits).
+
+For continuous sequences (audio frames, latents, time series): an optional
+linear projection in, the attention layers, an optional linear projection out;
+the same masking, positions and KV cache as :class:`~xforget.models.wrapper.TransformerWrapper`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from xforget.nn.kv_cache import Cache
+from xforget.nn.embeddings import AbsolutePositionalEmbedding
+from xforget.models.layers import AttentionLayers
+from xforget.models.wrapper import TransformerWrapper, _join_masks
+
+
+class ContinuousTransformerWrapper(nn.Module):
+    """A continuous-input model around a :class:`~xforget.models.layers.Decoder` or ``Encoder``.
+
+    Args:
+        attn_layers: the layer stack (its width is the model width).
+        max_seq_len: rows of the absolute position table (used only when the
+            layers' position includes "absolute").
+        dim_in: input width (default: the model width, no projection).
+        dim_out: output width (default: the model width, no projection).
+        num_memory_tokens: learned memory vectors (x-transformers' ``num_memory_tokens``)
+            prepended to every sequence after the input projection: every frame can
+            attend to them (the masks are extended over them, always True), they take
+            the first ``num_memory_tokens`` positions (positions, decays, an absolute
+            table), and their outputs are dropped. With a KV cache they are prepended
+            once, on the first call. Equal to feeding ``cat(memory, project_in(x))`` to
+            the same model without memory tokens and dropping the first outputs.
+    Raises:
+        ValueError: max_seq_len < 1 or num_memory_tokens < 0.
+    """
+
+    def __init__(
+        self, *, attn_layers: AttentionLayers, max_seq_len: int = 1024, dim_in: int | None = None,
+        dim_out: int | None = None, num_memory_tokens: int = 0,
+    ) -> None:
+        super().__init__()
+        if max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
+        if num_memory_tokens < 0:
+            raise ValueError(f"num_memory_tokens must be >= 0, got {num_memory_tokens}")
+        dim = attn_layers.dim
+        self.max_seq_len, self.attn_layers = max_seq_len, attn_layers
+        self.project_in = nn.Linear(dim_in, dim) if dim_in is not None else nn.Identity()
+        self.pos_emb = AbsolutePositionalEmbedding(dim, max_seq_len) if attn_layers.plan.embedding == "absolute" else None
+        self.project_out = nn.Linear(dim, dim_out) if dim_out is not None else nn.Identity()
+        self.num_memory_tokens = num_memory_tokens
+        self.memory_tokens = nn.Parameter(torch.randn(num_memory_tokens, dim) * 0.02) if num_memory_tokens else None
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        cache: Cache | None = None,
+        return_cache: bool = False,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Cache]:
+        """x (batch, n, dim_in) float -> (batch, n, dim_out).
+
+        mask: (batch, n) bool, True = real frame; cache / return_cache: KV cache
+        as in TransformerWrapper; context / context_mask: for cross-attention layers.
+        Memory tokens (``num_memory_tokens``) are prepended when there is no cache yet; the output
+        holds the n input frames only.
+        Raises:
+            ValueError: wrong input width or mask shape.
+        """
+        b, n = x.shape[:2]
+        if mask is not None and tuple(mask.shape) != (b, n):
+            raise ValueError(f"mask shape {tuple(mask.shape)} must be (batch, n) = {(b, n)}")
+        seen = cache.seen if cache is not None and cache.seen is not None else torch.zeros(b, dtype=torch.long, device=x.device)
+        h = self.project_in(x)
+        if h.shape[-1] != self.attn_layers.dim:
+            raise ValueError(f"input width {x.shape[-1]} does not match the model width {self.attn_layers.dim}; set dim_in")
+        n_mem = self.num_memory_tokens if cache is None or cache.length == 0 else 0
+        if n_mem:
+            h = torch.cat((self.memory_tokens.to(h.dtype).expand(b, -1, -1), h), dim=1)
+            if mask is not None:
+                mask = torch.cat((mask.new_ones(b, n_mem), mask), dim=1)
+            n = n + n_mem
+        positions = TransformerWrapper._positions(b, n, mask, seen, x.device)
+        if self.pos_emb is not None:
+            h = h + self.pos_emb(positions)
+        key_mask = _join_masks(None if cache is None else cache.mask, mask, cache.length if cache else 0, b, n, x.device)
+        h, layer_caches = self.attn_layers(
+            h, positions=positions, mask=mask, key_mask=key_mask,
+            caches=cache.layers if cache is not None and cache.layers else None,
+            context=context, context_mask=context_mask,
+        )
+        out = self.project_out(h[:, n_mem:])
+        if not return_cache:
+            return out
+        new_seen = seen + (n if mask is None else mask.sum(-1))
+        return out, Cache(layers=layer_caches, mask=key_mask, seen=new_seen)

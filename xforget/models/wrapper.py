@@ -1,0 +1,224 @@
+"""``TransformerWrapper``: token embedding -> attention layers -> logits, with a KV cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor, nn
+
+from xforget.models.aliases import translate_x_transformers_kwargs
+from xforget.nn.kv_cache import Cache
+from xforget.nn.embeddings import AbsolutePositionalEmbedding, TokenEmbedding
+from dataclasses import asdict, replace
+from typing import Any
+
+from xforget.models.config import _WRAPPER_KEYS, BYTE_VOCAB, ModelConfig, model_config_from_dict
+from xforget.models.layers import AttentionLayers, Decoder, Encoder
+from xforget.models.pretrained import build_from_pretrained, check_saveable, save_tokenizer, save_weights
+from xforget.models.validate import validate_model_config
+
+
+class TransformerWrapper(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="xforget",
+    tags=["forgetting-transformer", "xforget"],
+    paper_url="https://arxiv.org/abs/2503.02130",
+):
+    """A language model around a :class:`Decoder` or :class:`Encoder`.
+
+    Hugging Face-style directories come from ``huggingface_hub``'s
+    ``PyTorchModelHubMixin``: ``save_pretrained(dir, tokenizer=None)`` writes
+    ``config.json`` (the :class:`~xforget.models.config.ModelConfig`), ``model.safetensors``,
+    a model card and the tokenizer when given; ``TransformerWrapper.from_pretrained(dir_or_repo_id)``
+    rebuilds the model; ``push_to_hub(repo_id)`` uploads. Only models built from a
+    ``ModelConfig`` (:func:`xforget.build_model`, a run directory, ``from_pretrained``)
+    can be saved this way (see :mod:`xforget.models.pretrained`).
+
+    Args:
+        num_tokens: vocabulary size.
+        max_seq_len: longest sequence for the absolute position table (relative
+            schemes are not limited by it).
+        attn_layers: the layer stack; its ``position`` decides whether an
+            absolute embedding exists (only when ``"absolute"`` is asked for).
+        tie_embedding: share the token embedding with the output projection.
+        use_abs_pos_emb: x-transformers alias; True adds an absolute embedding
+            (only if the layers use no rotary or bias scheme, as there).
+    Raises:
+        ValueError: max_seq_len or num_tokens < 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_tokens: int,
+        max_seq_len: int,
+        attn_layers: AttentionLayers,
+        tie_embedding: bool = False,
+        use_abs_pos_emb: bool | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        if num_tokens < 1 or max_seq_len < 1:
+            raise ValueError(f"num_tokens and max_seq_len must be >= 1, got {num_tokens}, {max_seq_len}")
+        kwargs = translate_x_transformers_kwargs(kwargs)
+        if kwargs:
+            raise TypeError(f"TransformerWrapper: unknown option(s) {sorted(kwargs)}; valid: num_tokens, max_seq_len, "
+                            "attn_layers, tie_embedding, use_abs_pos_emb")
+        self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
+        self.attn_layers = attn_layers
+        dim, plan = attn_layers.dim, attn_layers.plan
+        self.token_emb = TokenEmbedding(num_tokens, dim)
+        wants_absolute = plan.embedding == "absolute" or (
+            bool(use_abs_pos_emb) and plan.embedding is None and not plan.rotary and plan.bias is None
+        )
+        self.pos_emb = AbsolutePositionalEmbedding(dim, max_seq_len) if wants_absolute else None
+        self.to_logits = nn.Linear(dim, num_tokens, bias=False)
+        if tie_embedding:
+            self.to_logits.weight = self.token_emb.emb.weight
+
+    # ------------------------------------------------------------------ hub-style directories
+
+    def save_pretrained(self, save_directory: str | Path, *, tokenizer=None, **kwargs):
+        """``config.json`` + ``model.safetensors`` (+ README.md model card, + the tokenizer's files).
+
+        Raises:
+            ValueError: the model was not built from a ModelConfig (no config to write).
+        """
+        check_saveable(self)
+        out = super().save_pretrained(save_directory, **kwargs)
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, Path(save_directory))
+        return out
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        save_weights(self, save_directory)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision, cache_dir, force_download, local_files_only, token,
+                         map_location: str = "cpu", strict: bool = True, **model_kwargs):
+        return build_from_pretrained(cls, model_id, model_kwargs, map_location=map_location, revision=revision,
+                                     cache_dir=cache_dir, force_download=force_download,
+                                     local_files_only=local_files_only, token=token)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig | dict[str, Any]) -> "TransformerWrapper":
+        """The model described by ``cfg`` (a :class:`ModelConfig` or a plain dict of its fields).
+
+        Raises:
+            ValueError: invalid values (unknown kind, scheme, geometry, incompatible
+                options), naming the field ``model.<name>`` and the fix.
+        """
+        if not isinstance(cfg, ModelConfig):
+            cfg = model_config_from_dict(dict(cfg))
+        if cfg.num_tokens is None:  # "from the data", and there is none here: bytes
+            cfg = replace(cfg, num_tokens=BYTE_VOCAB)
+        validate_model_config(cfg)
+        values = asdict(cfg)
+        kind = values.pop("kind")
+        extra = values.pop("extra") or {}
+        layer_cls = {"decoder": Decoder, "encoder": Encoder}.get(kind)
+        if layer_cls is None:
+            raise ValueError(f"model.kind must be 'decoder' or 'encoder', got {kind!r}")
+        position = values.pop("position")
+        if not isinstance(position, str):
+            position = list(position)
+        wrapper_args = {k: values.pop(k) for k in _WRAPPER_KEYS}
+        layers = layer_cls(values.pop("dim"), values.pop("depth"), values.pop("heads"), position=position, **values, **dict(extra))
+        model = cls(attn_layers=layers, **wrapper_args)
+        model._hub_mixin_config = asdict(cfg)  # config.json of save_pretrained (xforget.models.pretrained)
+        return model
+
+    @property
+    def position_limit(self) -> int | None:
+        """Longest sequence the model accepts: ``max_seq_len`` with an absolute position
+        table, None (unlimited) for relative schemes."""
+        return self.max_seq_len if self.pos_emb is not None else None
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        cache: Cache | None = None,
+        return_cache: bool = False,
+        return_embeddings: bool = False,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Cache]:
+        """Logits for token ids.
+
+        Args:
+            x: (batch, n) int64 token ids; with a ``cache``, only the new tokens.
+            mask: (batch, n) bool, True for real tokens (pads may be anywhere;
+                pads neither attend-to-matter nor move positions), or None.
+            cache: a :class:`Cache` from an earlier call with ``return_cache=True``.
+            return_cache: also return the updated cache.
+            return_embeddings: return the final hidden states (batch, n, dim) instead of logits.
+            context, context_mask: (batch, m, dim) float and (batch, m) bool (True = real), for
+                cross-attention layers (the decoder of :class:`~xforget.models.xtransformer.XTransformer`).
+        Returns:
+            logits (batch, n, num_tokens) float, or (logits, cache).
+        Raises:
+            ValueError: token id out of range; sequence beyond the absolute
+                position table; mask shape mismatch.
+        """
+        b, n = x.shape
+        if mask is not None and mask.shape != x.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} must equal token shape {tuple(x.shape)}")
+        fresh = cache is None or cache.seen is None
+        seen = torch.zeros(b, dtype=torch.long, device=x.device) if fresh else cache.seen
+        # without a cache every row starts at 0: no data-dependent check (a graph break under torch.compile)
+        positions = torch.arange(n, device=x.device) if fresh and mask is None else self._positions(b, n, mask, seen, x.device)
+
+        h = self.token_emb(x)
+        if self.pos_emb is not None:
+            h = h + self.pos_emb(positions)
+
+        cached_mask = None if cache is None else cache.mask
+        key_mask = _join_masks(cached_mask, mask, cache.length if cache else 0, b, n, x.device)
+        h, layer_caches = self.attn_layers(
+            h,
+            positions=positions,
+            mask=mask,
+            key_mask=key_mask,
+            caches=cache.layers if cache is not None and cache.layers else None,
+            context=context,
+            context_mask=context_mask,
+        )
+        out = h if return_embeddings else self.to_logits(h)
+        if not return_cache:
+            return out
+        new_seen = seen + (n if mask is None else mask.sum(-1))
+        return out, Cache(layers=layer_caches, mask=key_mask, seen=new_seen)
+
+    @staticmethod
+    def _positions(b: int, n: int, mask: Tensor | None, seen: Tensor, device) -> Tensor:
+        """Position of each new token: real tokens count from the row's first real token."""
+        if mask is None:
+            if bool((seen == seen[0]).all()):
+                return torch.arange(n, device=device) + seen[0]
+            return seen[:, None] + torch.arange(n, device=device)
+        return seen[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _join_masks(cached: Tensor | None, new: Tensor | None, n_cached: int, b: int, n: int, device) -> Tensor | None:
+    if cached is None and new is None:
+        return None
+    if cached is None and n_cached:
+        cached = torch.ones(b, n_cached, dtype=torch.bool, device=device)
+    if new is None:
+        new = torch.ones(b, n, dtype=torch.bool, device=device)
+    return new if cached is None else torch.cat((cached, new), dim=1)
+
+
+def build_model(cfg: ModelConfig | dict[str, Any]) -> TransformerWrapper:
+    """Instantiate the TransformerWrapper described by ``cfg`` (:meth:`TransformerWrapper.from_config`).
+
+    Raises:
+        ValueError: invalid values (unknown kind, scheme, geometry, incompatible
+            options), naming the field ``model.<name>`` and the fix.
+    """
+    return TransformerWrapper.from_config(cfg)

@@ -1,0 +1,312 @@
+"""Multi-head attention with pluggable positional schemes and the FoX Pro options.
+
+One layer, in order (each step optional):
+
+1. q = W_q x; k, v = W_k c, W_v c with c = x (self-attention) or the context
+   (cross-attention); ``kv_heads`` < heads gives grouped-query attention
+   (Ainslie et al. 2023, arXiv 2305.13245; 1 = multi-query, Shazeer 2019).
+2. KV-shift of keys and values (:mod:`xforget.nn.kv_shift`).
+3. Value residual mix with the first layer's values (:mod:`xforget.nn.value_residual`).
+4. QK-norm: per-head RMSNorm of queries and keys, one weight per head.
+5. Rotary (and xPos) at each token's position (:mod:`xforget.nn.rotary`).
+6. The bias builder's bias: per-token log gates ("decay") or a dense matrix.
+7. Concatenate with the cache; prepend memory key/values (:mod:`xforget.nn.memory_kv`).
+8. Attention. The kernel follows from the bias *kind* (decay -> O(n) fold,
+   matrix -> dense bias) inside :func:`xforget.ops.attend`; options that need
+   the logits themselves (``softclamp_logits``, attention dropout while
+   training) use :func:`xforget.ops.dense.dense_attention`. No scheme
+   names appear here.
+9. Per-head output RMSNorm, output gate sigmoid(W_g x) (FoX Pro, arXiv
+   2503.02130 section 4.2), output projection.
+"""
+
+from __future__ import annotations
+
+
+import torch
+from torch import Tensor, nn
+
+from xforget.nn.bias import BiasBuilder, get_bias_builder
+from xforget.nn.kv_cache import LayerCache, extend
+from xforget.ops.dense import dense_attention
+from xforget.nn.kv_shift import KVShift
+from xforget.nn.memory_kv import MemoryKV
+from xforget.nn.norms import HeadL2Norm, HeadRMSNorm
+from xforget.ops import attend
+from xforget.nn.rotary import RotaryEmbedding
+from xforget.nn.value_residual import ValueResidualMix
+
+
+def _cat_positions(old: Tensor | None, new: Tensor) -> Tensor:
+    """Concatenate key positions of shape (n,) or (b, n) along the last dim."""
+    if old is None:
+        return new
+    if old.ndim != new.ndim:
+        b = max(old.shape[0] if old.ndim == 2 else 1, new.shape[0] if new.ndim == 2 else 1)
+        old, new = (t if t.ndim == 2 else t.expand(b, -1) for t in (old, new))
+    return torch.cat((old, new), dim=-1)
+
+
+class Attention(nn.Module):
+    """Self- or cross-attention over (batch, n, dim) inputs.
+
+    Args:
+        dim: model width.
+        heads: query heads.
+        dim_head: channels per head (default dim // heads).
+        causal: causal (decoder) or bidirectional (encoder, cross-attention).
+        bias: name of a registered bias builder, a builder instance (shared
+            across layers), or None.
+        bias_options: model-wide options; the builder takes the keys it declares.
+        rotary: a shared :class:`RotaryEmbedding` or None.
+        value_residual_mix: None (off), or "fixed" / "learned" for layers after the first.
+        kv_heads: key/value heads (divides heads; default heads; 1 = multi-query).
+        num_mem_kv: learned memory key/values per KV head (never decayed).
+        qk_norm: False; True = per-head RMSNorm of queries and keys; "l2" = l2-normalised
+            queries and keys times a learned per-head, per-channel scale (x-transformers'
+            ``attn_qk_norm`` with ``attn_qk_norm_dim_scale``; cosine-sim attention, Henry et al. 2020).
+        output_gate: multiply the attention output by sigmoid(W_g x + b_g) per channel.
+        kv_shift: FoX Pro data-dependent token shift of keys and values.
+        output_norm: per-head RMSNorm of the attention output.
+        softclamp_logits: c > 0 for logits <- c tanh(logits / c), or None.
+        dropout: attention-probability dropout while training.
+        cross: cross-attention (keys and values from ``context``; no positions, no cache).
+        context_dim: width of the context (default dim).
+        backend: attention kernel override passed to :func:`xforget.ops.attend`.
+        prune: adaptive computation pruning of decayed keys (:mod:`xforget.ops.prune`);
+            False computes every key.
+        prune_eps: pruned attention mass per row (default 1e-6).
+    Raises:
+        ValueError: kv_heads not dividing heads, negative num_mem_kv, bad softclamp/dropout.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        dim_head: int | None = None,
+        causal: bool = True,
+        bias: str | BiasBuilder | None = None,
+        bias_options: dict | None = None,
+        rotary: RotaryEmbedding | None = None,
+        value_residual_mix: str | None = None,
+        kv_heads: int | None = None,
+        num_mem_kv: int = 0,
+        qk_norm: bool | str = False,
+        output_gate: bool = False,
+        kv_shift: bool = False,
+        output_norm: bool = False,
+        softclamp_logits: float | None = None,
+        dropout: float = 0.0,
+        cross: bool = False,
+        context_dim: int | None = None,
+        backend: str | None = None,
+        prune: bool = True,
+        prune_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        dim_head = dim // heads if dim_head is None else dim_head
+        kv_heads = heads if kv_heads is None else kv_heads
+        if kv_heads < 1 or heads % kv_heads:
+            raise ValueError(f"kv_heads={kv_heads} must divide heads={heads} (1 = multi-query, heads = plain)")
+        if num_mem_kv < 0:
+            raise ValueError(f"num_mem_kv must be >= 0, got {num_mem_kv}")
+        if softclamp_logits is not None and not softclamp_logits > 0:
+            raise ValueError(f"softclamp_logits must be > 0 (or None for off), got {softclamp_logits}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"attention dropout must be in [0, 1), got {dropout}")
+        self.heads, self.kv_heads, self.dim_head, self.causal, self.cross = heads, kv_heads, dim_head, causal, cross
+        context_dim = dim if context_dim is None else context_dim
+        self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
+        self.to_k = nn.Linear(context_dim, kv_heads * dim_head, bias=False)
+        self.to_v = nn.Linear(context_dim, kv_heads * dim_head, bias=False)
+        self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
+        self.rotary = rotary
+        if isinstance(bias, str):
+            bias = get_bias_builder(bias).from_options(dim=dim, heads=heads, causal=causal, options=bias_options or {})
+        self.bias = bias
+        self.value_residual = ValueResidualMix(dim, kv_heads, value_residual_mix) if value_residual_mix else None
+        self.kv_shift = KVShift(dim, kv_heads) if kv_shift else None
+        if qk_norm not in (False, True, "l2"):
+            raise ValueError(f"qk_norm={qk_norm!r}: valid are False, True (per-head RMSNorm), 'l2'")
+        if qk_norm == "l2" and num_mem_kv:
+            raise ValueError("qk_norm='l2' with memory key/values (num_mem_kv > 0) is not supported")
+        qk_cls = HeadL2Norm if qk_norm == "l2" else HeadRMSNorm
+        self.q_norm = qk_cls(heads, dim_head) if qk_norm else None
+        self.k_norm = qk_cls(kv_heads, dim_head) if qk_norm else None
+        self.memory = MemoryKV(kv_heads, num_mem_kv, dim_head) if num_mem_kv > 0 else None
+        self.out_norm = HeadRMSNorm(heads, dim_head) if output_norm else None
+        self.to_gate = nn.Linear(dim, heads * dim_head) if output_gate else None
+        self.softclamp, self.dropout = softclamp_logits, float(dropout)
+        self.backend = backend
+        self.prune, self.prune_eps = bool(prune), float(prune_eps)
+
+    def _split_heads(self, t: Tensor) -> Tensor:
+        b, n, _ = t.shape
+        return t.view(b, n, -1, self.dim_head).transpose(1, 2)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        positions: Tensor | None = None,
+        mask: Tensor | None = None,
+        key_mask: Tensor | None = None,
+        first_values: Tensor | None = None,
+        cache: LayerCache | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, LayerCache | None]:
+        """Attend from the new tokens ``x`` to the cached and new keys (or to ``context``).
+
+        Args:
+            x: (batch, n, dim) normed input of the new tokens.
+            positions: (n,) or (batch, n) int64 positions of the new tokens.
+            mask: (batch, n) bool, True for real new tokens, or None.
+            key_mask: (batch, n_cached + n) bool for all keys, or None.
+            first_values: the first layer's values of the new tokens
+                (batch, kv_heads, n, dim_head) for the value residual, or None.
+            cache: this layer's cache of earlier tokens, or None.
+            context: (batch, m, context_dim) for cross-attention.
+            context_mask: (batch, m) bool for cross-attention, or None.
+        Returns:
+            (out (batch, n, dim), values before the residual mix, updated cache
+            (None for cross-attention)).
+        Raises:
+            ValueError: a cache with a bidirectional layer; cross-attention without context.
+        """
+        if self.cross:
+            return self._cross(x, context, context_mask)
+        if cache is not None and not self.causal:
+            raise ValueError("a KV cache needs causal attention; bidirectional (Encoder) layers cannot cache")
+        if positions is None:
+            positions = torch.arange(x.shape[1], device=x.device)
+        q, k, v = self._split_heads(self.to_q(x)), self._split_heads(self.to_k(x)), self._split_heads(self.to_v(x))
+        shift = None
+        if self.kv_shift is not None:
+            k, v, shift = self.kv_shift(k, v, x, mask, None if cache is None else cache.shift)
+        own_values = v
+        if self.value_residual is not None and first_values is not None:
+            v = self.value_residual(v, first_values, x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q, positions), self.rotary(k, positions, is_key=True)
+
+        log_fgate = log_bgate = dense_bias = None
+        k_pos = bias_state = None
+        if self.bias is not None and self.bias.kind == "decay":
+            gates = self.bias(x, mask)
+            log_fgate, log_bgate = gates.log_fgate, gates.log_bgate
+        elif self.bias is not None:
+            k_pos = _cat_positions(None if cache is None else cache.k_pos, positions)
+            new_state = self.bias.key_state(x)
+            if new_state is not None:
+                bias_state = extend(None if cache is None else cache.bias_state, new_state, 2)
+            dense_bias = self.bias(x, positions, k_pos, key_state=bias_state, key_mask=key_mask)
+
+        k_norm = None
+        new_log_fgate = log_fgate
+        if log_fgate is not None and self.causal and self.prune:  # the pruning bound reads key norms, not keys
+            k_norm = k.detach().float().norm(dim=-1)
+            if cache is not None:
+                old_norm = cache.k_norm if cache.k_norm is not None else cache.k.detach().float().norm(dim=-1)
+                k_norm = extend(old_norm, k_norm, 2)
+        if cache is not None:
+            k, v = extend(cache.k, k, 2), extend(cache.v, v, 2)
+            if log_fgate is not None:
+                log_fgate = extend(cache.log_fgate, log_fgate, 2)
+        evicted = None
+        if cache is not None and cache.evicted is not None and new_log_fgate is not None:
+            evicted = cache.evicted + new_log_fgate.float().sum(-1)  # the bound decays with every new token
+        new_cache = LayerCache(k, v, log_fgate, k_pos=k_pos, bias_state=bias_state, shift=shift, k_norm=k_norm,
+                               evicted=evicted)
+
+        out = self._attend(q, k, v, key_mask, log_fgate, log_bgate, dense_bias, key_norm=k_norm)
+        return self._project_out(out, x), own_values, new_cache
+
+    def _cross(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> tuple[Tensor, None, None]:
+        if context is None:
+            raise ValueError("a cross-attention layer ('c') needs context=(batch, m, dim) keys and values")
+        q, k, v = self._split_heads(self.to_q(x)), self._split_heads(self.to_k(context)), self._split_heads(self.to_v(context))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        out = self._attend(q, k, v, context_mask, None, None, None, causal=False)
+        return self._project_out(out, x), None, None
+
+    def _attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_mask: Tensor | None,
+        log_fgate: Tensor | None,
+        log_bgate: Tensor | None,
+        dense_bias: Tensor | None,
+        causal: bool | None = None,
+        key_norm: Tensor | None = None,
+    ) -> Tensor:
+        """Attention of q (b, h, n_q, d) over k, v (b, kv_heads, n_k, d) -> (b, h, n_q, d).
+
+        Grouped-query convention: query head i reads KV head ``i % kv_heads``
+        (x-transformers' layout, so its GQA weights load unchanged). The kernels
+        use the repeat-interleave convention (head j reads KV head ``j // groups``),
+        so the query heads -- and everything per query head -- are reordered
+        around the call.
+        """
+        if self.kv_heads == self.heads:
+            return self._kernel(q, k, v, key_mask, log_fgate, log_bgate, dense_bias, causal, key_norm)
+        order = torch.arange(self.heads, device=q.device).view(-1, self.kv_heads).t().reshape(-1)
+
+        def reorder(t: Tensor | None) -> Tensor | None:
+            return t if t is None or t.shape[1] == 1 else t[:, order]
+
+        out = self._kernel(reorder(q), k, v, key_mask, reorder(log_fgate), reorder(log_bgate), reorder(dense_bias), causal,
+                           key_norm)
+        return out[:, order.argsort()]
+
+    def _kernel(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_mask: Tensor | None,
+        log_fgate: Tensor | None,
+        log_bgate: Tensor | None,
+        dense_bias: Tensor | None,
+        causal: bool | None,
+        key_norm: Tensor | None = None,
+    ) -> Tensor:
+        """Pick the kernel. Options that need the logits (softclamp, dropout while
+        training), more queries than keys (cross-attention to a short context) and
+        memory with a bidirectional decay go to the dense path; memory otherwise to
+        the memory fold; everything else to :func:`attend`, which picks by bias kind."""
+        causal = self.causal if causal is None else causal
+        dropout = self.dropout if self.training else 0.0
+        memory = None if self.memory is None else self.memory.batch(q.shape[0], k.dtype)
+        decayed = log_fgate is not None or log_bgate is not None
+        dense = self.softclamp is not None or dropout > 0 or q.shape[2] > k.shape[2] or (memory is not None and not causal and decayed)
+        if dense:
+            return dense_attention(
+                q, k, v, causal=causal, mask=key_mask, log_fgate=log_fgate, log_bgate=log_bgate, bias=dense_bias,
+                memory=memory, softclamp=self.softclamp, dropout=dropout,
+            )
+        if self.memory is not None:
+            return self.memory.attend(
+                q, k, v, causal=causal, mask=key_mask, log_fgate=log_fgate, bias=dense_bias, backend=self.backend
+            )
+        return attend(
+            q, k, v, causal=causal, mask=key_mask, log_fgate=log_fgate, log_bgate=log_bgate, bias=dense_bias,
+            backend=self.backend, prune=self.prune, prune_eps=self.prune_eps, key_norm=key_norm,
+        )
+
+    def _project_out(self, out: Tensor, x: Tensor) -> Tensor:
+        """(b, h, n, d) attention output -> (b, n, dim): output norm, output gate, projection."""
+        if self.out_norm is not None:
+            out = self.out_norm(out)
+        b, _, n, _ = out.shape
+        out = out.transpose(1, 2).reshape(b, n, -1)
+        if self.to_gate is not None:
+            out = out * torch.sigmoid(self.to_gate(x))
+        return self.to_out(out)
