@@ -19,6 +19,7 @@ train: $(STAMP)
 	$(VENV)/bin/xforget-train $(ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports  # the import rules of pyproject.toml: layers, no circles
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
