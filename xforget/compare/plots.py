@@ -23,6 +23,8 @@ from typing import Any
 
 import matplotlib
 
+from xforget.compare.plots_long import long_context_plots, plot_position_buckets, plot_prefix_bpb
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -72,8 +74,6 @@ def plot_loss_vs_step(schemes: list[dict[str, Any]], path: Path, tokens_per_byte
 
 def plot_loss_vs_position(schemes: list[dict[str, Any]], path: Path, train_seq_len: int) -> str:
     if any(s.get("position_loss") for s in schemes):
-        from xforget.compare.plots_long import plot_position_buckets
-
         return plot_position_buckets(schemes, path, train_seq_len)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, s in enumerate(schemes):
@@ -91,8 +91,6 @@ def plot_loss_vs_position(schemes: list[dict[str, Any]], path: Path, train_seq_l
 
 def plot_bpb_vs_length(schemes: list[dict[str, Any]], path: Path, train_seq_len: int) -> str:
     if any(s.get("prefix_bpb") for s in schemes):
-        from xforget.compare.plots_long import plot_prefix_bpb
-
         return plot_prefix_bpb(schemes, path, train_seq_len)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, s in enumerate(schemes):
@@ -147,6 +145,5 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         plot_bpb_vs_length(schemes, out_dir / "bpb_vs_length.png", n),
     ]
     task = plot_task_accuracy(schemes, out_dir / "task_accuracy.png")
-    from xforget.compare.plots_long import long_context_plots
 
     return paths + ([task] if task else []) + long_context_plots(schemes, out_dir, n)
