@@ -37,20 +37,18 @@ from __future__ import annotations
 
 import sys
 
+from xforget.commands.args import emit, literal_paths
+from xforget.commands.evaluate import cfg_flag
 from xforget.compare.run import EXIT_CONFIG, composed_config_yaml, run_compare
+from xforget.compare.runner import CompareError
+from xforget.data import DataError
+from xforget.errors import ConfigError
 
 USAGE = __doc__
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``xforget-compare``); ``argv`` defaults to ``sys.argv[1:]``."""
-    from xforget.data import DataError
-    from xforget.errors import ConfigError
-    from xforget.compare.runner import CompareError
-
     import signal
-
-    from xforget.commands.args import emit, literal_paths
-    from xforget.commands.evaluate import cfg_flag
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):

@@ -17,7 +17,9 @@ from dataclasses import fields
 
 from hydra.core.config_store import ConfigStore
 
-from xforget.data.prepare import PrepareConfig
+from xforget.data.corpus import DataError
+from xforget.data.prepare import PrepareConfig, prepare
+from xforget.errors import explain_error
 
 ConfigStore.instance().store(name="xforget_prepare", node=PrepareConfig)
 EXIT_CONFIG = 2
@@ -33,8 +35,6 @@ def parse_config(argv: list[str]) -> PrepareConfig:
     from hydra import compose, initialize
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
-
-    from xforget.errors import explain_error
 
     valid = [f.name for f in fields(PrepareConfig)]
     GlobalHydra.instance().clear()
@@ -53,9 +53,6 @@ def parse_config(argv: list[str]) -> PrepareConfig:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``xforget-prepare``); ``argv`` defaults to ``sys.argv[1:]``."""
-    from xforget.data.corpus import DataError
-    from xforget.data.prepare import prepare
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)

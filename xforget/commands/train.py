@@ -37,6 +37,22 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from xforget.commands.args import literal_paths
+from xforget.data import DataError
+from xforget.errors import ConfigError
+from xforget.files import atomic_write_bytes
+from xforget.train.checkpoint import CheckpointError, check_init_from, latest_checkpoint
+from xforget.train.config import (
+    compose_config,
+    config_dir,
+    explain_config_error,
+    to_train_config,
+    user_config_overrides,
+)
+from xforget.train.distributed import broadcast_object, init_distributed, launched_by_torchrun
+from xforget.train.loop import TrainingError, train
+from xforget.train.trackers import check_trackers
+
 EXIT_CONFIG, EXIT_RUNTIME = 2, 1
 
 # Hydra flags after which composing the config ourselves would be wrong or pointless.
@@ -66,10 +82,6 @@ def _sweep(argv: list[str]) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from xforget.errors import ConfigError
-
-    from xforget.train.config import explain_config_error
-
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
         return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
@@ -84,11 +96,6 @@ def _precheck(argv: list[str]) -> DictConfig | None:
     Returns the composed config of the (first) job, with its ``hydra`` node, or None for Hydra's own flags.
     Under ``-m`` every job of the sweep is checked and each bad one gets its own ``error:`` line.
     """
-    from xforget.train.checkpoint import check_init_from
-    from xforget.train.trackers import check_trackers
-    from xforget.errors import ConfigError
-    from xforget.train.config import compose_config, explain_config_error, to_train_config, user_config_overrides
-
     if any(a.split("=")[0] in _HYDRA_ONLY_FLAGS for a in argv):
         return None
     try:
@@ -123,8 +130,6 @@ def _precheck(argv: list[str]) -> DictConfig | None:
 
 def _join_torchrun(composed: DictConfig, argv: list[str]):
     """Under torchrun: join the process group and make every rank use rank 0's run directory."""
-    from xforget.train.distributed import broadcast_object, init_distributed
-
     try:
         info = init_distributed(str(composed.trainer.device))
     except RuntimeError as exc:
@@ -195,8 +200,6 @@ class _RunDirSnapshot:
                 _remove(child)
         hydra = self.path / ".hydra"
         if self.hydra is not None and hydra.is_dir():
-            from xforget.files import atomic_write_bytes
-
             for child in hydra.iterdir():
                 if child.name not in self.hydra:
                     _remove(child)
@@ -227,13 +230,6 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from xforget.commands.args import literal_paths
-    from xforget.data import DataError
-    from xforget.train.checkpoint import CheckpointError, latest_checkpoint
-    from xforget.errors import ConfigError
-    from xforget.train.config import config_dir, explain_config_error, to_train_config
-    from xforget.train.loop import TrainingError, train
-
     user_argv = list(sys.argv[1:] if argv is None else argv)
     try:
         sys.argv = [sys.argv[0], *literal_paths(user_argv)]
@@ -243,8 +239,6 @@ def main(argv: list[str] | None = None) -> None:
     composed = _precheck(sys.argv[1:])
     info = None
     if composed is not None:
-        from xforget.train.distributed import launched_by_torchrun
-
         if launched_by_torchrun():
             info = _join_torchrun(composed, sys.argv[1:])
     generated = not _user_run_dir(user_argv)

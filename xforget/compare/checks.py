@@ -7,6 +7,9 @@ bad value, why, and what would work.
 from __future__ import annotations
 
 from xforget.compare.config import CompareConfig
+from xforget.data.haystack import min_needle_length
+from xforget.data.tokenizer import load_tokenizer
+from xforget.data.tokens import load_tokens
 from xforget.errors import ConfigError
 
 
@@ -35,8 +38,6 @@ def preflight(cfg: CompareConfig, runs) -> None:
     lengths = [m * base for m in mult]
     if c0.data.name != "tokens" or not c0.data.path:
         return
-    from xforget.data.tokenizer import load_tokenizer
-    from xforget.data.tokens import load_tokens
 
     data = load_tokens(c0.data.path)
     n_val = len(data.val)
@@ -45,8 +46,6 @@ def preflight(cfg: CompareConfig, runs) -> None:
                           f"split of {data.path} has {n_val} tokens (needs {lengths[-1] + 1}); lower eval.multiples "
                           "or eval.seq_len, or prepare more validation text (prepare.val_fraction)")
     if e.needle_examples > 0:
-        from xforget.data.haystack import min_needle_length
-
         need = min_needle_length(load_tokenizer(c0.data.path))
         needle = [int(m) * base for m in (e.needle_multiples or mult)]
         if max(needle) > n_val - 1:

@@ -23,6 +23,8 @@ from typing import Any
 
 import matplotlib
 
+from xforget.compare.plots_long import long_context_plots, plot_position_buckets, plot_prefix_bpb
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -47,33 +49,32 @@ def plot_loss_vs_step(schemes: list[dict[str, Any]], path: Path, tokens_per_byte
     k = tokens_per_byte / LN2
     for i, s in enumerate(schemes):
         c = s["curve"]
-        color = f"C{i}"
-        pts = [(st, v * k) for st, v in zip(c["step"], c["train_loss"]) if v is not None]
-        if pts:
-            ax.plot(*zip(*pts), color=color, label=f"{s['name']} train", alpha=0.8)
-            band = [(st, lo * k, hi * k) for st, lo, hi in zip(c["step"], c.get("train_loss_min", []),
-                                                                    c.get("train_loss_max", []))
-                    if lo is not None and hi is not None]
-            if band:
-                x, lo, hi = zip(*band)
-                ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
-        val = [(st, v) for st, v in zip(c["step"], c["val_bpb"]) if v is not None]
-        if val:
-            ax.plot(*zip(*val), "o--", color=color, ms=4, label=f"{s['name']} val")
-            band = [(st, lo, hi) for st, lo, hi in zip(c["step"], c.get("val_bpb_min", []), c.get("val_bpb_max", []))
-                    if lo is not None and hi is not None]
-            if band:
-                x, lo, hi = zip(*band)
-                ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+        _curve_with_band(ax, c, "train_loss", k, f"C{i}", dict(label=f"{s['name']} train", alpha=0.8))
+        _curve_with_band(ax, c, "val_bpb", 1.0, f"C{i}", dict(fmt="o--", ms=4, label=f"{s['name']} val"))
     ax.set_xlabel("training step")
     ax.set_ylabel("loss (bits per byte)")
     return _finish(fig, ax, path, "Loss vs training step")
 
 
+def _curve_with_band(ax, curve: dict[str, list], key: str, factor: float, color: str, style: dict) -> None:
+    """``curve[key]`` against ``curve["step"]`` (times ``factor``), with the seeds' min-max band
+    (``key_min`` / ``key_max``) shaded when there are several seeds; missing points are skipped."""
+    style = dict(style)
+    fmt = style.pop("fmt", "-")
+    pts = [(st, v * factor) for st, v in zip(curve["step"], curve[key]) if v is not None]
+    if not pts:
+        return
+    ax.plot(*zip(*pts), fmt, color=color, **style)
+    band = [(st, lo * factor, hi * factor) for st, lo, hi in zip(curve["step"], curve.get(f"{key}_min", []),
+                                                                   curve.get(f"{key}_max", []))
+            if lo is not None and hi is not None]
+    if band:
+        x, lo, hi = zip(*band)
+        ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+
+
 def plot_loss_vs_position(schemes: list[dict[str, Any]], path: Path, train_seq_len: int) -> str:
     if any(s.get("position_loss") for s in schemes):
-        from xforget.compare.plots_long import plot_position_buckets
-
         return plot_position_buckets(schemes, path, train_seq_len)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, s in enumerate(schemes):
@@ -91,8 +92,6 @@ def plot_loss_vs_position(schemes: list[dict[str, Any]], path: Path, train_seq_l
 
 def plot_bpb_vs_length(schemes: list[dict[str, Any]], path: Path, train_seq_len: int) -> str:
     if any(s.get("prefix_bpb") for s in schemes):
-        from xforget.compare.plots_long import plot_prefix_bpb
-
         return plot_prefix_bpb(schemes, path, train_seq_len)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, s in enumerate(schemes):
@@ -147,6 +146,5 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         plot_bpb_vs_length(schemes, out_dir / "bpb_vs_length.png", n),
     ]
     task = plot_task_accuracy(schemes, out_dir / "task_accuracy.png")
-    from xforget.compare.plots_long import long_context_plots
 
     return paths + ([task] if task else []) + long_context_plots(schemes, out_dir, n)

@@ -22,7 +22,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from xforget.data.corpus import DataError
+from xforget.data.corpus_cache import cache_dir
 from xforget.data.prepare import META_FILE, PrepareConfig, prepare, validate_prepare
+from xforget.data.sources import open_source
+from xforget.data.stdlib import load_stdlib_corpus, stdlib_root
 
 STDLIB = "stdlib"
 # settings that change the prepared tokens (output, overwrite, progress, num_proc and batch_bytes do not)
@@ -32,16 +35,12 @@ _KEYS = ("tokenizer", "vocab_size", "text_field", "val_fraction", "seed", "separ
 def resolve_input(spec: str) -> tuple[str, str]:
     """(path or name for ``xforget-prepare``, sha256 of the input) for ``prepare.input``."""
     if spec == STDLIB:
-        from xforget.data.corpus_cache import cache_dir
-        from xforget.data.stdlib import load_stdlib_corpus, stdlib_root
-
         corpus = load_stdlib_corpus(cache_dir())
         version, tag = corpus.meta["python_version"], hashlib.sha256(str(stdlib_root().resolve()).encode()).hexdigest()[:8]
         blob = cache_dir() / f"stdlib-py{version}-{tag}.bin"
         if not blob.is_file():
             raise DataError(f"the stdlib corpus cache {blob} is missing after building it")
         return str(blob), corpus.meta["sha256"]
-    from xforget.data.sources import open_source
 
     fp = open_source(spec).fingerprint()
     return spec, str(fp.get("sha256") or fp.get("fingerprint") or json.dumps(fp, sort_keys=True))

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xforget.files import atomic_write_text
+from xforget.compare import long_report as lr
+from xforget.compare.findings import check_findings, findings_markdown
 from xforget.evaluate.core import CANNOT_EXTRAPOLATE, OK, mean_std
+from xforget.files import atomic_write_text
 from xforget.train.metrics import read_metrics
 
 LN2 = math.log(2.0)
@@ -222,8 +224,6 @@ def build_report(runs: list[dict[str, Any]], *, meta: dict[str, Any], findings: 
         })
     report = {"meta": {**meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, "schemes": schemes, "runs": slim_runs}
     if findings:
-        from xforget.compare.findings import check_findings
-
         report["findings"] = check_findings(schemes, meta["train_seq_len"])
     return report
 
@@ -283,7 +283,6 @@ def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
     lines += ["", "train wall s: the training loop's wall-clock time from step 0 to the end (evaluations and "
                   "checkpoints included, start-up excluded), summed over the parts of an interrupted and resumed run.",
               ""]
-    from xforget.compare import long_report as lr
 
     lines[4:4] = lr.setup_lines(meta)
 
@@ -317,8 +316,6 @@ def write_markdown(report: dict[str, Any], path: Path, plots: list[str]) -> str:
                 lines.append(f"| `{s['name']}` | " + " | ".join(cells) + " |")
 
     if report.get("findings"):
-        from xforget.compare.findings import findings_markdown
-
         lines += [""] + findings_markdown(report["findings"])
     lines += [""] + lr.wall_lines(schemes, report["runs"]) + lr.prefix_lines(schemes, unit)
     lines += lr.position_lines(schemes, n, unit) + lr.needle_lines(schemes) + lr.pruning_lines(schemes)

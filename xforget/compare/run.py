@@ -14,8 +14,14 @@ from typing import Any
 
 from omegaconf import OmegaConf, open_dict
 
-from xforget.files import atomic_write_text
+from xforget.compare.checks import preflight
 from xforget.compare.config import TRAIN_ROOTS, CompareConfig
+from xforget.compare.plots import write_plots
+from xforget.compare.prepared import ensure_prepared, prepare_summary
+from xforget.compare.report import build_report, train_summary, write_json, write_markdown
+from xforget.compare.runner import ensure_trained, plan_runs, scheme_overrides
+from xforget.data.prepare import PrepareConfig
+from xforget.errors import ConfigError
 from xforget.evaluate.config import (
     EXIT_CONFIG,
     EvalConfig,
@@ -23,6 +29,9 @@ from xforget.evaluate.config import (
     split_override,
     validate_eval,
 )
+from xforget.evaluate.core import checkpoint_step, evaluate_run
+from xforget.files import atomic_write_text
+from xforget.train.config import compose_named, user_config_overrides
 
 
 def partition_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -31,8 +40,6 @@ def partition_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     Raises:
         ConfigError: ``model=...`` or ``seed=...`` (set per run), or a flag.
     """
-    from xforget.errors import ConfigError
-
     mine, train = [], []
     for arg in argv:
         key, value = split_override(arg)
@@ -56,9 +63,6 @@ def load_compare_config(overrides: list[str]) -> tuple[CompareConfig, Path]:
     Raises:
         ConfigError: one line naming the bad key and the valid keys.
     """
-    from xforget.train.config import compose_named
-    from xforget.errors import ConfigError
-
     try:
         cfg = compose_named("compare", overrides, return_hydra_config=True)
         out_dir = Path(str(cfg.hydra.run.dir))
@@ -82,8 +86,6 @@ def evaluate_cached(run_dir: Path, ecfg: EvalConfig) -> tuple[dict[str, Any], bo
     The result records its own ``eval_wall_s`` (seconds the evaluation took when it ran).
     """
     import time
-
-    from xforget.evaluate.core import checkpoint_step, evaluate_run
 
     path = eval_cache_path(run_dir, ecfg, checkpoint_step(run_dir))
     if path.is_file():
@@ -132,22 +134,15 @@ def plan_comparison(argv: list[str], *, log=print, data_info: dict | None = None
     """
     import time
 
-    from xforget.train.config import user_config_overrides
-    from xforget.compare.runner import plan_runs
-
     argv, search = user_config_overrides(argv)  # --config-dir DIR: the user's presets, for both
     mine, train_args = partition_overrides(argv)
     cfg, out_dir = load_compare_config(mine + search)
     out_dir = out_dir.resolve()
-    from xforget.compare.runner import scheme_overrides
 
     for scheme in cfg.positions:  # a misspelt scheme fails before any data is prepared
         scheme_overrides(scheme)
     data_args = []
     if cfg.prepare is not None:
-        from xforget.data.prepare import PrepareConfig
-        from xforget.compare.prepared import ensure_prepared, prepare_summary
-
         p = cfg.prepare
         tic = time.time()
         target, reused = ensure_prepared(PrepareConfig(input=p.input, output=p.output or "", tokenizer=p.tokenizer,
@@ -159,7 +154,6 @@ def plan_comparison(argv: list[str], *, log=print, data_info: dict | None = None
         data_args = ["data=tokens", f"data.path={target}"]
     train_args = [*search, *cfg.train, *data_args, *train_args]
     runs = plan_runs(list(cfg.positions), list(cfg.seeds), train_args, out_dir)
-    from xforget.compare.checks import preflight
 
     preflight(cfg, runs)
     return cfg, out_dir, train_args, runs
@@ -172,10 +166,6 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
         ConfigError, DataError (exit 2), CompareError (a training run failed).
     """
     import time
-
-    from xforget.compare.plots import write_plots
-    from xforget.compare.report import build_report, train_summary, write_json, write_markdown
-    from xforget.compare.runner import ensure_trained
 
     tic = time.time()
     data_info: dict[str, Any] = {}

@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from xforget.files import atomic_write_text
-from xforget.train.checkpoint import complete_checkpoints
+from xforget.models.positions import position_schemes
+from xforget.train.checkpoint import CheckpointError, complete_checkpoints
 from xforget.train.config import (
     ConfigError,
     TrainConfig,
@@ -50,6 +51,7 @@ from xforget.train.config import (
     load_config_yaml,
     to_train_config,
 )
+from xforget.train.loop import TrainingError, train
 
 RUN_INFO = "compare-run.json"
 TRAIN_OUT = "compare-train.out"  # a training process's output when runs train in parallel (jobs > 1)
@@ -77,8 +79,6 @@ def scheme_overrides(name: str) -> list[str]:
     Raises:
         ConfigError: neither a preset nor a scheme, listing both.
     """
-    from xforget.models.positions import position_schemes
-
     presets = model_presets()
     if name in presets:
         return [f"model={name}"]
@@ -338,9 +338,6 @@ def train_parallel(runs: list[PlannedRun], jobs: int, *, log=print) -> None:
 
 def _train_here(run: PlannedRun, *, log=print) -> None:
     import resource
-
-    from xforget.train.checkpoint import CheckpointError
-    from xforget.train.loop import TrainingError, train
 
     log(f"[compare] training {run.key} in-process: {' '.join(run.overrides)} -> {run.run_dir}")
     resumed_from = _latest_step(run.run_dir)

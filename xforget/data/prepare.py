@@ -54,7 +54,7 @@ import numpy as np
 
 from xforget.data.corpus import DataError
 from xforget.data.sources import Source, open_source, text_pieces
-from xforget.data.tokenizer import TOKENIZER_FILE, ByteTokenizer, HFTokenizer, resolve_tokenizer
+from xforget.data.tokenizer import TOKENIZER_FILE, ByteTokenizer, HFTokenizer, _import_tokenizers, resolve_tokenizer
 
 META_FILE = "meta.json"
 FORMAT = "xforget-tokens"
@@ -291,8 +291,6 @@ def batches(stream: Iterator[tuple[bytes, bool, bool]], batch_bytes: int) -> Ite
 def train_bpe(texts: Iterator[str], vocab_size: int, length: int | None = None) -> HFTokenizer:
     """A byte-level BPE (GPT-2 style pre-tokenizer, all 256 bytes in the base alphabet) trained with the
     Hugging Face ``tokenizers`` library on ``texts``; ``<|endoftext|>`` is id 0."""
-    from xforget.data.tokenizer import _import_tokenizers
-
     tokenizers = _import_tokenizers("tokenizer=bpe")
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -345,7 +343,6 @@ def prepare(cfg: PrepareConfig, log=print) -> Path:
     """
     validate_prepare(cfg)
     if cfg.tokenizer == "bpe":  # before anything is read, logged or written
-        from xforget.data.tokenizer import _import_tokenizers
 
         _import_tokenizers("tokenizer=bpe")
     output = Path(cfg.output).expanduser().resolve()

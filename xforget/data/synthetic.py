@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from xforget.data.corpus import Corpus, sha256
+
 TASKS = ("mqar", "needle")
 KEY_CHARS = "abcdefghijklmnopqrstuvwxyz"
 VALUE_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -166,8 +168,6 @@ def synthetic_stream(task: str, seed: int = 0, num_bytes: int = 1 << 21, example
 
 def load_synthetic(name: str, seed: int = 0, num_bytes: int = 1 << 21, example_len: int | None = None):
     """The :class:`~xforget.data.corpus.Corpus` for ``data=mqar`` / ``data=needle`` (2 MiB by default)."""
-    from xforget.data.corpus import Corpus, sha256
-
     stream = synthetic_stream(name, seed, num_bytes, example_len)
     meta = {"task": name, "seed": seed, "example_len": example_len or DEFAULT_EXAMPLE_LEN[name],
             "bytes": len(stream.text), "sha256": sha256(stream.text), "answers": len(stream.answers)}

@@ -13,7 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from xforget.data.batches import split_corpus
 from xforget.data.corpus import DataError
+from xforget.data.load import load_corpus
+from xforget.data.tokenizer import ByteTokenizer, load_tokenizer
+from xforget.data.tokens import load_tokens
 
 
 @dataclass
@@ -32,12 +36,7 @@ def load_training_data(cfg, seq_len: int) -> TrainingData:
     Raises:
         DataError: missing data, or a split shorter than ``seq_len + 1`` tokens.
     """
-    from xforget.data.tokenizer import ByteTokenizer
-
     if cfg.name == "tokens":
-        from xforget.data.tokenizer import load_tokenizer
-        from xforget.data.tokens import load_tokens
-
         data = load_tokens(cfg.path)
         for part in ("train", "val"):
             n = len(getattr(data, part))
@@ -46,8 +45,6 @@ def load_training_data(cfg, seq_len: int) -> TrainingData:
                                 f"{seq_len + 1}; lower trainer.seq_len or prepare more text")
         return TrainingData(data.train, data.val, load_tokenizer(data.path), data.tokens_per_byte("val"),
                             data.describe(), data.meta)
-    from xforget.data.batches import split_corpus
-    from xforget.data.load import load_corpus
 
     corpus = load_corpus(cfg)
     split = split_corpus(corpus.data, cfg.val_fraction, seq_len)

@@ -14,9 +14,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from xforget.data.synthetic import TASKS
+from xforget.errors import ConfigError, schema_keys
 from xforget.errors import explain_error as _explain
-from xforget.errors import schema_keys
-from xforget.errors import ConfigError
 from xforget.train.config import DataConfig
 
 EXIT_CONFIG, EXIT_RUNTIME = 2, 1
@@ -70,8 +70,6 @@ class EvalCommandConfig:
     batch_size: int = 8
 
 
-
-
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="eval_schema", node=EvalCommandConfig)
@@ -100,7 +98,6 @@ def explain_error(exc: BaseException, schema: type, extra_root_keys: tuple[str, 
     return _explain(exc, keys_of)
 
 
-
 def validate_eval(cfg: EvalConfig) -> None:
     """Raises ConfigError (one line, naming the key) for impossible values."""
     def need(ok: bool, key: str, rule: str, value: Any) -> None:
@@ -113,7 +110,6 @@ def validate_eval(cfg: EvalConfig) -> None:
     need(cfg.tokens is None or cfg.tokens >= 1, "tokens", ">= 1 or null", cfg.tokens)
     need(cfg.batch_tokens >= 1, "batch_tokens", ">= 1", cfg.batch_tokens)
     need(cfg.task_examples >= 1, "task_examples", ">= 1", cfg.task_examples)
-    from xforget.data.synthetic import TASKS
 
     need(cfg.task is None or cfg.task in TASKS, "task", f"one of {list(TASKS)} or null", cfg.task)
     need(cfg.threads is None or cfg.threads >= 1, "threads", ">= 1 or null", cfg.threads)

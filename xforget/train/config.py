@@ -18,10 +18,15 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from xforget.models.config import ModelConfig
+from xforget.data.corpus import DataError
+from xforget.data.prepare import read_meta
+from xforget.data.synthetic import min_length
 from xforget.errors import ConfigError, explain_error, schema_keys
+from xforget.models.config import ModelConfig
+from xforget.models.validate import validate_model_config
 from xforget.train.compile import COMPILE_CHOICES, compile_choice
 from xforget.train.precision import PRECISIONS
+from xforget.train.trackers import logger_names
 
 DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle", "tokens")
 SYNTHETIC = ("mqar", "needle")
@@ -127,8 +132,6 @@ def resolve_data_vocab(cfg: TrainConfig) -> None:
         return
     if not d.path:
         raise ConfigError("data=tokens needs a prepared dataset directory: add data.path=DIR (made by xforget-prepare)")
-    from xforget.data.corpus import DataError
-    from xforget.data.prepare import read_meta
 
     try:
         meta = read_meta(d.path)
@@ -307,7 +310,6 @@ def validate(cfg: TrainConfig) -> None:
     need(t.strategy in STRATEGIES, "trainer.strategy", f"one of {list(STRATEGIES)}", t.strategy)
     need(t.peak_flops is None or (math.isfinite(t.peak_flops) and t.peak_flops > 0), "trainer.peak_flops",
          "> 0 (FLOP/s) or null", t.peak_flops)
-    from xforget.train.trackers import logger_names
 
     logger_names(cfg.logger)
     need(d.name in DATASETS, "data.name", f"one of {list(DATASETS)}", d.name)
@@ -323,8 +325,6 @@ def validate(cfg: TrainConfig) -> None:
                               f"not data={d.name}; remove it")
     need(d.num_bytes is None or d.num_bytes >= 1, "data.num_bytes", ">= 1 or null", d.num_bytes)
     if d.name in SYNTHETIC and d.example_len is not None:
-        from xforget.data.synthetic import min_length
-
         need(d.example_len >= min_length(d.name), "data.example_len", f">= {min_length(d.name)} for {d.name}",
              d.example_len)
     for key in ("dim", "depth", "heads"):
@@ -336,7 +336,6 @@ def validate(cfg: TrainConfig) -> None:
         need(m.num_tokens is None or m.num_tokens >= 1, "model.num_tokens",
              ">= 1 or null (null: taken from the prepared dataset's meta.json)", m.num_tokens)
     need(m.kind == "decoder", "model.kind", "'decoder' for language-model training", m.kind)
-    from xforget.models.validate import validate_model_config
 
     try:
         validate_model_config(m)

@@ -14,6 +14,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from xforget.errors import ConfigError
+from xforget.train.metrics import TensorBoardLog, tensorboard_writer_class
+
 TRACKERS = ("tensorboard", "wandb")
 
 
@@ -23,8 +26,6 @@ def logger_names(logger: Any) -> list[str]:
     Raises:
         ConfigError: an unknown name, listing the valid ones.
     """
-    from xforget.errors import ConfigError
-
     names = [logger] if isinstance(logger, str) else list(logger or [])
     names = [n for n in names if n != "none"]
     bad = [n for n in names if n not in TRACKERS]
@@ -38,8 +39,6 @@ def check_trackers(logger: Any) -> None:
     """Fail early (ConfigError, one line) if a requested tracker's package is missing."""
     names = logger_names(logger)
     if "tensorboard" in names:
-        from xforget.train.metrics import tensorboard_writer_class
-
         tensorboard_writer_class()
     if "wandb" in names:
         _import_wandb()
@@ -50,8 +49,6 @@ def open_trackers(cfg, run_dir: Path, resume_step: int | None) -> list:
     names = logger_names(cfg.logger)
     sinks: list = []
     if "tensorboard" in names:
-        from xforget.train.metrics import TensorBoardLog
-
         sinks.append(TensorBoardLog(run_dir / "tensorboard", resume_step, hparams=_flat_config(cfg)))
     if "wandb" in names:
         sinks.append(WandbLog(run_dir, cfg, resume_step))
