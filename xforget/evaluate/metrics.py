@@ -1,7 +1,8 @@
 """Loss, bits per byte and per-position loss of a causal byte-level model on fixed windows.
 
 Everything here is a plain function of (model, windows): no data loading, no
-config. The numbers are defined once:
+config. The score itself is :mod:`xforget.train.scoring` (shared with the training
+loop's validation); the numbers are defined once:
 
 * A *window* is ``L + 1`` token ids; the model reads the first ``L`` and is
   scored on predicting the last ``L`` (next-token cross-entropy, nats).
@@ -21,15 +22,9 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-LN2 = math.log(2.0)
-
-
-def nats_to_bpb(loss_nats: float, tokens_per_byte: float = 1.0) -> float:
-    """Bits per byte of the original text for a loss in nats per token (``tokens_per_byte`` = 1 for bytes)."""
-    return loss_nats * tokens_per_byte / LN2
+from xforget.train.scoring import LN2, batch_losses, nats_to_bpb, perplexity  # noqa: F401  (LN2, nats_to_bpb: public here too)
 
 
 @dataclass
@@ -54,36 +49,25 @@ def _batch_size_for(length: int, batch_tokens: int) -> int:
     return max(1, batch_tokens // max(1, length))
 
 
-@torch.no_grad()
 def token_losses(net: nn.Module, windows: Tensor, *, batch_tokens: int = 16384,
                  device: torch.device | str | None = None, with_argmax: bool = False) -> tuple[Tensor, Tensor | None]:
     """Per-token next-token loss (windows, L) float64 in nats, and optionally the argmax predictions (windows, L).
 
     ``net`` maps (b, L) ids to (b, L, vocab) logits (a :class:`~xforget.TransformerWrapper`).
-    Batches hold about ``batch_tokens`` tokens. The model is put in eval mode
-    for the call and restored afterwards.
+    Batches hold about ``batch_tokens`` tokens; each is scored by
+    :func:`xforget.train.scoring.batch_losses` (the training loop's validation score)
+    and moved to the CPU. The model is put in eval mode for the call and restored afterwards.
 
     Raises:
-        ValueError: from the model, e.g. a length beyond an absolute position table.
+        ValueError: ``windows`` not (count, L + 1) with L >= 1; from the model, e.g. a length
+            beyond an absolute position table.
     """
-    if windows.ndim != 2 or windows.shape[1] < 2:
-        raise ValueError(f"windows must be (count, L + 1) with L >= 1, got {tuple(windows.shape)}")
-    device = torch.device(device) if device is not None else next(net.parameters()).device
-    count, length = windows.shape[0], windows.shape[1] - 1
-    bs = _batch_size_for(length, batch_tokens)
+    bs = _batch_size_for(windows.shape[-1] - 1 if windows.ndim else 0, batch_tokens)  # a 0-d tensor: batch_losses says why
     losses, preds = [], []
-    was_training = net.training
-    net.eval()
-    try:
-        for i in range(0, count, bs):
-            batch = windows[i:i + bs].to(device)
-            logits = net(batch[:, :-1]).float()
-            loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
-            losses.append(loss.double().cpu())
-            if with_argmax:
-                preds.append(logits.argmax(-1).cpu())
-    finally:
-        net.train(was_training)
+    for loss, pred in batch_losses(net, windows, batch_size=bs, device=device, with_argmax=with_argmax):
+        losses.append(loss.double().cpu())
+        if with_argmax:
+            preds.append(pred.cpu())
     return torch.cat(losses), (torch.cat(preds) if with_argmax else None)
 
 
@@ -103,7 +87,7 @@ def evaluate_windows(net: nn.Module, windows: Tensor, *, batch_tokens: int = 163
     octaves = bucket_stats(losses, position_buckets(length, 1)) if buckets_per_octave > 0 else []
     return WindowEval(length=length, windows=windows.shape[0], loss=loss,
                       bpb=nats_to_bpb(loss, tokens_per_byte), per_position=[float(v) for v in per_position],
-                      ppl=math.exp(min(loss, 700.0)), buckets=buckets, octaves=octaves)
+                      ppl=perplexity(loss), buckets=buckets, octaves=octaves)
 
 
 def position_buckets(length: int, per_octave: int = 4) -> list[tuple[int, int]]:

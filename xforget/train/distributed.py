@@ -38,6 +38,8 @@ from typing import Any, Callable, TypeVar
 import torch
 import torch.distributed as dist
 
+from xforget.models.wrapper import build_model
+
 T = TypeVar("T")
 _ENV = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT = datetime.timedelta(minutes=30)
@@ -164,6 +166,7 @@ def rank0_first(info: DistInfo, fn: Callable[[], T]) -> T:
 
 def shard_model(model: torch.nn.Module, device: torch.device, info: DistInfo) -> None:
     """FSDP2 in place: every block of ``model.attn_layers.blocks`` is one shard group, the rest the root's."""
+    # imported here: torch.distributed.fsdp / .checkpoint take ~2 s to import, needed by FSDP runs only
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -175,9 +178,7 @@ def shard_model(model: torch.nn.Module, device: torch.device, info: DistInfo) ->
 
 def full_model(model: torch.nn.Module, model_cfg, info: DistInfo) -> torch.nn.Module | None:
     """An unsharded CPU copy of an FSDP2 model on rank 0 (None elsewhere); collective: every rank calls it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    from xforget.models.wrapper import build_model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # FSDP only (slow import)
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not info.is_main:
@@ -190,7 +191,7 @@ def full_model(model: torch.nn.Module, model_cfg, info: DistInfo) -> torch.nn.Mo
 
 def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The whole optimizer state keyed by parameter name, on rank 0 (collective)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict  # FSDP only
 
     return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -212,7 +213,7 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     by_name = any(isinstance(g["params"][0], str) for g in state["param_groups"] if g["params"])
     sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
     if sharded:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict  # FSDP only
 
         if not by_name:
             state = {"state": {names[i]: v for i, v in state["state"].items()},

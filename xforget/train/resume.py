@@ -1,7 +1,9 @@
 """What may change when a run is resumed, and how a change is recorded.
 
-Re-running ``xforget-train`` into a run directory with a checkpoint resumes it.
-The resumed command's config is compared with the checkpoint's, key by key:
+Re-running ``xforget-train`` into a run directory with a checkpoint resumes it
+(:class:`xforget.train.checkpointer.Checkpointer` applies this policy when the run
+opens its directory, before any slow work). The resumed command's config is
+compared with the checkpoint's, key by key:
 
 * **model keys** never change (the weights would not fit, or would mean
   something else): refused, see :func:`xforget.train.checkpoint.check_same_model`;
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from xforget.errors import ConfigError
-
+from xforget.files import atomic_write_text
 from xforget.train.config import RESUME_MODES, TrainConfig, config_to_yaml  # noqa: F401
 
 EXTEND_KEYS = frozenset({"trainer.max_steps"})
@@ -89,8 +91,6 @@ def check_resume(saved: TrainConfig, cfg: TrainConfig, step: int, run_dir: Path)
 
 def record_resume_config(run_dir: Path, step: int, cfg: TrainConfig) -> Path:
     """Write the resumed run's config as ``config.resume-<step>.yaml`` (atomic); returns its path."""
-    from xforget.files import atomic_write_text
-
     path = Path(run_dir) / f"config.resume-{step}.yaml"
     atomic_write_text(path, config_to_yaml(cfg))
     return path
