@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
@@ -11,11 +13,9 @@ from torch import Tensor, nn
 from xforget.models.aliases import translate_x_transformers_kwargs
 from xforget.nn.kv_cache import Cache
 from xforget.nn.embeddings import AbsolutePositionalEmbedding, TokenEmbedding
-from dataclasses import asdict, replace
-from typing import Any
-
-from xforget.models.config import _WRAPPER_KEYS, BYTE_VOCAB, ModelConfig, model_config_from_dict
+from xforget.models.config import BYTE_VOCAB, ModelConfig, model_config_from_dict
 from xforget.models.layers import AttentionLayers, Decoder, Encoder
+from xforget.models.options import config_layer_options
 from xforget.models.pretrained import build_from_pretrained, check_saveable, save_tokenizer, save_weights
 from xforget.models.validate import validate_model_config
 
@@ -115,19 +115,11 @@ class TransformerWrapper(
             cfg = model_config_from_dict(dict(cfg))
         if cfg.num_tokens is None:  # "from the data", and there is none here: bytes
             cfg = replace(cfg, num_tokens=BYTE_VOCAB)
-        validate_model_config(cfg)
-        values = asdict(cfg)
-        kind = values.pop("kind")
-        extra = values.pop("extra") or {}
-        layer_cls = {"decoder": Decoder, "encoder": Encoder}.get(kind)
-        if layer_cls is None:
-            raise ValueError(f"model.kind must be 'decoder' or 'encoder', got {kind!r}")
-        position = values.pop("position")
-        if not isinstance(position, str):
-            position = list(position)
-        wrapper_args = {k: values.pop(k) for k in _WRAPPER_KEYS}
-        layers = layer_cls(values.pop("dim"), values.pop("depth"), values.pop("heads"), position=position, **values, **dict(extra))
-        model = cls(attn_layers=layers, **wrapper_args)
+        validate_model_config(cfg)  # the one validation: the layers are built from checked options
+        layer_cls = Decoder if cfg.kind == "decoder" else Encoder
+        layers = layer_cls.from_options(config_layer_options(cfg), causal=cfg.kind == "decoder")
+        model = cls(attn_layers=layers, num_tokens=cfg.num_tokens, max_seq_len=cfg.max_seq_len,
+                    tie_embedding=cfg.tie_embedding)
         model._hub_mixin_config = asdict(cfg)  # config.json of save_pretrained (xforget.models.pretrained)
         return model
 
