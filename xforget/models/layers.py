@@ -36,6 +36,10 @@ from xforget.nn.norms import make_norm
 from xforget.nn.rotary import RotaryEmbedding
 
 
+SELF_ATTENTION_INPUTS = ("positions", "mask", "key_mask")
+CROSS_ATTENTION_INPUTS = ("context", "context_mask")
+
+
 class Sublayer(nn.Module):
     """One residual branch: ``kind`` ("a", "c" or "f"), its module ``fn`` and its norms.
 
@@ -96,34 +100,28 @@ class Block(nn.Module):
         return sum(layer.kind == "a" for layer in self.layers)
 
     def forward(
-        self,
-        x: Tensor,
-        *,
-        positions: Tensor | None = None,
-        mask: Tensor | None = None,
-        key_mask: Tensor | None = None,
-        first_values: Tensor | None = None,
-        caches: Sequence[LayerCache] | None = None,
-        context: Tensor | None = None,
-        context_mask: Tensor | None = None,
+        self, x: Tensor, *, first_values: Tensor | None = None, caches: Sequence[LayerCache] | None = None,
+        **inputs: Tensor | None,
     ) -> tuple[Tensor, Tensor | None, list[LayerCache]]:
         """Run the sublayers in order.
 
-        Returns (x, the first self-attention values of the stack so far (for the
-        value residual), one new cache per self-attention sublayer).
+        ``inputs`` are those of :meth:`AttentionLayers.forward`: each self-attention
+        sublayer reads positions, mask and key_mask, each cross-attention sublayer
+        context and context_mask. Returns (x, the first self-attention values of the
+        stack so far (for the value residual), one new cache per self-attention sublayer).
         """
+        self_inputs = {name: inputs.get(name) for name in SELF_ATTENTION_INPUTS}
+        cross_inputs = {name: inputs.get(name) for name in CROSS_ATTENTION_INPUTS}
         cache_iter: Iterator | None = None if caches is None else iter(caches)
         new_caches = []
         for layer in self.layers:
             if layer.kind == "a":
-                x, values, cache = layer(
-                    x, positions=positions, mask=mask, key_mask=key_mask, first_values=first_values,
-                    cache=None if cache_iter is None else next(cache_iter),
-                )
+                cache = None if cache_iter is None else next(cache_iter)
+                x, values, cache = layer(x, first_values=first_values, cache=cache, **self_inputs)
                 first_values = values if first_values is None else first_values
                 new_caches.append(cache)
             elif layer.kind == "c":
-                x, _, _ = layer(x, context=context, context_mask=context_mask)
+                x, _, _ = layer(x, **cross_inputs)
             else:
                 x, _, _ = layer(x)
         return x, first_values, new_caches
@@ -209,15 +207,9 @@ class AttentionLayers(nn.Module):
             yield from block.layers
 
     def forward(
-        self,
-        x: Tensor,
-        *,
-        positions: Tensor | None = None,
-        mask: Tensor | None = None,
-        key_mask: Tensor | None = None,
-        caches: list[LayerCache] | None = None,
-        context: Tensor | None = None,
-        context_mask: Tensor | None = None,
+        self, x: Tensor, *, positions: Tensor | None = None, mask: Tensor | None = None,
+        key_mask: Tensor | None = None, caches: list[LayerCache] | None = None,
+        context: Tensor | None = None, context_mask: Tensor | None = None,
     ) -> tuple[Tensor, list[LayerCache]]:
         """x (batch, n, dim) -> (batch, n, dim), plus the updated caches (one per self-attention sublayer).
 

@@ -161,30 +161,17 @@ class TransformerWrapper(
         if mask is not None and mask.shape != x.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} must equal token shape {tuple(x.shape)}")
         fresh = cache is None or cache.seen is None
-        seen = torch.zeros(b, dtype=torch.long, device=x.device) if fresh else cache.seen
+        seen = _seen(cache, b, x.device)
         # without a cache every row starts at 0: no data-dependent check (a graph break under torch.compile)
         positions = torch.arange(n, device=x.device) if fresh and mask is None else self._positions(b, n, mask, seen, x.device)
 
         h = self.token_emb(x)
         if self.pos_emb is not None:
             h = h + self.pos_emb(positions)
-
-        cached_mask = None if cache is None else cache.mask
-        key_mask = _join_masks(cached_mask, mask, cache.length if cache else 0, b, n, x.device)
-        h, layer_caches = self.attn_layers(
-            h,
-            positions=positions,
-            mask=mask,
-            key_mask=key_mask,
-            caches=cache.layers if cache is not None and cache.layers else None,
-            context=context,
-            context_mask=context_mask,
-        )
+        h, new_cache = run_layers(self.attn_layers, h, positions, mask=mask, cache=cache, seen=seen,
+                                  return_cache=return_cache, context=context, context_mask=context_mask)
         out = h if return_embeddings else self.to_logits(h)
-        if not return_cache:
-            return out
-        new_seen = seen + (n if mask is None else mask.sum(-1))
-        return out, Cache(layers=layer_caches, mask=key_mask, seen=new_seen)
+        return (out, new_cache) if return_cache else out
 
     @staticmethod
     def _positions(b: int, n: int, mask: Tensor | None, seen: Tensor, device) -> Tensor:
@@ -194,6 +181,41 @@ class TransformerWrapper(
                 return torch.arange(n, device=device) + seen[0]
             return seen[:, None] + torch.arange(n, device=device)
         return seen[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _seen(cache: Cache | None, b: int, device) -> Tensor:
+    """Real tokens each row has seen before this call: (b,) int64 (zeros without a cache)."""
+    if cache is None or cache.seen is None:
+        return torch.zeros(b, dtype=torch.long, device=device)
+    return cache.seen
+
+
+def run_layers(
+    layers: AttentionLayers, h: Tensor, positions: Tensor, *, mask: Tensor | None, cache: Cache | None,
+    seen: Tensor, return_cache: bool, context: Tensor | None, context_mask: Tensor | None,
+) -> tuple[Tensor, Cache | None]:
+    """Run the attention layers over embedded inputs, with the KV-cache bookkeeping every wrapper shares.
+
+    Args:
+        h: (batch, n, dim) embedded new inputs; positions: their positions, (n,) or (batch, n) int64.
+        mask: (batch, n) bool, True = real, or None; cache: from an earlier call, or None.
+        seen: (batch,) int64 real tokens before this call (:func:`_seen`).
+        return_cache: build the updated cache (else None is returned for it).
+        context, context_mask: for cross-attention layers.
+    Returns:
+        (hidden states (batch, n, dim), the updated :class:`Cache` or None).
+    """
+    b, n = h.shape[:2]
+    key_mask = _join_masks(None if cache is None else cache.mask, mask, cache.length if cache else 0, b, n, h.device)
+    h, layer_caches = layers(
+        h, positions=positions, mask=mask, key_mask=key_mask,
+        caches=cache.layers if cache is not None and cache.layers else None,
+        context=context, context_mask=context_mask,
+    )
+    if not return_cache:
+        return h, None
+    new_seen = seen + (n if mask is None else mask.sum(-1))
+    return h, Cache(layers=layer_caches, mask=key_mask, seen=new_seen)
 
 
 def _join_masks(cached: Tensor | None, new: Tensor | None, n_cached: int, b: int, n: int, device) -> Tensor | None:
