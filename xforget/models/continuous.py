@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from xforget.nn.kv_cache import Cache
-from xforget.nn.embeddings import AbsolutePositionalEmbedding
 from xforget.models.layers import AttentionLayers
 from xforget.models.wrapper import TransformerWrapper, _seen, run_layers
+from xforget.nn.embeddings import AbsolutePositionalEmbedding
+from xforget.nn.kv_cache import Cache
 
 
 class ContinuousTransformerWrapper(nn.Module):

@@ -28,13 +28,12 @@ from xforget.models.options import LayerOptions, layer_options
 from xforget.models.positions import PositionPlan, resolve_position
 from xforget.models.validate import check_layer_options
 from xforget.nn.attention import Attention
-from xforget.nn.kv_cache import LayerCache
 from xforget.nn.bias import get_bias_builder
 from xforget.nn.embeddings import ScaledSinusoidalEmbedding
 from xforget.nn.feedforward import FeedForward
+from xforget.nn.kv_cache import LayerCache
 from xforget.nn.norms import make_norm
 from xforget.nn.rotary import RotaryEmbedding
-
 
 SELF_ATTENTION_INPUTS = ("positions", "mask", "key_mask")
 CROSS_ATTENTION_INPUTS = ("context", "context_mask")
@@ -157,7 +156,7 @@ class AttentionLayers(nn.Module):
     @classmethod
     def from_options(cls, options: LayerOptions, *, causal: bool) -> AttentionLayers:
         """The stack for ``options`` that have already been validated (e.g. by
-        :func:`~xforget.models.validate.validate_model_config`): nothing is checked twice.
+        :func:`~xforget.models.validate.validate_model_config`), without validating them again.
 
         Raises:
             ValueError: an invalid ``position`` (the rest is not checked again).

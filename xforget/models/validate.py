@@ -38,7 +38,7 @@ def check_layer_options(options: LayerOptions, *, causal: bool, prefix: str = ""
         ValueError: the first problem found, naming the field and the fix.
     """
     o = options
-    f = lambda name: f"{prefix}{name}"  # noqa: E731
+    f = lambda name: f"{prefix}{name}"
     for name in ("dim", "depth", "heads"):
         value = getattr(o, name)
         if not isinstance(value, int) or value < 1:

@@ -11,13 +11,18 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from xforget.models.aliases import translate_x_transformers_kwargs
-from xforget.nn.kv_cache import Cache
-from xforget.nn.embeddings import AbsolutePositionalEmbedding, TokenEmbedding
 from xforget.models.config import BYTE_VOCAB, ModelConfig, model_config_from_dict
 from xforget.models.layers import AttentionLayers, Decoder, Encoder
 from xforget.models.options import config_layer_options
-from xforget.models.pretrained import build_from_pretrained, check_saveable, save_tokenizer, save_weights
+from xforget.models.pretrained import (
+    build_from_pretrained,
+    check_saveable,
+    save_tokenizer,
+    save_weights,
+)
 from xforget.models.validate import validate_model_config
+from xforget.nn.embeddings import AbsolutePositionalEmbedding, TokenEmbedding
+from xforget.nn.kv_cache import Cache
 
 
 class TransformerWrapper(
@@ -104,7 +109,7 @@ class TransformerWrapper(
                                      local_files_only=local_files_only, token=token)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig | dict[str, Any]) -> "TransformerWrapper":
+    def from_config(cls, cfg: ModelConfig | dict[str, Any]) -> TransformerWrapper:
         """The model described by ``cfg`` (a :class:`ModelConfig` or a plain dict of its fields).
 
         Raises:

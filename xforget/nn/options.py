@@ -118,7 +118,7 @@ def check_attention_options(options: AttentionOptions, heads: int, *, prefix: st
             outside [0, 1); the message names the field and the fix.
     """
     o = options
-    f = lambda name: f"{prefix}{name}"  # noqa: E731
+    f = lambda name: f"{prefix}{name}"
     if o.kv_heads is not None and (o.kv_heads < 1 or heads % o.kv_heads):
         ok = [k for k in range(1, heads + 1) if heads % k == 0]
         raise ValueError(f"{f('kv_heads')}={o.kv_heads} must divide {f('heads')}={heads}; use one of {ok} (1 = multi-query)")
