@@ -29,7 +29,7 @@ def _split(t, heads):
 @pytest.mark.parametrize("heads,alibi_heads", [(6, None), (4, 2)])
 def test_alibi_attention_matches_float64(causal, heads, alibi_heads):
     dim, n = 6 * heads, 17
-    attn = Attention(dim, heads, causal=causal, bias="alibi", bias_options=dict(alibi_num_heads=alibi_heads))
+    attn = Attention(dim, heads, causal=causal, bias="alibi", alibi_num_heads=alibi_heads)
     x = torch.randn(2, n, dim)
     out, _, _ = attn(x, positions=torch.arange(n))
     slopes = torch.zeros(heads, dtype=torch.float64)

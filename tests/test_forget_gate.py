@@ -22,7 +22,7 @@ def _split(t, heads):
 def test_attention_layer_with_forget_gate_matches_float64(divisor, causal, bias_init):
     dim, heads, n, b = 32, 4, 24, 2
     attn = Attention(dim, heads, causal=causal, bias="fox",
-                     bias_options=dict(forget_gate_divisor=divisor, forget_gate_bias_init=bias_init))
+                     forget_gate_divisor=divisor, forget_gate_bias_init=bias_init)
     with torch.no_grad():  # spread the gate logits so some heads decay strongly
         attn.bias.to_gate_logits.weight.mul_(8.0)
     x = torch.randn(b, n, dim)

@@ -80,7 +80,7 @@ def _memory_reference(attn, x, causal, softclamp=None):
 def test_memory_kv_is_never_decayed_float64(causal, softclamp):
     torch.manual_seed(0)
     attn = Attention(32, 2, causal=causal, bias="fox", num_mem_kv=3, softclamp_logits=softclamp,
-                     bias_options=dict(forget_gate_bias_init=-3.0))  # strong decay: f ~ 0.05
+                     forget_gate_bias_init=-3.0)  # strong decay: f ~ 0.05
     x = torch.randn(2, 12, 32)
     out = attn(x, positions=torch.arange(12))[0]
     # measured 7.3e-7 vs the reference

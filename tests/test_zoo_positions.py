@@ -109,7 +109,7 @@ def _layer_f64(attn: Attention, x: torch.Tensor, bias: torch.Tensor, causal: boo
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_t5_attention_matches_float64(causal):
-    attn = Attention(32, 4, causal=causal, bias="t5", bias_options=dict(num_buckets=8, max_distance=16))
+    attn = Attention(32, 4, causal=causal, bias="t5", num_buckets=8, max_distance=16)
     torch.nn.init.normal_(attn.bias.table.weight, std=1.0)
     x = torch.randn(2, 24, 32)
     pos = torch.arange(24)
@@ -121,7 +121,7 @@ def test_t5_attention_matches_float64(causal):
 
 
 def test_dynamic_bias_is_an_mlp_of_the_distance_float64():
-    attn = Attention(32, 4, causal=True, bias="dynamic", bias_options=dict(dynamic_bias_log_distance=True))
+    attn = Attention(32, 4, causal=True, bias="dynamic", dynamic_bias_log_distance=True)
     x = torch.randn(1, 12, 32)
     mlp = attn.bias.mlp.double()
     dist = torch.arange(12)[:, None] - torch.arange(12)[None, :]
@@ -135,7 +135,7 @@ def test_dynamic_bias_is_an_mlp_of_the_distance_float64():
 
 def test_fox_per_row_matches_explicit_sums_float64():
     # divisor 3 != sqrt(per_row_dim_head) = 2, so swapping the logit scale and the divisor shows
-    attn = Attention(32, 2, causal=True, bias="fox_per_row", bias_options=dict(per_row_dim_head=4, forget_gate_divisor=3.0))
+    attn = Attention(32, 2, causal=True, bias="fox_per_row", per_row_dim_head=4, forget_gate_divisor=3.0)
     x = torch.randn(1, 9, 32)
     qk = (x.double() @ attn.bias.to_qk.weight.double().T).view(1, 9, 2, 2, 4)
     qs, ks = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)  # (1, h, n, 4)

@@ -12,10 +12,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 
-
 @dataclass
 class ModelConfig:
-    """Every model option, with defaults (see :class:`xforget.models.layers.AttentionLayers`).
+    """Every model option, with defaults: the Hydra schema of the ``model/`` group.
+
+    The layer fields have the names of :class:`xforget.models.options.LayerOptions`
+    (documented there), which :func:`xforget.models.options.config_layer_options`
+    builds from this config in one place.
 
     ``position`` is a scheme name or a list of names; ``kind`` is ``decoder``
     (causal) or ``encoder`` (bidirectional). Scheme-specific options left at
@@ -70,7 +73,7 @@ class ModelConfig:
     attn_backend: str | None = None
     attn_prune: bool = True  # adaptive computation pruning (xforget.ops.prune); false: every key computed
     attn_prune_eps: float = 1e-6  # pruned attention mass per row
-    extra: dict = field(default_factory=dict)  # forward-compatible layer options (validated by the layers)
+    extra: dict = field(default_factory=dict)  # further layer options or x-transformers aliases (e.g. cross_attend)
 
 
 _WRAPPER_KEYS = {"num_tokens", "max_seq_len", "tie_embedding"}

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from xforget.nn.kv_cache import Cache
-from xforget.nn.embeddings import AbsolutePositionalEmbedding
 from xforget.models.layers import AttentionLayers
-from xforget.models.wrapper import TransformerWrapper, _join_masks
+from xforget.models.wrapper import TransformerWrapper, _seen, run_layers
+from xforget.nn.embeddings import AbsolutePositionalEmbedding
+from xforget.nn.kv_cache import Cache
 
 
 class ContinuousTransformerWrapper(nn.Module):
@@ -54,14 +54,8 @@ class ContinuousTransformerWrapper(nn.Module):
         self.memory_tokens = nn.Parameter(torch.randn(num_memory_tokens, dim) * 0.02) if num_memory_tokens else None
 
     def forward(
-        self,
-        x: Tensor,
-        *,
-        mask: Tensor | None = None,
-        cache: Cache | None = None,
-        return_cache: bool = False,
-        context: Tensor | None = None,
-        context_mask: Tensor | None = None,
+        self, x: Tensor, *, mask: Tensor | None = None, cache: Cache | None = None, return_cache: bool = False,
+        context: Tensor | None = None, context_mask: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Cache]:
         """x (batch, n, dim_in) float -> (batch, n, dim_out).
 
@@ -75,7 +69,7 @@ class ContinuousTransformerWrapper(nn.Module):
         b, n = x.shape[:2]
         if mask is not None and tuple(mask.shape) != (b, n):
             raise ValueError(f"mask shape {tuple(mask.shape)} must be (batch, n) = {(b, n)}")
-        seen = cache.seen if cache is not None and cache.seen is not None else torch.zeros(b, dtype=torch.long, device=x.device)
+        seen = _seen(cache, b, x.device)
         h = self.project_in(x)
         if h.shape[-1] != self.attn_layers.dim:
             raise ValueError(f"input width {x.shape[-1]} does not match the model width {self.attn_layers.dim}; set dim_in")
@@ -88,14 +82,7 @@ class ContinuousTransformerWrapper(nn.Module):
         positions = TransformerWrapper._positions(b, n, mask, seen, x.device)
         if self.pos_emb is not None:
             h = h + self.pos_emb(positions)
-        key_mask = _join_masks(None if cache is None else cache.mask, mask, cache.length if cache else 0, b, n, x.device)
-        h, layer_caches = self.attn_layers(
-            h, positions=positions, mask=mask, key_mask=key_mask,
-            caches=cache.layers if cache is not None and cache.layers else None,
-            context=context, context_mask=context_mask,
-        )
+        h, new_cache = run_layers(self.attn_layers, h, positions, mask=mask, cache=cache, seen=seen,
+                                  return_cache=return_cache, context=context, context_mask=context_mask)
         out = self.project_out(h[:, n_mem:])
-        if not return_cache:
-            return out
-        new_seen = seen + (n if mask is None else mask.sum(-1))
-        return out, Cache(layers=layer_caches, mask=key_mask, seen=new_seen)
+        return (out, new_cache) if return_cache else out

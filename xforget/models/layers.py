@@ -10,27 +10,33 @@ CrossAttender). For a fully custom sequence give it whole with ``depth=1``
 (e.g. ``layer_pattern="aafaf", depth=1``). Each sublayer is a residual branch
 whose norms follow ``norm_style`` (pre / post / sandwich, see
 :mod:`xforget.nn.norms`). One ``position=`` flag picks the positional scheme(s);
-see :mod:`xforget.models.positions`. Every option is checked up front by
-:func:`xforget.models.validate.check_layer_options`.
+see :mod:`xforget.models.positions`. The options are one
+:class:`~xforget.models.options.LayerOptions`, checked up front by
+:func:`xforget.models.validate.check_layer_options` and passed down to every
+attention layer.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from xforget.models.aliases import translate_x_transformers_kwargs
+from xforget.models.options import LayerOptions, layer_options
+from xforget.models.positions import PositionPlan, resolve_position
+from xforget.models.validate import check_layer_options
 from xforget.nn.attention import Attention
-from xforget.nn.kv_cache import LayerCache
 from xforget.nn.bias import get_bias_builder
 from xforget.nn.embeddings import ScaledSinusoidalEmbedding
 from xforget.nn.feedforward import FeedForward
+from xforget.nn.kv_cache import LayerCache
 from xforget.nn.norms import make_norm
 from xforget.nn.rotary import RotaryEmbedding
-from xforget.models.validate import check_layer_options
+
+SELF_ATTENTION_INPUTS = ("positions", "mask", "key_mask")
+CROSS_ATTENTION_INPUTS = ("context", "context_mask")
 
 
 class Sublayer(nn.Module):
@@ -93,34 +99,28 @@ class Block(nn.Module):
         return sum(layer.kind == "a" for layer in self.layers)
 
     def forward(
-        self,
-        x: Tensor,
-        *,
-        positions: Tensor | None = None,
-        mask: Tensor | None = None,
-        key_mask: Tensor | None = None,
-        first_values: Tensor | None = None,
-        caches: Sequence[LayerCache] | None = None,
-        context: Tensor | None = None,
-        context_mask: Tensor | None = None,
+        self, x: Tensor, *, first_values: Tensor | None = None, caches: Sequence[LayerCache] | None = None,
+        **inputs: Tensor | None,
     ) -> tuple[Tensor, Tensor | None, list[LayerCache]]:
         """Run the sublayers in order.
 
-        Returns (x, the first self-attention values of the stack so far (for the
-        value residual), one new cache per self-attention sublayer).
+        ``inputs`` are those of :meth:`AttentionLayers.forward`: each self-attention
+        sublayer reads positions, mask and key_mask, each cross-attention sublayer
+        context and context_mask. Returns (x, the first self-attention values of the
+        stack so far (for the value residual), one new cache per self-attention sublayer).
         """
+        self_inputs = {name: inputs.get(name) for name in SELF_ATTENTION_INPUTS}
+        cross_inputs = {name: inputs.get(name) for name in CROSS_ATTENTION_INPUTS}
         cache_iter: Iterator | None = None if caches is None else iter(caches)
         new_caches = []
         for layer in self.layers:
             if layer.kind == "a":
-                x, values, cache = layer(
-                    x, positions=positions, mask=mask, key_mask=key_mask, first_values=first_values,
-                    cache=None if cache_iter is None else next(cache_iter),
-                )
+                cache = None if cache_iter is None else next(cache_iter)
+                x, values, cache = layer(x, first_values=first_values, cache=cache, **self_inputs)
                 first_values = values if first_values is None else first_values
                 new_caches.append(cache)
             elif layer.kind == "c":
-                x, _, _ = layer(x, context=context, context_mask=context_mask)
+                x, _, _ = layer(x, **cross_inputs)
             else:
                 x, _, _ = layer(x)
         return x, first_values, new_caches
@@ -134,127 +134,71 @@ class AttentionLayers(nn.Module):
         depth: number of blocks (repetitions of the pattern).
         heads: attention heads (must divide dim unless dim_head is given).
         causal: causal (Decoder) or bidirectional (Encoder).
-        position: scheme name or list of names (``none``, ``absolute``,
-            ``sinusoidal``, ``rotary``, ``alibi``, ``t5``, ``dynamic``, ``fox``,
-            ``fox_per_row``, and any registered bias). ``sinusoidal`` is added to
-            the input here; ``absolute`` (a table of max_seq_len rows) by the wrapper.
-        dim_head: channels per head (default dim // heads).
-        ff_mult, ff_activation: feed-forward width multiplier and activation
-            (gelu, relu, relu2, silu, swiglu, geglu).
-        norm: layernorm, rmsnorm or scalenorm; norm_style: pre, post or sandwich.
-        dropout: default dropout of attention weights and feed-forward activations;
-            attn_dropout / ff_dropout override it for one of them.
-        forget_gate_divisor, forget_gate_bias_init: FoX gate options (fox, fox_per_row).
-        alibi_num_heads: ALiBi on the first N heads only.
-        rotary_dim, rotary_base, rotary_xpos, rotary_xpos_scale_base: rotary options.
-        num_buckets, max_distance: T5 bias options.
-        dynamic_bias_dim, dynamic_bias_depth, dynamic_bias_log_distance: dynamic bias MLP.
-        per_row_dim_head: small gate head dim of fox_per_row.
-        kv_heads, num_mem_kv, qk_norm, output_gate, kv_shift, output_norm,
-            softclamp_logits: attention options (see :class:`xforget.nn.attention.Attention`).
-        value_residual, value_residual_mix: ResFormer value residual.
-        layer_pattern: the pattern of one block (default "af", "acf" with cross_attend).
-        cross_attend: add cross-attention to a context (default pattern "acf").
-        context_dim: width of the context (default dim).
-        attn_backend: attention kernel override ("auto", "reference", "fold", ...).
-        attn_prune: adaptive computation pruning of keys the forget gate (or ALiBi)
-            has provably made negligible (:mod:`xforget.ops.prune`); False: exact.
-        attn_prune_eps: pruned attention mass per row (default 1e-6).
+        **options: any field of :class:`~xforget.models.options.LayerOptions` (position,
+            dim_head, ff_mult, norm, the scheme and attention options, ...; documented
+            there and on :class:`~xforget.nn.options.AttentionOptions`), or its
+            x-transformers alias (:mod:`xforget.models.aliases`). ``sinusoidal`` positions
+            are added to the input here; ``absolute`` (a table of max_seq_len rows) by the wrapper.
+    Attributes:
+        options: the :class:`~xforget.models.options.LayerOptions` the stack was built from;
+            every attention layer gets it too.
+        plan: the resolved :class:`~xforget.models.positions.PositionPlan`.
     Raises:
+        TypeError: an unknown option, listing the valid ones.
         ValueError: invalid or incompatible options, naming the field (see :mod:`xforget.models.validate`).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        depth: int,
-        heads: int,
-        *,
-        causal: bool = True,
-        position: str | Sequence[str] = "none",
-        dim_head: int | None = None,
-        ff_mult: float = 4,
-        ff_activation: str = "gelu",
-        norm: str = "layernorm",
-        norm_style: str = "pre",
-        dropout: float = 0.0,
-        attn_dropout: float | None = None,
-        ff_dropout: float | None = None,
-        forget_gate_divisor: float = 1.0,
-        forget_gate_bias_init: float = 0.0,
-        alibi_num_heads: int | None = None,
-        rotary_dim: int | None = None,
-        rotary_base: float = 10000.0,
-        rotary_xpos: bool = False,
-        rotary_xpos_scale_base: float = 512.0,
-        num_buckets: int | None = None,
-        max_distance: int | None = None,
-        dynamic_bias_dim: int | None = None,
-        dynamic_bias_depth: int | None = None,
-        dynamic_bias_log_distance: bool = False,
-        per_row_dim_head: int | None = None,
-        kv_heads: int | None = None,
-        num_mem_kv: int = 0,
-        qk_norm: bool | str = False,
-        output_gate: bool = False,
-        kv_shift: bool = False,
-        output_norm: bool = False,
-        softclamp_logits: float | None = None,
-        value_residual: bool = False,
-        value_residual_mix: str = "learned",
-        layer_pattern: str | None = None,
-        cross_attend: bool = False,
-        context_dim: int | None = None,
-        attn_backend: str | None = None,
-        attn_prune: bool = True,
-        attn_prune_eps: float = 1e-6,
-    ) -> None:
+    def __init__(self, dim: int, depth: int, heads: int, *, causal: bool = True, **options: Any) -> None:
         super().__init__()
-        options = {k: v for k, v in locals().items() if k not in ("self", "causal", "__class__")}
-        self.plan = plan = check_layer_options(options, causal=causal)
-        self.dim, self.depth, self.heads, self.causal = dim, depth, heads, causal
-        head_dim = dim // heads if dim_head is None else dim_head
-        self.layer_pattern = layer_pattern or ("acf" if cross_attend else "af")
-        self.pos_emb = ScaledSinusoidalEmbedding(dim) if plan.embedding == "sinusoidal" else None
+        built = layer_options(type(self).__name__, dict(dim=dim, depth=depth, heads=heads, **options))
+        self._build(built, causal, check_layer_options(built, causal=causal))
+
+    @classmethod
+    def from_options(cls, options: LayerOptions, *, causal: bool) -> AttentionLayers:
+        """The stack for ``options`` that have already been validated (e.g. by
+        :func:`~xforget.models.validate.validate_model_config`), without validating them again.
+
+        Raises:
+            ValueError: an invalid ``position`` (the rest is not checked again).
+        """
+        layers = cls.__new__(cls)  # skips the keyword constructor and its validation
+        nn.Module.__init__(layers)
+        layers._build(options, causal, resolve_position(options.position))
+        return layers
+
+    def _build(self, options: LayerOptions, causal: bool, plan: PositionPlan) -> None:
+        o = options
+        self.options, self.plan = o, plan
+        self.dim, self.depth, self.heads, self.causal = o.dim, o.depth, o.heads, causal
+        self.layer_pattern = o.layer_pattern or ("acf" if o.cross_attend else "af")
+        self.pos_emb = ScaledSinusoidalEmbedding(o.dim) if plan.embedding == "sinusoidal" else None
         self.rotary = (
-            RotaryEmbedding(head_dim, rotary_dim, rotary_base, xpos=rotary_xpos, xpos_scale_base=rotary_xpos_scale_base)
+            RotaryEmbedding(o.head_dim, o.rotary_dim, o.rotary_base, xpos=o.rotary_xpos,
+                            xpos_scale_base=o.rotary_xpos_scale_base)
             if plan.rotary
             else None
         )
-        bias_options = {k: options[k] for k in (
-            "forget_gate_divisor", "forget_gate_bias_init", "alibi_num_heads", "num_buckets", "max_distance",
-            "dynamic_bias_dim", "dynamic_bias_depth", "dynamic_bias_log_distance", "per_row_dim_head",
-        )}
         bias = plan.bias
         if bias is not None and get_bias_builder(bias).shared:  # one position table for the whole stack
-            bias = get_bias_builder(bias).from_options(dim=dim, heads=heads, causal=causal, options=bias_options)
-        self.value_residual = value_residual
-        attn_dropout = dropout if attn_dropout is None else attn_dropout
-        ff_dropout = dropout if ff_dropout is None else ff_dropout
-        shared_attn = dict(
-            dim_head=dim_head, kv_heads=kv_heads, num_mem_kv=num_mem_kv, qk_norm=qk_norm, output_gate=output_gate,
-            output_norm=output_norm, softclamp_logits=softclamp_logits, dropout=attn_dropout, backend=attn_backend,
-            prune=attn_prune, prune_eps=attn_prune_eps,
-        )
+            bias = get_bias_builder(bias).from_options(dim=o.dim, heads=o.heads, causal=causal, options=o.scheme_values())
+        self.value_residual = o.value_residual
         first_self_attn = True
 
         def make(kind: str) -> nn.Module:
             nonlocal first_self_attn
             if kind == "f":
-                return FeedForward(dim, ff_mult, ff_activation, ff_dropout)
+                return FeedForward(o.dim, o.ff_mult, o.ff_activation, o.feedforward_dropout)
             if kind == "c":
-                return Attention(dim, heads, causal=False, cross=True, context_dim=context_dim, **shared_attn)
-            mix = value_residual_mix if value_residual and not first_self_attn else None
+                return Attention(o.dim, o.heads, o, causal=False, cross=True, context_dim=o.context_dim)
+            mix = o.value_residual_mix if o.value_residual and not first_self_attn else None
             first_self_attn = False
-            return Attention(
-                dim, heads, causal=causal, bias=bias, bias_options=bias_options, rotary=self.rotary,
-                value_residual_mix=mix, kv_shift=kv_shift, **shared_attn,
-            )
+            return Attention(o.dim, o.heads, o, causal=causal, bias=bias, rotary=self.rotary, value_residual_mix=mix)
 
         self.blocks = nn.ModuleList(
-            Block([Sublayer(kind, make(kind), dim, norm, norm_style) for kind in self.layer_pattern]) for _ in range(depth)
+            Block([Sublayer(kind, make(kind), o.dim, o.norm, o.norm_style) for kind in self.layer_pattern])
+            for _ in range(o.depth)
         )
-        self.final_norm = make_norm(norm, dim) if norm_style != "post" else nn.Identity()
+        self.final_norm = make_norm(o.norm, o.dim) if o.norm_style != "post" else nn.Identity()
 
     def sublayers(self) -> Iterator[Sublayer]:
         """All sublayers in execution order."""
@@ -262,15 +206,9 @@ class AttentionLayers(nn.Module):
             yield from block.layers
 
     def forward(
-        self,
-        x: Tensor,
-        *,
-        positions: Tensor | None = None,
-        mask: Tensor | None = None,
-        key_mask: Tensor | None = None,
-        caches: list[LayerCache] | None = None,
-        context: Tensor | None = None,
-        context_mask: Tensor | None = None,
+        self, x: Tensor, *, positions: Tensor | None = None, mask: Tensor | None = None,
+        key_mask: Tensor | None = None, caches: list[LayerCache] | None = None,
+        context: Tensor | None = None, context_mask: Tensor | None = None,
     ) -> tuple[Tensor, list[LayerCache]]:
         """x (batch, n, dim) -> (batch, n, dim), plus the updated caches (one per self-attention sublayer).
 
@@ -305,27 +243,17 @@ class AttentionLayers(nn.Module):
         return self.final_norm(x), new_caches
 
 
-def _check_keywords(cls_name: str, kwargs: dict, exclude: tuple[str, ...] = ("self", "causal")) -> None:
-    valid = [p for p in inspect.signature(AttentionLayers.__init__).parameters if p not in exclude]
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise TypeError(f"{cls_name}: unknown option(s) {unknown}; valid options: {valid} (plus x-transformers aliases)")
-
-
-def _user_options(cls_name: str, kwargs: dict, why_no_causal: str) -> dict:
-    """Translate x-transformers aliases, then reject ``causal`` (fixed by the class) and unknown keys."""
-    kwargs = translate_x_transformers_kwargs(kwargs)
-    if "causal" in kwargs:
+def _fixed_causal(cls_name: str, options: dict, why_no_causal: str) -> None:
+    """Reject ``causal``: the class fixes it."""
+    if "causal" in options:
         raise TypeError(f"{cls_name} {why_no_causal}")
-    _check_keywords(cls_name, kwargs)
-    return kwargs
 
 
 class Decoder(AttentionLayers):
     """Causal stack. Accepts x-transformers flag names as aliases."""
 
     def __init__(self, dim: int, depth: int, heads: int = 8, **kwargs) -> None:
-        kwargs = _user_options("Decoder", kwargs, "is always causal; use Encoder for bidirectional attention")
+        _fixed_causal("Decoder", kwargs, "is always causal; use Encoder for bidirectional attention")
         super().__init__(dim, depth, heads, causal=True, **kwargs)
 
 
@@ -333,7 +261,7 @@ class Encoder(AttentionLayers):
     """Bidirectional stack (the forget gate gets a second, backward gate). Accepts x-transformers aliases."""
 
     def __init__(self, dim: int, depth: int, heads: int = 8, **kwargs) -> None:
-        kwargs = _user_options("Encoder", kwargs, "is always bidirectional; use Decoder for causal attention")
+        _fixed_causal("Encoder", kwargs, "is always bidirectional; use Decoder for causal attention")
         super().__init__(dim, depth, heads, causal=False, **kwargs)
 
 
@@ -345,6 +273,6 @@ class CrossAttender(AttentionLayers):
     """
 
     def __init__(self, dim: int, depth: int, heads: int = 8, **kwargs) -> None:
-        kwargs = _user_options("CrossAttender", kwargs, "is not causal (it attends to a context)")
+        _fixed_causal("CrossAttender", kwargs, "is not causal (it attends to a context)")
         kwargs.setdefault("layer_pattern", "cf")
         super().__init__(dim, depth, heads, causal=False, **kwargs)

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from xforget.models.aliases import translate_x_transformers_kwargs
-from xforget.nn.kv_cache import Cache
-from xforget.nn.embeddings import AbsolutePositionalEmbedding, TokenEmbedding
-from dataclasses import asdict, replace
-from typing import Any
-
-from xforget.models.config import _WRAPPER_KEYS, BYTE_VOCAB, ModelConfig, model_config_from_dict
+from xforget.models.config import BYTE_VOCAB, ModelConfig, model_config_from_dict
 from xforget.models.layers import AttentionLayers, Decoder, Encoder
-from xforget.models.pretrained import build_from_pretrained, check_saveable, save_tokenizer, save_weights
+from xforget.models.options import config_layer_options
+from xforget.models.pretrained import (
+    build_from_pretrained,
+    check_saveable,
+    save_tokenizer,
+    save_weights,
+)
 from xforget.models.validate import validate_model_config
+from xforget.nn.embeddings import AbsolutePositionalEmbedding, TokenEmbedding
+from xforget.nn.kv_cache import Cache
 
 
 class TransformerWrapper(
@@ -104,7 +109,7 @@ class TransformerWrapper(
                                      local_files_only=local_files_only, token=token)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig | dict[str, Any]) -> "TransformerWrapper":
+    def from_config(cls, cfg: ModelConfig | dict[str, Any]) -> TransformerWrapper:
         """The model described by ``cfg`` (a :class:`ModelConfig` or a plain dict of its fields).
 
         Raises:
@@ -115,19 +120,11 @@ class TransformerWrapper(
             cfg = model_config_from_dict(dict(cfg))
         if cfg.num_tokens is None:  # "from the data", and there is none here: bytes
             cfg = replace(cfg, num_tokens=BYTE_VOCAB)
-        validate_model_config(cfg)
-        values = asdict(cfg)
-        kind = values.pop("kind")
-        extra = values.pop("extra") or {}
-        layer_cls = {"decoder": Decoder, "encoder": Encoder}.get(kind)
-        if layer_cls is None:
-            raise ValueError(f"model.kind must be 'decoder' or 'encoder', got {kind!r}")
-        position = values.pop("position")
-        if not isinstance(position, str):
-            position = list(position)
-        wrapper_args = {k: values.pop(k) for k in _WRAPPER_KEYS}
-        layers = layer_cls(values.pop("dim"), values.pop("depth"), values.pop("heads"), position=position, **values, **dict(extra))
-        model = cls(attn_layers=layers, **wrapper_args)
+        validate_model_config(cfg)  # the one validation: the layers are built from checked options
+        layer_cls = Decoder if cfg.kind == "decoder" else Encoder
+        layers = layer_cls.from_options(config_layer_options(cfg), causal=cfg.kind == "decoder")
+        model = cls(attn_layers=layers, num_tokens=cfg.num_tokens, max_seq_len=cfg.max_seq_len,
+                    tie_embedding=cfg.tie_embedding)
         model._hub_mixin_config = asdict(cfg)  # config.json of save_pretrained (xforget.models.pretrained)
         return model
 
@@ -169,30 +166,17 @@ class TransformerWrapper(
         if mask is not None and mask.shape != x.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} must equal token shape {tuple(x.shape)}")
         fresh = cache is None or cache.seen is None
-        seen = torch.zeros(b, dtype=torch.long, device=x.device) if fresh else cache.seen
+        seen = _seen(cache, b, x.device)
         # without a cache every row starts at 0: no data-dependent check (a graph break under torch.compile)
         positions = torch.arange(n, device=x.device) if fresh and mask is None else self._positions(b, n, mask, seen, x.device)
 
         h = self.token_emb(x)
         if self.pos_emb is not None:
             h = h + self.pos_emb(positions)
-
-        cached_mask = None if cache is None else cache.mask
-        key_mask = _join_masks(cached_mask, mask, cache.length if cache else 0, b, n, x.device)
-        h, layer_caches = self.attn_layers(
-            h,
-            positions=positions,
-            mask=mask,
-            key_mask=key_mask,
-            caches=cache.layers if cache is not None and cache.layers else None,
-            context=context,
-            context_mask=context_mask,
-        )
+        h, new_cache = run_layers(self.attn_layers, h, positions, mask=mask, cache=cache, seen=seen,
+                                  return_cache=return_cache, context=context, context_mask=context_mask)
         out = h if return_embeddings else self.to_logits(h)
-        if not return_cache:
-            return out
-        new_seen = seen + (n if mask is None else mask.sum(-1))
-        return out, Cache(layers=layer_caches, mask=key_mask, seen=new_seen)
+        return (out, new_cache) if return_cache else out
 
     @staticmethod
     def _positions(b: int, n: int, mask: Tensor | None, seen: Tensor, device) -> Tensor:
@@ -202,6 +186,41 @@ class TransformerWrapper(
                 return torch.arange(n, device=device) + seen[0]
             return seen[:, None] + torch.arange(n, device=device)
         return seen[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _seen(cache: Cache | None, b: int, device) -> Tensor:
+    """Real tokens each row has seen before this call: (b,) int64 (zeros without a cache)."""
+    if cache is None or cache.seen is None:
+        return torch.zeros(b, dtype=torch.long, device=device)
+    return cache.seen
+
+
+def run_layers(
+    layers: AttentionLayers, h: Tensor, positions: Tensor, *, mask: Tensor | None, cache: Cache | None,
+    seen: Tensor, return_cache: bool, context: Tensor | None, context_mask: Tensor | None,
+) -> tuple[Tensor, Cache | None]:
+    """Run the attention layers over embedded inputs, with the KV-cache bookkeeping every wrapper shares.
+
+    Args:
+        h: (batch, n, dim) embedded new inputs; positions: their positions, (n,) or (batch, n) int64.
+        mask: (batch, n) bool, True = real, or None; cache: from an earlier call, or None.
+        seen: (batch,) int64 real tokens before this call (:func:`_seen`).
+        return_cache: build the updated cache (else None is returned for it).
+        context, context_mask: for cross-attention layers.
+    Returns:
+        (hidden states (batch, n, dim), the updated :class:`Cache` or None).
+    """
+    b, n = h.shape[:2]
+    key_mask = _join_masks(None if cache is None else cache.mask, mask, cache.length if cache else 0, b, n, h.device)
+    h, layer_caches = layers(
+        h, positions=positions, mask=mask, key_mask=key_mask,
+        caches=cache.layers if cache is not None and cache.layers else None,
+        context=context, context_mask=context_mask,
+    )
+    if not return_cache:
+        return h, None
+    new_seen = seen + (n if mask is None else mask.sum(-1))
+    return h, Cache(layers=layer_caches, mask=key_mask, seen=new_seen)
 
 
 def _join_masks(cached: Tensor | None, new: Tensor | None, n_cached: int, b: int, n: int, device) -> Tensor | None:

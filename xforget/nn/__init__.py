@@ -1,6 +1,7 @@
 """Building blocks: one concept per module, each a ``torch.nn.Module`` or a function over tensors.
 
 * :mod:`.attention`      -- the attention layer (projections, KV cache, value residual, FoX Pro options).
+* :mod:`.options`        -- :class:`AttentionOptions`, what an attention layer is built with (scheme options included).
 * :mod:`.bias`           -- the registry of attention-bias builders (ALiBi, forget gate, T5, dynamic, ...).
 * :mod:`.kv_cache`       -- the KV cache of a model and of one layer.
 * :mod:`.evict`          -- dropping cached keys the forget gate has forgotten.

@@ -22,6 +22,8 @@ One layer, in order (each step optional):
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +34,7 @@ from xforget.ops.dense import dense_attention
 from xforget.nn.kv_shift import KVShift
 from xforget.nn.memory_kv import MemoryKV
 from xforget.nn.norms import HeadL2Norm, HeadRMSNorm
+from xforget.nn.options import AttentionOptions, check_attention_options
 from xforget.ops import attend
 from xforget.nn.rotary import RotaryEmbedding
 from xforget.nn.value_residual import ValueResidualMix
@@ -53,69 +56,42 @@ class Attention(nn.Module):
     Args:
         dim: model width.
         heads: query heads.
-        dim_head: channels per head (default dim // heads).
+        options: the layer's :class:`~xforget.nn.options.AttentionOptions` (a stack
+            passes its own ``LayerOptions``, which is one); default all defaults.
         causal: causal (decoder) or bidirectional (encoder, cross-attention).
-        bias: name of a registered bias builder, a builder instance (shared
-            across layers), or None.
-        bias_options: model-wide options; the builder takes the keys it declares.
+        bias: name of a registered bias builder (built from the scheme options of
+            ``options``), a builder instance (shared across layers), or None.
         rotary: a shared :class:`RotaryEmbedding` or None.
         value_residual_mix: None (off), or "fixed" / "learned" for layers after the first.
-        kv_heads: key/value heads (divides heads; default heads; 1 = multi-query).
-        num_mem_kv: learned memory key/values per KV head (never decayed).
-        qk_norm: False; True = per-head RMSNorm of queries and keys; "l2" = l2-normalised
-            queries and keys times a learned per-head, per-channel scale (x-transformers'
-            ``attn_qk_norm`` with ``attn_qk_norm_dim_scale``; cosine-sim attention, Henry et al. 2020).
-        output_gate: multiply the attention output by sigmoid(W_g x + b_g) per channel.
-        kv_shift: FoX Pro data-dependent token shift of keys and values.
-        output_norm: per-head RMSNorm of the attention output.
-        softclamp_logits: c > 0 for logits <- c tanh(logits / c), or None.
-        dropout: attention-probability dropout while training.
-        cross: cross-attention (keys and values from ``context``; no positions, no cache).
+        cross: cross-attention (keys and values from ``context``; no positions, no cache,
+            no KV-shift).
         context_dim: width of the context (default dim).
-        backend: attention kernel override passed to :func:`xforget.ops.attend`.
-        prune: adaptive computation pruning of decayed keys (:mod:`xforget.ops.prune`);
-            False computes every key.
-        prune_eps: pruned attention mass per row (default 1e-6).
+        **option_values: fields of :class:`~xforget.nn.options.AttentionOptions` that
+            replace those of ``options`` (e.g. ``kv_heads=2, qk_norm=True, num_buckets=8``).
     Raises:
-        ValueError: kv_heads not dividing heads, negative num_mem_kv, bad softclamp/dropout.
+        ValueError: invalid options (:func:`~xforget.nn.options.check_attention_options`).
+        TypeError: an unknown option.
     """
 
     def __init__(
         self,
         dim: int,
         heads: int,
+        options: AttentionOptions | None = None,
         *,
-        dim_head: int | None = None,
         causal: bool = True,
         bias: str | BiasBuilder | None = None,
-        bias_options: dict | None = None,
         rotary: RotaryEmbedding | None = None,
         value_residual_mix: str | None = None,
-        kv_heads: int | None = None,
-        num_mem_kv: int = 0,
-        qk_norm: bool | str = False,
-        output_gate: bool = False,
-        kv_shift: bool = False,
-        output_norm: bool = False,
-        softclamp_logits: float | None = None,
-        dropout: float = 0.0,
         cross: bool = False,
         context_dim: int | None = None,
-        backend: str | None = None,
-        prune: bool = True,
-        prune_eps: float = 1e-6,
+        **option_values: Any,
     ) -> None:
         super().__init__()
-        dim_head = dim // heads if dim_head is None else dim_head
-        kv_heads = heads if kv_heads is None else kv_heads
-        if kv_heads < 1 or heads % kv_heads:
-            raise ValueError(f"kv_heads={kv_heads} must divide heads={heads} (1 = multi-query, heads = plain)")
-        if num_mem_kv < 0:
-            raise ValueError(f"num_mem_kv must be >= 0, got {num_mem_kv}")
-        if softclamp_logits is not None and not softclamp_logits > 0:
-            raise ValueError(f"softclamp_logits must be > 0 (or None for off), got {softclamp_logits}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"attention dropout must be in [0, 1), got {dropout}")
+        o = replace(options or AttentionOptions(), **option_values)
+        check_attention_options(o, heads)
+        dim_head = dim // heads if o.dim_head is None else o.dim_head
+        kv_heads = heads if o.kv_heads is None else o.kv_heads
         self.heads, self.kv_heads, self.dim_head, self.causal, self.cross = heads, kv_heads, dim_head, causal, cross
         context_dim = dim if context_dim is None else context_dim
         self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
@@ -124,23 +100,19 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
         self.rotary = rotary
         if isinstance(bias, str):
-            bias = get_bias_builder(bias).from_options(dim=dim, heads=heads, causal=causal, options=bias_options or {})
+            bias = get_bias_builder(bias).from_options(dim=dim, heads=heads, causal=causal, options=o.scheme_values())
         self.bias = bias
         self.value_residual = ValueResidualMix(dim, kv_heads, value_residual_mix) if value_residual_mix else None
-        self.kv_shift = KVShift(dim, kv_heads) if kv_shift else None
-        if qk_norm not in (False, True, "l2"):
-            raise ValueError(f"qk_norm={qk_norm!r}: valid are False, True (per-head RMSNorm), 'l2'")
-        if qk_norm == "l2" and num_mem_kv:
-            raise ValueError("qk_norm='l2' with memory key/values (num_mem_kv > 0) is not supported")
-        qk_cls = HeadL2Norm if qk_norm == "l2" else HeadRMSNorm
-        self.q_norm = qk_cls(heads, dim_head) if qk_norm else None
-        self.k_norm = qk_cls(kv_heads, dim_head) if qk_norm else None
-        self.memory = MemoryKV(kv_heads, num_mem_kv, dim_head) if num_mem_kv > 0 else None
-        self.out_norm = HeadRMSNorm(heads, dim_head) if output_norm else None
-        self.to_gate = nn.Linear(dim, heads * dim_head) if output_gate else None
-        self.softclamp, self.dropout = softclamp_logits, float(dropout)
-        self.backend = backend
-        self.prune, self.prune_eps = bool(prune), float(prune_eps)
+        self.kv_shift = KVShift(dim, kv_heads) if o.kv_shift and not cross else None
+        qk_cls = HeadL2Norm if o.qk_norm == "l2" else HeadRMSNorm
+        self.q_norm = qk_cls(heads, dim_head) if o.qk_norm else None
+        self.k_norm = qk_cls(kv_heads, dim_head) if o.qk_norm else None
+        self.memory = MemoryKV(kv_heads, o.num_mem_kv, dim_head) if o.num_mem_kv > 0 else None
+        self.out_norm = HeadRMSNorm(heads, dim_head) if o.output_norm else None
+        self.to_gate = nn.Linear(dim, heads * dim_head) if o.output_gate else None
+        self.softclamp, self.dropout = o.softclamp_logits, float(o.attention_dropout)
+        self.backend = o.attn_backend
+        self.prune, self.prune_eps = bool(o.attn_prune), float(o.attn_prune_eps)
 
     def _split_heads(self, t: Tensor) -> Tensor:
         b, n, _ = t.shape

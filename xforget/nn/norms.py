@@ -53,7 +53,25 @@ class RMSNorm(nn.Module):
         return F.normalize(x, dim=-1) * self.scale * self.weight
 
 
-class HeadRMSNorm(nn.Module):
+class _HeadNorm(nn.Module):
+    """Base of the per-head norms: each head's d channels are l2-normalised, then scaled
+    per head and channel (:meth:`rescale`).
+
+    Args:
+        heads: number of heads h.
+        dim_head: channels per head d.
+    Input (batch, h, n, d); output the same shape and dtype.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rescale(F.normalize(x, dim=-1))
+
+    def rescale(self, unit: Tensor) -> Tensor:
+        """unit-norm heads (batch, h, n, d) -> the normed output."""
+        raise NotImplementedError
+
+
+class HeadRMSNorm(_HeadNorm):
     """RMSNorm over the channels of each head with one gain vector *per head* (not shared).
 
     Used for QK-norm (Henry et al. 2020, arXiv 2010.04245; Dehghani et al. 2023,
@@ -65,11 +83,6 @@ class HeadRMSNorm(nn.Module):
     The gain is stored as an offset ``gamma`` (heads, dim_head) starting at 0
     (the x-transformers layout), so weight decay on this 2-d parameter pulls
     the norm towards the identity gain rather than towards zero.
-
-    Args:
-        heads: number of heads h.
-        dim_head: channels per head d.
-    Input (batch, h, n, d); output the same shape and dtype.
     """
 
     def __init__(self, heads: int, dim_head: int) -> None:
@@ -82,11 +95,11 @@ class HeadRMSNorm(nn.Module):
         """The effective per-head gain 1 + gamma, (heads, dim_head)."""
         return 1.0 + self.gamma
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(x, dim=-1) * self.scale * self.gain[:, None, :].to(x.dtype)
+    def rescale(self, unit: Tensor) -> Tensor:
+        return unit * self.scale * self.gain[:, None, :].to(unit.dtype)
 
 
-class HeadL2Norm(nn.Module):
+class HeadL2Norm(_HeadNorm):
     """l2 normalisation of each head's channels times a learned per-head, per-channel scale.
 
     The qk-norm of cosine-sim attention (Henry et al. 2020, arXiv 2010.04245) in
@@ -95,19 +108,14 @@ class HeadL2Norm(nn.Module):
         y[h] = x[h] / ||x[h]||_2 * s[h]          s initialised to dim_head ** 0.25
 
     so at initialisation q.k / sqrt(d) is the cosine similarity of q and k.
-
-    Args:
-        heads: number of heads h.
-        dim_head: channels per head d.
-    Input (batch, h, n, d); output the same shape and dtype.
     """
 
     def __init__(self, heads: int, dim_head: int) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.full((heads, dim_head), dim_head**0.25))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(x, dim=-1) * self.scale[:, None, :].to(x.dtype)
+    def rescale(self, unit: Tensor) -> Tensor:
+        return unit * self.scale[:, None, :].to(unit.dtype)
 
 
 NORMS = {
