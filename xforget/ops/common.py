@@ -36,15 +36,8 @@ class Shapes:
         return self.n_k - self.n_q
 
 
-def check_inputs(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Optional[Tensor] = None,
-    log_fgate: Optional[Tensor] = None,
-    log_bgate: Optional[Tensor] = None,
-) -> Shapes:
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None,
+                 log_fgate: Optional[Tensor] = None, log_bgate: Optional[Tensor] = None) -> Shapes:
     """Validate shapes; raise ``ValueError`` with a readable message otherwise."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
