@@ -12,9 +12,10 @@ One layer, in order (each step optional):
 6. The bias builder's bias: per-token log gates ("decay") or a dense matrix.
 7. Concatenate with the cache; prepend memory key/values (:mod:`xforget.nn.memory_kv`).
 8. Attention. The kernel follows from the bias *kind* (decay -> O(n) fold,
-   matrix -> dense bias) inside :func:`xforget.ops.attend`; options that need
+   matrix -> dense bias) and the options inside :func:`xforget.ops.attend`
+   (one routing decision, :func:`xforget.ops.dispatch.route`); options that need
    the logits themselves (``softclamp_logits``, attention dropout while
-   training) use :func:`xforget.ops.dense.dense_attention`. No scheme
+   training) take the materialised path of :mod:`xforget.ops.dense`. No scheme
    names appear here.
 9. Per-head output RMSNorm, output gate sigmoid(W_g x) (FoX Pro, arXiv
    2503.02130 section 4.2), output projection.
@@ -30,7 +31,6 @@ from torch import Tensor, nn
 
 from xforget.nn.bias import BiasBuilder, get_bias_builder
 from xforget.nn.kv_cache import LayerCache, extend
-from xforget.ops.dense import dense_attention
 from xforget.nn.kv_shift import KVShift
 from xforget.nn.memory_kv import MemoryKV
 from xforget.nn.norms import HeadL2Norm, HeadRMSNorm
@@ -221,57 +221,31 @@ class Attention(nn.Module):
     ) -> Tensor:
         """Attention of q (b, h, n_q, d) over k, v (b, kv_heads, n_k, d) -> (b, h, n_q, d).
 
+        :func:`xforget.ops.attend` picks the kernel (:func:`xforget.ops.dispatch.route`)
+        from the bias kind and this layer's options: memory keys, softclamp, dropout
+        (only while training).
+
         Grouped-query convention: query head i reads KV head ``i % kv_heads``
         (x-transformers' layout, so its GQA weights load unchanged). The kernels
         use the repeat-interleave convention (head j reads KV head ``j // groups``),
         so the query heads -- and everything per query head -- are reordered
         around the call.
         """
-        if self.kv_heads == self.heads:
-            return self._kernel(q, k, v, key_mask, log_fgate, log_bgate, dense_bias, causal, key_norm)
-        order = torch.arange(self.heads, device=q.device).view(-1, self.kv_heads).t().reshape(-1)
+        order = None
+        if self.kv_heads != self.heads:
+            order = torch.arange(self.heads, device=q.device).view(-1, self.kv_heads).t().reshape(-1)
 
         def reorder(t: Tensor | None) -> Tensor | None:
-            return t if t is None or t.shape[1] == 1 else t[:, order]
+            return t if order is None or t is None or t.shape[1] == 1 else t[:, order]
 
-        out = self._kernel(reorder(q), k, v, key_mask, reorder(log_fgate), reorder(log_bgate), reorder(dense_bias), causal,
-                           key_norm)
-        return out[:, order.argsort()]
-
-    def _kernel(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        key_mask: Tensor | None,
-        log_fgate: Tensor | None,
-        log_bgate: Tensor | None,
-        dense_bias: Tensor | None,
-        causal: bool | None,
-        key_norm: Tensor | None = None,
-    ) -> Tensor:
-        """Pick the kernel. Options that need the logits (softclamp, dropout while
-        training), more queries than keys (cross-attention to a short context) and
-        memory with a bidirectional decay go to the dense path; memory otherwise to
-        the memory fold; everything else to :func:`attend`, which picks by bias kind."""
-        causal = self.causal if causal is None else causal
-        dropout = self.dropout if self.training else 0.0
-        memory = None if self.memory is None else self.memory.batch(q.shape[0], k.dtype)
-        decayed = log_fgate is not None or log_bgate is not None
-        dense = self.softclamp is not None or dropout > 0 or q.shape[2] > k.shape[2] or (memory is not None and not causal and decayed)
-        if dense:
-            return dense_attention(
-                q, k, v, causal=causal, mask=key_mask, log_fgate=log_fgate, log_bgate=log_bgate, bias=dense_bias,
-                memory=memory, softclamp=self.softclamp, dropout=dropout,
-            )
-        if self.memory is not None:
-            return self.memory.attend(
-                q, k, v, causal=causal, mask=key_mask, log_fgate=log_fgate, bias=dense_bias, backend=self.backend
-            )
-        return attend(
-            q, k, v, causal=causal, mask=key_mask, log_fgate=log_fgate, log_bgate=log_bgate, bias=dense_bias,
+        out = attend(
+            reorder(q), k, v, causal=self.causal if causal is None else causal, mask=key_mask,
+            log_fgate=reorder(log_fgate), log_bgate=reorder(log_bgate), bias=reorder(dense_bias),
             backend=self.backend, prune=self.prune, prune_eps=self.prune_eps, key_norm=key_norm,
+            memory=None if self.memory is None else self.memory.batch(q.shape[0], k.dtype),
+            softclamp=self.softclamp, dropout=self.dropout if self.training else 0.0,
         )
+        return out if order is None else out[:, order.argsort()]
 
     def _project_out(self, out: Tensor, x: Tensor) -> Tensor:
         """(b, h, n, d) attention output -> (b, n, dim): output norm, output gate, projection."""

@@ -1,16 +1,8 @@
 """Shared argument checking and small helpers for the attention ops.
 
-Conventions used by every backend (see DESIGN.md section 2):
-
-* ``q`` is ``(b, h, n_q, d)``; ``k`` and ``v`` are ``(b, h_kv, n_k, d)`` with
-  ``h_kv`` dividing ``h`` (grouped-query attention: query head ``i`` reads kv
-  head ``i // (h // h_kv)``, the ``repeat_interleave`` convention of
-  ``torch.nn.functional.scaled_dot_product_attention(enable_gqa=True)``).
-* When ``n_q < n_k`` the queries are the *last* ``n_q`` positions: query ``m``
-  sits at position ``m + (n_k - n_q)``.
-* ``mask`` is ``(b, n_k)`` bool, True = real key.  Pad keys neither forget
-  (their log gate is treated as 0) nor receive attention weight.
-* Gates are cumulated in (at least) fp32: ``c = cumsum(log_fgate)``.
+The conventions every backend follows (shapes, grouped-query heads, queries
+as the last keys, key masks, gates cumulated in >= fp32) are written down with
+the backend interface, :mod:`xforget.ops.backend`.
 """
 
 from __future__ import annotations
@@ -44,15 +36,8 @@ class Shapes:
         return self.n_k - self.n_q
 
 
-def check_inputs(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Optional[Tensor] = None,
-    log_fgate: Optional[Tensor] = None,
-    log_bgate: Optional[Tensor] = None,
-) -> Shapes:
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None,
+                 log_fgate: Optional[Tensor] = None, log_bgate: Optional[Tensor] = None) -> Shapes:
     """Validate shapes; raise ``ValueError`` with a readable message otherwise."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
@@ -116,14 +101,21 @@ def gate_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def cumulative_gate(log_gate: Optional[Tensor], mask: Optional[Tensor], s: Shapes) -> Optional[Tensor]:
-    """``cumsum(log_gate)`` along keys in >= fp32, shape ``(b, h, n_k)``.
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The >= fp32 dtype the materialised paths compute logits and softmax in for inputs of ``dtype``."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def cumulative_gate(
+    log_gate: Optional[Tensor], mask: Optional[Tensor], s: Shapes, dtype: Optional[torch.dtype] = None
+) -> Optional[Tensor]:
+    """``cumsum(log_gate)`` along keys, shape ``(b, h, n_k)``, in ``dtype`` (default :func:`gate_dtype`, >= fp32).
 
     Pad keys (``mask`` False) contribute 0: they do not forget.
     """
     if log_gate is None:
         return None
-    g = log_gate.to(gate_dtype(log_gate)).expand(s.b, s.h, s.n_k)
+    g = log_gate.to(gate_dtype(log_gate) if dtype is None else dtype).expand(s.b, s.h, s.n_k)
     if mask is not None:
         g = g.masked_fill(~mask[:, None, :], 0.0)
     return g.cumsum(-1)

@@ -15,7 +15,8 @@ from typing import Callable, Optional
 
 import torch
 
-from xforget.ops.common import Shapes, Tensor, default_scale
+from xforget.ops.backend import AttentionCall
+from xforget.ops.common import Tensor
 from xforget.ops.fold import fold_attention
 
 _FLA: Optional[Callable] = None
@@ -37,38 +38,23 @@ def fla_kernel() -> Optional[Callable]:
     return _FLA
 
 
-def cuda_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_fgate: Optional[Tensor],
-    *,
-    shapes: Shapes,
-    causal: bool = True,
-    mask: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-    log_bgate: Optional[Tensor] = None,
-    prune: bool = True,
-    prune_eps: float = 1e-6,
-    key_norm: Optional[Tensor] = None,
-) -> Tensor:
+def cuda_attention(call: AttentionCall) -> Tensor:
     """Causal forgetting attention on CUDA tensors; returns q's dtype.
 
-    ``prune``/``prune_eps``/``key_norm`` are accepted for a uniform call; pruning
-    is not implemented on CUDA yet (the fold there computes every tile).
+    ``call.prune`` is not implemented on CUDA yet (the fold there computes
+    every tile).
 
     Raises ``ValueError`` for CPU tensors or ``causal=False``.
     """
-    if not q.is_cuda:
+    if not call.q.is_cuda:
         raise ValueError("backend 'cuda' needs CUDA tensors; use 'fold', 'chunked' or 'reference' on CPU")
-    if not causal:
-        raise ValueError("backend 'cuda' serves causal attention only; use 'chunked' for causal=False")
-    s = shapes
+    call.require_causal("cuda")
+    s, q, log_fgate = call.shapes, call.q, call.log_fgate
     kernel = fla_kernel()
     if (
         kernel is not None
         and log_fgate is not None
-        and mask is None
+        and call.mask is None
         and s.n_q == s.n_k
         and s.d == s.d_v
         and q.dtype in (torch.float16, torch.bfloat16)
@@ -76,12 +62,10 @@ def cuda_attention(
         g = log_fgate.float().expand(s.b, s.h, s.n_k).transpose(1, 2).contiguous()  # (b, n, h)
         out = kernel(
             q.transpose(1, 2).contiguous(),
-            k.transpose(1, 2).contiguous(),
-            v.transpose(1, 2).contiguous(),
+            call.k.transpose(1, 2).contiguous(),
+            call.v.transpose(1, 2).contiguous(),
             g,
-            scale=default_scale(s.d, scale),
+            scale=call.scale,
         )
         return out.transpose(1, 2).to(q.dtype)
-    return fold_attention(
-        q, k, v, log_fgate, shapes=s, causal=True, mask=mask, scale=scale, log_bgate=log_bgate, channel_multiple=8
-    )
+    return fold_attention(call, channel_multiple=8)

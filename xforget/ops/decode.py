@@ -19,51 +19,36 @@ from typing import Optional
 import torch
 
 from xforget.ops import prune as acp
-from xforget.ops.common import Shapes, Tensor, cumulative_gate, default_scale, valid_rows, zero_invalid_rows
+from xforget.ops.backend import AttentionCall
+from xforget.ops.common import Shapes, Tensor, compute_dtype, valid_rows, zero_invalid_rows
 
 MAX_DECODE_QUERIES = 16
 
 
-def decode_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_fgate: Optional[Tensor],
-    *,
-    shapes: Shapes,
-    causal: bool = True,
-    mask: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-    log_bgate: Optional[Tensor] = None,
-    prune: bool = True,
-    prune_eps: float = acp.PRUNE_EPS,
-    key_norm: Optional[Tensor] = None,
-) -> Tensor:
+def decode_attention(call: AttentionCall) -> Tensor:
     """Causal forgetting attention for few queries (the last n_q positions).
 
-    Shapes as in :func:`xforget.ops.forgetting_attention`. Memory
-    O(b * h * n_q * n_k).  ``prune``: skip each head's provably forgotten key
-    prefix (bound in :mod:`xforget.ops.prune`).
+    Memory O(b * h * n_q * n_k).  ``call.prune``: skip each head's provably
+    forgotten key prefix (bound in :mod:`xforget.ops.prune`).
 
     Raises:
         ValueError: ``causal=False`` (use "chunked").
     """
-    if not causal:
-        raise ValueError("backend 'decode' is causal only; use 'chunked' or 'reference' for bidirectional attention")
-    s = shapes
-    c = cumulative_gate(log_fgate, mask, s)
-    if prune and c is not None and s.n_k > 64:
-        out = _pruned(q, k, v, c, mask, s, scale, causal, prune_eps, key_norm)
+    call.require_causal("decode")
+    s, q, k, v, mask = call.shapes, call.q, call.k, call.v, call.mask
+    c = call.forward_decay()
+    if call.prune and c is not None and s.n_k > 64:
+        out = _pruned(q, k, v, c, mask, s, call.scale, call.prune_eps, call.key_norm)
         if out is not None:
             return out
-    return _decode(q, k, v, c, mask, s, scale, causal, 0)
+    return _decode(q, k, v, c, mask, s, call.scale, 0)
 
 
 @torch.compiler.disable  # data-dependent starts: runs eagerly inside torch.compile
-def _pruned(q, k, v, c, mask, s: Shapes, scale, causal, prune_eps, key_norm) -> Optional[Tensor]:
+def _pruned(q, k, v, c, mask, s: Shapes, scale: float, prune_eps, key_norm) -> Optional[Tensor]:
     """Attention from each (batch, kv head)'s first kept key, or None when nothing is skipped."""
     kn = acp.key_norms(k, s.h, mask, key_norm)
-    start = acp.decode_starts(q, kn, c, mask, s, default_scale(s.d, scale), prune_eps)  # (b, h)
+    start = acp.decode_starts(q, kn, c, mask, s, scale, prune_eps)  # (b, h)
     g = s.h // s.h_kv
     kv_start = start.view(s.b, s.h_kv, g).amin(-1)  # (b, h_kv): a kv head serves its whole group
     acp.record("decode", kv_start.repeat_interleave(g, dim=1).double() * s.n_q,
@@ -73,12 +58,11 @@ def _pruned(q, k, v, c, mask, s: Shapes, scale, causal, prune_eps, key_norm) -> 
     if max(max(r) for r in starts) == 0:
         return None
     if all(x == lo for r in starts for x in r):
-        return _decode(q, k[:, :, lo:], v[:, :, lo:], c[..., lo:], None if mask is None else mask[:, lo:],
-                       s, scale, causal, lo)
+        return _decode(q, k[:, :, lo:], v[:, :, lo:], c[..., lo:], None if mask is None else mask[:, lo:], s, scale, lo)
     return _decode_rows(q, k, v, c, mask, s, scale, starts)
 
 
-def _decode_rows(q, k, v, c, mask, s: Shapes, scale, starts) -> Tensor:
+def _decode_rows(q, k, v, c, mask, s: Shapes, scale: float, starts) -> Tensor:
     """One (batch, kv head) at a time, each from its own first kept key."""
     g = s.h // s.h_kv
     outs = []
@@ -90,20 +74,19 @@ def _decode_rows(q, k, v, c, mask, s: Shapes, scale, starts) -> Tensor:
             sub = Shapes(1, g, 1, s.n_q, s.n_k, s.d, s.d_v)  # _decode drops the first lo keys
             heads.append(_decode(
                 q[bi: bi + 1, hs], k[bi: bi + 1, j: j + 1, lo:], v[bi: bi + 1, j: j + 1, lo:],
-                c[bi: bi + 1, hs, lo:], None if mask is None else mask[bi: bi + 1, lo:], sub, scale, True, lo,
+                c[bi: bi + 1, hs, lo:], None if mask is None else mask[bi: bi + 1, lo:], sub, scale, lo,
             ))
         outs.append(torch.cat(heads, dim=1))
     return torch.cat(outs, dim=0)
 
 
-def _decode(q, k, v, c, mask, s: Shapes, scale, causal, lo: int) -> Tensor:
+def _decode(q, k, v, c, mask, s: Shapes, scale: float, lo: int) -> Tensor:
     """The few-query attention over keys ``lo:`` (k, v, c, mask already sliced)."""
     if lo:
         s = Shapes(s.b, s.h, s.h_kv, s.n_q, s.n_k - lo, s.d, s.d_v)
     b, h, m, d = q.shape
     h_kv, g = s.h_kv, s.h // s.h_kv
-    ct = torch.promote_types(q.dtype, torch.float32)
-    scale = default_scale(s.d, scale)
+    ct = compute_dtype(q.dtype)
     # grouped-query logits without copying k: query head i reads kv head i // g
     logits = torch.matmul(q.to(ct).reshape(b, h_kv, g * m, d), k.to(ct).transpose(-1, -2)).view(b, h, m, s.n_k)
     logits = logits * scale

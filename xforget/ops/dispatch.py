@@ -1,4 +1,4 @@
-"""Public entry points: :func:`forgetting_attention` and :func:`attend`.
+"""Public entry points: :func:`forgetting_attention` and :func:`attend`; :func:`route`, the one routing decision.
 
 Forgetting attention: FoX, Lin, Nikishin, He, Courville, "Forgetting
 Transformer: Softmax Attention with a Forget Gate", ICLR 2025,
@@ -8,28 +8,38 @@ DESIGN.md section 3 (``fold.py``).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
 
+from xforget.ops.backend import Backend, checked_call, unchecked_call
 from xforget.ops.chunked import chunked_attention
-from xforget.ops.common import Tensor, check_inputs
+from xforget.ops.common import Tensor
 from xforget.ops.cuda import cuda_attention
 from xforget.ops.decode import MAX_DECODE_QUERIES, decode_attention
+from xforget.ops.dense import materialised_attention
 from xforget.ops.fold import fold_attention
-from xforget.ops.prune import PRUNE_EPS, check_eps
+from xforget.ops.memory import memory_attention
+from xforget.ops.prune import PRUNE_EPS
 from xforget.ops.reference import reference_attention
 from xforget.ops.sdpa import dense_bias_attention, plain_attention
 
 BACKENDS = ("auto", "reference", "fold", "chunked", "decode", "cuda")
 
-_IMPLS = {
+# Every kernel by the name :func:`route` gives it: the user-selectable backends, then the
+# internal ones. Calls look the kernel up here at call time (tests spy on this table).
+_IMPLS: dict[str, Backend] = {
     "reference": reference_attention,
     "fold": fold_attention,
     "chunked": chunked_attention,
     "decode": decode_attention,
     "cuda": cuda_attention,
+    "sdpa": plain_attention,  # no gates, no bias
+    "sdpa_bias": dense_bias_attention,  # a matrix bias, no gates
+    "dense": materialised_attention,  # the logits materialised (softclamp, dropout, ...)
 }
+MATRIX_BIAS_BACKENDS = ("reference", "chunked")  # the user-selectable backends that take a matrix bias
 
 
 def resolve_backend(backend: Optional[str], *, q: Tensor, causal: bool, n_k: Optional[int] = None) -> str:
@@ -48,6 +58,52 @@ def resolve_backend(backend: Optional[str], *, q: Tensor, causal: bool, n_k: Opt
     if n_k is not None and n_q <= MAX_DECODE_QUERIES and n_q < n_k:
         return "decode"  # KV-cached decoding: O(n_k) logits, no cache copy
     return "fold"
+
+
+def route(backend: Optional[str], *, q: Tensor, n_k: int, causal: bool, decay: bool, matrix: bool,
+          memory: bool = False, logits: bool = False) -> str:
+    """The one routing decision of the attention layer: the name of the kernel in ``_IMPLS`` (or "memory").
+
+    The bias kind of :mod:`xforget.nn.bias` decides, never a scheme name:
+    ``decay`` (per-key log gates: FoX, ALiBi; O(n) memory) and ``matrix`` (a
+    dense (.., n_q, n_k) bias: T5, dynamic, per-row FoX).  In order:
+
+    * "dense" (materialised logits) when ``logits`` (softclamp, dropout), for
+      bidirectional attention without decay and with more queries than keys
+      (cross-attention to a short context), and for ``memory`` keys with a
+      decay that does not fold (bidirectional, or with a matrix bias as well);
+    * "memory": memory keys folded into ordinary inputs, which route again;
+    * an explicit ``backend`` ("reference", "fold", ...) is honoured (a matrix
+      bias needs "reference" or "chunked");
+    * decay and matrix: "chunked"; matrix only: "sdpa_bias"; neither: "sdpa";
+      decay only: :func:`resolve_backend` (fold, decode, cuda, or chunked when
+      bidirectional).
+
+    Args:
+        backend: None/"auto" or a name in :data:`BACKENDS`.
+        q: the queries ``(b, h, n_q, d)`` (only their device and length are read).
+        n_k: number of keys (without memory keys).
+
+    Raises:
+        ValueError: an unknown backend (the message lists the valid ones); a
+            matrix bias with a backend other than "reference"/"chunked".
+    """
+    name = "auto" if backend is None else backend
+    resolve_backend(name, q=q, causal=causal)  # validates the name
+    cross = not causal and not decay and q.shape[-2] > n_k  # more queries than keys: no positions to align
+    if logits or cross or (memory and decay and (matrix or not causal)):
+        return "dense"
+    if memory:
+        return "memory"
+    if matrix and name not in ("auto",) + MATRIX_BIAS_BACKENDS:
+        raise ValueError(f"backend {name!r} cannot take a dense bias; use 'auto', 'chunked' or 'reference'")
+    if name != "auto":
+        return name
+    if matrix:
+        return "chunked" if decay else "sdpa_bias"
+    if not decay:
+        return "sdpa"
+    return resolve_backend(name, q=q, causal=causal, n_k=n_k)
 
 
 def forgetting_attention(
@@ -121,26 +177,13 @@ def forgetting_attention(
 
     Raises:
         ValueError: unknown backend (the message lists the valid ones); a
-            backend that cannot serve the case ("fold"/"cuda" with
-            ``causal=False`` or ``log_bgate``, "cuda" on CPU tensors);
+            backend that cannot serve the case ("fold"/"decode"/"cuda" with
+            ``causal=False``, "cuda" on CPU tensors);
             inconsistent shapes or dtypes; ``prune_eps`` outside (0, 1).
     """
-    q, k, v = autocast_inputs(q, k, v)
-    if torch.is_autocast_enabled(q.device.type):
-        with torch.autocast(q.device.type, enabled=False):
-            return forgetting_attention(q, k, v, log_fgate, causal=causal, mask=mask, scale=scale, log_bgate=log_bgate,
-                                        backend=backend, prune=prune, prune_eps=prune_eps, key_norm=key_norm)
-    shapes = check_inputs(q, k, v, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate)
     name = resolve_backend(backend, q=q, causal=causal, n_k=k.shape[-2])
-    prune_eps = check_eps(prune_eps)
-    if causal:
-        log_bgate = None  # a backward gate has no effect on causal attention
-    extra = {}
-    if name in ("fold", "decode", "cuda"):
-        extra = dict(prune=bool(prune), prune_eps=prune_eps, key_norm=key_norm)
-    return _IMPLS[name](
-        q, k, v, log_fgate, shapes=shapes, causal=causal, mask=mask, scale=scale, log_bgate=log_bgate, **extra
-    )
+    return _run(name, q, k, v, causal=causal, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate, scale=scale,
+                prune=prune, prune_eps=prune_eps, key_norm=key_norm)
 
 
 def autocast_inputs(q: Tensor, k: Tensor, v: Tensor) -> tuple:
@@ -175,6 +218,9 @@ def attend(
     prune: bool = True,
     prune_eps: float = PRUNE_EPS,
     key_norm: Optional[Tensor] = None,
+    memory: Optional[tuple[Tensor, Tensor]] = None,
+    softclamp: Optional[float] = None,
+    dropout: float = 0.0,
 ) -> Tensor:
     """The single attention entry point of the model's attention layer.
 
@@ -182,9 +228,18 @@ def attend(
     additive logit bias broadcastable to ``(b, h, n_q, n_k)`` (matrix-shaped
     schemes such as T5; decay-shaped schemes such as causal ALiBi should come
     in as a constant ``log_fgate`` instead, which keeps memory O(n)).
+    ``memory``: learned ``(mem_k, mem_v)``, each ``(b, h_kv, m, d)``, seen by
+    every query with bias 0 (:mod:`xforget.ops.memory`); ``softclamp``: c > 0
+    for logits <- c tanh(logits / c); ``dropout``: attention-weight dropout
+    probability (applied whenever > 0).  The last two need the materialised
+    logits (:mod:`xforget.ops.dense`).
 
-    Routing with ``backend`` None/"auto":
+    Routing with ``backend`` None/"auto" (:func:`route`, the one decision):
 
+    * softclamp, dropout, bidirectional without gates with more queries than
+      keys: the dense path (it also serves memory keys with a decay that does
+      not fold);
+    * memory keys: folded into ordinary inputs, which route as below;
     * no gates, no bias: ``F.scaled_dot_product_attention`` (``is_causal``, or
       lower-right alignment when ``n_q < n_k``; causal padding goes through the
       fold's pad channel, bidirectional padding through a (b, 1, 1, n_k) mask);
@@ -194,42 +249,32 @@ def attend(
     * gates and bias: the "chunked" backend (an explicit backend must be
       "reference" or "chunked").
 
-    An explicit backend is always honoured (e.g. "reference" for plain
-    attention) or raises ``ValueError`` when it cannot serve the case.
-    ``prune``, ``prune_eps``, ``key_norm``: as in :func:`forgetting_attention`.
-    Under ``torch.autocast`` every path runs in the autocast dtype with
-    autocast off (see :func:`forgetting_attention`).
+    An explicit backend is honoured (e.g. "reference" for plain attention)
+    unless the dense path is needed, or raises ``ValueError`` when it cannot
+    serve the case.  ``prune``, ``prune_eps``, ``key_norm``: as in
+    :func:`forgetting_attention`.  Under ``torch.autocast`` every path but the
+    dense and memory ones runs in the autocast dtype with autocast off (see
+    :func:`forgetting_attention`); those two compute in >= fp32 as called.
 
     Returns ``(b, h, n_q, d)`` in q's dtype (the autocast dtype under autocast).
     """
+    decay = log_fgate is not None or (log_bgate is not None and not causal)  # causal: a backward gate does nothing
+    name = route(backend, q=q, n_k=k.shape[-2], causal=causal, decay=decay, matrix=bias is not None,
+                 memory=memory is not None, logits=softclamp is not None or dropout > 0)
+    if name in ("dense", "memory"):  # both compute in >= fp32 from the inputs as called, under any autocast
+        call = unchecked_call(q, k, v, causal=causal, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate, bias=bias,
+                              scale=scale, memory=memory, softclamp=softclamp, dropout=dropout)
+        if name == "memory":  # memory keys made ordinary inputs, which this function routes again
+            return memory_attention(call, attend, backend)
+        return _IMPLS[name](call)
+    return _run(name, q, k, v, causal=causal, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate, bias=bias,
+                scale=scale, prune=prune, prune_eps=prune_eps, key_norm=key_norm)
+
+
+def _run(name: str, q: Tensor, k: Tensor, v: Tensor, **inputs) -> Tensor:
+    """Kernel ``name`` on the checked call (:func:`xforget.ops.backend.checked_call` keywords),
+    in the autocast dtype with autocast off under ``torch.autocast``."""
     q, k, v = autocast_inputs(q, k, v)
-    if torch.is_autocast_enabled(q.device.type):
-        with torch.autocast(q.device.type, enabled=False):
-            return attend(q, k, v, causal=causal, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate, bias=bias,
-                          scale=scale, backend=backend, prune=prune, prune_eps=prune_eps, key_norm=key_norm)
-    shapes = check_inputs(q, k, v, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate)
-    if bias is not None and bias.dim() != 4:
-        raise ValueError(f"bias must be 4-d, broadcastable to (b, h, n_q, n_k); got {tuple(bias.shape)}")
-    gated = log_fgate is not None or (log_bgate is not None and not causal)
-    name = "auto" if backend is None else backend
-    resolve_backend(name, q=q, causal=causal)  # validates the name
-    if causal:
-        log_bgate = None
-
-    if bias is None:
-        if not gated and name == "auto":
-            return plain_attention(q, k, v, shapes=shapes, causal=causal, mask=mask, scale=scale)
-        return forgetting_attention(
-            q, k, v, log_fgate, causal=causal, mask=mask, scale=scale, log_bgate=log_bgate, backend=name,
-            prune=prune, prune_eps=prune_eps, key_norm=key_norm,
-        )
-
-    if name == "auto" and not gated:
-        return dense_bias_attention(q, k, v, bias, shapes=shapes, causal=causal, mask=mask, scale=scale)
-    if name == "auto":
-        name = "chunked"
-    if name not in ("reference", "chunked"):
-        raise ValueError(f"backend {name!r} cannot take a dense bias; use 'auto', 'chunked' or 'reference'")
-    return _IMPLS[name](
-        q, k, v, log_fgate, shapes=shapes, causal=causal, mask=mask, scale=scale, log_bgate=log_bgate, bias=bias
-    )
+    dev = q.device.type
+    with torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else nullcontext():
+        return _IMPLS[name](checked_call(q, k, v, **inputs))

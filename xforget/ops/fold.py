@@ -45,16 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from xforget.ops import prune as acp
-from xforget.ops.common import (
-    Shapes,
-    Tensor,
-    cumulative_gate,
-    default_scale,
-    expand_kv,
-    kernel_dtype,
-    valid_rows,
-    zero_invalid_rows,
-)
+from xforget.ops.backend import AttentionCall
+from xforget.ops.common import Shapes, Tensor, expand_kv, kernel_dtype
 from xforget.ops.pruned_sdpa import BandedCausalSDPA, make_plan
 
 PAD_GAP = 1.0e4  # pad keys sit this far (at least) below every real key's logit
@@ -123,26 +115,11 @@ def _causal_sdpa(q: Tensor, k: Tensor, v: Tensor, n_q: int, n_k: int, scale: Opt
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n_q, n_k), scale=scale, **kw)
 
 
-def fold_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_fgate: Optional[Tensor],
-    *,
-    shapes: Shapes,
-    causal: bool = True,
-    mask: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-    log_bgate: Optional[Tensor] = None,
-    channel_multiple: int = 1,
-    prune: bool = True,
-    prune_eps: float = acp.PRUNE_EPS,
-    key_norm: Optional[Tensor] = None,
-) -> Tensor:
+def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     """Causal forgetting attention via the key-channel fold; returns q's dtype.
 
     ``channel_multiple`` rounds the folded head dim up (8 suits the CUDA kernels).
-    ``prune``: adaptive computation pruning on CPU tensors with at least
+    ``call.prune``: adaptive computation pruning on CPU tensors with at least
     ``PRUNE_MIN_KEYS`` (512) keys (``prune.py``: per
     (batch, head, block of 128 queries) the key prefix whose weights are all
     below ``prune_eps / n_k`` of the row's reference key is skipped; the output
@@ -151,15 +128,11 @@ def fold_attention(
     Raises ``ValueError`` for ``causal=False`` (the bidirectional bias has two
     different row constants and does not fold: use "chunked").
     """
-    if not causal:
-        raise ValueError("backend 'fold' serves causal attention only; use 'chunked' or 'reference' for causal=False")
-    if log_bgate is not None:
-        raise ValueError("backend 'fold' takes no log_bgate (causal attention has no backward gate)")
-    s = shapes
-    scale = default_scale(s.d, scale)
-    out_dtype = q.dtype
+    call.require_causal("fold")
+    s, scale, mask = call.shapes, call.scale, call.mask
+    q, k, v = call.q, call.k, call.v
 
-    c = cumulative_gate(log_fgate, mask, s)
+    c = call.forward_decay()
     if c is None and mask is None:  # plain causal attention: nothing to fold
         return causal_sdpa(q, k, v, s.n_q, s.n_k, scale, enable_gqa=s.h != s.h_kv)
 
@@ -184,11 +157,11 @@ def fold_attention(
     v2 = F.pad(expand_kv(v, s.h), (0, pad_v)) if pad_v else expand_kv(v, s.h)
 
     out = None
-    if prune and c is not None and not q.is_cuda and s.n_k >= acp.PRUNE_MIN_KEYS:
-        out = _pruned(q, k, c, mask, s, scale, prune_eps, key_norm, q2, k2, v2, width)
+    if call.prune and c is not None and not q.is_cuda and s.n_k >= acp.PRUNE_MIN_KEYS:
+        out = _pruned(q, k, c, mask, s, scale, call.prune_eps, call.key_norm, q2, k2, v2, width)
     if out is None:
         out = causal_sdpa(q2, k2, v2, s.n_q, s.n_k, 1.0)[..., : s.d_v]
-    return zero_invalid_rows(out, valid_rows(mask, s, causal)).to(out_dtype)
+    return call.finish(out)
 
 
 @torch.compiler.disable  # data-dependent plan: runs eagerly inside torch.compile (a graph break)

@@ -15,7 +15,8 @@ from typing import Optional
 
 import torch
 
-from xforget.ops.common import Shapes, Tensor, cumulative_gate, default_scale, valid_rows, zero_invalid_rows
+from xforget.ops.backend import AttentionCall
+from xforget.ops.common import Tensor, compute_dtype
 
 
 def dense_block(
@@ -67,30 +68,13 @@ def dense_block(
     return out.reshape(b, h, m, v.shape[-1])
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
-def reference_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_fgate: Optional[Tensor],
-    *,
-    shapes: Shapes,
-    causal: bool = True,
-    mask: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-    log_bgate: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None,
-) -> Tensor:
-    """Dense forgetting attention in >= fp32; returns q's dtype."""
-    s = shapes
-    ct = compute_dtype(q.dtype)
-    scale = default_scale(s.d, scale)
-    c = cumulative_gate(log_fgate, mask, s)
-    r = cumulative_gate(log_bgate, mask, s) if not causal else None
-    k_pos = torch.arange(s.n_k, device=q.device)
-    q_pos = k_pos[s.offset:]
-    out = dense_block(q.to(ct), k.to(ct), v.to(ct), c, r, mask, q_pos, k_pos, bias, causal, scale)
-    return zero_invalid_rows(out, valid_rows(mask, s, causal)).to(q.dtype)
+def reference_attention(call: AttentionCall) -> Tensor:
+    """Dense forgetting attention in >= fp32 (serves every case, takes a matrix bias); returns q's dtype."""
+    s = call.shapes
+    ct = compute_dtype(call.q.dtype)
+    k_pos = torch.arange(s.n_k, device=call.q.device)
+    out = dense_block(
+        call.q.to(ct), call.k.to(ct), call.v.to(ct), call.forward_decay(), call.backward_decay(), call.mask,
+        k_pos[s.offset:], k_pos, call.bias, call.causal, call.scale,
+    )
+    return call.finish(out)

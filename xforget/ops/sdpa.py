@@ -10,74 +10,53 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
-from xforget.ops.common import Shapes, Tensor, default_scale, expand_kv, valid_rows, zero_invalid_rows
+from xforget.ops.backend import AttentionCall
+from xforget.ops.common import Tensor, compute_dtype, expand_kv
 from xforget.ops.decode import MAX_DECODE_QUERIES, decode_attention
 from xforget.ops.fold import causal_sdpa, fold_attention
 
 
-def plain_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    shapes: Shapes,
-    causal: bool,
-    mask: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-) -> Tensor:
-    s = shapes
-    scale = default_scale(s.d, scale)
+def plain_attention(call: AttentionCall) -> Tensor:
+    """Attention without gates or bias (causal, bidirectional, padded); returns q's dtype."""
+    s, q, k, v, mask, scale = call.shapes, call.q, call.k, call.v, call.mask, call.scale
     gqa = s.h != s.h_kv
-    if causal:
+    if call.causal:
         if mask is None:
             return causal_sdpa(q, k, v, s.n_q, s.n_k, scale, enable_gqa=gqa)
         if s.n_q <= MAX_DECODE_QUERIES and s.n_q < s.n_k:  # padded decoding: no cache copy
-            return decode_attention(q, k, v, None, shapes=s, causal=True, mask=mask, scale=scale)
+            return decode_attention(call)
         # padding folded into one key channel: O(n) memory, no n x n mask
-        return fold_attention(q, k, v, None, shapes=s, causal=True, mask=mask, scale=scale)
+        return fold_attention(call)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
-    rows = valid_rows(mask, s, causal=False)  # (b, n_q): batch has any real key
-    key_mask = mask | ~mask.any(-1, keepdim=True)  # keep fully padded batches finite, zeroed below
+    key_mask = mask | ~mask.any(-1, keepdim=True)  # keep fully padded batches finite, zeroed by finish
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], scale=scale, enable_gqa=gqa)
-    return zero_invalid_rows(out, rows)
+    return call.finish(out)
 
 
-def dense_bias_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    bias: Tensor,
-    *,
-    shapes: Shapes,
-    causal: bool,
-    mask: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-) -> Tensor:
-    s = shapes
-    scale = default_scale(s.d, scale)
-    ct = torch.promote_types(q.dtype, torch.float32)
+def dense_bias_attention(call: AttentionCall) -> Tensor:
+    """Attention with a matrix bias and no gates, in >= fp32; returns q's dtype."""
+    s, q = call.shapes, call.q
+    ct = compute_dtype(q.dtype)
     allowed = None
-    if causal:
+    if call.causal:
         k_pos = torch.arange(s.n_k, device=q.device)
         allowed = (k_pos[None, :] <= k_pos[s.offset:, None])[None, None]  # (1, 1, n_q, n_k)
-    if mask is not None:
-        km = mask[:, None, None, :]
+    if call.mask is not None:
+        km = call.mask[:, None, None, :]
         allowed = km if allowed is None else allowed & km
     rows = None
-    attn_bias = bias.to(ct)
+    attn_bias = call.bias.to(ct)
     if allowed is not None:
         rows = allowed.any(-1, keepdim=True)
         allowed = allowed | ~rows  # fully masked rows: attend anywhere, zeroed below
         attn_bias = attn_bias.masked_fill(~allowed, float("-inf"))
     attn_bias = attn_bias.expand(s.b, s.h, s.n_q, s.n_k)
     out = F.scaled_dot_product_attention(
-        q.to(ct), expand_kv(k, s.h).to(ct), expand_kv(v, s.h).to(ct), attn_mask=attn_bias, scale=scale
+        q.to(ct), expand_kv(call.k, s.h).to(ct), expand_kv(call.v, s.h).to(ct), attn_mask=attn_bias, scale=call.scale
     )
     if rows is not None:
         out = out * rows.to(out.dtype)

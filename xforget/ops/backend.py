@@ -1,0 +1,163 @@
+"""The attention backend interface: one :class:`AttentionCall` in, ``(b, h, n_q, d_v)`` out.
+
+Every kernel of :mod:`xforget.ops` ("reference", "fold", "chunked", "decode",
+"cuda", the SDPA paths and the materialised "dense" path) is a
+:class:`Backend`: a function of one :class:`AttentionCall`.  The dispatcher
+(:mod:`xforget.ops.dispatch`) builds the call once (checks, scale default,
+causal attention dropping the backward gate), picks the backend (one routing
+decision) and calls it; a backend only states what it cannot serve
+(:meth:`AttentionCall.require_causal`) and computes.
+
+Conventions (DESIGN.md section 2):
+
+* ``q`` is ``(b, h, n_q, d)``; ``k`` and ``v`` are ``(b, h_kv, n_k, d)``,
+  ``h_kv`` dividing ``h`` (query head ``i`` reads kv head ``i // (h // h_kv)``).
+* When ``n_q < n_k`` the queries are the last ``n_q`` positions: query ``m``
+  sits at position ``m + n_k - n_q``.
+* ``mask`` is ``(b, n_k)`` bool, True = real key; pad keys neither forget nor
+  receive weight, and rows with no visible real key give exactly 0.
+* The decay bias is ``D_ij = c_i - c_j`` (``j <= i``, ``c = cumsum(log_fgate)``)
+  and ``r_j - r_i`` (``j > i``, bidirectional only, ``r = cumsum(log_bgate)``),
+  cumulated in >= fp32 and added to the scaled logits *without* the scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+from xforget.ops.common import (
+    Shapes,
+    Tensor,
+    check_inputs,
+    cumulative_gate,
+    default_scale,
+    valid_rows,
+    zero_invalid_rows,
+)
+from xforget.ops.prune import PRUNE_EPS, check_eps
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """The inputs every attention backend takes, checked once.
+
+    Attributes:
+        q: ``(b, h, n_q, d)`` float (fp64/fp32/bf16/fp16).
+        k, v: ``(b, h_kv, n_k, d)``, q's dtype (the dense path also takes mixed
+            dtypes and ``n_q > n_k``, see :func:`unchecked_call`).
+        shapes: the sizes above (:class:`xforget.ops.common.Shapes`).
+        causal: keys after each query are hidden.
+        scale: logit scale, resolved (``1/sqrt(d)`` unless given); it does not
+            multiply the decay bias.
+        mask: ``(b, n_k)`` bool key mask (True = real key) or None.
+        log_fgate: ``(b, h, n_k)`` per-key log forget values (<= 0, any float
+            dtype, broadcastable over b and h) or None: a "decay" bias.
+        log_bgate: ``(b, h, n_k)`` log backward gates (bidirectional only;
+            always None when ``causal``).
+        bias: dense additive logit bias broadcastable to ``(b, h, n_q, n_k)``
+            or None: a "matrix" bias.
+        prune: adaptive computation pruning where a backend implements it
+            (:mod:`xforget.ops.prune`); ``prune_eps`` in (0, 1) is the pruned
+            attention mass per row.
+        key_norm: ``(b, h_kv, n_k)`` L2 norms of k, if known (the KV cache keeps
+            them for the pruning bound), or None.
+        memory: ``(mem_k, mem_v)``, each ``(b, h_kv, m, d)``: learned keys
+            prepended to every row, never masked or decayed; or None.
+        softclamp: ``c > 0`` for logits <- ``c tanh(logits / c)``, or None.
+        dropout: probability of zeroing an attention weight (0 = none).
+    """
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    shapes: Shapes
+    causal: bool
+    scale: float
+    mask: Optional[Tensor] = None
+    log_fgate: Optional[Tensor] = None
+    log_bgate: Optional[Tensor] = None
+    bias: Optional[Tensor] = None
+    prune: bool = True
+    prune_eps: float = PRUNE_EPS
+    key_norm: Optional[Tensor] = None
+    memory: Optional[tuple[Tensor, Tensor]] = None
+    softclamp: Optional[float] = None
+    dropout: float = 0.0
+
+    def forward_decay(self) -> Optional[Tensor]:
+        """``c = cumsum(log_fgate)`` in >= fp32, ``(b, h, n_k)``, pads contributing 0; None without a gate."""
+        return cumulative_gate(self.log_fgate, self.mask, self.shapes)
+
+    def backward_decay(self) -> Optional[Tensor]:
+        """``r = cumsum(log_bgate)`` like :meth:`forward_decay`; None when causal or without a gate."""
+        return None if self.causal else cumulative_gate(self.log_bgate, self.mask, self.shapes)
+
+    def rows(self) -> Optional[Tensor]:
+        """``(b, n_q)`` bool: the query rows with at least one visible real key (None: all of them)."""
+        return valid_rows(self.mask, self.shapes, self.causal)
+
+    def finish(self, out: Tensor) -> Tensor:
+        """The backend's ``(b, h, n_q, d_v)`` output with rows without a visible key zeroed, in q's dtype."""
+        return zero_invalid_rows(out, self.rows()).to(self.q.dtype)
+
+    def require_causal(self, backend: str) -> None:
+        """``ValueError`` naming ``backend`` when the call is bidirectional."""
+        if not self.causal:
+            raise ValueError(
+                f"backend {backend!r} serves causal attention only; use 'chunked' or 'reference' for causal=False"
+            )
+
+
+class Backend(Protocol):
+    """An attention kernel.
+
+    Called with one :class:`AttentionCall`; returns ``(b, h, n_q, d_v)`` in q's
+    dtype, differentiable w.r.t. every float input.  Raises ``ValueError`` for
+    a call it cannot serve (e.g. "fold" with ``causal=False``).
+    """
+
+    def __call__(self, call: AttentionCall) -> Tensor: ...
+
+
+def checked_call(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, **inputs) -> AttentionCall:
+    """An :class:`AttentionCall` for the O(n) and SDPA kernels, after the common checks.
+
+    ``inputs``: the other fields of :class:`AttentionCall` by name (``mask``,
+    ``log_fgate``, ``log_bgate``, ``bias``, ``scale`` (None: ``1/sqrt(d)``),
+    ``prune``, ``prune_eps``, ``key_norm``); a backward gate is dropped when
+    ``causal`` (it has no effect there).
+
+    Raises:
+        ValueError: inconsistent shapes or dtypes (:func:`xforget.ops.common.check_inputs`),
+            ``bias`` not 4-d, ``prune_eps`` outside (0, 1).
+    """
+    per_key = {name: inputs.get(name) for name in ("mask", "log_fgate", "log_bgate")}
+    shapes = check_inputs(q, k, v, **per_key)
+    bias = inputs.get("bias")
+    if bias is not None and bias.dim() != 4:
+        raise ValueError(f"bias must be 4-d, broadcastable to (b, h, n_q, n_k); got {tuple(bias.shape)}")
+    inputs.update(prune=bool(inputs.get("prune", True)), prune_eps=check_eps(inputs.get("prune_eps", PRUNE_EPS)))
+    return _call(q, k, v, shapes, causal, inputs)
+
+
+def unchecked_call(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, **inputs) -> AttentionCall:
+    """An :class:`AttentionCall` taken as the layer passes it, for the paths that run before any autocast cast.
+
+    ``inputs`` as in :func:`checked_call`, and ``memory``, ``softclamp``,
+    ``dropout``.  The dense path and the memory-key path compute in >= fp32
+    themselves and take q, k, v in different dtypes (under autocast the
+    projections and the rotary embedding disagree), and the dense path serves
+    more queries than keys (cross-attention to a short context); so nothing
+    is checked here.
+    """
+    b, h, n_q, d = q.shape
+    return _call(q, k, v, Shapes(b, h, k.shape[1], n_q, k.shape[2], d, v.shape[-1]), causal, inputs)
+
+
+def _call(q: Tensor, k: Tensor, v: Tensor, shapes: Shapes, causal: bool, inputs: dict) -> AttentionCall:
+    """The common opening: the scale resolved, the backward gate dropped when causal."""
+    scale = default_scale(shapes.d, inputs.pop("scale", None))
+    if causal:
+        inputs["log_bgate"] = None  # a backward gate has no effect on causal attention
+    return AttentionCall(q, k, v, shapes, causal, scale, **inputs)
