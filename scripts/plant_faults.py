@@ -103,7 +103,7 @@ FAULTS: list[Fault] = [
           "generation ends when the first row is done"),
     # ---- routing
     Fault("route-reference", "routing: O(n) fold by default", "xforget/ops/dispatch.py",
-          '    return "fold"\n\n\ndef forgetting_attention(', '    return "reference"\n\n\ndef forgetting_attention(',
+          '    return "fold"\n\n\ndef route(', '    return "reference"\n\n\ndef route(',
           ("tests/test_routing.py",), "FoX / ALiBi routed to the O(n^2) reference"),
     Fault("route-decode-threshold", "routing: decode", "xforget/ops/dispatch.py",
           "if n_k is not None and n_q <= MAX_DECODE_QUERIES and n_q < n_k:", "if n_k is not None and n_q < n_k:",
