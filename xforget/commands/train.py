@@ -84,7 +84,7 @@ def _precheck(argv: list[str]) -> DictConfig | None:
     Returns the composed config of the (first) job, with its ``hydra`` node, or None for Hydra's own flags.
     Under ``-m`` every job of the sweep is checked and each bad one gets its own ``error:`` line.
     """
-    from xforget.train.checkpoint import check_init_from
+    from xforget.train.loading import check_init_from
     from xforget.train.trackers import check_trackers
     from xforget.errors import ConfigError
     from xforget.train.config import compose_config, explain_config_error, to_train_config, user_config_overrides

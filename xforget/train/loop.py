@@ -35,11 +35,9 @@ from xforget.data.batches import step_seed
 from xforget.train.checkpoint import (
     CHECKPOINTS,
     CheckpointError,
-    check_init_from,
     check_same_model,
     latest_checkpoint,
     load_checkpoint,
-    load_init_weights,
     prune_checkpoints,
     remove_partial,
     rng_state,
@@ -48,6 +46,7 @@ from xforget.train.checkpoint import (
     set_rng_state,
     step_dir_name,
 )
+from xforget.train.loading import check_init_from, load_init_weights
 from xforget.errors import ConfigError
 from xforget.train.config import TrainConfig, config_to_yaml, resolve_data_vocab, validate
 from xforget.train.distributed import (
