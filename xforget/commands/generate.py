@@ -23,7 +23,7 @@ from __future__ import annotations
 import codecs
 import os
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import torch
 from hydra import compose, initialize
@@ -58,8 +58,7 @@ class GenerateConfig:
 
     def sampling(self) -> SamplingOptions:
         """The :class:`SamplingOptions` fields this config sets (the others keep their defaults)."""
-        return replace(SamplingOptions(), **{f.name: getattr(self, f.name) for f in fields(SamplingOptions)
-                                             if hasattr(self, f.name)})
+        return SamplingOptions(**{f.name: getattr(self, f.name) for f in fields(SamplingOptions) if hasattr(self, f.name)})
 
 
 ConfigStore.instance().store(name="xforget_generate", node=GenerateConfig)
