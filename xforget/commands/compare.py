@@ -39,7 +39,8 @@ import sys
 
 from xforget.commands.args import emit, literal_paths
 from xforget.commands.evaluate import cfg_flag
-from xforget.compare.run import EXIT_CONFIG, composed_config_yaml, run_compare
+from xforget.compare.run import composed_config_yaml, run_compare
+from xforget.evaluate.config import EXIT_CONFIG
 from xforget.compare.runner import CompareError
 from xforget.data import DataError
 from xforget.errors import ConfigError

@@ -199,12 +199,9 @@ def _harness(cfg) -> None:
                                       num_fewshot=cfg.num_fewshot, limit=cfg.limit, log_samples=False)
     print(make_table(results))
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "harness.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     keep = {k: results[k] for k in ("results", "versions", "n-shot", "configs", "higher_is_better", "n-samples")
             if k in results}
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(keep, indent=1, default=str) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(keep, indent=1, default=str) + "\n")
     print(f"wrote {out}")
 
 

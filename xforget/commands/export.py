@@ -18,6 +18,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from xforget.files import atomic_dir
+from xforget.train.checkpoint import CheckpointError
+from xforget.train.loading import load_trained
+
 USAGE = __doc__
 KEYS = ("checkpoint", "out", "overwrite")
 REQUIRED = ("checkpoint", "out")
@@ -43,8 +47,6 @@ def main(argv: list[str] | None = None) -> None:
     if overwrite is None:
         _fail(f"invalid value overwrite={values['overwrite']!r}: must be true or false")
 
-    from xforget.train.checkpoint import CheckpointError
-
     try:
         out, files = export_run(values["checkpoint"], values["out"], overwrite=overwrite)
     except (CheckpointError, ValueError, OSError) as exc:
@@ -57,13 +59,14 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-
 def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> tuple[Path, list[str]]:
-    """A run directory's latest weights as a hub-style directory (``xforget-export``).
+    """A trained model's latest weights as a hub-style directory (``xforget-export``).
 
-    Everything is written into ``.<out>.tmp-<pid>/`` beside ``out`` and renamed into place, so ``out``
-    is either absent/untouched or complete. An existing ``out`` that is not empty is refused unless
-    ``overwrite``; ``out`` may not be the run directory or hold it.
+    ``run_dir`` is anything :func:`~xforget.train.loading.load_trained` opens (a run directory, one
+    checkpoint directory, a hub-style directory). Everything is written into ``.<out>.tmp-<pid>/`` beside
+    ``out`` and renamed into place (:func:`~xforget.files.atomic_dir`), so ``out`` is either absent/untouched
+    or complete. An existing ``out`` that is not empty is refused unless ``overwrite``; ``out`` may not be
+    the run directory or hold it.
 
     Returns:
         ``(out, files)``: the directory and every file written into it (relative paths, sorted).
@@ -71,9 +74,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False)
         CheckpointError: nothing loadable in ``run_dir``.
         ValueError: ``out`` exists and is not empty (without ``overwrite``), is a file, or is/holds ``run_dir``.
     """
-    import os
-    import shutil
-
     source, target = Path(run_dir).expanduser().resolve(), Path(out).expanduser().resolve()
     if target == source or target in source.parents:
         raise ValueError(f"out={out} is the run directory or holds it ({source}); choose another directory")
@@ -82,22 +82,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False)
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise ValueError(f"out={out} already exists and is not empty; choose another directory or add "
                          "overwrite=true (replaces it)")
-    from xforget.train.loading import load_pretrained
-
-    model, tokenizer = load_pretrained(source)  # before anything is written
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp, tokenizer=tokenizer)
+    loaded = load_trained(source)  # before anything is written
+    with atomic_dir(target) as tmp:
+        loaded.model.save_pretrained(tmp, tokenizer=loaded.tokenizer)
         files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
-        if target.exists():
-            os.replace(target, old)  # then the complete export takes its place
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return target, files
 
 

@@ -1,4 +1,4 @@
-"""``xforget-generate``: sample text from a trained run, streamed to stdout.
+"""``xforget-generate``: sample text from a trained model, streamed to stdout.
 
     xforget-generate checkpoint=outputs/RUN prompt="def main(" max_new_tokens=300 temperature=0.8 top_k=50
     xforget-generate checkpoint=outputs/RUN prompt_file=prompt.txt
@@ -12,14 +12,16 @@ arguments are Hydra overrides of :class:`GenerateConfig` (an unknown key fails
 with the valid keys listed). Text is byte-level: bytes are decoded as UTF-8
 incrementally, so multi-byte characters are printed whole. Exit code 2 with one
 ``error:`` line for a bad argument or checkpoint.
-A run trained on a
-prepared dataset (``data=tokens``) encodes the prompt and decodes the output
-with the run's tokenizer (``tokenizer.json`` in the run directory).
+``checkpoint`` is anything :func:`xforget.train.loading.load_trained` opens: a run
+directory, one checkpoint directory, a hub-style directory or a hub repo id.
+A model trained on a prepared dataset (``data=tokens``) encodes the prompt and
+decodes the output with its tokenizer (``tokenizer.json`` in the run directory).
 """
 
 from __future__ import annotations
 
 import codecs
+import os
 import sys
 from dataclasses import dataclass, fields
 
@@ -29,12 +31,22 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from xforget.commands.args import emit, literal_paths
+from xforget.data.corpus import DataError
+from xforget.data.tokenizer import ByteTokenizer
+from xforget.errors import explain_error, schema_keys
 from xforget.models.autoregressive import AutoregressiveWrapper
+from xforget.models.sampling import SamplingOptions
+from xforget.train.checkpoint import CheckpointError
+from xforget.train.loading import load_trained
 
 
 @dataclass
 class GenerateConfig:
-    checkpoint: str = "???"  # run directory of xforget-train
+    """The command line's keys (a Hydra schema): the model, the prompt and the :class:`SamplingOptions`
+    a command line can set (see :meth:`sampling`)."""
+
+    checkpoint: str = "???"  # run directory of xforget-train (or a checkpoint, hub-style directory, hub repo id)
     prompt: str = ""  # on the command line taken verbatim, before Hydra (see take_prompt)
     max_new_tokens: int = 256
     temperature: float = 0.8
@@ -43,6 +55,10 @@ class GenerateConfig:
     min_p: float | None = None
     seed: int = 0
     cache_kv: bool = True
+
+    def sampling(self) -> SamplingOptions:
+        """The :class:`SamplingOptions` fields this config sets (the others keep their defaults)."""
+        return SamplingOptions(**{f.name: getattr(self, f.name) for f in fields(SamplingOptions) if hasattr(self, f.name)})
 
 
 ConfigStore.instance().store(name="xforget_generate", node=GenerateConfig)
@@ -63,8 +79,6 @@ def parse_config(overrides: list[str]) -> GenerateConfig:
         key = next((o.split("=")[0] for o in overrides if o.split("=")[0].lstrip("+~") not in valid), None)
         if key:
             _fail(f"unknown config key {key!r}; valid keys: {valid + ['prompt_file']}")
-        from xforget.errors import explain_error, schema_keys
-
         _fail(explain_error(err, lambda path: schema_keys(GenerateConfig, path)))
     if OmegaConf.is_missing(cfg, "checkpoint"):
         _fail("checkpoint=RUN_DIR is required (the run directory written by xforget-train)")
@@ -94,8 +108,6 @@ def take_prompt(argv: list[str]) -> tuple[bytes | None, list[str]]:
     ``prompt=TEXT`` (verbatim, UTF-8 encoded), ``prompt=-`` (stdin's bytes) or ``prompt_file=FILE`` (its bytes;
     ``~`` expanded). Exits 2 with one line for two prompts or an unreadable file.
     """
-    import os
-
     rest, given = [], []
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -121,8 +133,6 @@ def take_prompt(argv: list[str]) -> tuple[bytes | None, list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``xforget-generate``); ``argv`` defaults to ``sys.argv[1:]``."""
-    from xforget.commands.args import emit, literal_paths
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         emit(__doc__ + "\nKeys (defaults): " + ", ".join(f"{f.name}={f.default}" for f in fields(GenerateConfig))
@@ -134,15 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         _fail(str(err))
     cfg = parse_config(argv)
-    from xforget.data.corpus import DataError
-    from xforget.data.tokenizer import ByteTokenizer
-    from xforget.train.checkpoint import CheckpointError, load_model, load_run_tokenizer  # the training package owns the run format
-
     try:
-        model, train_cfg = load_model(cfg.checkpoint)
-        tokenizer = load_run_tokenizer(cfg.checkpoint, train_cfg)
+        loaded = load_trained(cfg.checkpoint)
     except (CheckpointError, DataError, FileNotFoundError, ValueError) as err:
         _fail(f"cannot load checkpoint={cfg.checkpoint!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+    model, tokenizer = loaded.model, loaded.tokenizer
     if tokenizer.vocab_size != model.num_tokens:
         _fail(f"the run's tokenizer ({tokenizer.name}) has {tokenizer.vocab_size} tokens but the model has "
               f"num_tokens={model.num_tokens}; the run directory is inconsistent")
@@ -159,8 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     prompt = torch.tensor(ids, dtype=torch.long)[None]
     out = sys.stdout
     out.write(prompt_text)
-    stream = wrapper.stream(prompt, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                            top_p=cfg.top_p, min_p=cfg.min_p, cache_kv=cfg.cache_kv)
+    stream = wrapper.stream(prompt, cfg.max_new_tokens, sampling=cfg.sampling())
     try:
         _write_stream(stream, tokenizer, out)
     except KeyboardInterrupt:  # Ctrl-C while streaming: end the line, no traceback
@@ -171,8 +176,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _write_stream(stream, tokenizer, out) -> None:
     """Print generated token ids as text as they come (bytes decoded incrementally as UTF-8)."""
-    from xforget.data.tokenizer import ByteTokenizer
-
     if isinstance(tokenizer, ByteTokenizer):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for step in stream:

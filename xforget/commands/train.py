@@ -41,7 +41,8 @@ from xforget.commands.args import literal_paths
 from xforget.data import DataError
 from xforget.errors import ConfigError
 from xforget.files import atomic_write_bytes
-from xforget.train.checkpoint import CheckpointError, check_init_from, latest_checkpoint
+from xforget.train.checkpoint import CheckpointError, latest_checkpoint
+from xforget.train.loading import check_init_from
 from xforget.train.config import (
     compose_config,
     config_dir,

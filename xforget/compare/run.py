@@ -23,7 +23,6 @@ from xforget.compare.runner import ensure_trained, plan_runs, scheme_overrides
 from xforget.data.prepare import PrepareConfig
 from xforget.errors import ConfigError
 from xforget.evaluate.config import (
-    EXIT_CONFIG,
     EvalConfig,
     explain_error,
     split_override,

@@ -27,7 +27,7 @@ Rules:
   order, at most ``2 * num_proc`` batches in flight). Text files longer than
   ``batch_bytes`` are encoded in pieces cut after a newline.
 * Atomic: everything is written into ``.<output>.tmp-<pid>/`` next to the
-  output, ``meta.json`` last, then renamed to ``output``. A killed run leaves
+  output, ``meta.json`` last, then renamed to ``output`` (:func:`xforget.files.atomic_dir`). A killed run leaves
   only that temporary directory (removed by the next run); a directory
   without ``meta.json`` is never a prepared dataset.
 
@@ -54,7 +54,8 @@ import numpy as np
 
 from xforget.data.corpus import DataError
 from xforget.data.sources import Source, open_source, text_pieces
-from xforget.data.tokenizer import TOKENIZER_FILE, ByteTokenizer, HFTokenizer, _import_tokenizers, resolve_tokenizer
+from xforget.data.tokenizer import ByteTokenizer, HFTokenizer, _import_tokenizers, resolve_tokenizer
+from xforget.files import atomic_dir, partial_dirs
 
 META_FILE = "meta.json"
 FORMAT = "xforget-tokens"
@@ -312,27 +313,12 @@ def _train_texts(source: Source, plan: Plan, chunk: int) -> Iterator[str]:
 # ----------------------------------------------------------------------------- main
 
 
-def _tmp_prefix(output: Path) -> str:
-    return f".{output.name}.tmp-"
-
-
 def remove_stale(output: Path) -> list[Path]:
     """Delete temporary directories that interrupted runs left next to ``output``."""
-    removed = []
-    if output.parent.is_dir():
-        for p in output.parent.iterdir():
-            if p.name.startswith(_tmp_prefix(output)) and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
+    removed = partial_dirs(output)
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
     return removed
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def prepare(cfg: PrepareConfig, log=print) -> Path:
@@ -361,9 +347,7 @@ def prepare(cfg: PrepareConfig, log=print) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     for p in remove_stale(output):
         log(f"removed an interrupted prepare: {p}")
-    tmp = output.parent / f"{_tmp_prefix(output)}{os.getpid()}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(output) as tmp:  # output is either untouched or the complete dataset
         if tok is None:
             log(f"training a byte-level BPE of {cfg.vocab_size} tokens on the training split ...")
             n_train = None if plan.single_file is not None else int((~plan.is_val).sum())
@@ -401,18 +385,6 @@ def prepare(cfg: PrepareConfig, log=print) -> Path:
             "command": command_line(cfg),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        for name in ("train.bin", "val.bin", META_FILE, TOKENIZER_FILE):
-            if (tmp / name).is_file():
-                _fsync(tmp / name)
-        if output.exists():  # overwrite=true of a prepared dataset: move it aside, then rename
-            trash = output.parent / f".{output.name}.trash-{os.getpid()}"
-            os.replace(output, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, output)
-        _fsync(output.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"wrote {output}: {tr['tokens']:,} train / {va['tokens']:,} val tokens ({dtype.name}), "
         f"{tr['bytes'] / max(tr['tokens'], 1):.3f} bytes per token, {plan.documents:,} documents, "
         f"tokenizer {tok.name} (vocabulary {tok.vocab_size})")

@@ -23,13 +23,12 @@ Errors are :class:`~xforget.data.corpus.DataError` with one line for the user.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from xforget.data.corpus import DataError
+from xforget.files import atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"
 BYTE_VOCAB = 256
@@ -164,19 +163,7 @@ class HFTokenizer:
 
     def save(self, directory: str | Path) -> None:
         """``directory/tokenizer.json``, written atomically."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{TOKENIZER_FILE}.", suffix=".tmp", dir=d)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.tok.to_str())
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, d / TOKENIZER_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(Path(directory) / TOKENIZER_FILE, self.tok.to_str())
 
     def __repr__(self) -> str:
         return f"HFTokenizer(name={self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"

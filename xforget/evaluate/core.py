@@ -16,8 +16,10 @@ from torch import nn
 
 from xforget.data import DataError, load_corpus, val_windows
 from xforget.data import synthetic
-from xforget.train.checkpoint import complete_checkpoints, load_model
-from xforget.train.config import DataConfig, TrainConfig
+from xforget.errors import ConfigError
+from xforget.train.checkpoint import complete_checkpoints
+from xforget.train.config import BYTE_VOCAB, DataConfig, TrainConfig, TrainerConfig
+from xforget.train.loading import load_trained
 from xforget.evaluate.config import EvalConfig, validate_eval
 from xforget.evaluate.metrics import evaluate_windows, length_limit, nats_to_bpb, token_losses
 from xforget.evaluate.pruning import format_pruning, pruning_fractions
@@ -162,7 +164,8 @@ def checkpoint_step(run_dir: Path) -> int | None:
 
 
 def load_for_eval(path: Path, data_cfg: DataConfig | None, device) -> tuple[nn.Module, TrainConfig]:
-    """(model, the training config to evaluate it by) of a run/checkpoint directory or a hub-style directory.
+    """(model, the training config to evaluate it by) of anything :func:`~xforget.train.loading.load_trained`
+    opens: a run or checkpoint directory, a hub-style directory or a hub repo id.
 
     A hub-style directory (``config.json`` + ``model.safetensors``, no ``config.yaml``) holds the model
     and its tokenizer but no training config: the base length is its ``max_seq_len`` (the training
@@ -172,34 +175,19 @@ def load_for_eval(path: Path, data_cfg: DataConfig | None, device) -> tuple[nn.M
         CheckpointError: nothing loadable; ConfigError: a hub-style directory without ``data_cfg``;
         DataError: byte-level data for a model with another vocabulary.
     """
-    from xforget.models.pretrained import is_hub_directory
-    from xforget.train.loading import load_pretrained
-    from xforget.errors import ConfigError
-    from xforget.train.config import BYTE_VOCAB, TrainerConfig
-
-    if not (is_hub_directory(path) and not (path / "config.yaml").is_file()):
-        return load_model(path, device=device)
+    loaded = load_trained(path, device)
+    if loaded.train_config is not None:
+        return loaded.model, loaded.train_config
     if data_cfg is None:
         raise ConfigError(f"checkpoint={path} is a hub-style directory (config.json + model.safetensors), which records "
                           "no data: add the data to evaluate on, e.g. data=text data.path=FILE or data=tokens "
                           "data.path=DIR (prepared with its tokenizer)")
-    try:
-        model, _ = load_pretrained(path, device)
-    except ValueError as exc:
-        from xforget.train.checkpoint import CheckpointError
-
-        raise CheckpointError(" ".join(str(exc).split())) from None
-    import json
-
-    from xforget.models.config import model_config_from_dict
-    from xforget.models.pretrained import CONFIG
-
-    model_cfg = model_config_from_dict(json.loads((path / CONFIG).read_text()))  # loaded just now: it fits
+    model_cfg = loaded.model_config
     if data_cfg.name != "tokens" and model_cfg.num_tokens != BYTE_VOCAB:
         raise DataError(f"the model in {path} has a vocabulary of {model_cfg.num_tokens}, data={data_cfg.name} is byte "
                         f"level ({BYTE_VOCAB}); evaluate on data=tokens data.path=DIR prepared with its tokenizer")
     cfg = TrainConfig(model=model_cfg, data=data_cfg, trainer=TrainerConfig(seq_len=model_cfg.max_seq_len))
-    return model, cfg
+    return loaded.model, cfg
 
 
 def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: DataConfig | None = None,

@@ -7,8 +7,9 @@
 
 or ``xforget-eval harness=true checkpoint=DIR tasks=[...] [include_path=DIR]``.
 
-``pretrained`` is a training run directory (its latest checkpoint) or a hub-style
-directory (``save_pretrained`` / ``xforget-export``; a hub repo id is fetched). Text goes
+``pretrained`` is anything :func:`xforget.train.loading.load_trained` opens: a training run
+directory (its latest checkpoint), one checkpoint directory, a hub-style directory
+(``save_pretrained`` / ``xforget-export``) or a hub repo id (fetched). Text goes
 through the model's own tokenizer (``xforget.data.tokenizer``: bytes or BPE).
 
 * ``loglikelihood``: log P(continuation | context) in nats (sum over the continuation's
@@ -29,7 +30,7 @@ right padding needs no mask (causal attention never looks ahead).
 ``max_length`` defaults to the model's training context (``max_seq_len``).
 
 Raises (construction): ImportError naming the ``harness`` extra when lm-eval is missing;
-ValueError / CheckpointError for a directory without a loadable model.
+ValueError for bad model_args; CheckpointError (one line) for a path without a loadable model.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ except ImportError as exc:  # the optional extra
                       "install the extra: pip install 'xforget[harness]'") from None
 
 from xforget.models.autoregressive import AutoregressiveWrapper
-from xforget.train.loading import load_pretrained
+from xforget.models.sampling import SamplingOptions
+from xforget.train.loading import load_trained
 
 DEFAULT_MAX_GEN_TOKS = 256
 _IGNORED_ARGS = {"max_batch_size", "trust_remote_code", "dtype"}  # passed by lm-eval to every model; no meaning here
@@ -82,8 +84,8 @@ class XForgetLM(LM):
         self._device = torch.device(device or "cpu")
         if self._device.type == "cpu":
             torch.set_flush_denormal(True)  # decayed attention weights are slow as denormals on x86
-        self.model, self.tokenizer = load_pretrained(pretrained, self._device)
-        self.model.eval()
+        loaded = load_trained(pretrained, self._device)
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
         limit = self.model.position_limit
         self.max_length = int(max_length or self.model.max_seq_len)
         if limit is not None:
@@ -197,8 +199,9 @@ class XForgetLM(LM):
         until = [until] if isinstance(until, str) else list(until)
         max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
         do_sample = bool(kwargs.pop("do_sample", False))
-        temperature = float(kwargs.pop("temperature", 0.0)) if do_sample else 0.0
-        top_k, top_p = kwargs.pop("top_k", None), kwargs.pop("top_p", None)
+        sampling = SamplingOptions(temperature=float(kwargs.pop("temperature", 0.0)) if do_sample else 0.0,
+                                   top_k=kwargs.pop("top_k", None), top_p=kwargs.pop("top_p", None),
+                                   eos_token=self.eot_token_id)
         prompt_room = self.max_length - max_new if self.model.position_limit is not None else None
         prompts = []
         for text in contexts:
@@ -210,8 +213,7 @@ class XForgetLM(LM):
         new: list[list[int]] = [[] for _ in contexts]
         done = [False] * len(contexts)
         texts = [""] * len(contexts)
-        for step in lm.stream(prompts, max_new, temperature=temperature, top_k=top_k, top_p=top_p,
-                              eos_token=self.eot_token_id):
+        for step in lm.stream(prompts, max_new, sampling=sampling):
             for r, tok in enumerate(step.tolist()):
                 if done[r]:
                     continue

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xforget.models.sampling import sample_next
+from xforget.models.sampling import SamplingOptions, eval_mode, sample_steps, stack_steps, takes_sampling_options
 from xforget.models.wrapper import TransformerWrapper
 
 
@@ -40,101 +40,77 @@ class AutoregressiveWrapper(nn.Module):
         )
         return loss
 
+    @takes_sampling_options
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: Tensor | list[Tensor],
-        seq_len: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        eos_token: int | None = None,
-        cache_kv: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def generate(self, prompts: Tensor | list[Tensor], seq_len: int, *,
+                 sampling: SamplingOptions = SamplingOptions()) -> Tensor:
         """Sample ``seq_len`` new tokens after each prompt.
 
         Args:
             prompts: (batch, n) int64, or a list of 1-D int64 tensors of different
                 lengths (left-padded internally; each row equals its own unbatched run).
             seq_len: number of new tokens.
-            temperature: 0 = greedy; top_k / top_p / min_p: filters applied, in
-                that order, to the logits already divided by the temperature (the
-                Hugging Face / vLLM order; see :mod:`xforget.models.sampling`; top_k 0 =
-                off, clamped to the vocabulary);
-                eos_token: rows stop there and are padded with eos afterwards.
-            cache_kv: decode with the KV cache (exact; much faster).
-            generator: torch.Generator for reproducible sampling.
+            sampling: the options, also accepted one by one as keywords (``temperature=0.8, top_k=50``):
+                temperature (0 = greedy), the top_k / top_p / min_p filters, eos_token, cache_kv,
+                generator; see :class:`xforget.models.sampling.SamplingOptions`.
         Returns:
-            (batch, seq_len) int64 new tokens.
+            (batch, seq_len) int64 new tokens (rows that ended with ``eos_token`` padded with it).
         Relative schemes (none, rotary, alibi, fox, ...) generate past
         ``max_seq_len`` with the cache. A model with an absolute position table
         switches, once the sequence is longer than ``max_seq_len``, to a sliding
         window: each step reruns the last ``max_seq_len`` tokens without the cache.
 
         Raises:
-            ValueError: an empty prompt.
+            ValueError: an empty prompt, a negative temperature.
         """
-        steps = list(self.stream(prompts, seq_len, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                 eos_token=eos_token, cache_kv=cache_kv, generator=generator))
-        b = _left_pad(prompts)[0].shape[0]
-        out = torch.stack(steps, dim=1) if steps else torch.empty(b, 0, dtype=torch.long)
-        if eos_token is not None and out.shape[1] < seq_len:
-            out = torch.cat((out, out.new_full((b, seq_len - out.shape[1]), eos_token)), dim=1)
-        return out
+        tokens, _ = _left_pad(prompts)
+        return stack_steps(self.stream(prompts, seq_len, sampling=sampling), tokens.shape[0], seq_len,
+                           sampling.eos_token, tokens.device)
 
+    @takes_sampling_options
     @torch.no_grad()
-    def stream(
-        self,
-        prompts: Tensor | list[Tensor],
-        seq_len: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        eos_token: int | None = None,
-        cache_kv: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> Iterator[Tensor]:
+    def stream(self, prompts: Tensor | list[Tensor], seq_len: int, *,
+               sampling: SamplingOptions = SamplingOptions()) -> Iterator[Tensor]:
         """Like :meth:`generate`, but yields each step's (batch,) tokens as they are sampled.
 
         Stops early once every row has produced ``eos_token``.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             tokens, mask = _left_pad(prompts)
-            b = tokens.shape[0]
-            # an absolute position table ends at max_seq_len: past it, slide a window (no cache)
-            window = self.net.position_limit
-            done = torch.zeros(b, dtype=torch.bool, device=tokens.device)
-            history, cache = tokens, None
-            step_tokens, step_mask = tokens, mask
-            for _ in range(seq_len):
-                sliding = window is not None and history.shape[1] > window
-                if cache_kv and not sliding:
-                    logits, cache = self.net(step_tokens, mask=step_mask, cache=cache, return_cache=True)
-                else:
-                    full_mask = None if mask is None else torch.cat(
-                        (mask, mask.new_ones(b, history.shape[1] - mask.shape[1])), dim=1)
-                    start = history.shape[1] - window if sliding else 0
-                    logits = self.net(history[:, start:], mask=None if full_mask is None else full_mask[:, start:])
-                nxt = sample_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                  generator=generator)
-                if eos_token is not None:
-                    nxt = nxt.masked_fill(done, eos_token)
-                    done |= nxt == eos_token
-                yield nxt
-                history = torch.cat((history, nxt[:, None]), dim=1)
-                step_tokens = nxt[:, None]
-                step_mask = None if mask is None else mask.new_ones(b, 1)
-                if eos_token is not None and bool(done.all()):
-                    return
-        finally:
-            self.train(was_training)
+            yield from sample_steps(_CausalSteps(self.net, tokens, mask, sampling.cache_kv), tokens.shape[0], seq_len,
+                                    sampling, tokens.device)
+
+
+class _CausalSteps:
+    """Next-token logits of a causal :class:`TransformerWrapper`, one step at a time (for :func:`sample_steps`).
+
+    With ``cache_kv`` each step feeds only the new tokens through the KV cache. A model with an
+    absolute position table has no position past ``max_seq_len``: once the sequence is longer,
+    each step reruns the last ``max_seq_len`` tokens without the cache (a sliding window).
+    """
+
+    def __init__(self, net: TransformerWrapper, tokens: Tensor, mask: Tensor | None, cache_kv: bool) -> None:
+        self.net, self.mask, self.cache_kv = net, mask, cache_kv
+        self.window = net.position_limit
+        self.history, self.cache = tokens, None
+
+    def __call__(self, new: Tensor | None) -> Tensor:
+        """(batch, vocab) logits after the prompt (``new`` None) or after the tokens ``new`` (batch,)."""
+        mask, b = self.mask, self.history.shape[0]
+        if new is not None:
+            self.history = torch.cat((self.history, new[:, None]), dim=1)
+        sliding = self.window is not None and self.history.shape[1] > self.window
+        if self.cache_kv and not sliding:
+            if new is None:
+                step_tokens, step_mask = self.history, mask
+            else:
+                step_tokens, step_mask = new[:, None], None if mask is None else mask.new_ones(b, 1)
+            logits, self.cache = self.net(step_tokens, mask=step_mask, cache=self.cache, return_cache=True)
+            return logits[:, -1]
+        full_mask = None if mask is None else torch.cat((mask, mask.new_ones(b, self.history.shape[1] - mask.shape[1])),
+                                                        dim=1)
+        start = self.history.shape[1] - self.window if sliding else 0
+        return self.net(self.history[:, start:], mask=None if full_mask is None else full_mask[:, start:])[:, -1]
 
 
 def _left_pad(prompts: Tensor | list[Tensor]) -> tuple[Tensor, Tensor | None]:

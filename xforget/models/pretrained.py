@@ -11,17 +11,22 @@ A directory holds::
 the mixin; this module holds what they call: writing the weights, rebuilding a model from
 ``config.json`` and refusing weights that do not fit it, the tokenizer, and
 nothing else: opening any form of a trained model (this format, a run directory, one checkpoint)
-is :func:`xforget.train.loading.load_pretrained`.
+is :func:`xforget.train.loading.load_trained`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import hf_hub_download
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
 
+from xforget.files import atomic_path
 from xforget.models.config import ModelConfig, model_config_from_dict
 
 WEIGHTS = "model.safetensors"
@@ -42,20 +47,14 @@ def check_saveable(model) -> None:
 
 
 def save_weights(model, directory: Path) -> None:
-    """``directory/model.safetensors``, written to a temporary name and renamed (atomic)."""
-    import os
-
-    from safetensors.torch import save_model
-
-    tmp = directory / f".{WEIGHTS}.{os.getpid()}.tmp"
-    save_model(model, str(tmp))
-    os.replace(tmp, directory / WEIGHTS)
+    """``directory/model.safetensors``, written to a temporary name and renamed (atomic, the umask's mode)."""
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_model(model, str(tmp))
 
 
 def save_tokenizer(tokenizer, directory: Path) -> None:
     """The tokenizer's files in ``directory`` (``Tokenizer.save``); byte-level tokenizers write what they write."""
     tokenizer.save(directory)
-
 
 
 def check_weights_fit(model: torch.nn.Module, weights_file: str | Path, config_source: str) -> None:
@@ -64,8 +63,6 @@ def check_weights_fit(model: torch.nn.Module, weights_file: str | Path, config_s
     Raises:
         ValueError: one line naming the first mismatches (missing / unexpected tensors, shapes).
     """
-    from safetensors import safe_open
-
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     with safe_open(str(weights_file), framework="pt") as f:
         stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -103,8 +100,6 @@ def build_from_pretrained(model_cls, model_id: str, model_kwargs: dict[str, Any]
     Raises:
         ValueError: no config.json, unknown config keys, or weights that do not fit the config.
     """
-    from safetensors.torch import load_model
-
     if not model_kwargs:
         raise ValueError(f"{model_id}: no {CONFIG} found; a hub-style xforget directory holds {CONFIG} + {WEIGHTS}")
     try:
@@ -117,8 +112,6 @@ def build_from_pretrained(model_cls, model_id: str, model_kwargs: dict[str, Any]
         if not weights.is_file():
             raise ValueError(f"{model_id}: {WEIGHTS} is missing")
     else:
-        from huggingface_hub import hf_hub_download
-
         weights = Path(hf_hub_download(repo_id=model_id, filename=WEIGHTS, revision=revision, cache_dir=cache_dir,
                                        force_download=force_download, token=token,
                                        local_files_only=local_files_only))
@@ -130,3 +123,12 @@ def build_from_pretrained(model_cls, model_id: str, model_kwargs: dict[str, Any]
 def is_hub_directory(path: str | Path) -> bool:
     path = Path(path)
     return (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
+
+
+def read_model_config(directory: str | Path) -> ModelConfig:
+    """The :class:`ModelConfig` in ``directory/config.json``.
+
+    Raises:
+        OSError: no readable file; ValueError: not JSON, or keys that are no ModelConfig field.
+    """
+    return model_config_from_dict(json.loads((Path(directory) / CONFIG).read_text()))

@@ -1,4 +1,5 @@
-"""Sampling filters for generation, all computed in float32.
+"""How generation chooses each next token: the options (:class:`SamplingOptions`), the filters
+(computed in float32) and the decoding loop every generating model shares.
 
 Each filter returns logits with removed tokens set to -inf and always keeps the
 most likely token (so a distribution never becomes empty).
@@ -15,12 +16,70 @@ filters on the tempered distribution: top-k, top-p (over the top-k survivors,
 renormalised), min-p (over the top-p survivors). Temperature therefore changes
 which tokens top-p and min-p keep: at T < 1 the distribution is sharper and the
 nucleus smaller.
+
+``AutoregressiveWrapper.generate`` / ``.stream`` and ``XTransformer.generate`` take the
+options either as keywords (``temperature=0.7, top_k=50, ...``; one per
+:class:`SamplingOptions` field, see :func:`takes_sampling_options`) or as one object
+(``sampling=SamplingOptions(...)``), and decode with :func:`sample_steps`.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How tokens are generated.
+
+    Attributes:
+        temperature: logits are divided by it first; 0 = greedy (argmax). Must be >= 0.
+        top_k / top_p / min_p: the filters applied, in that order, to the tempered logits
+            (None = off; top_k 0 = off, clamped to the vocabulary; see the module docstring).
+        eos_token: rows stop there and are padded with it afterwards; generation ends once
+            every row has produced it.
+        cache_kv: decode with the KV cache (exact: equal to recomputing the whole sequence each step;
+            much faster).
+        generator: torch.Generator for reproducible sampling.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    eos_token: int | None = None
+    cache_kv: bool = True
+    generator: torch.Generator | None = None
+
+
+_OPTION_NAMES = tuple(f.name for f in fields(SamplingOptions))
+
+
+def takes_sampling_options(fn: Callable) -> Callable:
+    """Decorator for a generating method ``fn(..., *, sampling: SamplingOptions = SamplingOptions())``.
+
+    The decorated method also takes every :class:`SamplingOptions` field as a keyword argument with the
+    field's default (``temperature=0.7, top_k=50``); given keywords replace those fields of ``sampling``.
+    Its signature (``help()``, ``inspect.signature``) lists them, so the option list is written once, here.
+    """
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        given = {name: kwargs.pop(name) for name in _OPTION_NAMES if name in kwargs}
+        kwargs["sampling"] = replace(kwargs.get("sampling") or SamplingOptions(), **given)
+        return fn(*args, **kwargs)
+
+    own = inspect.signature(fn)
+    keywords = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+                for f in fields(SamplingOptions)]
+    call.__signature__ = own.replace(parameters=[*own.parameters.values(), *keywords])
+    return call
 
 
 def top_k_filter(logits: Tensor, k: int | None) -> Tensor:
@@ -88,3 +147,45 @@ def sample_next(
     logits = min_p_filter(logits, min_p)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sample_steps(next_logits: Callable[[Tensor | None], Tensor], batch: int, seq_len: int,
+                 sampling: SamplingOptions, device: torch.device | str) -> Iterator[Tensor]:
+    """The decoding loop: yields each step's (batch,) int64 tokens, at most ``seq_len`` steps.
+
+    ``next_logits(new)`` returns the (batch, vocab) logits of the next token, given the tokens sampled
+    at the previous step (``new``, (batch,) int64; None at the first step). Rows that produced
+    ``sampling.eos_token`` get it again; the loop ends early once every row has.
+    """
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    new = None
+    for _ in range(seq_len):
+        new = sample_next(next_logits(new), temperature=sampling.temperature, top_k=sampling.top_k,
+                          top_p=sampling.top_p, min_p=sampling.min_p, generator=sampling.generator)
+        if sampling.eos_token is not None:
+            new = new.masked_fill(done, sampling.eos_token)
+            done |= new == sampling.eos_token
+        yield new
+        if sampling.eos_token is not None and bool(done.all()):
+            return
+
+
+def stack_steps(steps: Iterable[Tensor], batch: int, seq_len: int, eos_token: int | None,
+                device: torch.device | str) -> Tensor:
+    """The tokens of :func:`sample_steps` as one (batch, seq_len) int64 tensor (an early end padded with eos)."""
+    steps = list(steps)
+    out = torch.stack(steps, dim=1) if steps else torch.empty(batch, 0, dtype=torch.long, device=device)
+    if eos_token is not None and out.shape[1] < seq_len:
+        out = torch.cat((out, out.new_full((batch, seq_len - out.shape[1]), eos_token)), dim=1)
+    return out
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode for the block (dropout off), then back to the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)

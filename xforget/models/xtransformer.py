@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xforget.models.layers import Decoder, Encoder
-from xforget.models.sampling import sample_next
+from xforget.models.sampling import SamplingOptions, eval_mode, sample_steps, stack_steps, takes_sampling_options
 from xforget.models.wrapper import TransformerWrapper
 
 _WRAPPER_KEYS = ("num_tokens", "max_seq_len", "tie_embedding")
@@ -89,50 +89,33 @@ class XTransformer(nn.Module):
         logits = self.decode(inputs, self.encode(src, src_mask), context_mask=src_mask, tgt_mask=in_mask)
         return F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=self.ignore_index)
 
+    @takes_sampling_options
     @torch.no_grad()
-    def generate(
-        self,
-        src: Tensor,
-        start_tokens: Tensor,
-        seq_len: int,
-        *,
-        src_mask: Tensor | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        eos_token: int | None = None,
-        cache_kv: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def generate(self, src: Tensor, start_tokens: Tensor, seq_len: int, *, src_mask: Tensor | None = None,
+                 sampling: SamplingOptions = SamplingOptions()) -> Tensor:
         """Sample ``seq_len`` tokens after ``start_tokens`` (batch, k) int64 given ``src`` (batch, m) int64.
 
-        The sampling options are those of :meth:`xforget.models.autoregressive.AutoregressiveWrapper.generate`:
-        temperature (0 = greedy), then the top_k / top_p / min_p filters (:func:`xforget.models.sampling.sample_next`);
-        ``eos_token`` rows are padded with it once produced; ``cache_kv`` decodes with the decoder's KV cache
-        (exact: equal to recomputing the whole target each step); ``generator`` for reproducible sampling.
+        The options (``sampling=`` or its fields as keywords) and the decoding loop are those of
+        :meth:`xforget.models.autoregressive.AutoregressiveWrapper.generate`; ``cache_kv`` decodes with
+        the decoder's KV cache (exact: equal to recomputing the whole target each step).
         ``src_mask`` (batch, m) bool marks real source tokens.
-        Returns (batch, seq_len) int64.
+        Returns (batch, seq_len) int64 (rows that ended with ``eos_token`` padded with it).
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             context = self.encode(src, src_mask)
-            out, step, cache = start_tokens, start_tokens, None
-            done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
-            for _ in range(seq_len):
-                if cache_kv:
+            target, cache = start_tokens, None
+
+            def next_logits(new: Tensor | None) -> Tensor:
+                nonlocal target, cache
+                step = target if new is None else new[:, None]
+                if new is not None:
+                    target = torch.cat((target, step), dim=1)
+                if sampling.cache_kv:
                     logits, cache = self.decoder(step, cache=cache, return_cache=True, context=context,
                                                  context_mask=src_mask)
-                    logits = logits[:, -1]
-                else:
-                    logits = self.decode(out, context, context_mask=src_mask)[:, -1]
-                nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                  generator=generator)
-                if eos_token is not None:
-                    nxt = nxt.masked_fill(done, eos_token)
-                    done |= nxt == eos_token
-                out, step = torch.cat((out, nxt[:, None]), dim=1), nxt[:, None]
-            return out[:, start_tokens.shape[1]:]
-        finally:
-            self.train(was_training)
+                    return logits[:, -1]
+                return self.decode(target, context, context_mask=src_mask)[:, -1]
+
+            batch = src.shape[0]
+            return stack_steps(sample_steps(next_logits, batch, seq_len, sampling, src.device), batch, seq_len,
+                               sampling.eos_token, src.device)

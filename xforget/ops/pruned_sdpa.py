@@ -31,7 +31,7 @@ CPU only (``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 

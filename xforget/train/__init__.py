@@ -2,15 +2,21 @@
 
 * :mod:`.config`     -- typed config dataclasses (Hydra ConfigStore schema), validation, error messages.
 * :mod:`.loop`       -- :func:`train`, the loop, top to bottom.
-* :mod:`.checkpoint` -- atomic checkpoints, resume, :func:`load_model` for a run directory.
+* :mod:`.checkpoint` -- writing atomic checkpoints; :mod:`.checkpointer` owns all training state and resume.
+* :mod:`.run_dir`    -- where a run directory keeps its complete checkpoints (read by writer and loader).
+* :mod:`.loading`    -- :func:`~.loading.load_trained` / :func:`load_model`: open a trained model (run, checkpoint, hub).
 * :mod:`.schedule`   -- warmup + cosine learning rate.
 * :mod:`.metrics`    -- ``metrics.jsonl``, TensorBoard, model FLOPs per token and MFU.
 * :mod:`.distributed` -- torchrun: process group, DDP / FSDP2 helpers, rank-0-only work.
-* :mod:`.cli`        -- the Hydra entry point :func:`main`.
+* :mod:`.scoring`    -- the validation loss (nats, bits per byte) shared with ``xforget-eval``.
+
+The command is :mod:`xforget.commands.train`.
 """
 
-from xforget.train.checkpoint import CheckpointError, load_model
-from xforget.train.config import ConfigError, TrainConfig, compose_config, to_train_config
+from xforget.train.checkpoint import CheckpointError
+from xforget.errors import ConfigError
+from xforget.train.config import TrainConfig, compose_config, to_train_config
+from xforget.train.loading import load_model
 from xforget.train.loop import TrainingError, TrainResult, train
 
 __all__ = [

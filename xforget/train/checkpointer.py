@@ -43,7 +43,6 @@ from xforget.train.checkpoint import (
     check_same_model,
     latest_checkpoint,
     load_checkpoint,
-    load_init_weights,
     prune_checkpoints,
     remove_partial,
     rng_state,
@@ -52,6 +51,7 @@ from xforget.train.checkpoint import (
     step_dir_name,
 )
 from xforget.train.config import TrainConfig, config_to_yaml
+from xforget.train.loading import load_init_weights
 from xforget.train.distributed import (
     DistInfo,
     all_gather_object,

@@ -1,43 +1,271 @@
-"""Open a trained model in any of its forms: a training run directory, one checkpoint, a hub-style
-directory (``config.json`` + ``model.safetensors``) or a hub repo id.
+"""Open a trained model in any of its forms: a training run directory, one checkpoint directory, a
+hub-style directory (``config.json`` + ``model.safetensors``) or a hub repo id.
 
-Every consumer of a trained model (``xforget-eval``, ``xforget-generate``, ``xforget-export``, the
-lm-evaluation-harness model) opens it here.
+:func:`load_trained` is the one entry point: ``xforget-eval``, ``xforget-generate``,
+``xforget-export`` and the lm-evaluation-harness model all open their model with it.
+``TransformerWrapper.from_pretrained`` (:mod:`xforget.models.pretrained`) stays the reader of the
+hub format; this module calls it for hub directories. ``trainer.init_from`` (start a run from the
+weights of another) finds its weights here too.
+
+Which weights a directory holds, in order:
+
+* a checkpoint directory (``COMPLETE`` marker): its ``model.safetensors`` and ``config.yaml``;
+* a run directory: its latest complete checkpoint, else its final ``model.safetensors`` with
+  ``config.yaml``;
+* a hub-style directory (``config.json`` + ``model.safetensors``, no ``config.yaml``).
+
+Every failure is a :class:`~xforget.train.checkpoint.CheckpointError` whose message is one line
+starting ``no trained model in PATH`` (a missing path: ``... : it does not exist``) or naming the file
+that could not be read.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
+from safetensors import safe_open
+from safetensors.torch import load_model as load_weights
+from torch import nn
 
-from xforget.data.tokenizer import load_tokenizer as load
-from xforget.models.pretrained import is_hub_directory
-from xforget.models.wrapper import TransformerWrapper
-from xforget.train.checkpoint import load_model, load_run_tokenizer
+from xforget.data.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from xforget.errors import ConfigError
+from xforget.models.config import ModelConfig
+from xforget.models.pretrained import WEIGHTS, is_hub_directory, read_model_config
+from xforget.models.wrapper import TransformerWrapper, build_model
+from xforget.train.run_dir import CHECKPOINTS, MARKER, CheckpointError, complete_checkpoints, latest_checkpoint, short_error
+from xforget.train.config import TrainConfig, load_config_yaml
 
-def load_tokenizer(directory: str | Path):
-    """The tokenizer saved in a hub-style directory (bytes when none).
+RUN, CHECKPOINT, HUB = "run", "checkpoint", "hub"  # TrainedModel.kind
+RUN_CONFIG = "config.yaml"
+EXPECTED = ("expected checkpoints/step_*/ or model.safetensors + config.yaml (a run), or config.json + "
+            "model.safetensors (a hub-style directory)")
+INIT_FROM_ACCEPTS = ("expected a run directory (with checkpoints/step_*/ or model.safetensors), a checkpoint "
+                     "directory (checkpoints/step_*/) or a .safetensors file")
 
-    Delegates to :func:`xforget.data.tokenizer.load_tokenizer`.
+
+@dataclass
+class TrainedModel:
+    """A trained model opened by :func:`load_trained`.
+
+    Attributes:
+        model: the network, in eval mode, on the device asked for.
+        tokenizer: the tokenizer it was trained with (bytes when none was saved).
+        train_config: the run's resolved training config; None for a hub-style directory.
+        model_config: the model's config (``train_config.model`` for a run).
+        kind: ``"run"``, ``"checkpoint"`` or ``"hub"``.
+        step: the training step of the checkpoint read; None for final weights and hub directories.
+        path: the local directory read (for a hub repo id, its downloaded snapshot).
     """
-    return load(Path(directory))
+
+    model: TransformerWrapper
+    tokenizer: Tokenizer
+    train_config: TrainConfig | None
+    model_config: ModelConfig
+    kind: str
+    step: int | None
+    path: Path
 
 
-def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
-    """``(model, tokenizer)`` from a hub-style directory or a training run directory (its latest checkpoint).
+@dataclass(frozen=True)
+class _Weights:
+    """Where the weights of a run or checkpoint directory are: ``directory/model.safetensors``."""
+
+    kind: str
+    directory: Path
+    step: int | None
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """The trained model at ``path``: a run directory, one checkpoint directory, a hub-style directory
+    or a hub repo id (``owner/name``, fetched or reused from the Hugging Face cache when no such local path
+    exists). ``~`` is expanded.
 
     Raises:
-        ValueError: a hub-style directory whose config does not fit its weights.
-        xforget.train.checkpoint.CheckpointError: nothing loadable in a run directory.
+        CheckpointError: one line: the path does not exist, holds no trained model, or its config or
+            weights cannot be read or do not fit each other.
+        DataError: a ``tokenizer.json`` that cannot be read.
     """
-    if not Path(path).exists() and str(path).count("/") == 1:  # a hub repo id: fetch (or reuse) its files
-        from huggingface_hub import snapshot_download
+    directory = _local_directory(path)
+    if is_hub_directory(directory) and not (directory / RUN_CONFIG).is_file():
+        return _load_hub(directory, device)
+    found = _find_weights(directory, with_config=True)
+    if found is None:
+        raise CheckpointError(f"no trained model in {path}: {EXPECTED}")
+    config_file = found.directory / RUN_CONFIG
+    try:
+        cfg = load_config_yaml(config_file)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {config_file} ({short_error(exc)})") from None
+    model = build_model(cfg.model)
+    weights = found.directory / WEIGHTS
+    try:
+        load_weights(model, str(weights), strict=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load {weights} ({short_error(exc)})") from None
+    return TrainedModel(model=model.to(device).eval(), tokenizer=_run_tokenizer(directory, cfg), train_config=cfg,
+                        model_config=cfg.model, kind=found.kind, step=found.step, path=directory)
 
-        path = snapshot_download(repo_id=str(path))
-    path = Path(path)
-    if is_hub_directory(path) and not (path / "config.yaml").is_file():
-        model = TransformerWrapper.from_pretrained(str(path), map_location=str(device))
-        return model, load_tokenizer(path)
-    model, cfg = load_model(path, device)
-    return model, load_run_tokenizer(path, cfg)
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[TransformerWrapper, TrainConfig]:
+    """``(model, train config)`` of a run or checkpoint directory (:func:`load_trained`), model in eval mode.
+
+    Also importable as ``xforget.train.checkpoint.load_model`` (its documented home).
+
+    Raises:
+        CheckpointError: nothing loadable there, or a hub-style directory (it records no training config).
+    """
+    loaded = load_trained(run_dir, device)
+    if loaded.train_config is None:
+        raise CheckpointError(f"{run_dir} is a hub-style directory, which records no training config; "
+                              "open it with xforget.train.loading.load_trained")
+    return loaded.model, loaded.train_config
+
+
+def _local_directory(path: str | Path) -> Path:
+    """``path`` on this machine; a hub repo id without such a local path is downloaded first."""
+    local = Path(path).expanduser()
+    if local.exists():
+        return local
+    if str(path).count("/") != 1:
+        raise CheckpointError(f"no trained model in {path}: it does not exist")
+    try:  # owner/name: a hub repo id (fetched once, then reused from the Hugging Face cache)
+        return Path(snapshot_download(repo_id=str(path)))
+    except Exception as exc:
+        raise CheckpointError(f"no trained model in {path}: it does not exist (nor could it be fetched as a hub "
+                              f"repo id: {short_error(exc)})") from None
+
+
+def _load_hub(directory: Path, device: str | torch.device) -> TrainedModel:
+    try:
+        model = TransformerWrapper.from_pretrained(str(directory), map_location=str(device))
+        model_config = read_model_config(directory)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(" ".join(str(exc).split())) from None
+    return TrainedModel(model=model, tokenizer=load_tokenizer(directory), train_config=None,
+                        model_config=model_config, kind=HUB, step=None, path=directory)
+
+
+def _find_weights(directory: Path, *, with_config: bool) -> _Weights | None:
+    """The weights of a checkpoint directory, else a run's latest complete checkpoint, else its final
+    ``model.safetensors`` (only with ``config.yaml`` beside it when ``with_config``); None when there are none."""
+    if (directory / MARKER).is_file():
+        return _Weights(CHECKPOINT, directory, _checkpoint_step(directory))
+    found = complete_checkpoints(directory)
+    if found:
+        step, latest = found[-1]
+        return _Weights(RUN, latest, step)
+    if (directory / WEIGHTS).is_file() and (not with_config or (directory / RUN_CONFIG).is_file()):
+        return _Weights(RUN, directory, None)
+    return None
+
+
+def _checkpoint_step(directory: Path) -> int | None:
+    """The step of one checkpoint directory, when it sits in a run's ``checkpoints/``."""
+    if directory.parent.name != CHECKPOINTS:
+        return None
+    return next((step for step, p in complete_checkpoints(directory.parent.parent) if p.name == directory.name), None)
+
+
+def _run_tokenizer(run_dir: Path, cfg: TrainConfig) -> Tokenizer:
+    """The tokenizer a run was trained with: ``tokenizer.json`` in the run directory (training copies it
+    there), else the one of its prepared dataset (``data=tokens``), else bytes.
+
+    ``run_dir`` may be one checkpoint directory (``checkpoints/step_*``): its run directory is used.
+
+    Raises:
+        DataError: a ``tokenizer.json`` that cannot be read.
+    """
+    root = run_dir
+    if (root / MARKER).is_file() and root.parent.name == CHECKPOINTS:
+        root = root.parent.parent
+    if (root / TOKENIZER_FILE).is_file():
+        return load_tokenizer(root)
+    if cfg.data.name == "tokens" and cfg.data.path and Path(cfg.data.path).is_dir():
+        return load_tokenizer(cfg.data.path)
+    return load_tokenizer(root)  # no tokenizer.json: bytes
+
+
+# ----------------------------------------------------------------------------- trainer.init_from
+
+
+def init_weights_file(source: str | Path) -> Path:
+    """The ``model.safetensors`` that ``trainer.init_from=source`` names.
+
+    ``source``: a run directory (its latest complete checkpoint, else its final
+    ``model.safetensors``), one checkpoint directory, or a ``.safetensors`` file; ``~`` is expanded.
+
+    Raises:
+        CheckpointError: nothing loadable there.
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"trainer.init_from={source}: no such file or directory; {INIT_FROM_ACCEPTS}")
+    if path.is_file():
+        return path
+    found = _find_weights(path, with_config=False)
+    if found is None:
+        raise CheckpointError(f"trainer.init_from={source}: no weights there; {INIT_FROM_ACCEPTS}")
+    return found.directory / WEIGHTS
+
+
+def check_init_from(source: str | Path | None, run_dir: str | Path | None = None) -> None:
+    """``trainer.init_from`` checked before anything is written or loaded (like a missing data file).
+
+    Nothing to check without ``source``, or when ``run_dir`` already holds a complete checkpoint
+    (that run resumes from its own checkpoint and does not read ``source``).
+
+    Raises:
+        ConfigError: ``source`` does not exist or holds no weights (one line naming the path and
+            what is accepted: a run directory, a checkpoint directory, a ``.safetensors`` file).
+    """
+    if not source or (run_dir is not None and latest_checkpoint(run_dir) is not None):
+        return
+    try:
+        init_weights_file(source)
+    except CheckpointError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def load_init_weights(source: str | Path, model: nn.Module, model_cfg=None) -> Path:
+    """Load ``trainer.init_from`` weights into ``model`` (weights only); returns the file read.
+
+    Raises:
+        CheckpointError: no weights at ``source``, or tensors whose names or shapes do not fit
+            ``model`` (the first few mismatches are named, with both shapes).
+    """
+    file = init_weights_file(source)
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            theirs = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"trainer.init_from={source}: cannot read {file} ({short_error(exc)})") from None
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = [f"{k} {theirs[k]} there, {ours[k]} here" for k in ours if k in theirs and theirs[k] != ours[k]]
+    problems += [f"{k} not in this model" for k in theirs if k not in ours]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(f"trainer.init_from={source}: the weights in {file} do not fit this model: "
+                              f"{'; '.join(problems[:3])}{more}; use the same model.* settings as that run"
+                              f"{_model_diff(file.parent / RUN_CONFIG, model_cfg)}")
+    try:
+        load_weights(model, str(file), strict=True)  # tied weights are stored once: names checked here
+    except Exception as exc:
+        raise CheckpointError(f"trainer.init_from={source}: the weights in {file} do not fit this model "
+                              f"({short_error(exc)}); use the same model.* settings as that run") from None
+    return file
+
+
+def _model_diff(config_path: Path, model_cfg) -> str:
+    """`` (model.dim: 32 there, 48 here)`` when ``config_path`` is readable and differs, else ''."""
+    if model_cfg is None or not config_path.is_file():
+        return ""
+    try:
+        saved = asdict(load_config_yaml(config_path).model)
+    except Exception:
+        return ""
+    diff = [f"model.{k}: {v!r} there, {getattr(model_cfg, k)!r} here" for k, v in saved.items()
+            if v != getattr(model_cfg, k, v)]
+    return f" ({', '.join(diff)})" if diff else ""

@@ -36,7 +36,8 @@ from xforget.errors import ConfigError
 from xforget.models.autoregressive import AutoregressiveWrapper
 from xforget.models.config import describe_model
 from xforget.models.wrapper import TransformerWrapper, build_model
-from xforget.train.checkpoint import check_init_from, save_final_model
+from xforget.train.checkpoint import save_final_model
+from xforget.train.loading import check_init_from
 from xforget.train.checkpointer import Checkpointer
 from xforget.train.compile import resolve_compile
 from xforget.train.config import TrainConfig, resolve_data_vocab, validate

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from xforget.files import atomic_write_text
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -72,9 +74,7 @@ def save_peak(peaks: dict[str, float], path: str | Path | None = None) -> Path:
     except (OSError, ValueError):
         table = {}
     table[machine_key()] = {k: float(v) for k, v in peaks.items()}
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(table, indent=1, sort_keys=True) + "\n")
     return path
 
 

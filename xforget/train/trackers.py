@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from xforget.errors import ConfigError
+from xforget.files import atomic_write_text
 from xforget.train.metrics import TensorBoardLog, tensorboard_writer_class
 
 TRACKERS = ("tensorboard", "wandb")
@@ -96,9 +97,7 @@ class WandbLog:
         wandb = _import_wandb()
         id_file = run_dir / self.ID_FILE
         run_id = id_file.read_text().strip() if resume_step is not None and id_file.is_file() else uuid.uuid4().hex[:12]
-        tmp = id_file.with_name(f".{self.ID_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(run_id + "\n")
-        os.replace(tmp, id_file)
+        atomic_write_text(id_file, run_id + "\n")
         self._run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "xforget"),
             name=run_dir.name,

@@ -1,0 +1,48 @@
+"""The layout of a training run directory, as far as reading it needs: where complete checkpoints are.
+
+Both the writer (:mod:`xforget.train.checkpoint`) and the reader (:mod:`xforget.train.loading`) use it,
+so neither imports the other to learn the layout.
+
+    RUN_DIR/checkpoints/step_0000500/COMPLETE    one complete checkpoint (written last)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+CHECKPOINTS = "checkpoints"
+MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """Unusable checkpoint or run directory; the message is one line for the user."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / MARKER).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def short_error(exc: BaseException) -> str:
+    """``TypeName: first line`` of an exception, for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
