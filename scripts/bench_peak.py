@@ -4,7 +4,7 @@
 Square matmuls of a few sizes, dtypes interleaved round by round (so a busy
 neighbour slows both alike); per dtype the best call of all is the peak. The
 result is stored for training (``mfu`` in metrics.jsonl when
-``trainer.peak_flops`` is null; see :mod:`xforget.train.peak`).
+``trainer.peak_flops`` is null; see :mod:`xforget.train.peak_flops`).
 
     python scripts/bench_peak.py                 # 2 threads (torch default here), stores the result
     python scripts/bench_peak.py --threads 1 --no-save
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from xforget.train.peak import DTYPES, machine_key, matmul_flops, save_peak  # noqa: E402
+from xforget.train.peak_flops import DTYPES, machine_key, matmul_flops, save_peak  # noqa: E402
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 def make_corpus(path: Path, mb: int) -> int:
     """JSON lines, one stdlib source file per line, repeated to ``mb`` MiB; returns the text bytes."""
-    from xforget.data.stdlib import stdlib_files, stdlib_root
+    from xforget.data.corpora.stdlib import stdlib_files, stdlib_root
 
     root = stdlib_root()
     files = [(root / rel).read_text(encoding="utf-8", errors="replace") for rel in stdlib_files(root)]

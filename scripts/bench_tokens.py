@@ -44,9 +44,9 @@ def main() -> None:
     from xforget.data.tokens import load_tokens
 
     if args.data is None:
-        from xforget.data.corpus_cache import cache_dir
+        from xforget.data.corpora.cache import cache_dir
         from xforget.data.prepare import PrepareConfig, prepare
-        from xforget.data.stdlib import load_stdlib_corpus
+        from xforget.data.corpora.stdlib import load_stdlib_corpus
 
         load_stdlib_corpus(cache_dir())
         blob = next(cache_dir().glob("stdlib-py*.bin"))

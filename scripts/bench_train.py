@@ -36,7 +36,7 @@ from xforget.models.autoregressive import AutoregressiveWrapper  # noqa: E402
 from xforget.train.config import compose_config, to_train_config  # noqa: E402
 from xforget.train.optim import param_groups  # noqa: E402
 from xforget.train.metrics import model_flops_per_token  # noqa: E402
-from xforget.train.peak import load_peak  # noqa: E402
+from xforget.train.peak_flops import load_peak  # noqa: E402
 from xforget.models.wrapper import build_model  # noqa: E402
 
 AMP = {"fp32": None, "bf16": torch.bfloat16}

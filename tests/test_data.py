@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from xforget.data import DataError, TrainBatches, load_corpus, split_corpus, val_windows
-import xforget.data.shakespeare as shakespeare_module
-from xforget.data.shakespeare import load_shakespeare
-from xforget.data.stdlib import build_stdlib_corpus, load_stdlib_corpus, stdlib_files
+import xforget.data.corpora.shakespeare as shakespeare_module
+from xforget.data.corpora.shakespeare import load_shakespeare
+from xforget.data.corpora.stdlib import build_stdlib_corpus, load_stdlib_corpus, stdlib_files
 from xforget.train.config import DataConfig
 
 FAKE_TREE = {

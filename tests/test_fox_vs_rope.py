@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from xforget.compare import run_compare
 from xforget.commands.compare import main
-from xforget.compare.run import load_compare_config, plan_comparison
+from xforget.compare.pipeline import load_compare_config, plan_comparison
 from xforget.data.haystack import NeedleParts, make_example, make_examples, min_needle_length
 from xforget.data.prepare import train_bpe
 from xforget.data.tokenizer import ByteTokenizer, load_tokenizer

@@ -6,12 +6,12 @@ import pytest
 
 from xforget import Decoder, ModelConfig, build_model
 from xforget.models.config import _WRAPPER_KEYS
-from xforget.models.options import (
+from xforget.models.layer_options import (
     LAYER_OPTION_NAMES,
     LayerOptions,
     config_layer_options,
 )
-from xforget.nn.options import AttentionOptions, scheme_option_names
+from xforget.nn.attention_options import AttentionOptions, scheme_option_names
 
 
 def test_every_layer_field_of_the_config_is_a_layer_option():

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from xforget.train import ConfigError, compose_config, to_train_config, train
 from xforget.train.metrics import read_metrics
-from xforget.train.peak import load_peak, machine_key, save_peak
+from xforget.train.peak_flops import load_peak, machine_key, save_peak
 from xforget.train.compile import AUTO_MIN_STEPS, resolve_compile
 from xforget.train.precision import resolve_precision
 

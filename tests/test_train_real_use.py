@@ -415,7 +415,7 @@ def test_experiments_keep_the_lr_of_their_committed_results():
     README/docs numbers were measured with, so their one command still reproduces them."""
     assert to_train_config(compose_config([])).optim.lr == 1.5e-3
     assert to_train_config(compose_config(["experiment=shakespeare_small"])).optim.lr == 2e-3
-    from xforget.compare.run import load_compare_config
+    from xforget.compare.pipeline import load_compare_config
 
     fox_vs_rope, _ = load_compare_config(["experiment=fox_vs_rope"])
     assert float(dict(a.split("=", 1) for a in fox_vs_rope.train)["optim.lr"]) == 2e-3

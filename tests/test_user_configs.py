@@ -96,8 +96,8 @@ def test_shipped_experiments_compose():
 
 
 def test_compare_experiment_holds_the_readme_comparison(tmp_path):
-    from xforget.compare.run import load_compare_config
-    from xforget.compare.runner import plan_runs
+    from xforget.compare.pipeline import load_compare_config
+    from xforget.compare.runs import plan_runs
 
     cfg, out_dir = load_compare_config(["experiment=compare_shakespeare"])
     assert cfg.positions == ["none", "absolute", "rotary", "alibi", "fox", "fox_pro"] and cfg.seeds == [0, 1]

@@ -55,7 +55,13 @@ MOVED: dict[str, str] = {
     "xforget.cli_args": "xforget.commands.args",
     "xforget.config_errors": "xforget.errors",
     "xforget.data.prepare_cli": "xforget.commands.prepare",
-    "xforget.data.cache": "xforget.data.corpus_cache",
+    "xforget.data.cache": "xforget.data.corpora.cache",
+    "xforget.data.stdlib": "xforget.data.corpora.stdlib",
+    "xforget.data.text": "xforget.data.corpora.text",
+    "xforget.data.shakespeare": "xforget.data.corpora.shakespeare",
+    "xforget.data.sources": "xforget.data.prepare_inputs",
+    "xforget.compare.runner": "xforget.compare.runs",
+    "xforget.train.peak": "xforget.train.peak_flops",
 }
 
 

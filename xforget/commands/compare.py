@@ -39,9 +39,9 @@ import sys
 
 from xforget.commands.args import emit, literal_paths
 from xforget.commands.evaluate import cfg_flag
-from xforget.compare.run import composed_config_yaml, run_compare
+from xforget.compare.pipeline import composed_config_yaml, run_compare
 from xforget.evaluate.config import EXIT_CONFIG
-from xforget.compare.runner import CompareError
+from xforget.compare.runs import CompareError
 from xforget.data import DataError
 from xforget.errors import ConfigError
 

@@ -1,14 +1,14 @@
 """Compare positional schemes by flag: train each with the same budget, evaluate, tabulate and plot.
 
-* :mod:`.run`    -- :func:`run_compare`: plan, train, evaluate, report (``xforget-compare`` from Python).
+* :mod:`.pipeline` -- :func:`run_compare`: plan, train, evaluate, report (``xforget-compare`` from Python).
 * :mod:`.config` -- the typed comparison config (``configs/compare.yaml``).
-* :mod:`.runner` -- plan the (scheme, seed) runs, train them in subprocesses, re-use finished ones.
+* :mod:`.runs`   -- plan the (scheme, seed) runs, train them in subprocesses, re-use finished ones.
 * :mod:`.report` -- ``compare.json`` and the ``compare.md`` table.
 * :mod:`.plots`  -- PNG plots (matplotlib, Agg).
 
 The command itself is :mod:`xforget.commands.compare`.
 """
 
-from xforget.compare.run import run_compare
+from xforget.compare.pipeline import run_compare
 
 __all__ = ["run_compare"]

@@ -1,16 +1,18 @@
-"""Byte-level corpora (vocabulary 256) and the batches drawn from them.
+"""Data: what training and evaluation read, and the commands that prepare it.
 
-* :mod:`.load`        -- :func:`load_corpus`: the corpus a data config names.
-* :mod:`.stdlib`      -- the installed Python standard library's sources (default; offline).
-* :mod:`.text`        -- any file.
-* :mod:`.shakespeare` -- Tiny Shakespeare (local file or a checked download).
-* :mod:`.batches`     -- the fixed train/validation split, step-seeded training
-  windows and the fixed validation windows.
+* :mod:`.corpus`      -- :class:`Corpus` (raw bytes + description) and :class:`DataError`.
+* :mod:`.corpora`     -- byte corpora by name (``data=stdlib|text|shakespeare``; :func:`load_corpus`),
+  one module per format, and their download/cache directory.
+* :mod:`.synthetic`, :mod:`.haystack` -- generated tasks (``data=mqar|needle``) and needle-in-a-haystack prompts.
+* :mod:`.prepare_inputs`, :mod:`.tokenizer`, :mod:`.prepare`, :mod:`.tokens` -- ``xforget-prepare``: read
+  files / JSON lines / Parquet / ``datasets``, tokenize, write memory-mapped token shards (``data=tokens``).
+* :mod:`.training`    -- one split of token ids per part, for any data config (bytes or tokens).
+* :mod:`.batches`     -- the fixed train/validation split, step-seeded training windows, fixed validation windows.
 """
 
 from xforget.data.batches import Split, TrainBatches, split_corpus, val_windows
-from xforget.data.corpus_cache import cache_dir
+from xforget.data.corpora import load_corpus
+from xforget.data.corpora.cache import cache_dir
 from xforget.data.corpus import Corpus, DataError
-from xforget.data.load import load_corpus
 
 __all__ = ["Corpus", "DataError", "Split", "TrainBatches", "cache_dir", "load_corpus", "split_corpus", "val_windows"]

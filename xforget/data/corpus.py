@@ -1,5 +1,5 @@
 """A byte corpus (:class:`Corpus`) and the data layer's error (:class:`DataError`); every corpus module
-returns one (see :func:`xforget.data.load.load_corpus`)."""
+returns one (see :func:`xforget.data.corpora.load_corpus`)."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ from typing import Optional
 import numpy as np
 
 from xforget.data.corpus import DataError
-from xforget.data.sources import Source, open_source, text_pieces
+from xforget.data.prepare_inputs import Source, open_source, text_pieces
 from xforget.data.tokenizer import ByteTokenizer, HFTokenizer, _import_tokenizers, resolve_tokenizer
 from xforget.files import atomic_dir, partial_dirs
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from xforget.data.batches import split_corpus
 from xforget.data.corpus import DataError
-from xforget.data.load import load_corpus
+from xforget.data.corpora import load_corpus
 from xforget.data.tokenizer import ByteTokenizer, load_tokenizer
 from xforget.data.tokens import load_tokens
 

@@ -16,8 +16,8 @@ from typing import Any
 class ModelConfig:
     """Every model option, with defaults: the Hydra schema of the ``model/`` group.
 
-    The layer fields have the names of :class:`xforget.models.options.LayerOptions`
-    (documented there), which :func:`xforget.models.options.config_layer_options`
+    The layer fields have the names of :class:`xforget.models.layer_options.LayerOptions`
+    (documented there), which :func:`xforget.models.layer_options.config_layer_options`
     builds from this config in one place.
 
     ``position`` is a scheme name or a list of names; ``kind`` is ``decoder``

@@ -11,7 +11,7 @@ CrossAttender). For a fully custom sequence give it whole with ``depth=1``
 whose norms follow ``norm_style`` (pre / post / sandwich, see
 :mod:`xforget.nn.norms`). One ``position=`` flag picks the positional scheme(s);
 see :mod:`xforget.models.positions`. The options are one
-:class:`~xforget.models.options.LayerOptions`, checked up front by
+:class:`~xforget.models.layer_options.LayerOptions`, checked up front by
 :func:`xforget.models.validate.check_layer_options` and passed down to every
 attention layer.
 """
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xforget.models.options import LayerOptions, layer_options
+from xforget.models.layer_options import LayerOptions, layer_options
 from xforget.models.positions import PositionPlan, resolve_position
 from xforget.models.validate import check_layer_options
 from xforget.nn.attention import Attention
@@ -134,13 +134,13 @@ class AttentionLayers(nn.Module):
         depth: number of blocks (repetitions of the pattern).
         heads: attention heads (must divide dim unless dim_head is given).
         causal: causal (Decoder) or bidirectional (Encoder).
-        **options: any field of :class:`~xforget.models.options.LayerOptions` (position,
+        **options: any field of :class:`~xforget.models.layer_options.LayerOptions` (position,
             dim_head, ff_mult, norm, the scheme and attention options, ...; documented
-            there and on :class:`~xforget.nn.options.AttentionOptions`), or its
+            there and on :class:`~xforget.nn.attention_options.AttentionOptions`), or its
             x-transformers alias (:mod:`xforget.models.aliases`). ``sinusoidal`` positions
             are added to the input here; ``absolute`` (a table of max_seq_len rows) by the wrapper.
     Attributes:
-        options: the :class:`~xforget.models.options.LayerOptions` the stack was built from;
+        options: the :class:`~xforget.models.layer_options.LayerOptions` the stack was built from;
             every attention layer gets it too.
         plan: the resolved :class:`~xforget.models.positions.PositionPlan`.
     Raises:

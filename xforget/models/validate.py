@@ -1,8 +1,8 @@
 """The one validation of model options, run once before anything is built.
 
-:func:`check_layer_options` checks a layer stack's :class:`~xforget.models.options.LayerOptions`
+:func:`check_layer_options` checks a layer stack's :class:`~xforget.models.layer_options.LayerOptions`
 as a whole -- geometry, scheme compatibility, option ranges; an attention layer's
-own checks are :func:`xforget.nn.options.check_attention_options`, which it runs
+own checks are :func:`xforget.nn.attention_options.check_attention_options`, which it runs
 in turn. :func:`validate_model_config` checks the few fields of a
 :class:`~xforget.models.config.ModelConfig` that are not layer options, then the
 layer options it describes. Every error is a ``ValueError`` that names the field
@@ -15,12 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 from xforget.models.config import ModelConfig, model_config_from_dict
-from xforget.models.options import LayerOptions, config_layer_options
+from xforget.models.layer_options import LayerOptions, config_layer_options
 from xforget.models.positions import PositionPlan, resolve_position
 from xforget.nn.bias import registered_biases
 from xforget.nn.feedforward import feedforward_activations
 from xforget.nn.norms import NORM_STYLES, NORMS
-from xforget.nn.options import check_attention_options, scheme_option_names
+from xforget.nn.attention_options import check_attention_options, scheme_option_names
 from xforget.nn.value_residual import VALUE_RESIDUAL_MIXES
 from xforget.ops import BACKENDS
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from xforget.models.aliases import translate_x_transformers_kwargs
 from xforget.models.config import BYTE_VOCAB, ModelConfig, model_config_from_dict
 from xforget.models.layers import AttentionLayers, Decoder, Encoder
-from xforget.models.options import config_layer_options
+from xforget.models.layer_options import config_layer_options
 from xforget.models.pretrained import (
     build_from_pretrained,
     check_saveable,

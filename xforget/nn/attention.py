@@ -34,7 +34,7 @@ from xforget.nn.kv_cache import LayerCache, extend
 from xforget.nn.kv_shift import KVShift
 from xforget.nn.memory_kv import MemoryKV
 from xforget.nn.norms import HeadL2Norm, HeadRMSNorm
-from xforget.nn.options import AttentionOptions, check_attention_options
+from xforget.nn.attention_options import AttentionOptions, check_attention_options
 from xforget.ops import attend
 from xforget.nn.rotary import RotaryEmbedding
 from xforget.nn.value_residual import ValueResidualMix
@@ -56,7 +56,7 @@ class Attention(nn.Module):
     Args:
         dim: model width.
         heads: query heads.
-        options: the layer's :class:`~xforget.nn.options.AttentionOptions` (a stack
+        options: the layer's :class:`~xforget.nn.attention_options.AttentionOptions` (a stack
             passes its own ``LayerOptions``, which is one); default all defaults.
         causal: causal (decoder) or bidirectional (encoder, cross-attention).
         bias: name of a registered bias builder (built from the scheme options of
@@ -66,10 +66,10 @@ class Attention(nn.Module):
         cross: cross-attention (keys and values from ``context``; no positions, no cache,
             no KV-shift).
         context_dim: width of the context (default dim).
-        **option_values: fields of :class:`~xforget.nn.options.AttentionOptions` that
+        **option_values: fields of :class:`~xforget.nn.attention_options.AttentionOptions` that
             replace those of ``options`` (e.g. ``kv_heads=2, qk_norm=True, num_buckets=8``).
     Raises:
-        ValueError: invalid options (:func:`~xforget.nn.options.check_attention_options`).
+        ValueError: invalid options (:func:`~xforget.nn.attention_options.check_attention_options`).
         TypeError: an unknown option.
     """
 

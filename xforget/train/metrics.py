@@ -113,14 +113,14 @@ def peak_flops(device, precision: str, configured: float | None = None) -> float
 
     ``configured`` if given; else a known CUDA GPU's dense peak; else this
     machine's measured matmul peak stored by ``scripts/bench_peak.py``
-    (:func:`xforget.train.peak.load_peak`; CPUs); else None (TFLOP/s only).
+    (:func:`xforget.train.peak_flops.load_peak`; CPUs); else None (TFLOP/s only).
     """
     if configured:
         return float(configured)
     import torch
 
     if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
-        from xforget.train.peak import load_peak
+        from xforget.train.peak_flops import load_peak
 
         return load_peak(precision) if getattr(device, "type", str(device)) == "cpu" else None
     name = torch.cuda.get_device_name(device)

@@ -19,7 +19,7 @@ from xforget.compare.config import TRAIN_ROOTS, CompareConfig
 from xforget.compare.plots import write_plots
 from xforget.compare.prepared import ensure_prepared, prepare_summary
 from xforget.compare.report import build_report, train_summary, write_json, write_markdown
-from xforget.compare.runner import ensure_trained, plan_runs, scheme_overrides
+from xforget.compare.runs import ensure_trained, plan_runs, scheme_overrides
 from xforget.data.prepare import PrepareConfig
 from xforget.errors import ConfigError
 from xforget.evaluate.config import (

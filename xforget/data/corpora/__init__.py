@@ -1,14 +1,21 @@
-"""``load_corpus(data_cfg)``: the bytes named by a :class:`~xforget.train.config.DataConfig`.
+"""Byte corpora by name: ``load_corpus(data_cfg)`` returns the bytes a :class:`~xforget.train.config.DataConfig`
+names (``data=stdlib|text|shakespeare|mqar|needle``).
 
-Adding a corpus format: a module beside this one that returns a :class:`~xforget.data.corpus.Corpus`,
-and one branch below.
+* :mod:`.stdlib`      -- the installed Python standard library's sources (default; offline).
+* :mod:`.text`        -- any file.
+* :mod:`.shakespeare` -- Tiny Shakespeare (local file or a checked download).
+* :mod:`.cache`       -- where downloaded and assembled corpora are cached.
+
+Adding a corpus format: a module in this package that returns a :class:`~xforget.data.corpus.Corpus`,
+and one branch in :func:`load_corpus`. (Token datasets of any size go through ``xforget-prepare``:
+:mod:`xforget.data.prepare_inputs` reads its input formats.)
 """
 
 from __future__ import annotations
 
-from xforget.data import shakespeare, stdlib, text
+from xforget.data.corpora import shakespeare, stdlib, text
+from xforget.data.corpora.cache import cache_dir
 from xforget.data.corpus import Corpus, DataError
-from xforget.data.corpus_cache import cache_dir
 from xforget.data.synthetic import load_synthetic
 
 SYNTHETIC_BYTES = 1 << 21  # default size of a synthetic corpus (data=mqar / data=needle)

@@ -19,7 +19,7 @@ import platform
 import sysconfig
 from pathlib import Path
 
-from xforget.data.corpus_cache import atomic_write_bytes
+from xforget.data.corpora.cache import atomic_write_bytes
 from xforget.data.corpus import Corpus, DataError, sha256
 
 EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})

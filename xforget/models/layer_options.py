@@ -2,7 +2,7 @@
 
 ``LayerOptions`` is what :class:`~xforget.models.layers.AttentionLayers` (and so
 ``Decoder``, ``Encoder``, ``CrossAttender``) is built from: the attention options
-it inherits from :class:`~xforget.nn.options.AttentionOptions` (passed down to
+it inherits from :class:`~xforget.nn.attention_options.AttentionOptions` (passed down to
 every attention layer as they are) plus the stack's own. It is made in one of two
 places, both here:
 
@@ -22,12 +22,12 @@ from typing import Any
 
 from xforget.models.aliases import translate_x_transformers_kwargs
 from xforget.models.config import _WRAPPER_KEYS, ModelConfig
-from xforget.nn.options import AttentionOptions
+from xforget.nn.attention_options import AttentionOptions
 
 
 @dataclass(frozen=True, kw_only=True)
 class LayerOptions(AttentionOptions):
-    """Every option of a layer stack: :class:`~xforget.nn.options.AttentionOptions` plus these.
+    """Every option of a layer stack: :class:`~xforget.nn.attention_options.AttentionOptions` plus these.
 
     Attributes:
         dim: model width.

@@ -6,9 +6,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from xforget.data.corpus_cache import atomic_write_bytes
+from xforget.data.corpora.cache import atomic_write_bytes
 from xforget.data.corpus import Corpus, DataError, sha256
-from xforget.data.text import read_bytes
+from xforget.data.corpora.text import read_bytes
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"

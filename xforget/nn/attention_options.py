@@ -1,7 +1,7 @@
 """The options of an attention layer, declared once: :class:`AttentionOptions`.
 
 One frozen dataclass holds what every attention layer of a stack is built with
-(the layer stack's :class:`~xforget.models.options.LayerOptions` extends it, and
+(the layer stack's :class:`~xforget.models.layer_options.LayerOptions` extends it, and
 passes itself down to each :class:`~xforget.nn.attention.Attention`). Field names
 are the stack's keyword names, which are also the :class:`~xforget.models.config.ModelConfig`
 field names.
