@@ -29,9 +29,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from xforget.files import atomic_write_text
-from xforget.train.config import compose_named
+from xforget.commands.args import emit, literal_paths
+from xforget.data import DataError
+from xforget.errors import ConfigError
 from xforget.evaluate.config import EXIT_CONFIG, EvalCommandConfig, explain_error, split_override
+from xforget.evaluate.core import OK, evaluate_run, format_table, pick_device
+from xforget.files import atomic_write_text
+from xforget.train.checkpoint import CheckpointError, latest_checkpoint
+from xforget.train.config import compose_named, load_config_yaml
 
 USAGE = __doc__
 
@@ -41,10 +46,7 @@ def fail(message: str, code: int = EXIT_CONFIG) -> None:
     sys.exit(code)
 
 
-
 def _run_config_path(checkpoint: str) -> Path | None:
-    from xforget.train.checkpoint import latest_checkpoint
-
     root = Path(checkpoint)
     latest = latest_checkpoint(root)
     for p in ((latest / "config.yaml") if latest else None, root / "config.yaml"):
@@ -59,9 +61,6 @@ def load_eval_config(argv: list[str]) -> EvalCommandConfig:
     Raises:
         ConfigError: one line naming the bad key and the valid keys.
     """
-    from xforget.errors import ConfigError
-    from xforget.train.config import load_config_yaml
-
     parsed = [split_override(a) for a in argv]
     has_group = any(k == "data" for k, _ in parsed)
     data_keys = [k.split(".", 1)[1] for k, v in parsed if k.startswith("data.")]
@@ -110,8 +109,6 @@ def cfg_flag(argv: list[str]) -> tuple[str | None, list[str]]:
 
 def no_result_reason(result: dict) -> str | None:
     """Why ``result`` holds no measurement at all (every length skipped), or None if it holds one."""
-    from xforget.evaluate.core import OK
-
     rows = result["lengths"] + (result.get("task") or {}).get("lengths", [])
     if any(r["status"] == OK for r in rows):
         return None
@@ -122,8 +119,6 @@ def no_result_reason(result: dict) -> str | None:
 
 def _job_config(argv: list[str]):
     """The composed job config of ``argv`` (type-checked like a real run, the checkpoint may be missing)."""
-    from xforget.errors import ConfigError
-
     try:
         return OmegaConf.structured(load_eval_config(argv))
     except ConfigError as exc:
@@ -134,12 +129,6 @@ def _job_config(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``xforget-eval``); ``argv`` defaults to ``sys.argv[1:]``."""
-    from xforget.commands.args import emit, literal_paths
-    from xforget.data import DataError
-    from xforget.train.checkpoint import CheckpointError
-    from xforget.errors import ConfigError
-    from xforget.evaluate.core import evaluate_run, format_table
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         emit(USAGE)
@@ -173,8 +162,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _harness(cfg) -> None:
     """``harness=true``: lm-evaluation-harness tasks on the checkpoint; prints the table, writes JSON."""
-    from xforget.evaluate.core import pick_device
-
     if not cfg.tasks:
         fail("harness=true needs tasks=[name,...] (lm-eval task names, or tasks defined under include_path=DIR)")
     if cfg.include_path is not None and not Path(cfg.include_path).is_dir():

@@ -20,7 +20,7 @@ import sys
 
 def main() -> None:
     try:
-        from xforget.evaluate import harness  # noqa: F401  (registers the model name "xforget"; names the extra when missing)
+        from xforget.integrations import harness  # noqa: F401  (registers the model name "xforget"; names the extra when missing)
         from lm_eval.__main__ import cli_evaluate
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -42,7 +42,6 @@ from xforget.data import DataError
 from xforget.errors import ConfigError
 from xforget.files import atomic_write_bytes
 from xforget.train.checkpoint import CheckpointError, latest_checkpoint
-from xforget.train.loading import check_init_from
 from xforget.train.config import (
     compose_config,
     config_dir,
@@ -51,6 +50,7 @@ from xforget.train.config import (
     user_config_overrides,
 )
 from xforget.train.distributed import broadcast_object, init_distributed, launched_by_torchrun
+from xforget.train.loading import check_init_from
 from xforget.train.loop import TrainingError, train
 from xforget.train.trackers import check_trackers
 

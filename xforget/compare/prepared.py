@@ -21,11 +21,11 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from xforget.data.corpus import DataError
 from xforget.data.corpora.cache import cache_dir
+from xforget.data.corpora.stdlib import load_stdlib_corpus, stdlib_root
+from xforget.data.corpus import DataError
 from xforget.data.prepare import META_FILE, PrepareConfig, prepare, validate_prepare
 from xforget.data.prepare_inputs import open_source
-from xforget.data.corpora.stdlib import load_stdlib_corpus, stdlib_root
 
 STDLIB = "stdlib"
 # settings that change the prepared tokens (output, overwrite, progress, num_proc and batch_bytes do not)

@@ -14,15 +14,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from xforget.data import DataError, load_corpus, val_windows
-from xforget.data import synthetic
+from xforget.data import DataError, load_corpus, synthetic, val_windows
+from xforget.data.tokenizer import load_tokenizer
+from xforget.data.tokens import load_tokens
 from xforget.errors import ConfigError
+from xforget.evaluate.config import EvalConfig, validate_eval
+from xforget.evaluate.metrics import evaluate_windows, length_limit, nats_to_bpb, token_losses
+from xforget.evaluate.needle import needle_accuracy
+from xforget.evaluate.pruning import format_pruning, pruning_fractions
 from xforget.train.checkpoint import complete_checkpoints
 from xforget.train.config import BYTE_VOCAB, DataConfig, TrainConfig, TrainerConfig
 from xforget.train.loading import load_trained
-from xforget.evaluate.config import EvalConfig, validate_eval
-from xforget.evaluate.metrics import evaluate_windows, length_limit, nats_to_bpb, token_losses
-from xforget.evaluate.pruning import format_pruning, pruning_fractions
 
 ROUND = 6
 OK, CANNOT_EXTRAPOLATE, TOO_SHORT = "ok", "cannot extrapolate", "validation split too short"
@@ -56,7 +58,6 @@ def validation_tokens(data_cfg: DataConfig) -> tuple[Any, dict[str, Any], float]
         return val, info, 1.0
     if not data_cfg.path:
         raise DataError("data=tokens needs a prepared dataset directory: data.path=DIR")
-    from xforget.data.tokens import load_tokens
 
     data = load_tokens(data_cfg.path)
     m = data.meta
@@ -249,9 +250,6 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
         result["pruning"] = by_length[str(max(ok_lengths))]
         result["pruning_by_length"] = by_length
     if ecfg.needle_examples > 0:
-        from xforget.data.tokenizer import load_tokenizer
-        from xforget.evaluate.needle import needle_accuracy
-
         tok = load_tokenizer(run_dir)
         needle_lengths = [int(m) * base for m in (ecfg.needle_multiples or multiples)]
         result["needle"] = {"key": "secret", "per_depth": ecfg.needle_examples, "depths": list(ecfg.needle_depths),

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from xforget.files import atomic_write_text
+from xforget.nn.attention import Attention
+from xforget.train.peak_flops import load_peak
 
 
 def _clean(value: Any) -> Any:
@@ -83,8 +85,6 @@ def model_flops_per_token(model, seq_len: int) -> float:
     """
     from torch import nn
 
-    from xforget.nn.attention import Attention
-
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     logits = getattr(model, "to_logits", None)
     tied = logits is not None and id(logits.weight) in tables
@@ -120,8 +120,6 @@ def peak_flops(device, precision: str, configured: float | None = None) -> float
     import torch
 
     if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
-        from xforget.train.peak_flops import load_peak
-
         return load_peak(precision) if getattr(device, "type", str(device)) == "cpu" else None
     name = torch.cuda.get_device_name(device)
     for fragment, (fp32, half) in _PEAK.items():
