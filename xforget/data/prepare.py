@@ -53,7 +53,7 @@ from typing import Optional
 import numpy as np
 
 from xforget.data.corpus import DataError
-from xforget.data.prepare_inputs import Source, open_source, text_pieces
+from xforget.data.prepare_inputs import Source, as_utf8, check_encoding, check_text_file, open_source, text_pieces
 from xforget.data.tokenizer import ByteTokenizer, HFTokenizer, _import_tokenizers, resolve_tokenizer
 from xforget.files import atomic_dir, partial_dirs
 
@@ -87,8 +87,10 @@ class PrepareConfig:
     dataset_config: Optional[str] = None
     split: str = "train"
     batch_bytes: int = 1 << 22  # bytes of text per encoding batch (memory ~ a few batches)
-    overwrite: bool = False  # replace an existing prepared directory at output
+    overwrite: bool = False  # replace an existing prepared dataset at output (never any other directory)
     progress: bool = True
+    encoding: str = "utf-8"  # of text files; another ASCII-compatible codec is transcoded to UTF-8
+    errors: str = "strict"  # strict: undecodable bytes are an error; replace: each becomes U+FFFD
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -130,6 +132,7 @@ def validate_prepare(cfg: PrepareConfig, key_prefix: str = "") -> None:
              cfg.vocab_size)
     if cfg.tokenizer == "bytes":
         need(len(cfg.separator.encode("utf-8")) >= 1, "separator", "at least one byte", cfg.separator)
+    check_encoding(cfg.encoding, cfg.errors)
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -261,10 +264,9 @@ def units(source: Source, plan: Plan, chunk: int) -> Iterator[tuple[bytes, bool,
     """``(piece, is_val, last)`` in corpus order. A single file's pieces never end a document
     (no separator: the file is split as the byte path splits it)."""
     if plan.single_file is not None:
-        for piece, _ in text_pieces(plan.single_file, 0, plan.split_at, chunk):
-            yield piece, False, False
-        for piece, _ in text_pieces(plan.single_file, plan.split_at, None, chunk):
-            yield piece, True, False
+        for start, stop, is_val in ((0, plan.split_at, False), (plan.split_at, None, True)):
+            for piece, _ in text_pieces(plan.single_file, start, stop, chunk):
+                yield as_utf8(piece, source.encoding, source.errors), is_val, False
         return
     doc = 0
     for piece, last in source.pieces(chunk):
@@ -321,6 +323,36 @@ def remove_stale(output: Path) -> list[Path]:
     return removed
 
 
+OVERWRITE_RULE = "overwrite=true replaces a prepared dataset (a directory with meta.json), never anything else"
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """The one overwrite rule: a new path is written; an existing prepared dataset is replaced only with
+    ``overwrite=true``; anything else that exists is never replaced.
+
+    Raises:
+        DataError: one line stating the rule.
+    """
+    if not output.exists():
+        return
+    if not (output / META_FILE).is_file():
+        raise DataError(f"output={output} exists and is not a prepared dataset (no {META_FILE}); {OVERWRITE_RULE}: "
+                        "choose another output=")
+    if not overwrite:
+        raise DataError(f"output={output} is already a prepared dataset; add overwrite=true to replace it "
+                        "or choose another output=")
+
+
+def check_text(source: Source) -> int:
+    """Check every text file of ``source`` (:func:`~xforget.data.prepare_inputs.check_text_file`) before anything
+    is written; returns their undecodable bytes (replaced by U+FFFD; 0 unless ``errors=replace``).
+
+    Raises:
+        DataError: a binary file, or invalid text under ``errors=strict`` (one line naming the file).
+    """
+    return sum(check_text_file(f, source.encoding, source.errors) for f in source.text_files())
+
+
 def prepare(cfg: PrepareConfig, log=print) -> Path:
     """Write the prepared dataset directory ``cfg.output``; returns its path.
 
@@ -332,12 +364,10 @@ def prepare(cfg: PrepareConfig, log=print) -> Path:
 
         _import_tokenizers("tokenizer=bpe")
     output = Path(cfg.output).expanduser().resolve()
-    if output.exists() and not cfg.overwrite:
-        what = "a prepared dataset" if (output / META_FILE).is_file() else "not a prepared dataset"
-        raise DataError(f"output={output} already exists ({what}); choose another directory or add overwrite=true")
-    if output.exists() and not (output / META_FILE).is_file():
-        raise DataError(f"output={output} exists and is not a prepared dataset (no meta.json); not replacing it")
-    source = open_source(cfg.input, cfg.text_field, cfg.dataset_config, cfg.split)
+    check_output(output, cfg.overwrite)
+    source = open_source(cfg.input, cfg.text_field, cfg.dataset_config, cfg.split, cfg.encoding, cfg.errors,
+                         exclude=output)
+    undecodable = check_text(source)
     if cfg.tokenizer not in ("bytes", "bpe"):
         tok = resolve_tokenizer(cfg.tokenizer)
     else:
@@ -381,7 +411,8 @@ def prepare(cfg: PrepareConfig, log=print) -> Path:
             "single_document": plan.single_file is not None,
             "val_fraction": cfg.val_fraction,
             "seed": cfg.seed,
-            "input": {"spec": cfg.input, **source.fingerprint()},
+            "input": {"spec": cfg.input, **source.fingerprint(), "encoding": cfg.encoding, "errors": cfg.errors,
+                      "replaced_bytes": undecodable},
             "command": command_line(cfg),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
@@ -394,7 +425,9 @@ def prepare(cfg: PrepareConfig, log=print) -> Path:
 def _encode_all(cfg: PrepareConfig, source: Source, plan: Plan, tok, encoder: Encoder, tmp: Path) -> dict:
     from tqdm.auto import tqdm
 
-    totals = {s: {"tokens": 0, "bytes": 0, "documents": 0} for s in ("train", "val")}
+    # max_id: the largest id written, recorded in meta.json so that opening the dataset checks it against the
+    # vocabulary without a scan (tokens.py)
+    totals = {s: {"tokens": 0, "bytes": 0, "documents": 0, "max_id": -1} for s in ("train", "val")}
     total = plan.size if plan.single_file is not None else source.total_bytes()
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="prepare", dynamic_ncols=True,
                disable=not cfg.progress, file=sys.stderr, mininterval=0.5)
@@ -410,6 +443,8 @@ def _encode_all(cfg: PrepareConfig, source: Source, plan: Plan, tok, encoder: En
                 totals[name]["tokens"] += int(arr.size)
                 totals[name]["bytes"] += b
                 totals[name]["documents"] += d
+                if arr.size:
+                    totals[name]["max_id"] = max(totals[name]["max_id"], int(arr.max()))
             bar.update(read)
             if step_sleep:
                 ftrain.flush()

@@ -17,11 +17,19 @@ Inputs:
   directory), or a ``load_dataset`` name (``input=NAME dataset_config=...
   split=train``; offline it needs the data in the local cache).
 
+Text files are checked before anything is written (:func:`check_text_files`): invalid UTF-8 is an
+error naming the file, the byte offset of the first invalid byte and how many there are, unless the
+user opts in to another ``encoding`` (the text is transcoded to UTF-8) or to ``errors=replace``
+(invalid bytes become U+FFFD); a file that looks binary (a NUL byte in its first 8000 bytes, git's
+rule, or over 30% undecodable bytes) is refused either way. JSON, Parquet and ``datasets`` inputs
+hold decoded text already.
+
 Errors are :class:`~xforget.data.corpus.DataError` with one line.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import json
@@ -53,12 +61,18 @@ class Source:
     dataset: object = None
     text_field: str = "text"
     description: str = ""
+    encoding: str = "utf-8"  # of the text files (JSON, Parquet and datasets hold decoded text)
+    errors: str = "strict"  # strict | replace: what undecodable bytes of a text file become
 
     def single_file(self) -> Path | None:
         """The path when the input is one plain text file (one document, split by bytes), else None."""
         if self.kind == "files" and len(self.files) == 1 and _file_kind(self.files[0]) == "text":
             return self.files[0]
         return None
+
+    def text_files(self) -> list[Path]:
+        """The plain text files among the inputs (not JSON, not Parquet)."""
+        return [f for f in self.files if _file_kind(f) == "text"] if self.kind == "files" else []
 
     def total_bytes(self) -> int | None:
         """Input size in bytes for the progress bar (None for a dataset)."""
@@ -110,7 +124,8 @@ class Source:
         for f in self.files:
             k = _file_kind(f)
             if k == "text":
-                yield from text_pieces(f, 0, None, chunk)
+                for piece, last in text_pieces(f, 0, None, chunk):
+                    yield as_utf8(piece, self.encoding, self.errors), last
             elif k == "parquet":
                 for doc in _parquet_docs(f, self.text_field):
                     yield doc, True
@@ -136,6 +151,96 @@ class Source:
         if len(per_file) <= 64:
             out["inputs"] = per_file
         return out
+
+
+# ----------------------------------------------------------------------------- text files: encoding
+
+ENCODING_ERRORS = ("strict", "replace")
+BINARY_SNIFF = 8000  # git's rule: a NUL byte in the first 8000 bytes means binary
+BINARY_SHARE = 0.3  # more undecodable bytes than this share: binary, whatever errors= says
+_COUNT_HANDLER = "xforget-count-undecodable"
+_undecodable: list[tuple[int, int]] = []  # (start, end) in the decoder's input, filled by the handler
+
+
+def _count_undecodable(exc: UnicodeDecodeError) -> tuple[str, int]:
+    _undecodable.append((exc.start, exc.end))
+    return "\ufffd", exc.end
+
+
+codecs.register_error(_COUNT_HANDLER, _count_undecodable)
+
+
+def check_encoding(encoding: str, errors: str) -> None:
+    """Raises DataError (one line) for an unknown codec, one that is not ASCII-compatible (pieces are cut at
+    newlines, and ``\\n`` must be one byte), or an ``errors`` other than strict / replace."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise DataError(f"invalid value encoding={encoding!r}: not a Python codec; e.g. utf-8, latin-1, cp1252") from None
+    if "\n a".encode(name) != b"\n a":
+        raise DataError(f"invalid value encoding={encoding!r}: must be ASCII-compatible (utf-8, latin-1, cp1252, ...); "
+                        f"convert the files to UTF-8 first, e.g. iconv -f {encoding} -t UTF-8")
+    if errors not in ENCODING_ERRORS:
+        raise DataError(f"invalid value errors={errors!r}: must be one of {list(ENCODING_ERRORS)}")
+
+
+def undecodable_bytes(path: Path, encoding: str = "utf-8") -> tuple[int, int | None, int]:
+    """``(undecodable bytes, offset of the first, file size)`` of ``path`` read as ``encoding``, streamed.
+
+    Raises:
+        DataError: the file cannot be read.
+    """
+    decoder = codecs.getincrementaldecoder(encoding)(errors=_COUNT_HANDLER)
+    count, first, fed = 0, None, 0
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"cannot read input file {path}: {exc.strerror or exc}") from None
+    with fh:
+        while True:
+            data = fh.read(READ_CHUNK)
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous read
+            _undecodable.clear()
+            decoder.decode(data, final=not data)
+            base = fed - pending  # the offset of the decoder's input in the file
+            for start, end in _undecodable:
+                count += end - start
+                first = base + start if first is None else first
+            fed += len(data)
+            if not data:
+                return count, first, fed
+
+
+def check_text_file(path: Path, encoding: str = "utf-8", errors: str = "strict") -> int:
+    """Check that ``path`` is text in ``encoding``; returns its number of undecodable bytes (0 unless
+    ``errors="replace"``).
+
+    Raises:
+        DataError: the file looks binary (a NUL byte in its first 8000 bytes, or over 30% undecodable
+            bytes), or, with ``errors="strict"``, it holds undecodable bytes: one line naming the file, the
+            offset of the first and their count, and the opt-ins.
+    """
+    with open(path, "rb") as fh:
+        nul = fh.read(BINARY_SNIFF).find(b"\0")
+    if nul >= 0:
+        raise DataError(f"input file {path} looks binary (a NUL byte at offset {nul}), not text: leave it out of "
+                        "input= (a directory, or a glob such as 'corpus/**/*.txt')")
+    count, first, size = undecodable_bytes(path, encoding)
+    if count and count > BINARY_SHARE * size:
+        raise DataError(f"input file {path} looks binary ({count:,} of its {size:,} bytes are not valid "
+                        f"{encoding}), not text: leave it out of input=, or give its encoding=")
+    if count and errors == "strict":
+        raise DataError(f"input file {path} is not valid {encoding}: {count:,} undecodable byte(s), the first at "
+                        f"byte offset {first:,}; give its encoding (e.g. encoding=latin-1 or encoding=cp1252: "
+                        "transcoded to UTF-8) or errors=replace (each becomes U+FFFD)")
+    return count
+
+
+def as_utf8(piece: bytes, encoding: str, errors: str) -> bytes:
+    """``piece`` of a text file as UTF-8 (unchanged for strict UTF-8, which :func:`check_text_file` has checked)."""
+    if errors == "strict" and codecs.lookup(encoding).name == "utf-8":
+        return piece
+    return piece.decode(encoding, errors).encode("utf-8")
 
 
 def _file_kind(path: Path) -> str:
@@ -312,12 +417,32 @@ def _load_hf(spec: str, config: str | None, split: str):
 
 
 def open_source(spec: str, text_field: str = "text", dataset_config: str | None = None,
-                split: str = "train") -> Source:
+                split: str = "train", encoding: str = "utf-8", errors: str = "strict",
+                exclude: Path | None = None) -> Source:
     """The :class:`Source` named by ``input=`` (see the module docstring).
+
+    ``encoding`` / ``errors``: how text files are decoded (see :func:`check_text_file`); ``exclude``: a
+    directory whose files are never input (``xforget-prepare``'s own output, and its temporary directories).
 
     Raises:
         DataError: nothing matches, an empty directory, an unreadable dataset.
     """
+    source = _open_source(spec, text_field, dataset_config, split, exclude)
+    source.encoding, source.errors = encoding, errors
+    return source
+
+
+def _excluded(path: Path, exclude: Path | None) -> bool:
+    """Whether ``path`` is ``exclude``, below it, or in one of its ``.<name>.tmp-<pid>`` siblings."""
+    if exclude is None:
+        return False
+    path, exclude = path.resolve(), exclude.resolve()
+    tmp_prefix = f".{exclude.name}.tmp-"
+    return any(p == exclude or (p.parent == exclude.parent and p.name.startswith(tmp_prefix))
+               for p in (path, *path.parents))
+
+
+def _open_source(spec: str, text_field: str, dataset_config: str | None, split: str, exclude: Path | None) -> Source:
     if not spec:
         raise DataError("input= is required: a text file, a directory, a glob, .jsonl/.parquet files or a dataset")
     p = Path(spec).expanduser()
@@ -325,14 +450,15 @@ def open_source(spec: str, text_field: str = "text", dataset_config: str | None 
         if any((p / m).is_file() for m in HF_MARKERS):
             return Source("dataset", dataset=_load_hf(str(p), dataset_config, split), text_field=text_field,
                           description=str(p.resolve()))
-        files = _files_under(p)
+        files = [f for f in _files_under(p) if not _excluded(f, exclude)]
         if not files:
             raise DataError(f"input directory {p.resolve()} holds no files")
         return Source("files", files=files, text_field=text_field, description=str(p.resolve()))
     if p.is_file():
         return Source("files", files=[p.resolve()], text_field=text_field, description=str(p.resolve()))
     if _is_glob(spec):
-        files = sorted(Path(f).resolve() for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+        files = sorted(Path(f).resolve() for f in glob.glob(str(p), recursive=True)
+                       if Path(f).is_file() and not _excluded(Path(f), exclude))
         if not files:
             raise DataError(f"input glob {spec!r} matches no files")
         return Source("files", files=files, text_field=text_field, description=spec)

@@ -195,6 +195,16 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     return tok
 
 
+def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
+    """Whether ``a`` and ``b`` map text to the same ids: both bytes, or two ``tokenizer.json`` tokenizers whose
+    serialised form (vocabulary, merges, pre-tokenizer, ...) is identical."""
+    if isinstance(a, ByteTokenizer) or isinstance(b, ByteTokenizer):
+        return isinstance(a, ByteTokenizer) and isinstance(b, ByteTokenizer)
+    if isinstance(a, HFTokenizer) and isinstance(b, HFTokenizer):
+        return a.to_str() == b.to_str()
+    return a is b
+
+
 def _config_eos(path: Path) -> str | None:
     """``eos_token`` of a Hugging Face ``tokenizer_config.json`` (a string or ``{"content": ...}``), if any."""
     try:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from xforget.data import DataError, load_corpus, synthetic, val_windows
-from xforget.data.tokenizer import load_tokenizer
+from xforget.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer, same_tokenizer
 from xforget.data.tokens import load_tokens
 from xforget.errors import ConfigError
 from xforget.evaluate.config import EvalConfig, validate_eval
@@ -164,31 +164,53 @@ def checkpoint_step(run_dir: Path) -> int | None:
     return found[-1][0] if found else None
 
 
-def load_for_eval(path: Path, data_cfg: DataConfig | None, device) -> tuple[nn.Module, TrainConfig]:
-    """(model, the training config to evaluate it by) of anything :func:`~xforget.train.loading.load_trained`
-    opens: a run or checkpoint directory, a hub-style directory or a hub repo id.
+def load_for_eval(path: Path, data_cfg: DataConfig | None, device) -> tuple[nn.Module, TrainConfig, Tokenizer]:
+    """(model, the training config to evaluate it by, the model's tokenizer) of anything
+    :func:`~xforget.train.loading.load_trained` opens: a run or checkpoint directory, a hub-style directory or a
+    hub repo id.
 
     A hub-style directory (``config.json`` + ``model.safetensors``, no ``config.yaml``) holds the model
     and its tokenizer but no training config: the base length is its ``max_seq_len`` (the training
     context), the other defaults are :class:`TrainerConfig`'s, and the data must be given.
 
     Raises:
-        CheckpointError: nothing loadable; ConfigError: a hub-style directory without ``data_cfg``;
-        DataError: byte-level data for a model with another vocabulary.
+        CheckpointError: nothing loadable; ConfigError: a hub-style directory without ``data_cfg``.
     """
     loaded = load_trained(path, device)
     if loaded.train_config is not None:
-        return loaded.model, loaded.train_config
+        return loaded.model, loaded.train_config, loaded.tokenizer
     if data_cfg is None:
         raise ConfigError(f"checkpoint={path} is a hub-style directory (config.json + model.safetensors), which records "
                           "no data: add the data to evaluate on, e.g. data=text data.path=FILE or data=tokens "
                           "data.path=DIR (prepared with its tokenizer)")
     model_cfg = loaded.model_config
-    if data_cfg.name != "tokens" and model_cfg.num_tokens != BYTE_VOCAB:
-        raise DataError(f"the model in {path} has a vocabulary of {model_cfg.num_tokens}, data={data_cfg.name} is byte "
-                        f"level ({BYTE_VOCAB}); evaluate on data=tokens data.path=DIR prepared with its tokenizer")
     cfg = TrainConfig(model=model_cfg, data=data_cfg, trainer=TrainerConfig(seq_len=model_cfg.max_seq_len))
-    return loaded.model, cfg
+    return loaded.model, cfg, loaded.tokenizer
+
+
+def check_data_fits_model(path: str | Path, data_cfg: DataConfig, data_info: dict[str, Any], num_tokens: int,
+                          tokenizer: Tokenizer | None) -> None:
+    """Refuse data whose token ids mean something else to the model: the data's tokenizer (bytes for the byte
+    corpora, the prepared dataset's own for ``data=tokens``) must be the model's, vocabulary included. Run,
+    checkpoint and hub directories are checked alike. A model whose tokenizer is not known (``tokenizer`` None,
+    or a hub directory saved without ``tokenizer.json``: bytes with another vocabulary) is checked by the
+    vocabulary alone.
+
+    Raises:
+        DataError: one line naming both tokenizers and what to evaluate on instead.
+    """
+    prepared = data_cfg.name == "tokens"
+    data_vocab = int(data_info["vocab_size"]) if prepared else BYTE_VOCAB
+    data_tok = load_tokenizer(data_cfg.path) if prepared else ByteTokenizer()
+    known = tokenizer is not None and not (isinstance(tokenizer, ByteTokenizer) and num_tokens != BYTE_VOCAB)
+    if data_vocab == num_tokens and (not known or same_tokenizer(tokenizer, data_tok)):
+        return
+    model_side = f"tokenizer {tokenizer.name}, vocabulary {num_tokens}" if known else f"vocabulary {num_tokens}"
+    data_side = (f"the prepared dataset {data_cfg.path} has tokenizer {data_tok.name}, vocabulary {data_vocab}"
+                 if prepared else f"data={data_cfg.name} is byte level (vocabulary {BYTE_VOCAB})")
+    raise DataError(f"the model in {path} was trained with another tokenizer ({model_side}); {data_side}: its ids "
+                    "would be read as other tokens; evaluate on data=tokens data.path=DIR prepared with the model's "
+                    "tokenizer (xforget-prepare input=... output=DIR tokenizer=<the model's tokenizer.json>)")
 
 
 def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: DataConfig | None = None,
@@ -211,7 +233,9 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
         torch.set_num_threads(ecfg.threads)
     device = pick_device(ecfg.device)
     if model is None or train_cfg is None:
-        model, train_cfg = load_for_eval(run_dir, data_cfg, device)
+        model, train_cfg, model_tokenizer = load_for_eval(run_dir, data_cfg, device)
+    else:
+        model_tokenizer = None  # the caller's model: its vocabulary is checked
     model = model.to(device).eval()
     data_cfg = data_cfg or train_cfg.data
     t = train_cfg.trainer
@@ -220,10 +244,7 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
     lengths = [m * base for m in multiples]
     tokens = ecfg.tokens or t.eval_batches * t.batch_size * t.seq_len
     val, data_info, tokens_per_byte = validation_tokens(data_cfg)
-    if data_cfg.name == "tokens" and data_info["vocab_size"] != train_cfg.model.num_tokens:
-        raise DataError(f"the prepared dataset {data_cfg.path} has a vocabulary of {data_info['vocab_size']}, "
-                        f"the model was trained with num_tokens={train_cfg.model.num_tokens}; evaluate on data "
-                        "prepared with the run's tokenizer")
+    check_data_fits_model(run_dir, data_cfg, data_info, train_cfg.model.num_tokens, model_tokenizer)
     rows = evaluate_model(model, val, lengths, tokens=tokens, batch_tokens=ecfg.batch_tokens,
                           per_position=ecfg.per_position, device=device, multiples=multiples,
                           tokens_per_byte=tokens_per_byte, buckets_per_octave=ecfg.position_buckets)

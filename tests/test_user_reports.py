@@ -1,0 +1,201 @@
+"""What a new user hit (issue 24): silent wrong results and half-checked inputs, each pinned.
+
+Every corpus is written by the test; no network, no GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runs import tiny_bpe_run
+from xforget.commands.evaluate import main as eval_main
+from xforget.commands.prepare import main as prepare_main
+from xforget.data import DataError
+from xforget.data.prepare import PrepareConfig, prepare
+from xforget.data.tokens import load_tokens
+
+pytest.importorskip("tokenizers")
+
+TINY = ["model.dim=32", "model.depth=1", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=4",
+        "trainer.max_steps=2", "trainer.progress=false", "trainer.eval_batches=1", "trainer.threads=1",
+        "trainer.warmup_steps=1", "trainer.sample_bytes=0", "trainer.precision=fp32"]
+SENTENCE = "Café crème brûlée, naïve façade; Pierre said: déjà vu.\n"
+
+
+def one_error_line(capsys, call, code: int = 2) -> str:
+    """Run ``call`` (a command's main), expect SystemExit(code) and one ``error:`` line on stderr; return it."""
+    with pytest.raises(SystemExit) as exc:
+        call()
+    assert exc.value.code == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def prep(input_: Path, output: Path, **kw) -> Path:
+    return prepare(PrepareConfig(input=str(input_), output=str(output), progress=False, **kw), log=lambda m: None)
+
+
+# ----------------------------------------------------------------------------- 1. data and model tokenizers
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory) -> Path:
+    return tiny_bpe_run(tmp_path_factory.mktemp("bpe"))
+
+
+def test_eval_of_a_bpe_run_on_byte_data_is_refused_for_every_form_of_the_model(bpe_run, tmp_path, capsys):
+    """Before: exit 0 and bpb 14.2 from raw bytes read as BPE ids. Run, checkpoint and hub directories alike."""
+    from xforget.train.loading import load_trained
+
+    text = tmp_path / "novel.txt"
+    text.write_text("the cat sat on a mat " * 200)
+    hub = tmp_path / "hub"
+    loaded = load_trained(bpe_run)
+    loaded.model.save_pretrained(hub)
+    loaded.tokenizer.save(hub)
+    checkpoint = sorted((bpe_run / "checkpoints").iterdir())[-1]
+    for model_dir in (bpe_run, checkpoint, hub):
+        out = tmp_path / "eval.json"
+        err = one_error_line(capsys, lambda: eval_main([f"checkpoint={model_dir}", "data=text", f"data.path={text}",
+                                                        f"out={out}"]))
+        assert "trained with another tokenizer" in err and "data=text is byte level" in err, err
+        assert not out.exists()
+
+
+def test_eval_on_data_from_another_tokenizer_of_the_same_size_is_refused(bpe_run, tmp_path, capsys):
+    """Same vocabulary size, other merges: the ids mean other text. Its own data passes (the other direction)."""
+    from xforget.evaluate.config import EvalConfig
+    from xforget.evaluate.core import evaluate_run
+    from xforget.train.config import DataConfig
+
+    docs = tmp_path / "other.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"zebra quokka {i} xylophone jukebox vexing wizard"}) + "\n"
+                            for i in range(80)))
+    other = prep(docs, tmp_path / "other", tokenizer="bpe", vocab_size=300)
+    assert json.loads((other / "meta.json").read_text())["vocab_size"] == 300
+    err = one_error_line(capsys, lambda: eval_main([f"checkpoint={bpe_run}", "data=tokens", f"data.path={other}",
+                                                    f"out={tmp_path / 'e.json'}"]))
+    assert "has tokenizer" in err and str(other) in err, err
+    result = evaluate_run(bpe_run, EvalConfig(multiples=[1], threads=1, device="cpu", tokens=64))
+    assert result["val_bpb"] is not None
+    with pytest.raises(DataError, match="trained with another tokenizer"):
+        evaluate_run(bpe_run, EvalConfig(multiples=[1], threads=1, device="cpu", tokens=64),
+                     DataConfig(name="tokens", path=str(other)))
+
+
+# ----------------------------------------------------------------------------- 2. decoding the input
+
+
+def test_invalid_utf8_is_an_error_naming_file_offset_and_count(tmp_path, capsys):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(("plain ascii first\n" + SENTENCE * 50).encode("latin-1"))
+    out = tmp_path / "out"
+    err = one_error_line(capsys, lambda: prepare_main([f"input={latin}", f"output={out}", "progress=false"]))
+    expected_count = sum(c > 127 for c in SENTENCE.encode("latin-1")) * 50
+    first = ("plain ascii first\n" + SENTENCE).encode("latin-1").index(b"\xe9")
+    assert str(latin) in err and f"{expected_count:,} undecodable" in err and f"byte offset {first:,}" in err, err
+    assert "encoding=" in err and "errors=replace" in err
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+@pytest.mark.parametrize("tokenizer", ["bytes", "bpe"])
+def test_encoding_opt_in_transcodes_and_counts_utf8_bytes(tokenizer, tmp_path):
+    text = "plain ascii first\n" + SENTENCE * 200
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(text.encode("latin-1"))
+    out = prep(latin, tmp_path / "out", tokenizer=tokenizer, vocab_size=300, encoding="latin-1")
+    data = load_tokens(out)
+    from xforget.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(out)
+    decoded = tok.decode(np.concatenate([data.train, data.val]).tolist())
+    assert decoded == text and "\ufffd" not in decoded
+    meta = data.meta
+    # bits per byte counts the UTF-8 bytes of the text that was tokenized, split by split
+    assert meta["train"]["bytes"] == len(tok.decode(data.train.tolist()).encode("utf-8"))
+    assert meta["val"]["bytes"] == len(tok.decode(data.val.tolist()).encode("utf-8"))
+    assert meta["train"]["bytes"] + meta["val"]["bytes"] == len(text.encode("utf-8"))
+    assert meta["input"]["encoding"] == "latin-1"
+
+
+def test_errors_replace_opt_in_counts_the_replacement_bytes(tmp_path):
+    raw = ("ok " * 100 + "\n").encode() + b"caf\xe9\n" * 20 + ("tail " * 100).encode()
+    f = tmp_path / "mixed.txt"
+    f.write_bytes(raw)
+    out = prep(f, tmp_path / "out", errors="replace")
+    meta = json.loads((out / "meta.json").read_text())
+    replaced = raw.decode("utf-8", "replace").encode("utf-8")
+    assert meta["input"]["replaced_bytes"] == 20
+    assert meta["train"]["bytes"] + meta["val"]["bytes"] == len(replaced) == meta["train"]["tokens"] + meta["val"]["tokens"]
+
+
+def test_binary_files_are_refused_even_with_errors_replace(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(rng.integers(128, 256, 5000, dtype=np.uint8).tobytes())  # no NUL, mostly invalid UTF-8
+    nul = tmp_path / "image.dat"
+    nul.write_bytes(b"GIF89a\0\0" + b"text" * 100)
+    for f, why in ((noise, "are not valid utf-8"), (nul, "a NUL byte at offset 6")):
+        out = tmp_path / "out"
+        err = one_error_line(capsys, lambda: prepare_main([f"input={f}", f"output={out}", "errors=replace",
+                                                           "progress=false"]))
+        assert "looks binary" in err and why in err and str(f) in err, err
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("args, match", [(["encoding=utf-16"], "must be ASCII-compatible"),
+                                         (["encoding=nope"], "not a Python codec"),
+                                         (["errors=ignore"], "must be one of ['strict', 'replace']")])
+def test_bad_encoding_settings_are_one_line(args, match, tmp_path, capsys):
+    f = tmp_path / "a.txt"
+    f.write_text("hello\n" * 50)
+    err = one_error_line(capsys, lambda: prepare_main([f"input={f}", f"output={tmp_path / 'out'}", *args]))
+    assert match in err
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- 3. ids beyond the vocabulary
+
+
+def _train(data: Path, run: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "xforget.train", "data=tokens", f"data.path={data}", *TINY,
+                           f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=180)
+
+
+def test_meta_records_the_largest_id_of_each_split(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("abc xyz\n" * 100 + "~" * 3)
+    data = load_tokens(prep(f, tmp_path / "out"))
+    for split in ("train", "val"):
+        assert data.meta[split]["max_id"] == int(np.asarray(getattr(data, split)).max())
+
+
+@pytest.mark.parametrize("damage", ["meta", "shard"])
+def test_ids_beyond_the_vocabulary_fail_in_one_line_before_a_run_directory_exists(damage, tmp_path):
+    """Before: an index error mid-training after Hydra's banner, a run directory left behind."""
+    f = tmp_path / "a.txt"
+    f.write_text("the quick brown fox jumps over the lazy dog\n" * 60)
+    out = prep(f, tmp_path / "prep")
+    if damage == "meta":  # a hand-edited vocabulary smaller than the ids
+        meta = json.loads((out / "meta.json").read_text())
+        meta["vocab_size"] = 100
+        (out / "meta.json").write_text(json.dumps(meta))
+    else:  # a damaged train.bin of the same size
+        ids = np.fromfile(out / "train.bin", dtype=np.uint16)
+        ids[17] = 4000
+        ids.tofile(out / "train.bin")
+    proc = _train(out, tmp_path / "run")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "beyond the vocabulary" in lines[0], proc.stderr
+    assert ("id 4000" if damage == "shard" else "vocabulary of 100") in lines[0]
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(DataError, match="beyond the vocabulary"):
+        load_tokens(out)
