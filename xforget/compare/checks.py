@@ -10,6 +10,7 @@ from xforget.compare.config import CompareConfig
 from xforget.data.haystack import min_needle_length
 from xforget.data.tokenizer import load_tokenizer
 from xforget.data.tokens import load_tokens
+from xforget.data.training import load_training_data
 from xforget.errors import ConfigError
 
 
@@ -18,11 +19,13 @@ def preflight(cfg: CompareConfig, runs) -> None:
 
     * ``eval.multiples`` strictly increasing (each length evaluated once, tables in order);
     * ``jobs`` >= 1;
+    * the data every run trains on can be read and split (a missing ``data.path`` fails here, before
+      any run directory is made, not in every training run);
     * on prepared token data: the longest evaluation length fits the validation
       split, and the shortest fits the needle, question and answer.
 
     Raises:
-        ConfigError: one line.
+        ConfigError, DataError: one line.
     """
     e = cfg.eval
     mult = [int(m) for m in e.multiples]
@@ -36,6 +39,7 @@ def preflight(cfg: CompareConfig, runs) -> None:
     c0 = runs[0].cfg
     base = e.seq_len or c0.trainer.seq_len
     lengths = [m * base for m in mult]
+    load_training_data(c0.data, c0.trainer.seq_len)  # DataError: one line naming the data
     if c0.data.name != "tokens" or not c0.data.path:
         return
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from xforget.ops.prune import PRUNE_MIN_KEYS
+
 RISE_TOL = 0.02  # nats per token: a change smaller than this is "flat"
 
 
@@ -88,18 +90,26 @@ def check_findings(schemes: list[dict[str, Any]], train_len: int) -> list[dict[s
 
     pl_f, pl_r = fox.get("position_loss"), rope.get("position_loss")
     longest = min(pl_f["length"], pl_r["length"]) if pl_f and pl_r else None
-    if longest and longest >= 2 * L:
-        lo_hi = (longest // 2 + 1, longest)
+    lo_hi = (longest // 2 + 1, longest) if longest else None
+    if not (pl_f and pl_r):
+        missing = "no per-position loss buckets (eval.position_buckets=0; they need eval.position_buckets > 0)"
+    elif longest < 2 * L:
+        missing = (f"the longest evaluation ({longest} tokens) is under 2x the training context ({2 * L}): "
+                   "add a multiple of 2 or more to eval.multiples")
+    elif not (_octave(fox, *lo_hi) and _octave(rope, *lo_hi)):
+        missing = f"no per-position bucket for positions {lo_hi[0]}-{lo_hi[1]} in both schemes"
+    else:
+        missing = None
+    if missing is None:
         bf, br = _octave(fox, *lo_hi), _octave(rope, *lo_hi)
-        if bf and br:
-            order = _order(bf["values"], br["values"])
-            out.append(_claim(
-                f"FoX has a lower per-position loss than the RoPE Transformer at long context "
-                f"(positions {lo_hi[0]}-{lo_hi[1]}, {longest // L}x the training context)",
-                _verdict(order),
-                f"mean loss there: fox {_fmt(bf['values'])} ± {bf['se_mean']:.3f} (standard error over windows) vs "
-                f"rotary {_fmt(br['values'])} ± {br['se_mean']:.3f} nats/token",
-                "every fox seed below every rotary seed"))
+        order = _order(bf["values"], br["values"])
+        out.append(_claim(
+            f"FoX has a lower per-position loss than the RoPE Transformer at long context "
+            f"(positions {lo_hi[0]}-{lo_hi[1]}, {longest // L}x the training context)",
+            _verdict(order),
+            f"mean loss there: fox {_fmt(bf['values'])} ± {bf['se_mean']:.3f} (standard error over windows) vs "
+            f"rotary {_fmt(br['values'])} ± {br['se_mean']:.3f} nats/token",
+            "every fox seed below every rotary seed"))
         inside = (L // 2 + 1, L)
         rises = {}
         for name, sch in (("fox", fox), ("rotary", rope)):
@@ -118,34 +128,39 @@ def check_findings(schemes: list[dict[str, Any]], train_len: int) -> list[dict[s
                 f"loss at positions {lo_hi[0]}-{lo_hi[1]} minus loss at {inside[0]}-{inside[1]}: fox "
                 f"{_fmt(rises['fox'])}, rotary {_fmt(rises['rotary'])} nats/token",
                 f"fox's change <= {RISE_TOL} on every seed and rotary's > {RISE_TOL} on every seed"))
+        else:
+            out.append(_claim("Length extrapolation", "not measured",
+                              f"no per-position bucket for positions {inside[0]}-{inside[1]} in both schemes", ""))
     else:
-        out.append(_claim("Per-position loss beyond the training context", "not measured",
-                          "no evaluation at 2x the training context or more (eval.multiples)", ""))
+        out.append(_claim("Per-position loss beyond the training context", "not measured", missing, ""))
 
     # 4. needle at 1x
     nf, nr = fox.get("needle"), rope.get("needle")
-    if nf and nr:
-        row_f = next((x for x in nf["lengths"] if x["length"] == L and x["status"] == "ok"), None)
-        row_r = next((x for x in nr["lengths"] if x["length"] == L and x["status"] == "ok"), None)
-        if row_f and row_r:
-            ef, er = row_f["exact"]["values"], row_r["exact"]["values"]
-            gap = sum(ef) / len(ef) - sum(er) / len(er)
-            good = min(ef) >= 0.5
-            verdict = ("holds" if gap >= -0.1 and good else "does not hold" if gap < -0.1 else "inconclusive")
-            longest_f = nf["lengths"][-1]
-            longest_r = nr["lengths"][-1]
-            tail = ""
-            if longest_f.get("exact") and longest_r.get("exact") and longest_f["length"] > L:
-                tail = (f"; at {longest_f['length']} tokens: fox {_fmt(longest_f['exact']['values'], 2)}, "
-                        f"rotary {_fmt(longest_r['exact']['values'], 2)}")
-            out.append(_claim(
-                "Needle retrieval (easy mode) within the training context: FoX about as good as the RoPE Transformer",
-                verdict,
-                f"exact-match accuracy at {L} tokens: fox {_fmt(ef, 2)} vs rotary {_fmt(er, 2)}{tail}",
-                "fox's mean within 0.1 of rotary's (or above) and fox >= 0.5 on every seed; "
-                "'inconclusive' when neither model retrieves"))
-    else:
+    row_f = next((x for x in nf["lengths"] if x["length"] == L and x["status"] == "ok"), None) if nf else None
+    row_r = next((x for x in nr["lengths"] if x["length"] == L and x["status"] == "ok"), None) if nr else None
+    if not (nf and nr):
         out.append(_claim("Needle retrieval", "not measured", "eval.needle_examples=0", ""))
+    elif not (row_f and row_r):
+        out.append(_claim("Needle retrieval", "not measured",
+                          f"no needle evaluation at the training context ({L} tokens) in both schemes "
+                          "(eval.needle_multiples without 1, or the validation split too short)", ""))
+    else:
+        ef, er = row_f["exact"]["values"], row_r["exact"]["values"]
+        gap = sum(ef) / len(ef) - sum(er) / len(er)
+        good = min(ef) >= 0.5
+        verdict = ("holds" if gap >= -0.1 and good else "does not hold" if gap < -0.1 else "inconclusive")
+        longest_f = nf["lengths"][-1]
+        longest_r = nr["lengths"][-1]
+        tail = ""
+        if longest_f.get("exact") and longest_r.get("exact") and longest_f["length"] > L:
+            tail = (f"; at {longest_f['length']} tokens: fox {_fmt(longest_f['exact']['values'], 2)}, "
+                    f"rotary {_fmt(longest_r['exact']['values'], 2)}")
+        out.append(_claim(
+            "Needle retrieval (easy mode) within the training context: FoX about as good as the RoPE Transformer",
+            verdict,
+            f"exact-match accuracy at {L} tokens: fox {_fmt(ef, 2)} vs rotary {_fmt(er, 2)}{tail}",
+            "fox's mean within 0.1 of rotary's (or above) and fox >= 0.5 on every seed; "
+            "'inconclusive' when neither model retrieves"))
 
     # 5. Pro
     pro = s.get("fox_pro")
@@ -159,11 +174,18 @@ def check_findings(schemes: list[dict[str, Any]], train_len: int) -> list[dict[s
         if sch and sch.get("pruning"):
             parts = [f"{k} tokens {v['mean']['mean']:.2f}" for k, v in sorted(sch["pruning"].items(), key=lambda kv: int(kv[0]))]
             rows.append((name, sch["pruning"], f"{name}: " + ", ".join(parts)))
-    if rows:
-        at_1x = [p[str(L)]["mean"]["mean"] for _, p, _ in rows if str(L) in p]
-        verdict = "holds" if at_1x and min(at_1x) >= 0.5 else "does not hold" if at_1x else "not measured"
+    acp = "Adaptive computation pruning skips a large share (paper: about 70%) of FoX's attention FLOPs"
+    at_1x = [p[str(L)]["mean"]["mean"] for _, p, _ in rows if str(L) in p]
+    if not rows:
+        out.append(_claim(acp, "not measured", "no pruning measured for any FoX variant (no eval.pruning_windows, "
+                          "or attn_prune=false)", ""))
+    elif not at_1x:
+        why = f": the fold prunes from {PRUNE_MIN_KEYS} keys on" if L < PRUNE_MIN_KEYS else ""
+        out.append(_claim(acp, "not measured", f"no pruning at the training context ({L} tokens){why}", ""))
+    else:
+        verdict = "holds" if min(at_1x) >= 0.5 else "does not hold"
         out.append(_claim(
-            "Adaptive computation pruning skips a large share (paper: about 70%) of FoX's attention FLOPs",
+            acp,
             verdict,
             "pruned fraction of causal attention pairs (mean over layers and seeds): " + "; ".join(t for *_, t in rows),
             "mean pruned fraction >= 0.5 at the training context for every FoX variant"))

@@ -129,7 +129,9 @@ def _local_directory(path: str | Path) -> Path:
     local = Path(path).expanduser()
     if local.exists():
         return local
-    if str(path).count("/") != 1:
+    text = str(path)
+    # a hub repo id is owner/name; an absolute, home or dotted path is a mistyped local directory
+    if text.count("/") != 1 or text.startswith(("/", "~", ".")) or text.endswith("/"):
         raise CheckpointError(f"no trained model in {path}: it does not exist")
     try:  # owner/name: a hub repo id (fetched once, then reused from the Hugging Face cache)
         return Path(snapshot_download(repo_id=str(path)))
