@@ -199,3 +199,98 @@ def test_ids_beyond_the_vocabulary_fail_in_one_line_before_a_run_directory_exist
     assert not (tmp_path / "run").exists()
     with pytest.raises(DataError, match="beyond the vocabulary"):
         load_tokens(out)
+
+
+# ----------------------------------------------------------------------------- smaller defects
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_4_export_follows_the_umask(bpe_run, tmp_path, umask):
+    import os
+
+    from xforget.commands.export import export_run
+
+    old = os.umask(umask)
+    try:
+        out, files = export_run(bpe_run, tmp_path / "hub")
+    finally:
+        os.umask(old)
+    for name in files:
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, (name, oct((out / name).stat().st_mode))
+
+
+def test_6_compare_checks_its_data_before_any_run(tmp_path, capsys):
+    from xforget.commands.compare import main as compare_main
+
+    out = tmp_path / "cmp"
+    err = one_error_line(capsys, lambda: compare_main(["data=text", f"data.path={tmp_path / 'missing.txt'}",
+                                                       f"hydra.run.dir={out}", "trainer.max_steps=2"]))
+    assert "missing.txt" in err and "train.log" not in err and "resume" not in err, err
+    assert not out.exists()
+
+
+def test_7_generate_reads_every_form_of_a_trained_model(bpe_run, tmp_path, capsys):
+    from xforget.commands.export import export_run
+    from xforget.commands.generate import main as generate_main
+
+    hub, _ = export_run(bpe_run, tmp_path / "hub")
+    checkpoint = sorted((bpe_run / "checkpoints").iterdir())[-1]
+    texts = []
+    for model_dir in (bpe_run, checkpoint, hub):
+        generate_main([f"checkpoint={model_dir}", "prompt=the cat", "max_new_tokens=4", "temperature=0"])
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] == texts[2] and texts[0].startswith("the cat")
+
+
+@pytest.mark.parametrize("path", ["/missing", "/tmp/no/such/run", "~/no-such-run-xf"])
+def test_8_a_missing_directory_says_it_does_not_exist(path, tmp_path, capsys):
+    from xforget.commands.export import main as export_main
+
+    err = one_error_line(capsys, lambda: export_main([f"checkpoint={path}", f"out={tmp_path / 'hub'}"]))
+    assert err == f"error: no trained model in {Path(path).expanduser().resolve()}: it does not exist", err
+    assert "Repo id" not in err and not (tmp_path / "hub").exists()
+
+
+def test_9_prepare_never_reads_its_own_output(tmp_path):
+    corp = tmp_path / "corp"
+    corp.mkdir()
+    for i in range(6):
+        (corp / f"doc{i}.txt").write_text(f"document {i} " * 40)
+    first = json.loads((prep(corp, corp / "prepared", val_fraction=0.34) / "meta.json").read_text())
+    again = json.loads((prep(corp, corp / "prepared", val_fraction=0.34, overwrite=True) / "meta.json").read_text())
+    assert first["documents"] == again["documents"] == 6
+    assert first["train"] == again["train"] and first["input"]["sha256"] == again["input"]["sha256"]
+
+
+def test_10_one_overwrite_rule(tmp_path, capsys):
+    f = tmp_path / "a.txt"
+    f.write_text("hello world\n" * 50)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    rule = "overwrite=true replaces a prepared dataset (a directory with meta.json), never anything else"
+    for extra in ([], ["overwrite=true"]):  # the same answer with and without overwrite=true
+        err = one_error_line(capsys, lambda: prepare_main([f"input={f}", f"output={other}", *extra]))
+        assert "is not a prepared dataset" in err and rule in err, err
+    assert (other / "keep.txt").read_text() == "mine" and len(list(other.iterdir())) == 1
+    done = prep(f, tmp_path / "prepared")
+    err = one_error_line(capsys, lambda: prepare_main([f"input={f}", f"output={done}"]))
+    assert "is already a prepared dataset; add overwrite=true to replace it" in err
+    prepare_main([f"input={f}", f"output={done}", "overwrite=true", "progress=false"])
+
+
+def test_11_pruning_line_names_the_512_key_minimum():
+    import torch
+
+    from xforget import Decoder, TransformerWrapper
+    from xforget.evaluate.pruning import format_pruning, pruning_fractions
+
+    def net(**kw):
+        return TransformerWrapper(num_tokens=256, max_seq_len=1024,
+                                  attn_layers=Decoder(dim=32, depth=1, heads=2, **kw)).eval()
+
+    window = torch.randint(0, 256, (256,))
+    assert "pruning starts at 512 keys" in format_pruning(pruning_fractions(net(position="fox"), window))[0]
+    assert "attn_prune=false" in format_pruning(pruning_fractions(net(position="fox", attn_prune=False), window))[0]
+    assert "no decay bias" in format_pruning(pruning_fractions(net(position="rotary"), window))[0]
+    assert pruning_fractions(net(position="fox"), torch.randint(0, 256, (640,)))["layers"]  # 512+ keys: pruned
