@@ -73,3 +73,32 @@ def test_token_out_of_range_and_too_long_sequence():
         net(torch.tensor([[1, 10]]))
     with pytest.raises(ValueError, match="max_seq_len=8"):
         net(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"post_log_scale": 1 / 8}, {"bias_init": 2.0, "post_log_scale": 1 / 16}])
+def test_alias_starts_with_x_transformers_own_forget_gate(kwargs):
+    """attn_data_dependent_alibi=True swaps the import without changing the initial time scale: the gate of
+    x-transformers 2.31.10's own DataDependentAlibi (bias 5 by default; post_log_scale 1/8 -> f ~ 0.99916)
+    on the same input and weights; position="fox" keeps the FoX paper's bias 0 (f = 0.5)."""
+    xt = pytest.importorskip("x_transformers")
+    from xforget.nn.bias.forget_gate import ForgetGate
+
+    torch.manual_seed(0)
+    theirs = xt.Decoder(dim=32, depth=1, heads=4, attn_data_dependent_alibi=True,
+                        attn_data_dependent_alibi_kwargs=dict(kwargs))
+    dda = next(m for m in theirs.modules() if isinstance(m, xt.x_transformers.DataDependentAlibi))
+    ours = Decoder(dim=32, depth=1, heads=4, attn_data_dependent_alibi=True, attn_data_dependent_alibi_kwargs=dict(kwargs))
+    gate = next(m for m in ours.modules() if isinstance(m, ForgetGate))
+    linear = dda.to_forget_gates[0]
+    torch.testing.assert_close(gate.to_gate_logits.bias, linear.bias)  # the initial bias itself
+    with torch.no_grad():
+        gate.to_gate_logits.weight.copy_(linear.weight)
+    x = torch.randn(2, 7, 32)
+    expected = dda.to_forget_gates(x).double() * dda.post_log_scale  # (b, h, n) log f, their module
+    torch.testing.assert_close(gate(x).log_fgate.double(), expected, rtol=1e-6, atol=1e-7)
+    if kwargs == {"post_log_scale": 1 / 8}:
+        f0 = torch.sigmoid(torch.tensor(5.0, dtype=torch.float64)) ** (1 / 8)
+        assert float(f0) == pytest.approx(0.99916, abs=1e-5)
+        assert torch.allclose(gate.to_gate_logits.bias.double(), torch.full((4,), 5.0, dtype=torch.float64))
+    paper = next(m for m in Decoder(dim=32, depth=1, heads=4, position="fox").modules() if isinstance(m, ForgetGate))
+    assert torch.equal(paper.to_gate_logits.bias, torch.zeros(4))  # FoX paper: f = sigmoid(0) = 0.5

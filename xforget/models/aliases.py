@@ -38,6 +38,11 @@ _SCHEME_FLAGS = {
     "dynamic_pos_bias": "dynamic",
 }
 
+# x-transformers' DataDependentAlibi starts its gate bias at 5 (f = sigmoid(5) ~ 0.993 per token; with
+# post_log_scale 1/8, f ~ 0.99916), the FoX paper (position="fox") at 0 (f = 0.5): the alias keeps
+# x-transformers' initial time scale, so swapping the import changes nothing at initialisation
+X_TRANSFORMERS_FOX_BIAS_INIT = 5.0
+
 # accepted and ignored: our kernels are always fused where possible
 _NO_OPS = {"attn_flash"}
 
@@ -76,7 +81,9 @@ def translate_x_transformers_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
       (``rotary_xpos`` is also our name; unlike x-transformers it does not
       switch rotary on by itself.)
     * ``attn_data_dependent_alibi_kwargs={bias_init, post_log_scale}`` ->
-      ``forget_gate_bias_init`` and ``forget_gate_divisor = 1 / post_log_scale``.
+      ``forget_gate_bias_init`` and ``forget_gate_divisor = 1 / post_log_scale``; without ``bias_init``
+      the alias ``attn_data_dependent_alibi=True`` sets x-transformers' default bias 5
+      (``X_TRANSFORMERS_FOX_BIAS_INIT``), where ``position="fox"`` keeps the FoX paper's 0.
     * renames: add_value_residual -> value_residual, attn_dim_head -> dim_head,
       rotary_emb_dim -> rotary_dim, attn_kv_heads -> kv_heads (attn_one_kv_head
       -> kv_heads=1), attn_num_mem_kv -> num_mem_kv, attn_qk_rmsnorm -> qk_norm,
@@ -110,6 +117,9 @@ def translate_x_transformers_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
                 schemes.append(scheme)
     if out.pop("attn_data_dependent_alibi_per_row", False) and "fox" in schemes:
         schemes[schemes.index("fox")] = "fox_per_row"
+    if "fox" in schemes and "forget_gate_bias_init" not in out and \
+            "bias_init" not in (out.get("attn_data_dependent_alibi_kwargs") or {}):
+        out["forget_gate_bias_init"] = X_TRANSFORMERS_FOX_BIAS_INIT
     for alias, ours in _RENAMES.items():
         if alias in out:
             _set(out, ours, out.pop(alias), alias)
