@@ -50,6 +50,9 @@ WRAPPER_CASES = {
     "tied-embedding": dict(tie_embedding=True),
     "scaled-sinusoidal": dict(scaled_sinu_pos_emb=True),
     "no-absolute": dict(use_abs_pos_emb=False),
+    "l2norm-embed": dict(l2norm_embed=True),
+    "emb-dropout": dict(emb_dropout=0.1),
+    "logits-dim": dict(logits_dim=7),
 }
 
 
@@ -66,7 +69,7 @@ def _xt_model(layer_cls, layer_kwargs, **wrapper_kwargs):
     return model.eval()
 
 
-def _assert_same_logits(model, ours):
+def _assert_same_logits(model, ours, layer_cls=None):
     tokens = torch.randint(0, 40, (3, 24))
     with torch.no_grad():
         theirs, mine = model(tokens), ours(tokens)
@@ -88,6 +91,16 @@ def test_wrapper_flags_equal_x_transformers(name):
     _assert_same_logits(model, ours)
     if name == "tied-embedding":
         assert ours.to_logits.weight is ours.token_emb.emb.weight
+    if name == "emb-dropout":
+        assert ours.emb_dropout.p == 0.1
+    if name == "logits-dim":
+        assert ours(torch.zeros(1, 3, dtype=torch.long)).shape == (1, 3, 7)
+
+
+def test_l2norm_embed_with_an_absolute_table_equals_x_transformers():
+    model = _xt_model(xt.Decoder, {}, l2norm_embed=True)
+    assert type(model.pos_emb).__name__ == "AbsolutePositionalEmbedding"
+    _assert_same_logits(model, from_x_transformers(model))
 
 
 def test_kwargs_and_state_dict_path_equals_the_model_path():

@@ -46,7 +46,7 @@ XT_DEFAULT_DIM_HEAD = 64
 
 # wrapper-level flags we understand (other wrapper flags must keep their defaults)
 _WRAPPER_FLAGS = {"num_tokens", "max_seq_len", "attn_layers", "tie_embedding", "use_abs_pos_emb", "scaled_sinu_pos_emb",
-                  "emb_dropout"}
+                  "emb_dropout", "l2norm_embed", "logits_dim"}
 # layer-level flags we understand besides the aliases
 _LAYER_FLAGS = {"dim", "depth", "heads", "causal", "custom_layers", "norm_add_unit_offset", "attn_dropout",
                 "ff_dropout", "ff_mult", "alibi_num_heads", "rotary_xpos", "rotary_xpos_scale_base", "rotary_base_rescale_factor",
@@ -114,8 +114,6 @@ def _build(kwargs: dict[str, Any]) -> tuple[TransformerWrapper, dict[str, Any]]:
     wrapper = dict(kwargs)
     layers = dict(wrapper.pop("attn_layers", None) or {})
     unsupported = [f"{k}={v!r}" for k, v in wrapper.items() if k not in _WRAPPER_FLAGS - {"attn_layers"}]
-    if wrapper.get("emb_dropout", 0.0):
-        unsupported.append(f"emb_dropout={wrapper['emb_dropout']!r}")
     causal = layers.pop("causal", None)
     if causal is None:
         unsupported.append("attn_layers without 'causal' (True for Decoder, False for Encoder)")
@@ -166,7 +164,8 @@ def _build(kwargs: dict[str, Any]) -> tuple[TransformerWrapper, dict[str, Any]]:
     attn_layers = layer_cls(dim, depth, heads, **ours_kwargs)
     ours = TransformerWrapper(
         num_tokens=wrapper["num_tokens"], max_seq_len=max(1, wrapper["max_seq_len"]), attn_layers=attn_layers,
-        tie_embedding=bool(wrapper.get("tie_embedding")),
+        tie_embedding=bool(wrapper.get("tie_embedding")), emb_dropout=float(wrapper.get("emb_dropout", 0.0)),
+        l2norm_embed=bool(wrapper.get("l2norm_embed")), logits_dim=wrapper.get("logits_dim"),
     )
     if wrapper.get("tie_embedding"):
         ours.to_logits = ScaledTiedLogits(ours.token_emb.emb, dim**-0.5)
@@ -339,7 +338,7 @@ def x_transformers_kwargs(model: nn.Module) -> dict[str, Any]:
     if isinstance(model.pos_emb, xt.ScaledSinusoidalEmbedding):
         wrapper["scaled_sinu_pos_emb"] = True
     elif isinstance(model.pos_emb, xt.AbsolutePositionalEmbedding):
-        need(not model.pos_emb.l2norm_embed, "l2norm_embed")
+        pass  # l2norm_embed (read below) applies to it as to the token embedding, as ours does
     else:
         wrapper["use_abs_pos_emb"] = False
     if not isinstance(model.to_logits, nn.Module) and model.to_logits is not None:
@@ -347,9 +346,13 @@ def x_transformers_kwargs(model: nn.Module) -> dict[str, Any]:
         need(abs(model.tie_embedding_scale - dim**-0.5) < 1e-12, "tie_embedding_scale != dim ** -0.5")
     else:
         need(isinstance(model.to_logits, nn.Linear), "a custom to_logits / num_output_heads > 1 / return_only_embed")
-    need(getattr(model, "l2norm_embed", False) is False, "l2norm_embed")
+    if getattr(model, "l2norm_embed", False):
+        wrapper["l2norm_embed"] = True
+    if isinstance(model.to_logits, nn.Linear) and model.to_logits.out_features != model.num_tokens:
+        wrapper["logits_dim"] = model.to_logits.out_features
     need(_is_identity(model.post_emb_norm), "post_emb_norm")
-    need(model.emb_dropout.p == 0, "emb_dropout")
+    if model.emb_dropout.p:
+        wrapper["emb_dropout"] = float(model.emb_dropout.p)
     need(_is_identity(model.project_emb), "emb_dim != dim")
     for flag in ("num_memory_tokens", "max_mem_len", "shift_mem_down"):
         need(not getattr(model, flag, 0), flag)

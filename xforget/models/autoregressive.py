@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xforget.models.sampling import SamplingOptions, eval_mode, sample_steps, stack_steps, takes_sampling_options
+from xforget.models.sampling import (
+    SamplingOptions,
+    eval_mode,
+    sample_steps,
+    stack_steps,
+    takes_sampling_options,
+)
 from xforget.models.wrapper import TransformerWrapper
 
 
@@ -17,13 +23,24 @@ class AutoregressiveWrapper(nn.Module):
 
     ``wrapper(tokens)`` returns the mean next-token cross-entropy in nats;
     ``wrapper.generate(prompts, seq_len)`` samples continuations.
+
+    Args:
+        net: the causal model.
+        ignore_index: targets with this value are not scored.
+        pad_value: x-transformers' name. None (default): rows that ended with ``eos_token`` are padded with
+            it. An id: they are padded with ``pad_value`` instead (the eos itself kept), and input tokens equal
+            to ``ignore_index`` are fed as ``pad_value`` (their targets are still ignored), as x-transformers
+            does.
     """
 
-    def __init__(self, net: TransformerWrapper, ignore_index: int = -100) -> None:
+    def __init__(self, net: TransformerWrapper, ignore_index: int = -100, pad_value: int | None = None) -> None:
         super().__init__()
         if not net.attn_layers.causal:
             raise ValueError("AutoregressiveWrapper needs a causal net (Decoder), got an Encoder")
-        self.net, self.ignore_index = net, ignore_index
+        if pad_value is not None and not 0 <= pad_value < net.num_tokens:
+            raise ValueError(f"pad_value={pad_value} is not a token id: valid 0..{net.num_tokens - 1} (or None: pad "
+                             "with eos_token)")
+        self.net, self.ignore_index, self.pad_value = net, ignore_index, pad_value
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None, reduction: str = "mean") -> Tensor:
         """tokens (batch, n+1) int64 -> mean cross-entropy (nats) of predicting tokens[:, 1:].
@@ -32,6 +49,8 @@ class AutoregressiveWrapper(nn.Module):
         reduction="none" returns the per-position loss (batch, n).
         """
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        if self.pad_value is not None:
+            inputs = inputs.masked_fill(inputs == self.ignore_index, self.pad_value)
         logits = self.net(inputs, mask=None if mask is None else mask[:, :-1])
         if mask is not None:
             targets = targets.masked_fill(~mask[:, 1:], self.ignore_index)
@@ -53,8 +72,11 @@ class AutoregressiveWrapper(nn.Module):
             sampling: the options, also accepted one by one as keywords (``temperature=0.8, top_k=50``):
                 temperature (0 = greedy), the top_k / top_p / min_p filters, eos_token, cache_kv,
                 generator; see :class:`xforget.models.sampling.SamplingOptions`.
+                x-transformers' ``filter_logits_fn`` / ``filter_kwargs`` are accepted too
+                (:func:`~xforget.models.sampling.x_transformers_filter`).
         Returns:
-            (batch, seq_len) int64 new tokens (rows that ended with ``eos_token`` padded with it).
+            (batch, seq_len) int64 new tokens (rows that ended with ``eos_token`` padded with it, or with
+            ``pad_value`` when the wrapper has one).
         Relative schemes (none, rotary, alibi, fox, ...) generate past
         ``max_seq_len`` with the cache. A model with an absolute position table
         switches, once the sequence is longer than ``max_seq_len``, to a sliding
@@ -64,8 +86,12 @@ class AutoregressiveWrapper(nn.Module):
             ValueError: an empty prompt, a negative temperature.
         """
         tokens, _ = _left_pad(prompts)
-        return stack_steps(self.stream(prompts, seq_len, sampling=sampling), tokens.shape[0], seq_len,
-                           sampling.eos_token, tokens.device)
+        out = stack_steps(self.stream(prompts, seq_len, sampling=sampling), tokens.shape[0], seq_len,
+                          sampling.eos_token, tokens.device)
+        if self.pad_value is not None and sampling.eos_token is not None:  # after each row's first eos
+            after = (out == sampling.eos_token).long().cumsum(dim=1) - (out == sampling.eos_token).long() > 0
+            out = out.masked_fill(after, self.pad_value)
+        return out
 
     @takes_sampling_options
     @torch.no_grad()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -68,18 +69,82 @@ def takes_sampling_options(fn: Callable) -> Callable:
     The decorated method also takes every :class:`SamplingOptions` field as a keyword argument with the
     field's default (``temperature=0.7, top_k=50``); given keywords replace those fields of ``sampling``.
     Its signature (``help()``, ``inspect.signature``) lists them, so the option list is written once, here.
+    x-transformers' ``filter_logits_fn`` / ``filter_kwargs`` are translated into those fields
+    (:func:`x_transformers_filter`).
     """
     @functools.wraps(fn)
     def call(*args, **kwargs):
         given = {name: kwargs.pop(name) for name in _OPTION_NAMES if name in kwargs}
-        kwargs["sampling"] = replace(kwargs.get("sampling") or SamplingOptions(), **given)
+        sampling = replace(kwargs.get("sampling") or SamplingOptions(), **given)
+        x_filter = kwargs.pop("filter_logits_fn", None), kwargs.pop("filter_kwargs", None)
+        if x_filter != (None, None):  # x-transformers' names for the filters
+            sampling = x_transformers_filter(sampling, *x_filter, _output_vocab(args[0]))
+        kwargs["sampling"] = sampling
         return fn(*args, **kwargs)
 
     own = inspect.signature(fn)
     keywords = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
                 for f in fields(SamplingOptions)]
+    keywords += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+                 for name in ("filter_logits_fn", "filter_kwargs")]
     call.__signature__ = own.replace(parameters=[*own.parameters.values(), *keywords])
     return call
+
+
+# x-transformers' generate(filter_logits_fn=NAME or its function, filter_kwargs={...}) -> our option and the
+# keyword of theirs that sets it, with their default
+_X_FILTERS = {"top_k": ("top_k", "k"), "top_p": ("top_p", "thres"), "min_p": ("min_p", "min_p")}
+_X_FILTER_DEFAULTS = {"top_p": 0.9, "min_p": 0.1}
+
+
+def x_transformers_filter(sampling: SamplingOptions, filter_logits_fn, filter_kwargs: dict | None,
+                          num_tokens: int) -> SamplingOptions:
+    """``sampling`` with x-transformers' ``filter_logits_fn`` / ``filter_kwargs`` translated into its fields.
+
+    Accepted: ``"top_k"`` (``k``, else ``ceil(frac_num_tokens * num_tokens)`` with their ``frac_num_tokens``
+    default 0.1), ``"top_p"`` (``thres``, default 0.9), ``"min_p"`` (``min_p``, default 0.1), as names or as
+    x-transformers' own functions of those names; None or their ``identity`` change nothing.
+    x-transformers filters *before* dividing by the temperature, xforget after (Hugging Face's order): the
+    same for top-k at any temperature and for top-p / min-p at temperature 0 or 1, so other temperatures are
+    refused for those rather than silently sampling from another distribution.
+
+    Raises:
+        TypeError: another function or name (top_a, a lambda), or an unknown ``filter_kwargs`` key.
+        ValueError: top_p / min_p at a temperature other than 0 or 1, or a field already set to another value.
+    """
+    name = filter_logits_fn if isinstance(filter_logits_fn, str) or filter_logits_fn is None else \
+        getattr(filter_logits_fn, "__name__", repr(filter_logits_fn))
+    kwargs = dict(filter_kwargs or {})
+    if name in (None, "identity"):
+        if kwargs:
+            raise TypeError(f"filter_kwargs {sorted(kwargs)} given without a filter_logits_fn")
+        return sampling
+    if name not in _X_FILTERS:
+        raise TypeError(f"filter_logits_fn={name!r} is not supported; supported: {sorted(_X_FILTERS)} (x-transformers' "
+                        "names or functions), or pass top_k=, top_p=, min_p= directly")
+    field, key = _X_FILTERS[name]
+    if name == "top_k":
+        frac = kwargs.pop("frac_num_tokens", 0.1)
+        k = kwargs.pop("k", None)
+        value = min(int(k) if k is not None else math.ceil(frac * num_tokens), num_tokens)
+    else:
+        value = float(kwargs.pop(key, _X_FILTER_DEFAULTS[name]))
+        if sampling.temperature not in (0, 1):
+            raise ValueError(f"filter_logits_fn={name!r} with temperature={sampling.temperature}: x-transformers "
+                             "filters before the temperature, xforget after; pass "
+                             f"{field}={value} to sample in xforget's order (Hugging Face's)")
+    if kwargs:
+        raise TypeError(f"unknown filter_kwargs {sorted(kwargs)} for filter_logits_fn={name!r}")
+    if getattr(sampling, field) not in (None, value):
+        raise ValueError(f"filter_logits_fn={name!r} sets {field}={value}, which conflicts with {field}="
+                         f"{getattr(sampling, field)}; give only one of them")
+    return replace(sampling, **{field: value})
+
+
+def _output_vocab(owner) -> int:
+    """Vocabulary of the generating model ``owner`` (an AutoregressiveWrapper's net, an XTransformer's decoder)."""
+    net = getattr(owner, "net", None) or getattr(owner, "decoder", None)
+    return int(getattr(net, "num_tokens", None) or owner.num_tokens)
 
 
 def top_k_filter(logits: Tensor, k: int | None) -> Tensor:

@@ -51,8 +51,16 @@ class TransformerWrapper(
         tie_embedding: share the token embedding with the output projection.
         use_abs_pos_emb: x-transformers alias; True adds an absolute embedding
             (only if the layers use no rotary or bias scheme, as there).
+        emb_dropout: dropout on the summed embeddings before the first layer (x-transformers' name; 0 = off).
+        l2norm_embed: divide token (and absolute position) embeddings by their L2 norm, the tables
+            starting at std 1e-5 (x-transformers' ``l2norm_embed``).
+        logits_dim: width of the output layer (default ``num_tokens``), e.g. for a classifier head; not
+            with ``tie_embedding`` unless equal to ``num_tokens``.
     Raises:
-        ValueError: max_seq_len or num_tokens < 1.
+        ValueError: max_seq_len or num_tokens < 1, emb_dropout outside [0, 1), logits_dim < 1 or a tied
+            embedding of another width.
+        TypeError: an unknown option (x-transformers' ``num_memory_tokens``, ``return_only_embed``, ...: see
+            the migration table in docs/models.md).
     """
 
     def __init__(
@@ -63,24 +71,37 @@ class TransformerWrapper(
         attn_layers: AttentionLayers,
         tie_embedding: bool = False,
         use_abs_pos_emb: bool | None = None,
+        emb_dropout: float = 0.0,
+        l2norm_embed: bool = False,
+        logits_dim: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__()
         if num_tokens < 1 or max_seq_len < 1:
             raise ValueError(f"num_tokens and max_seq_len must be >= 1, got {num_tokens}, {max_seq_len}")
+        if not 0.0 <= emb_dropout < 1.0:
+            raise ValueError(f"emb_dropout must be in [0, 1), got {emb_dropout}")
+        logits_dim = num_tokens if logits_dim is None else int(logits_dim)
+        if logits_dim < 1 or (tie_embedding and logits_dim != num_tokens):
+            raise ValueError(f"logits_dim must be >= 1 and, with tie_embedding, equal num_tokens={num_tokens}; got "
+                             f"{logits_dim}")
         kwargs = translate_x_transformers_kwargs(kwargs)
         if kwargs:
             raise TypeError(f"TransformerWrapper: unknown option(s) {sorted(kwargs)}; valid: num_tokens, max_seq_len, "
-                            "attn_layers, tie_embedding, use_abs_pos_emb")
-        self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
+                            "attn_layers, tie_embedding, use_abs_pos_emb, emb_dropout, l2norm_embed, logits_dim "
+                            "(x-transformers options without an equivalent: docs/models.md, migration table)")
+        self.num_tokens, self.max_seq_len, self.logits_dim = num_tokens, max_seq_len, logits_dim
         self.attn_layers = attn_layers
         dim, plan = attn_layers.dim, attn_layers.plan
-        self.token_emb = TokenEmbedding(num_tokens, dim)
+        self.token_emb = TokenEmbedding(num_tokens, dim, l2norm=l2norm_embed)
         wants_absolute = plan.embedding == "absolute" or (
             bool(use_abs_pos_emb) and plan.embedding is None and not plan.rotary and plan.bias is None
         )
-        self.pos_emb = AbsolutePositionalEmbedding(dim, max_seq_len) if wants_absolute else None
-        self.to_logits = nn.Linear(dim, num_tokens, bias=False)
+        self.pos_emb = AbsolutePositionalEmbedding(dim, max_seq_len, l2norm=l2norm_embed) if wants_absolute else None
+        if l2norm_embed and self.pos_emb is not None:
+            nn.init.normal_(self.pos_emb.emb.weight, std=1e-5)
+        self.emb_dropout = nn.Dropout(emb_dropout) if emb_dropout > 0 else nn.Identity()
+        self.to_logits = nn.Linear(dim, logits_dim, bias=False)
         if tie_embedding:
             self.to_logits.weight = self.token_emb.emb.weight
 
@@ -157,7 +178,7 @@ class TransformerWrapper(
             context, context_mask: (batch, m, dim) float and (batch, m) bool (True = real), for
                 cross-attention layers (the decoder of :class:`~xforget.models.xtransformer.XTransformer`).
         Returns:
-            logits (batch, n, num_tokens) float, or (logits, cache).
+            logits (batch, n, logits_dim) float (logits_dim = num_tokens unless set), or (logits, cache).
         Raises:
             ValueError: token id out of range; sequence beyond the absolute
                 position table; mask shape mismatch.
@@ -173,6 +194,7 @@ class TransformerWrapper(
         h = self.token_emb(x)
         if self.pos_emb is not None:
             h = h + self.pos_emb(positions)
+        h = self.emb_dropout(h)
         h, new_cache = run_layers(self.attn_layers, h, positions, mask=mask, cache=cache, seen=seen,
                                   return_cache=return_cache, context=context, context_mask=context_mask)
         out = h if return_embeddings else self.to_logits(h)

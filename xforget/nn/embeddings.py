@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
 class TokenEmbedding(nn.Module):
     """Token ids (batch, n) int64 -> (batch, n, dim).
 
+    ``l2norm=True`` (x-transformers' ``l2norm_embed``, from "Transformers without Tears" / PaLM-style
+    embedding normalisation): each embedding is divided by its L2 norm, and the table starts small (std
+    1e-5, as there).
+
     Raises:
         ValueError: a token id outside [0, num_tokens), naming the bad value.
     """
 
-    def __init__(self, num_tokens: int, dim: int) -> None:
+    def __init__(self, num_tokens: int, dim: int, l2norm: bool = False) -> None:
         super().__init__()
-        self.num_tokens = num_tokens
+        self.num_tokens, self.l2norm = num_tokens, l2norm
         self.emb = nn.Embedding(num_tokens, dim)
-        nn.init.normal_(self.emb.weight, std=0.02)
+        nn.init.normal_(self.emb.weight, std=1e-5 if l2norm else 0.02)
 
     def forward(self, tokens: Tensor) -> Tensor:
         if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
@@ -29,11 +34,13 @@ class TokenEmbedding(nn.Module):
             if lo < 0 or hi >= self.num_tokens:
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"token id {bad} out of range: valid ids are 0..{self.num_tokens - 1} (num_tokens)")
-        return self.emb(tokens.long())
+        out = self.emb(tokens.long())
+        return F.normalize(out, dim=-1) if self.l2norm else out
 
 
 class AbsolutePositionalEmbedding(nn.Module):
-    """Learned absolute position embedding, scaled by dim^-0.5 (x-transformers' convention).
+    """Learned absolute position embedding, scaled by dim^-0.5 (x-transformers' convention); with
+    ``l2norm=True`` (``l2norm_embed``) unscaled and divided by its L2 norm instead, as there.
 
     Input positions (n,) or (batch, n) int64; output (..., n, dim).
 
@@ -41,10 +48,10 @@ class AbsolutePositionalEmbedding(nn.Module):
         ValueError: a position >= max_seq_len (the table has no row for it).
     """
 
-    def __init__(self, dim: int, max_seq_len: int) -> None:
+    def __init__(self, dim: int, max_seq_len: int, l2norm: bool = False) -> None:
         super().__init__()
-        self.max_seq_len = max_seq_len
-        self.scale = dim**-0.5
+        self.max_seq_len, self.l2norm = max_seq_len, l2norm
+        self.scale = 1.0 if l2norm else dim**-0.5
         self.emb = nn.Embedding(max_seq_len, dim)
 
     def forward(self, positions: Tensor) -> Tensor:
@@ -54,7 +61,8 @@ class AbsolutePositionalEmbedding(nn.Module):
                 f"{self.max_seq_len}); use a shorter sequence, a larger max_seq_len, or a relative scheme "
                 "(rotary, alibi, fox)"
             )
-        return self.emb(positions) * self.scale
+        out = self.emb(positions) * self.scale
+        return F.normalize(out, dim=-1) if self.l2norm else out
 
 
 class ScaledSinusoidalEmbedding(nn.Module):

@@ -1,0 +1,104 @@
+"""x-transformers options a migrating user looks for: TransformerWrapper(emb_dropout=, l2norm_embed=, logits_dim=),
+AutoregressiveWrapper(pad_value=), generate(filter_logits_fn=, filter_kwargs=); the rest refused by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xforget import AutoregressiveWrapper, Decoder, TransformerWrapper
+from xforget.models.sampling import SamplingOptions, min_p_filter, top_k_filter, top_p_filter, x_transformers_filter
+
+xt_ar = pytest.importorskip("x_transformers.autoregressive_wrapper")
+
+
+def net(**kw):
+    torch.manual_seed(0)
+    return TransformerWrapper(num_tokens=50, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2), **kw)
+
+
+def test_emb_dropout_drops_in_training_and_not_in_eval():
+    model = net(emb_dropout=0.5)
+    x = torch.randint(0, 50, (2, 9))
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    model.train()
+    torch.manual_seed(1)
+    a = model(x)
+    assert not torch.allclose(a, model.eval()(x))
+    with pytest.raises(ValueError, match="emb_dropout"):
+        net(emb_dropout=1.0)
+
+
+def test_l2norm_embed_gives_unit_embeddings():
+    model = net(l2norm_embed=True)
+    e = model.token_emb(torch.arange(50))
+    torch.testing.assert_close(e.double().norm(dim=-1), torch.ones(50, dtype=torch.float64))
+    assert model.token_emb.emb.weight.std() < 1e-4  # x-transformers' init, std 1e-5
+
+
+def test_logits_dim():
+    assert net(logits_dim=3)(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, 3)
+    with pytest.raises(ValueError, match="logits_dim"):
+        net(logits_dim=3, tie_embedding=True)
+
+
+@pytest.mark.parametrize("option", ["num_memory_tokens", "return_only_embed"])
+def test_options_without_an_equivalent_are_named(option):
+    with pytest.raises(TypeError, match=f"{option}.*migration table"):
+        net(**{option: 2})
+
+
+@pytest.mark.parametrize("name, kwargs", [("top_k", {"k": 5}), ("top_k", {"frac_num_tokens": 0.25}), ("top_p", {"thres": 0.7}),
+                                          ("min_p", {"min_p": 0.2}), ("top_p", {}), ("min_p", {})])
+def test_filter_logits_fn_keeps_what_x_transformers_keeps(name, kwargs):
+    """The same tokens survive as with x-transformers' own filter functions (names and the functions alike)."""
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(3)) * 3
+    theirs = xt_ar.FILTER_LOGITS_FN[name](logits.clone(), **kwargs)
+    for fn in (name, xt_ar.FILTER_LOGITS_FN[name]):
+        s = x_transformers_filter(SamplingOptions(), fn, kwargs, 50)
+        ours = min_p_filter(top_p_filter(top_k_filter(logits, s.top_k), s.top_p), s.min_p)
+        assert torch.equal(torch.isinf(ours), torch.isinf(theirs)), (name, kwargs)
+
+
+def test_filter_logits_fn_refusals():
+    with pytest.raises(TypeError, match="top_a.*supported"):
+        x_transformers_filter(SamplingOptions(), "top_a", None, 50)
+    with pytest.raises(TypeError, match="supported"):
+        x_transformers_filter(SamplingOptions(), lambda logits: logits, None, 50)
+    with pytest.raises(ValueError, match="filters before the temperature"):
+        x_transformers_filter(SamplingOptions(temperature=0.7), "top_p", {"thres": 0.9}, 50)
+    assert x_transformers_filter(SamplingOptions(temperature=0.7), "top_k", {"k": 3}, 50).top_k == 3
+    with pytest.raises(TypeError, match="unknown filter_kwargs"):
+        x_transformers_filter(SamplingOptions(), "top_k", {"kk": 3}, 50)
+
+
+def test_generate_with_filter_logits_fn_and_pad_value():
+    ar = AutoregressiveWrapper(net(), pad_value=7)
+    prompt = torch.randint(0, 50, (2, 4))
+    greedy = ar.generate(prompt, 6, temperature=0)
+    assert torch.equal(ar.generate(prompt, 6, filter_logits_fn="top_k", filter_kwargs={"k": 1},
+                                   generator=torch.Generator().manual_seed(0)), greedy)
+    eos = int(greedy[0, 2])
+    out = ar.generate(prompt, 6, temperature=0, eos_token=eos)
+    first = int((greedy[0] == eos).nonzero()[0])
+    assert torch.equal(out[0, :first + 1], greedy[0, :first + 1]) and bool((out[0, first + 1:] == 7).all())
+    no_pad = AutoregressiveWrapper(ar.net).generate(prompt, 6, temperature=0, eos_token=eos)
+    assert bool((no_pad[0, first:] == eos).all())
+    with pytest.raises(ValueError, match="pad_value"):
+        AutoregressiveWrapper(ar.net, pad_value=50)
+
+
+def test_pad_value_feeds_ignored_inputs_as_pad():
+    ar = AutoregressiveWrapper(net(), pad_value=0)
+    tokens = torch.randint(1, 50, (2, 8))
+    padded = tokens.clone()
+    padded[:, -3:] = -100
+    expected = tokens.clone()
+    expected[:, -3:] = 0
+    per = ar(padded, reduction="none")
+    ref = AutoregressiveWrapper(ar.net)(expected, reduction="none")
+    torch.testing.assert_close(per[:, :-3], ref[:, :-3])
+    assert bool((per[:, -3:] == 0).all())
+    with pytest.raises(ValueError, match="out of range"):  # without pad_value an ignored input is no token
+        AutoregressiveWrapper(ar.net)(padded)
