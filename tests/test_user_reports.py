@@ -294,3 +294,93 @@ def test_11_pruning_line_names_the_512_key_minimum():
     assert "attn_prune=false" in format_pruning(pruning_fractions(net(position="fox", attn_prune=False), window))[0]
     assert "no decay bias" in format_pruning(pruning_fractions(net(position="rotary"), window))[0]
     assert pruning_fractions(net(position="fox"), torch.randint(0, 256, (640,)))["layers"]  # 512+ keys: pruned
+
+
+# ----------------------------------------------------------------------------- nanoGPT prepared directories
+
+
+def write_nanogpt_char_dir(root: Path, text: str) -> Path:
+    """What nanoGPT's data/shakespeare_char/prepare.py writes: characters sorted, 90/10 split by characters,
+    uint16 ids, meta.pkl with vocab_size, itos, stoi."""
+    import pickle
+
+    chars = sorted(set(text))
+    stoi, itos = {ch: i for i, ch in enumerate(chars)}, dict(enumerate(chars))
+    n = len(text)
+    root.mkdir(parents=True)
+    np.array([stoi[c] for c in text[:int(n * 0.9)]], dtype=np.uint16).tofile(root / "train.bin")
+    np.array([stoi[c] for c in text[int(n * 0.9):]], dtype=np.uint16).tofile(root / "val.bin")
+    (root / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": len(chars), "itos": itos, "stoi": stoi}))
+    return root
+
+
+def test_nanogpt_char_dir_trains_and_evaluates_as_the_same_text_prepared_here(tmp_path, capsys):
+    """900 training characters (18 two-byte 'é') and 100 validation characters (one three-byte '€'): nanoGPT's
+    split by characters and xforget-prepare's by bytes fall at the same place, so the ids must be equal, and
+    the byte counts are the UTF-8 bytes of each split (not the characters)."""
+    from xforget.evaluate.config import EvalConfig
+    from xforget.evaluate.core import evaluate_run
+    from xforget.train import compose_config, to_train_config, train
+
+    words = "the forget gate decays attention over distance "
+    train_text = (("é" * 18) + (words * 30))[:900]
+    val_text = (words * 3)[:99] + "€"
+    text = train_text + val_text
+    nano = write_nanogpt_char_dir(tmp_path / "shakespeare_char", text)
+    with pytest.raises(DataError, match=f"looks like a nanoGPT prepared directory.*xforget-prepare input={nano}"):
+        load_tokens(nano)  # what data=tokens data.path=NANO says: the one command that converts it
+    converted = tmp_path / "converted"
+    prepare_main([f"input={nano}", f"output={converted}"])
+    ours = tmp_path / "text.txt"
+    ours.write_text(text, encoding="utf-8")
+    prepared = prep(ours, tmp_path / "prepared", tokenizer=str(converted / "tokenizer.json"), val_fraction=0.1)
+    a, b = load_tokens(converted), load_tokens(prepared)
+    assert np.array_equal(a.train, b.train) and np.array_equal(a.val, b.val)
+    assert a.meta["val"]["bytes"] == b.meta["val"]["bytes"] == len(val_text.encode("utf-8")) == 102
+    assert a.meta["train"]["bytes"] == b.meta["train"]["bytes"] == len(train_text.encode("utf-8")) == 918
+    bpb = []
+    for data in (converted, prepared):
+        cfg = to_train_config(compose_config(["data=tokens", f"data.path={data}", *[t for t in TINY if "max_steps" not in t],
+                                              "trainer.max_steps=3"]))
+        run = tmp_path / f"run-{data.name}"
+        result = train(cfg, run)
+        ev = evaluate_run(run, EvalConfig(multiples=[1], threads=1, device="cpu", tokens=128))  # = training's windows
+        assert ev["val_bpb"] == pytest.approx(result.val_bpb, abs=1e-5)
+        bpb.append(ev["val_bpb"])
+    assert bpb[0] == bpb[1]
+    from xforget.data.tokenizer import load_tokenizer
+
+    assert load_tokenizer(converted).decode(np.asarray(a.val).tolist()) == val_text  # nanoGPT's decode
+
+
+def test_nanogpt_gpt2_style_dir_needs_its_tokenizer_named_and_counts_bytes(tmp_path, capsys):
+    """No meta.pkl (nanoGPT's shakespeare / openwebtext: GPT-2 ids): the user names the tokenizer; a byte-level
+    BPE trained here stands in for GPT-2's. Bytes per split: the UTF-8 bytes of the encoded text."""
+    from xforget.data.tokenizer import HFTokenizer
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"naïve café {i} crème brûlée"}) + "\n" for i in range(60)))
+    tok_dir = prep(docs, tmp_path / "bpe", tokenizer="bpe", vocab_size=300)
+    tok = HFTokenizer.from_file(tok_dir / "tokenizer.json")
+    nano = tmp_path / "shakespeare"
+    nano.mkdir()
+    train_text, val_text = "Pierre said: déjà vu. " * 40, "Caf\u00e9 crème, naïve. " * 8
+    np.array(tok.encode(train_text), dtype=np.uint16).tofile(nano / "train.bin")  # nanoGPT: encode_ordinary
+    np.array(tok.encode(val_text), dtype=np.uint16).tofile(nano / "val.bin")
+    out = tmp_path / "out"
+    err = one_error_line(capsys, lambda: prepare_main([f"input={nano}", f"output={out}"]))
+    assert "tokenizer=PATH/tokenizer.json" in err and not out.exists()
+    prepare_main([f"input={nano}", f"output={out}", f"tokenizer={tok_dir / 'tokenizer.json'}"])
+    meta = load_tokens(out).meta
+    assert meta["train"]["bytes"] == len(train_text.encode("utf-8"))
+    assert meta["val"]["bytes"] == len(val_text.encode("utf-8"))
+    assert meta["vocab_size"] == 300 and (out / "tokenizer.json").is_file()
+
+
+def test_nanogpt_meta_pkl_runs_no_code(tmp_path, capsys):
+    import pickle
+
+    nano = write_nanogpt_char_dir(tmp_path / "evil", "abc " * 300)
+    (nano / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 4, "itos": {0: "a"}, "hook": print}))
+    err = one_error_line(capsys, lambda: prepare_main([f"input={nano}", f"output={tmp_path / 'out'}"]))
+    assert "builtins.print" in err and not (tmp_path / "out").exists()

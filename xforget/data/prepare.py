@@ -53,6 +53,7 @@ from typing import Optional
 import numpy as np
 
 from xforget.data.corpus import DataError
+from xforget.data.nanogpt import import_nanogpt, is_nanogpt_dir
 from xforget.data.prepare_inputs import Source, as_utf8, check_encoding, check_text_file, open_source, text_pieces
 from xforget.data.tokenizer import ByteTokenizer, HFTokenizer, _import_tokenizers, resolve_tokenizer
 from xforget.files import atomic_dir, partial_dirs
@@ -202,7 +203,7 @@ class Encoder:
                     texts.append(part.decode("utf-8", errors="replace"))
                     owner.append(i)
             parts: list[list[np.ndarray]] = [[] for _ in batch]
-            for i, ids in zip(owner, tok.encode_batch(texts)):
+            for i, ids in zip(owner, _encode_or_fail(tok, texts, "the input")):
                 parts[i].append(np.asarray(ids, dtype=dtype))
             ids_list = [np.concatenate(p) if p else np.zeros(0, dtype=dtype) for p in parts]
         for (piece, is_val, last), ids in zip(batch, ids_list):
@@ -214,6 +215,16 @@ class Encoder:
                 docs[is_val] += 1
         arrays = [np.concatenate(out[v]) if out[v] else np.zeros(0, dtype=dtype) for v in (False, True)]
         return arrays[0], arrays[1], nbytes[False], nbytes[True], docs[False], docs[True], sum(len(p) for p, _, _ in batch)
+
+
+def _encode_or_fail(tok, texts: list[str], what: str) -> list[list[int]]:
+    """``tok.encode_batch(texts)``; a tokenizer that cannot encode them (a character-level vocabulary without
+    one of their characters) is one DataError line, not the tokenizers library's traceback."""
+    try:
+        return tok.encode_batch(texts)
+    except Exception as exc:
+        raise DataError(f"the tokenizer {tok.name} cannot encode {what} ({' '.join(str(exc).split())[:200]}); use a "
+                        "tokenizer that covers the text, e.g. tokenizer=bpe") from None
 
 
 # ----------------------------------------------------------------------------- plan
@@ -365,6 +376,8 @@ def prepare(cfg: PrepareConfig, log=print) -> Path:
         _import_tokenizers("tokenizer=bpe")
     output = Path(cfg.output).expanduser().resolve()
     check_output(output, cfg.overwrite)
+    if is_nanogpt_dir(cfg.input):  # train.bin + val.bin without meta.json: import, no encoding
+        return _import_nanogpt(cfg, output, log)
     source = open_source(cfg.input, cfg.text_field, cfg.dataset_config, cfg.split, cfg.encoding, cfg.errors,
                          exclude=output)
     undecodable = check_text(source)
@@ -385,7 +398,10 @@ def prepare(cfg: PrepareConfig, log=print) -> Path:
         dtype = dtype_for(tok.vocab_size)
         if isinstance(tok, ByteTokenizer) or tok.eot_id is None:
             sep = cfg.separator.encode("utf-8") if isinstance(tok, ByteTokenizer) else cfg.separator
-            sep_ids = list(sep) if isinstance(tok, ByteTokenizer) else tok.encode(sep)
+            if isinstance(tok, ByteTokenizer):
+                sep_ids = list(sep)
+            else:  # a single file has no separator (one document, split by bytes)
+                sep_ids = [] if plan.single_file is not None else _encode_or_fail(tok, [sep], "the separator")[0]
             sep_bytes = len(cfg.separator.encode("utf-8"))
         else:
             sep_ids, sep_bytes = [tok.eot_id], 1
@@ -419,6 +435,23 @@ def prepare(cfg: PrepareConfig, log=print) -> Path:
     log(f"wrote {output}: {tr['tokens']:,} train / {va['tokens']:,} val tokens ({dtype.name}), "
         f"{tr['bytes'] / max(tr['tokens'], 1):.3f} bytes per token, {plan.documents:,} documents, "
         f"tokenizer {tok.name} (vocabulary {tok.vocab_size})")
+    return output
+
+
+def _import_nanogpt(cfg: PrepareConfig, output: Path, log) -> Path:
+    """``input=`` is a nanoGPT prepared directory: :func:`xforget.data.nanogpt.import_nanogpt` into ``output``."""
+    source = Path(cfg.input).expanduser().resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for p in remove_stale(output):
+        log(f"removed an interrupted prepare: {p}")
+    with atomic_dir(output) as tmp:
+        fields = import_nanogpt(source, tmp, cfg.tokenizer, log)
+        meta = {"format": FORMAT, "version": VERSION, **fields, "val_fraction": None, "seed": None,
+                "command": command_line(cfg)}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    log(f"wrote {output}: {meta['train']['tokens']:,} train / {meta['val']['tokens']:,} val tokens (uint16), "
+        f"{meta['val']['bytes'] / max(meta['val']['tokens'], 1):.3f} validation bytes per token, tokenizer "
+        f"{meta['tokenizer']} (vocabulary {meta['vocab_size']})")
     return output
 
 
@@ -486,6 +519,10 @@ def read_meta(directory: str | Path) -> dict:
         raise DataError(f"prepared dataset not found: {d.resolve()} is not a directory (run xforget-prepare "
                         "input=... output=DIR first)")
     path = d / META_FILE
+    if not path.is_file() and (d / "train.bin").is_file() and (d / "val.bin").is_file():
+        pkl = "" if (d / "meta.pkl").is_file() else " tokenizer=PATH/tokenizer.json (its ids are GPT-2's: name that tokenizer)"
+        raise DataError(f"{d.resolve()} looks like a nanoGPT prepared directory (train.bin, val.bin, no meta.json): "
+                        f"convert it once with xforget-prepare input={d} output={d}-xforget{pkl}")
     if not path.is_file():
         raise DataError(f"{d.resolve()} is not a prepared dataset: no meta.json (an interrupted xforget-prepare? "
                         "run it again)")
