@@ -384,3 +384,29 @@ def test_nanogpt_meta_pkl_runs_no_code(tmp_path, capsys):
     (nano / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 4, "itos": {0: "a"}, "hook": print}))
     err = one_error_line(capsys, lambda: prepare_main([f"input={nano}", f"output={tmp_path / 'out'}"]))
     assert "builtins.print" in err and not (tmp_path / "out").exists()
+
+
+def test_12_first_record_after_a_resume_says_how_many_steps_it_averages(tmp_path):
+    """Before: the record of step 8 after a resume from step 6 averaged steps 7-8 but looked like the
+    uninterrupted run's (steps 5-8). Now it carries train_loss_steps=2; aligned records carry nothing."""
+    from xforget.train import compose_config, to_train_config, train
+    from xforget.train.metrics import read_metrics
+
+    f = tmp_path / "a.txt"
+    f.write_text("the quick brown fox jumps over the lazy dog\n" * 80)
+
+    def cfg():
+        return to_train_config(compose_config(["data=text", f"data.path={f}", *[t for t in TINY if "max_steps" not in t],
+                                               "trainer.max_steps=12", "trainer.log_every=4", "trainer.checkpoint_every=6",
+                                               "trainer.eval_every=0", "trainer.keep_last=0"]))
+
+    full = train(cfg(), tmp_path / "full")
+    train(cfg(), tmp_path / "part", stop_after_step=7)
+    resumed = train(cfg(), tmp_path / "part")
+    by_step = {r["step"]: r for r in read_metrics(tmp_path / "part")}
+    assert by_step[8]["train_loss_steps"] == 2
+    assert by_step[8]["train_loss"] == pytest.approx((resumed.losses[7] + resumed.losses[8]) / 2, abs=1e-12)
+    assert "train_loss_steps" not in by_step[4] and "train_loss_steps" not in by_step[12]
+    full_records = {r["step"]: r for r in read_metrics(tmp_path / "full")}
+    assert all("train_loss_steps" not in r for r in full_records.values())
+    assert by_step[12]["train_loss"] == full_records[12]["train_loss"] and resumed.val_bpb == full.val_bpb

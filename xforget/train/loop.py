@@ -291,6 +291,9 @@ def _loop(run: _Run, stop_after_step: int | None) -> bool:
     bar = tqdm(total=t.max_steps, initial=ckpt.step, disable=not (t.progress and run.info.is_main), unit="step",
                dynamic_ncols=True, file=sys.stderr, desc="train")
     window = _Window(tokens_per_step=t.batch_size * t.grad_accum * t.seq_len)  # global tokens
+    # resumed from a step that closed no log window: the first record averages fewer steps than the
+    # uninterrupted run's record for the same step, and says how many (train_loss_steps)
+    window.partial = ckpt.step > 0 and ckpt.step % t.log_every != 0 and not (t.eval_every and ckpt.step % t.eval_every == 0)
     ckpt.start_clock()
     stop = StopRequest(run.info, run.device)
     run.model.train()
@@ -380,6 +383,7 @@ class _Window:
     def reset(self) -> None:
         # timed/time: the steps whose time counts in tokens/s (not a compiled run's first step)
         self.loss, self.steps, self.timed, self.time, self.last_time = 0.0, 0, 0, 0.0, 0.0
+        self.partial = False  # set for the first window after a resume that does not start on a log step
 
     def add(self, loss: float, seconds: float, timed: bool = True) -> None:
         self.loss, self.steps, self.last_time = self.loss + loss, self.steps + 1, seconds
@@ -399,6 +403,8 @@ def _log_window(run: _Run, done: int, lr: float, window: _Window, eval_now: bool
     record = {"step": done, "train_loss": window.loss / window.steps, "lr": lr,
               "tokens_per_s": tokens_per_s, "tflops": run.flops_per_token * tokens_per_s / 1e12,
               "elapsed_s": run.ckpt.elapsed()}
+    if window.partial:
+        record["train_loss_steps"] = window.steps
     if run.peak:  # model FLOPs utilisation of all devices together
         record["mfu"] = run.flops_per_token * tokens_per_s / (run.peak * run.info.world_size)
     if eval_now:
