@@ -88,3 +88,36 @@ def test_pro_and_pruning_verdicts_both_directions():
     v = verdicts(scheme("fox", [1.2], pruning={L: 0.7}), rope, scheme("fox_pro", [1.25], pruning={L: 0.3}))
     assert find(v, "FoX (Pro) has a lower loss")[0] == "does not hold"
     assert find(v, "Adaptive computation pruning")[0] == "does not hold"
+
+
+def test_a_scheme_keeps_its_colour_in_every_plot(tmp_path, monkeypatch):
+    """Before: colours were numbered per plot (C0, C1 over the schemes each plot drew; fixed C3/C0 in the
+    FoX-vs-RoPE plot; C{j+3} for pruning), so a scheme changed colour between the plots of one comparison."""
+    import matplotlib.figure
+
+    from xforget.compare.colors import scheme_color
+    from xforget.compare.plots import plot_loss_vs_step
+    from xforget.compare.plots_long import plot_needle, plot_prefix_bpb
+
+    seen: dict[str, set] = {}
+
+    def record(fig, *args, **kwargs):
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                name = line.get_label().split(" ")[0]
+                if not name.startswith("_"):
+                    seen.setdefault(name, set()).add(matplotlib.colors.to_hex(line.get_color()))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    band = {"mean": 1.0, "min": 0.9, "max": 1.1, "values": [1.0]}
+    schemes = [{"name": n, "curve": {"step": [1, 2], "train_loss": [2.0, 1.5], "val_bpb": [None, 2.0]},
+                "prefix_bpb": {"64": band, "128": band}} for n in ("alibi", "rotary", "fox")]
+    needle_rows = {"lengths": [{"length": 64, "exact": band, "by_depth": [{"depth": 0.5, "exact": band}]}]}
+    plot_loss_vs_step(schemes, tmp_path / "a.png")
+    plot_prefix_bpb(schemes, tmp_path / "b.png", 64)
+    plot_needle([{**schemes[2], "needle": needle_rows}], tmp_path / "c.png", 64)  # only fox has needle data
+    import matplotlib.colors
+
+    for name in ("alibi", "rotary", "fox"):
+        assert seen[name] == {matplotlib.colors.to_hex(scheme_color(name))}, (name, seen[name])
+    assert len({scheme_color(n) for n in ("alibi", "rotary", "fox", "fox_pro", "t5", "none")}) == 6

@@ -410,3 +410,44 @@ def test_12_first_record_after_a_resume_says_how_many_steps_it_averages(tmp_path
     full_records = {r["step"]: r for r in read_metrics(tmp_path / "full")}
     assert all("train_loss_steps" not in r for r in full_records.values())
     assert by_step[12]["train_loss"] == full_records[12]["train_loss"] and resumed.val_bpb == full.val_bpb
+
+
+def test_13_sample_bytes_counts_bytes_on_a_bpe_run(bpe_run, tmp_path):
+    """Before: trainer.sample_bytes=200 generated 200 tokens (about 700 bytes) on a BPE run."""
+    from xforget.train import compose_config, to_train_config, train
+
+    cfg = to_train_config(compose_config(["data=tokens", f"data.path={bpe_run.parent / 'prep'}",
+                                          *[t for t in TINY if "sample_bytes" not in t], "trainer.sample_bytes=40"]))
+    result = train(cfg, tmp_path / "run")
+    n = len(result.sample.encode("utf-8"))
+    assert 40 <= n < 40 + 30, (n, result.sample)  # a token holds a few bytes: at most one token over
+
+
+def test_13_eval_of_a_hub_dir_names_it_and_writes_nothing_into_it(bpe_run, tmp_path, capsys):
+    from xforget.commands.export import export_run
+
+    hub, _ = export_run(bpe_run, tmp_path / "hub")
+    before = sorted(p.name for p in hub.iterdir())
+    eval_main([f"checkpoint={hub}", "data=tokens", f"data.path={bpe_run.parent / 'prep'}", "eval.multiples=[1]",
+               "eval.tokens=64"])
+    out = capsys.readouterr().out
+    assert "step None" not in out and "a hub-style directory" in out and "give out=FILE" in out
+    assert sorted(p.name for p in hub.iterdir()) == before
+    eval_main([f"checkpoint={hub}", "data=tokens", f"data.path={bpe_run.parent / 'prep'}", "eval.multiples=[1]",
+               "eval.tokens=64", f"out={tmp_path / 'e.json'}"])
+    assert (tmp_path / "e.json").is_file()
+
+
+def test_13_an_unquoted_prompt_gets_a_quoting_hint(capsys):
+    from xforget.commands.generate import main as generate_main
+
+    err = one_error_line(capsys, lambda: generate_main(["checkpoint=/nowhere", "prompt=Pierre", "said"]))
+    assert "'said'" in err and "quote it" in err, err
+
+
+def test_13_progress_is_drawn_only_on_a_terminal(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("hello world\n" * 400)
+    proc = subprocess.run([sys.executable, "-m", "xforget.commands.prepare", f"input={f}", f"output={tmp_path / 'out'}",
+                           "progress=true", "batch_bytes=100"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "\r" not in proc.stderr and "prepare:" not in proc.stderr, proc.stderr

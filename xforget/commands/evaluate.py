@@ -150,11 +150,16 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(exc), 1)
     except KeyboardInterrupt:
         fail("interrupted; nothing written", 130)
-    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "eval.json"
+    # the default eval.json goes into a run or checkpoint directory, never into an exported (hub) one
+    out = Path(cfg.out) if cfg.out else (Path(cfg.checkpoint) / "eval.json" if _run_config_path(cfg.checkpoint) else None)
     reason = no_result_reason(result)
     if reason is not None:
-        fail(f"{reason}; {out} not written" + (" (the earlier one is kept)" if out.exists() else ""))
+        fail(f"{reason}" + ("" if out is None else f"; {out} not written" + (" (the earlier one is kept)"
+                                                                              if out.exists() else "")))
     print(format_table(result))
+    if out is None:
+        print(f"not written: {cfg.checkpoint} is not a run directory (give out=FILE to keep the result)")
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")

@@ -77,6 +77,10 @@ def parse_config(overrides: list[str]) -> GenerateConfig:
             cfg = compose(config_name="xforget_generate", overrides=overrides)
     except (ConfigAttributeError, ConfigKeyError, Exception) as err:  # hydra wraps key errors
         key = next((o.split("=")[0] for o in overrides if o.split("=")[0].lstrip("+~") not in valid), None)
+        if key and "=" not in next(o for o in overrides if o.split("=")[0] == key):
+            # a word without '=': most often the rest of an unquoted prompt (prompt=Pierre said)
+            _fail(f"unknown argument {key!r} (not key=value); a prompt with spaces is one shell argument: quote it, "
+                  f"e.g. prompt=\"... {key}\"; valid keys: {valid + ['prompt_file']}")
         if key:
             _fail(f"unknown config key {key!r}; valid keys: {valid + ['prompt_file']}")
         _fail(explain_error(err, lambda path: schema_keys(GenerateConfig, path)))

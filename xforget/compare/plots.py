@@ -23,6 +23,7 @@ from typing import Any
 
 import matplotlib
 
+from xforget.compare.colors import scheme_color
 from xforget.compare.plots_long import long_context_plots, plot_position_buckets, plot_prefix_bpb
 
 matplotlib.use("Agg")
@@ -47,10 +48,10 @@ def plot_loss_vs_step(schemes: list[dict[str, Any]], path: Path, tokens_per_byte
     """``tokens_per_byte`` converts the training loss (per token) into bits per byte, the unit of val_bpb."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     k = tokens_per_byte / LN2
-    for i, s in enumerate(schemes):
+    for s in schemes:
         c = s["curve"]
-        _curve_with_band(ax, c, "train_loss", k, f"C{i}", dict(label=f"{s['name']} train", alpha=0.8))
-        _curve_with_band(ax, c, "val_bpb", 1.0, f"C{i}", dict(fmt="o--", ms=4, label=f"{s['name']} val"))
+        _curve_with_band(ax, c, "train_loss", k, scheme_color(s["name"]), dict(label=f"{s['name']} train", alpha=0.8))
+        _curve_with_band(ax, c, "val_bpb", 1.0, scheme_color(s["name"]), dict(fmt="o--", ms=4, label=f"{s['name']} val"))
     ax.set_xlabel("training step")
     ax.set_ylabel("loss (bits per byte)")
     return _finish(fig, ax, path, "Loss vs training step")
@@ -77,12 +78,12 @@ def plot_loss_vs_position(schemes: list[dict[str, Any]], path: Path, train_seq_l
     if any(s.get("position_loss") for s in schemes):
         return plot_position_buckets(schemes, path, train_seq_len)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, s in enumerate(schemes):
+    for s in schemes:
         if not s["per_position"]:
             continue
         longest = max(s["per_position"], key=int)
         x, y = bin_curve([v / LN2 for v in s["per_position"][longest]], bins=48, log=True)  # nats -> bits
-        ax.plot(x, y, color=f"C{i}", label=f"{s['name']} (to {longest})")
+        ax.plot(x, y, color=scheme_color(s["name"]), label=f"{s['name']} (to {longest})")
     ax.axvline(train_seq_len, color="k", ls="--", lw=1, label=f"training context {train_seq_len}")
     ax.set_xscale("log")
     ax.set_xlabel("token position")
@@ -94,14 +95,14 @@ def plot_bpb_vs_length(schemes: list[dict[str, Any]], path: Path, train_seq_len:
     if any(s.get("prefix_bpb") for s in schemes):
         return plot_prefix_bpb(schemes, path, train_seq_len)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, s in enumerate(schemes):
+    for s in schemes:
         rows = [r for r in s["lengths"] if r["status"] == "ok"]
         if not rows:
             continue
         x = [r["length"] for r in rows]
         y = [r["bpb"]["mean"] for r in rows]
         err = [r["bpb"]["std"] or 0.0 for r in rows]
-        ax.errorbar(x, y, yerr=err, fmt="o-", color=f"C{i}", capsize=3, label=s["name"])
+        ax.errorbar(x, y, yerr=err, fmt="o-", color=scheme_color(s["name"]), capsize=3, label=s["name"])
     ax.axvline(train_seq_len, color="k", ls="--", lw=1, label=f"training context {train_seq_len}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("evaluation length (bytes)")
@@ -115,14 +116,14 @@ def plot_task_accuracy(schemes: list[dict[str, Any]], path: Path) -> str | None:
     if not have:
         return None
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, s in enumerate(have):
+    for s in have:
         rows = [r for r in s["task"]["lengths"] if r["status"] == "ok"]
         if not rows:
             continue
-        ax.plot([r["length"] for r in rows], [r["accuracy"]["mean"] for r in rows], "o-", color=f"C{i}",
+        ax.plot([r["length"] for r in rows], [r["accuracy"]["mean"] for r in rows], "o-", color=scheme_color(s["name"]),
                 label=s["name"])
         bins = rows[-1].get("by_distance") or []
-        ax2.plot([(b["lo"] + b["hi"]) / 2 for b in bins], [b["accuracy"] for b in bins], "o-", color=f"C{i}",
+        ax2.plot([(b["lo"] + b["hi"]) / 2 for b in bins], [b["accuracy"] for b in bins], "o-", color=scheme_color(s["name"]),
                  label=f"{s['name']} (length {rows[-1]['length']})")
     ax.set_xscale("log", base=2)
     for a in (ax, ax2):

@@ -17,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from xforget.compare.colors import scheme_color  # noqa: E402
+
 
 def _finish(fig, ax, path: Path, title: str | None = None) -> str:
     if title:
@@ -58,7 +60,7 @@ def _context_axes(ax, train_len: int, xlabel: str, ylabel: str, legend_size: int
 
 
 def _colors(schemes) -> dict[str, str]:
-    return {s["name"]: f"C{i}" for i, s in enumerate(schemes)}
+    return {s["name"]: scheme_color(s["name"]) for s in schemes}
 
 
 def plot_position_buckets(schemes: list[dict[str, Any]], path: Path, train_len: int) -> str:
@@ -94,7 +96,7 @@ def plot_fox_vs_rope(schemes: list[dict[str, Any]], path: Path, train_len: int) 
     if not fox or not rope or not fox.get("position_loss") or not rope.get("position_loss"):
         return None
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    _position_panel(ax, [fox, rope], train_len, {"fox": "C3", "rotary": "C0"})
+    _position_panel(ax, [fox, rope], train_len, _colors([fox, rope]))
     ax.set_ylim(*_ylim([fox, rope], train_len, room=3.0))
     ax.set_title("FoX vs RoPE Transformer: loss by position")
     bf, br = fox["position_loss"]["buckets"], rope["position_loss"]["buckets"]
@@ -103,8 +105,8 @@ def plot_fox_vs_rope(schemes: list[dict[str, Any]], path: Path, train_len: int) 
     diffs = [[f - r for f, r in zip(bf[i]["values"], br[i]["values"])] for i in range(n)]
     mean = [sum(d) / len(d) for d in diffs]
     se = [math.sqrt((bf[i]["se_mean"] or 0) ** 2 + (br[i]["se_mean"] or 0) ** 2) for i in range(n)]
-    ax2.plot(x, mean, color="C3", lw=1.5, label="fox − rotary (seed mean)")
-    ax2.fill_between(x, [min(d) for d in diffs], [max(d) for d in diffs], color="C3", alpha=0.25, lw=0,
+    ax2.plot(x, mean, color=scheme_color("fox"), lw=1.5, label="fox − rotary (seed mean)")
+    ax2.fill_between(x, [min(d) for d in diffs], [max(d) for d in diffs], color=scheme_color("fox"), alpha=0.25, lw=0,
                      label="range over seed pairs")
     ax2.fill_between(x, [m - 2 * e for m, e in zip(mean, se)], [m + 2 * e for m, e in zip(mean, se)], color="C7",
                      alpha=0.2, lw=0, label="± 2 standard errors (windows)")
@@ -122,38 +124,38 @@ def plot_fox_vs_rope(schemes: list[dict[str, Any]], path: Path, train_len: int) 
 
 def plot_prefix_bpb(schemes: list[dict[str, Any]], path: Path, train_len: int) -> str:
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, s in enumerate(schemes):
+    for s in schemes:
         pb = s.get("prefix_bpb")
         if not pb:
             continue
         keys = sorted(pb, key=int)
-        _seed_band(ax, [int(k) for k in keys], [pb[k] for k in keys], f"C{i}", s["name"], style="o-")
+        _seed_band(ax, [int(k) for k in keys], [pb[k] for k in keys], scheme_color(s["name"]), s["name"], style="o-")
     _context_axes(ax, train_len, "evaluated length L (first L tokens of each window)", "bits per byte", legend_size=8)
     return _finish(fig, ax, path, "bpb vs evaluated length (bands: range over seeds)")
 
 
 def plot_needle(schemes: list[dict[str, Any]], path: Path, train_len: int) -> str | None:
-    have = [(i, s) for i, s in enumerate(schemes) if s.get("needle")]
+    have = [s for s in schemes if s.get("needle")]
     if not have:
         return None
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, s in have:
+    for s in have:
         rows = [r for r in s["needle"]["lengths"] if r.get("exact")]
         x = [r["length"] for r in rows]
-        ax.plot(x, [r["exact"]["mean"] for r in rows], "o-", color=f"C{i}", label=s["name"])
-        ax.fill_between(x, [r["exact"]["min"] for r in rows], [r["exact"]["max"] for r in rows], color=f"C{i}",
+        ax.plot(x, [r["exact"]["mean"] for r in rows], "o-", color=scheme_color(s["name"]), label=s["name"])
+        ax.fill_between(x, [r["exact"]["min"] for r in rows], [r["exact"]["max"] for r in rows], color=scheme_color(s["name"]),
                         alpha=0.2, lw=0)
         first = rows[0] if rows else None
         if first:
             d = [b["depth"] for b in first["by_depth"]]
-            ax2.plot(d, [b["exact"]["mean"] for b in first["by_depth"]], "o-", color=f"C{i}", label=s["name"])
+            ax2.plot(d, [b["exact"]["mean"] for b in first["by_depth"]], "o-", color=scheme_color(s["name"]), label=s["name"])
             ax2.fill_between(d, [b["exact"]["min"] for b in first["by_depth"]],
-                             [b["exact"]["max"] for b in first["by_depth"]], color=f"C{i}", alpha=0.2, lw=0)
+                             [b["exact"]["max"] for b in first["by_depth"]], color=scheme_color(s["name"]), alpha=0.2, lw=0)
     ax.axvline(train_len, color="k", ls="--", lw=1)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context length (tokens)")
     ax.set_title("needle exact match vs context length")
-    ax2.set_xlabel(f"needle depth (0 = start, 1 = end) at {have[0][1]['needle']['lengths'][0]['length']} tokens")
+    ax2.set_xlabel(f"needle depth (0 = start, 1 = end) at {have[0]['needle']['lengths'][0]['length']} tokens")
     ax2.set_title("needle exact match vs depth")
     for a in (ax, ax2):
         a.set_ylim(-0.02, 1.02)
@@ -179,7 +181,7 @@ def plot_pruned_fraction(schemes: list[dict[str, Any]], path: Path) -> str | Non
             x = [k + (j - (len(have) - 1) / 2) * width for k in range(len(layers))]
             m = [lay["mean"]["mean"] for lay in layers]
             err = [[v - lay["mean"]["min"] for v, lay in zip(m, layers)], [lay["mean"]["max"] - v for v, lay in zip(m, layers)]]
-            ax.bar(x, m, width=width, yerr=err, capsize=3, label=s["name"], color=f"C{j + 3}")
+            ax.bar(x, m, width=width, yerr=err, capsize=3, label=s["name"], color=scheme_color(s["name"]))
         ax.set_xticks(range(len(layers)))
         ax.set_xticklabels([f"layer {k}" for k in range(len(layers))])
         ax.set_ylim(0, 1)

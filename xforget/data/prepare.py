@@ -463,7 +463,7 @@ def _encode_all(cfg: PrepareConfig, source: Source, plan: Plan, tok, encoder: En
     totals = {s: {"tokens": 0, "bytes": 0, "documents": 0, "max_id": -1} for s in ("train", "val")}
     total = plan.size if plan.single_file is not None else source.total_bytes()
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="prepare", dynamic_ncols=True,
-               disable=not cfg.progress, file=sys.stderr, mininterval=0.5)
+               disable=None if cfg.progress else True, file=sys.stderr, mininterval=0.5)  # None: a terminal only
     stream = batches(units(source, plan, cfg.batch_bytes), cfg.batch_bytes)
     step_sleep = float(os.environ.get("XFORGET_DEBUG_PREPARE_SLEEP") or 0.0)  # tests: time to SIGKILL mid-write
 

@@ -287,7 +287,11 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
 
 def format_table(result: dict[str, Any]) -> str:
     """A small text table of one evaluation (what ``xforget-eval`` prints)."""
-    lines = [f"run {result['run_dir']} (step {result['checkpoint_step']}, position {result['position']}, "
+    step = result["checkpoint_step"]
+    run = Path(result["run_dir"])
+    hub = (run / "config.json").is_file() and not (run / "config.yaml").is_file()
+    where = f"step {step}" if step is not None else "a hub-style directory" if hub else "final weights"
+    lines = [f"run {result['run_dir']} ({where}, position {result['position']}, "
              f"{result['params'] / 1e6:.2f}M params, data {result['data']['name']})",
              f"{'length':>8} {'x':>4} {'windows':>8} {'loss':>8} {'bpb':>8}  first/last-quarter loss"]
     for r in result["lengths"]:

@@ -93,7 +93,7 @@ class TrainerConfig:
     compile: str = "auto"  # auto (runs of >= 1000 steps with a compiler backend) | true | false: torch.compile the step
     strategy: str = "ddp"  # under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard)
     peak_flops: float | None = None  # peak FLOP/s of one device, for MFU; None = a known GPU's, else TFLOP/s only
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # tqdm progress bar, drawn only when stderr is a terminal
     sample_bytes: int = 200  # bytes generated at the end (0 = none)
     sample_temperature: float = 0.8
     resume: str = "auto"  # auto: resume from the run directory's checkpoint, refusing changed settings | allow_changes

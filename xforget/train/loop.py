@@ -288,8 +288,9 @@ def _loop(run: _Run, stop_after_step: int | None) -> bool:
     """
     t, ckpt, result = run.cfg.trainer, run.ckpt, run.result
     step_sleep = float(os.environ.get("XFORGET_DEBUG_STEP_SLEEP") or 0.0)
-    bar = tqdm(total=t.max_steps, initial=ckpt.step, disable=not (t.progress and run.info.is_main), unit="step",
-               dynamic_ncols=True, file=sys.stderr, desc="train")
+    # disable=None: tqdm draws only on a terminal, so a redirected log gets no \r progress lines
+    bar = tqdm(total=t.max_steps, initial=ckpt.step, disable=None if t.progress and run.info.is_main else True,
+               unit="step", dynamic_ncols=True, file=sys.stderr, desc="train")
     window = _Window(tokens_per_step=t.batch_size * t.grad_accum * t.seq_len)  # global tokens
     # resumed from a step that closed no log window: the first record averages fewer steps than the
     # uninterrupted run's record for the same step, and says how many (train_loss_steps)
@@ -454,11 +455,12 @@ def _report(run: _Run) -> None:
     logger.info(f"finished step {result.step}: val_bpb={result.val_bpb:.4f} (run directory {run.run_dir})")
 
 
-def sample_text(lm: AutoregressiveWrapper, val, n_tokens: int, temperature: float, seed: int,
+def sample_text(lm: AutoregressiveWrapper, val, n_bytes: int, temperature: float, seed: int,
                 device: torch.device, prompt_bytes: int = 64, tokenizer=None) -> tuple[str, str]:
     """(prompt, continuation): the start of a line (byte data; a document for other tokenizers) of the
-    validation split and ``n_tokens`` generated after it, both decoded by ``tokenizer`` (default bytes,
-    decoded with errors='replace'); ``val`` is a tensor or numpy array of token ids."""
+    validation split and ``n_bytes`` bytes of text generated after it (``trainer.sample_bytes``: tokens are
+    generated until their text has that many UTF-8 bytes, at most ``n_bytes`` tokens), both decoded by
+    ``tokenizer`` (default bytes, decoded with errors='replace'); ``val`` is a tensor or numpy array of ids."""
     tokenizer = tokenizer or ByteTokenizer()
     head = [int(v) for v in val[: 64 * 1024].tolist()]
     if isinstance(tokenizer, ByteTokenizer):
@@ -470,8 +472,15 @@ def sample_text(lm: AutoregressiveWrapper, val, n_tokens: int, temperature: floa
         ids = head[start:start + max(1, prompt_bytes // 4)]
     prompt = torch.tensor(ids, dtype=torch.long, device=device)[None]
     generator = torch.Generator(device=device).manual_seed(seed)
-    out = lm.generate(prompt, n_tokens, temperature=temperature, generator=generator)
-    return tokenizer.decode(prompt[0].tolist()), tokenizer.decode(out[0].tolist())
+    if isinstance(tokenizer, ByteTokenizer):
+        out = lm.generate(prompt, n_bytes, temperature=temperature, generator=generator)[0].tolist()
+    else:  # a token holds several bytes: stop once the text is long enough
+        out = []
+        for step in lm.stream(prompt, n_bytes, temperature=temperature, generator=generator):
+            out.append(int(step[0]))
+            if len(tokenizer.decode(out).encode("utf-8")) >= n_bytes:
+                break
+    return tokenizer.decode(prompt[0].tolist()), tokenizer.decode(out)
 
 
 def _device(name: str, info: DistInfo | None = None) -> torch.device:
