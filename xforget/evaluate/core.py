@@ -16,12 +16,15 @@ from torch import nn
 
 from xforget.data import DataError, load_corpus, synthetic, val_windows
 from xforget.data.tokenizer import load_tokenizer
+from xforget.data.documents import packing_eot_id
+from xforget.data.prepare import read_meta
 from xforget.data.tokens import load_tokens
 from xforget.errors import ConfigError
 from xforget.evaluate.config import EvalConfig, validate_eval
 from xforget.evaluate.metrics import evaluate_windows, length_limit, nats_to_bpb, token_losses
 from xforget.evaluate.needle import needle_accuracy
 from xforget.evaluate.pruning import format_pruning, pruning_fractions
+from xforget.models.packing import packed
 from xforget.train.checkpoint import complete_checkpoints
 from xforget.train.config import BYTE_VOCAB, DataConfig, TrainConfig, TrainerConfig
 from xforget.train.loading import load_trained
@@ -220,6 +223,9 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
     lengths = [m * base for m in multiples]
     tokens = ecfg.tokens or t.eval_batches * t.batch_size * t.seq_len
     val, data_info, tokens_per_byte = validation_tokens(data_cfg)
+    if data_cfg.name == "tokens" and getattr(data_cfg, "pack_documents", False):  # the training rule, one place
+        model = packed(model, packing_eot_id(read_meta(Path(data_cfg.path)), data_cfg.path))
+        data_info["pack_documents"] = True
     if data_cfg.name == "tokens" and data_info["vocab_size"] != train_cfg.model.num_tokens:
         raise DataError(f"the prepared dataset {data_cfg.path} has a vocabulary of {data_info['vocab_size']}, "
                         f"the model was trained with num_tokens={train_cfg.model.num_tokens}; evaluate on data "
