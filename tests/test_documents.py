@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from xforget import Decoder, Encoder, TransformerWrapper
-from xforget.ops import attend
+from xforget.ops import attend, fold
 from xforget.ops.documents import segment_starts, segmented_cumsum
 from xforget.ops.prune import collect_pruning
 
@@ -100,8 +100,9 @@ def test_encoder_packed_row_is_block_diagonal(scheme):
 
 
 @pytest.mark.parametrize("scheme", ["fox", "none", "alibi", "fox_pro"])
-def test_long_packed_rows_through_the_blocked_fold(scheme):
-    """Past PRUNE_MIN_KEYS keys the fold runs per query block from each block's document start."""
+def test_long_packed_rows_through_the_blocked_fold(scheme, monkeypatch):
+    """Long rows: the fold runs per query block from each block's document start (threshold lowered here)."""
+    monkeypatch.setattr(fold, "DOC_BLOCKED_MIN_KEYS", 512)
     net = _model(SCHEMES[scheme], torch.float64, max_seq_len=700)
     _check_packed_equals_separate(net, [300, 1, 150, 189], torch.float64, 1e-9)
 
@@ -167,10 +168,12 @@ def _op_case(n, lengths, h=4, h_kv=2, d=8, dtype=torch.float64, decay=True):
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference", "chunked", "fold", "decode"])
-@pytest.mark.parametrize("n,lengths", [(40, [1, 10, 29]), (700, [1, 300, 150, 249])])
+@pytest.mark.parametrize("n,lengths,blocked", [(40, [1, 10, 29], 2048), (700, [1, 300, 150, 249], 2048),
+                                               (700, [1, 300, 150, 249], 512)])
 @pytest.mark.parametrize("decay", [True, False])
-def test_op_gradients_equal_documents_alone(backend, n, lengths, decay):
+def test_op_gradients_equal_documents_alone(backend, n, lengths, blocked, decay, monkeypatch):
     """Outputs and gradients w.r.t. q, k, v and the gate vs the float64 reference per document."""
+    monkeypatch.setattr(fold, "DOC_BLOCKED_MIN_KEYS", blocked)  # 512: the blocked fold (skips earlier documents)
     q, k, v, g, docs = _op_case(n, lengths, decay=decay)
     leaves = [t.requires_grad_() for t in (q, k, v, g) if t is not None]
     out = attend(q, k, v, causal=True, log_fgate=g, document_ids=docs, backend=backend)
@@ -209,8 +212,9 @@ def test_decays_are_cumulated_per_document_without_growing():
     torch.testing.assert_close(c[..., -100:], torch.cumsum(g[..., :100].double(), -1).float(), atol=0, rtol=0)
 
 
-def test_packed_fold_skips_every_tile_of_earlier_documents():
+def test_packed_fold_skips_every_tile_of_earlier_documents(monkeypatch):
     """The recorded skipped fraction covers at least every (128 x 64) tile wholly in earlier documents."""
+    monkeypatch.setattr(fold, "DOC_BLOCKED_MIN_KEYS", 1024)
     lengths = [[100, 400, 300, 224], [700, 324]]
     n = 1024
     q = torch.randn(2, 2, n, 8)

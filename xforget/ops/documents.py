@@ -146,25 +146,27 @@ class DocumentBlockSDPA(torch.autograd.Function):
         off = k.shape[2] - n_q
         out = q.new_empty(b, h, n_q, v.shape[-1])
         lse = torch.empty(b, h, n_q, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
+        masks = {}  # kept for the backward: O(n * (block + document)) floats, not O(n^2)
         for r, row in enumerate(starts):
             for t, lo in enumerate(row):
                 m0 = t * block
                 qs = min(block, n_q - m0)
-                mask = _block_mask(document_ids, r, off + m0, qs, lo, q.dtype)
-                o, l = _FWD(q[r:r + 1, :, m0:m0 + qs], k[r:r + 1, :, lo:off + m0 + qs], v[r:r + 1, :, lo:off + m0 + qs],
+                hi = off + m0 + qs
+                mask = masks[r, t] = _block_mask(document_ids, r, off + m0, qs, lo, q.dtype)
+                o, l = _FWD(q[r:r + 1, :, m0:m0 + qs], k[r:r + 1, :, lo:hi], v[r:r + 1, :, lo:hi],
                             0.0, mask is None, attn_mask=mask, scale=1.0)
                 out[r:r + 1, :, m0:m0 + qs] = o
                 lse[r:r + 1, :, m0:m0 + qs] = l
-        ctx.save_for_backward(q, k, v, document_ids, out, lse)
-        ctx.starts, ctx.block = starts, block
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.starts, ctx.block, ctx.masks = starts, block, masks
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        q, k, v, document_ids, out, lse = ctx.saved_tensors
+        q, k, v, out, lse = ctx.saved_tensors
         acc = torch.promote_types(q.dtype, torch.float32)
         go = grad_out.to(q.dtype).contiguous()
-        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
+        dq = torch.empty(q.shape, dtype=acc, device=q.device)  # query blocks are disjoint: written once
         dk = torch.zeros(k.shape, dtype=acc, device=k.device)
         dv = torch.zeros(v.shape, dtype=acc, device=v.device)
         n_q, block = q.shape[2], ctx.block
@@ -174,14 +176,15 @@ class DocumentBlockSDPA(torch.autograd.Function):
                 m0 = t * block
                 qs = min(block, n_q - m0)
                 hi = off + m0 + qs
-                mask = _block_mask(document_ids, r, off + m0, qs, lo, q.dtype)
+                mask = ctx.masks[r, t]
                 qq = slice(m0, m0 + qs)
                 gq, gk, gv = _BWD(go[r:r + 1, :, qq], q[r:r + 1, :, qq], k[r:r + 1, :, lo:hi], v[r:r + 1, :, lo:hi],
                                   out[r:r + 1, :, qq], lse[r:r + 1, :, qq], 0.0, mask is None, attn_mask=mask,
                                   scale=1.0)
-                dq[r:r + 1, :, qq] += gq
+                dq[r:r + 1, :, qq] = gq
                 dk[r:r + 1, :, lo:hi] += gk
                 dv[r:r + 1, :, lo:hi] += gv
+        ctx.masks = None
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
 

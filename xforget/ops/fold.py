@@ -51,6 +51,9 @@ from xforget.ops.documents import block_key_starts, blocked_document_attention, 
 from xforget.ops.documents import skipped_pairs as doc_skipped_pairs
 from xforget.ops.pruned_sdpa import BandedCausalSDPA, make_plan
 
+# From this many keys the CPU fold runs packed documents block by block (skipping earlier documents);
+# below it one fused call with the block-diagonal mask is faster (scripts/bench_packing.py).
+DOC_BLOCKED_MIN_KEYS = 2048
 PAD_GAP = 1.0e4  # pad keys sit this far (at least) below every real key's logit
 FP16_CHANNEL_MAX = 2.0 ** 14  # |u| / 2^p stays below this in fp16 channels
 
@@ -180,7 +183,7 @@ def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q
     mask as booleans (O(n_q n_k) bits).
     """
     s, docs = call.shapes, call.document_ids
-    if q2.is_cuda or s.n_k < acp.PRUNE_MIN_KEYS:
+    if q2.is_cuda or s.n_k < DOC_BLOCKED_MIN_KEYS:
         out = F.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask_matrix(docs, s, causal=True), scale=1.0)
         return out[..., : s.d_v]
     starts = block_key_starts(docs, s, acp.PRUNE_BLOCK)  # (b, n_blocks)
