@@ -157,15 +157,14 @@ class DocumentBlockSDPA(torch.autograd.Function):
                             0.0, mask is None, attn_mask=mask, scale=1.0)
                 out[r:r + 1, :, m0:m0 + qs] = o
                 lse[r:r + 1, :, m0:m0 + qs] = l
-        ctx.save_for_backward(q, k, v, out, lse)
         ctx.starts, ctx.block, ctx.masks = starts, block, masks
+        ctx.save_for_backward(q, k, v, out, lse)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
-        acc = torch.promote_types(q.dtype, torch.float32)
-        go = grad_out.to(q.dtype).contiguous()
+        go, acc = grad_out.to(q.dtype).contiguous(), torch.promote_types(q.dtype, torch.float32)
         dq = torch.empty(q.shape, dtype=acc, device=q.device)  # query blocks are disjoint: written once
         dk = torch.zeros(k.shape, dtype=acc, device=k.device)
         dv = torch.zeros(v.shape, dtype=acc, device=v.device)
