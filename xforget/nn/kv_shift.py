@@ -47,8 +47,11 @@ def previous_real(t: Tensor, mask: Tensor | None, state: Tensor | None,
     if state is None:
         state = t.new_zeros(b, h, 1, d)
     seq = torch.cat((state.to(t.dtype), t), dim=2)  # index 0 = the carried state, always "real"
-    if mask is None and documents is None:
-        return seq[:, :, :n], seq[:, :, n:]
+    if mask is None:  # every token is real: the previous one is the one before it
+        prev = seq[:, :, :n]
+        if documents is not None:
+            prev = prev * (documents[:, :-1] == documents[:, 1:])[:, None, :, None].to(prev.dtype)
+        return prev, seq[:, :, n:]
     real = torch.ones(b, n + 1, dtype=torch.bool, device=t.device) if mask is None else \
         torch.cat((torch.ones_like(mask[:, :1]), mask), dim=1)  # (b, n + 1)
     idx = torch.arange(n + 1, device=t.device).expand(b, n + 1)
