@@ -16,6 +16,7 @@ from typing import Any
 from xforget.data.batches import split_corpus
 from xforget.data.corpus import DataError
 from xforget.data.corpora import load_corpus
+from xforget.data.documents import packing_eot_id
 from xforget.data.tokenizer import ByteTokenizer, load_tokenizer
 from xforget.data.tokens import load_tokens
 
@@ -28,6 +29,7 @@ class TrainingData:
     tokens_per_byte: float  # of the validation split
     description: str
     meta: dict = field(default_factory=dict)
+    eot_id: int | None = None  # data.pack_documents: documents end at this token (None: no packing)
 
 
 def load_training_data(cfg, seq_len: int) -> TrainingData:
@@ -43,8 +45,9 @@ def load_training_data(cfg, seq_len: int) -> TrainingData:
             if n < seq_len + 1:
                 raise DataError(f"the {part} split of {data.path} has {n} tokens, fewer than seq_len + 1 = "
                                 f"{seq_len + 1}; lower trainer.seq_len or prepare more text")
+        eot = packing_eot_id(data.meta, data.path) if getattr(cfg, "pack_documents", False) else None
         return TrainingData(data.train, data.val, load_tokenizer(data.path), data.tokens_per_byte("val"),
-                            data.describe(), data.meta)
+                            data.describe() + (" (packed documents)" if eot is not None else ""), data.meta, eot)
 
     corpus = load_corpus(cfg)
     split = split_corpus(corpus.data, cfg.val_fraction, seq_len)

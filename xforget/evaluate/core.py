@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from xforget.data import DataError, load_corpus, synthetic, val_windows
+from xforget.data.documents import packing_eot_id
+from xforget.data.prepare import read_meta
 from xforget.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer, same_tokenizer
 from xforget.data.tokens import load_tokens
 from xforget.errors import ConfigError
@@ -22,6 +24,7 @@ from xforget.evaluate.config import EvalConfig, validate_eval
 from xforget.evaluate.metrics import evaluate_windows, length_limit, nats_to_bpb, token_losses
 from xforget.evaluate.needle import needle_accuracy
 from xforget.evaluate.pruning import format_pruning, pruning_fractions
+from xforget.models.packing import packed
 from xforget.train.checkpoint import complete_checkpoints
 from xforget.train.config import BYTE_VOCAB, DataConfig, TrainConfig, TrainerConfig
 from xforget.train.loading import load_trained
@@ -245,6 +248,9 @@ def evaluate_run(run_dir: str | Path, ecfg: EvalConfig | None = None, data_cfg: 
     tokens = ecfg.tokens or t.eval_batches * t.batch_size * t.seq_len
     val, data_info, tokens_per_byte = validation_tokens(data_cfg)
     check_data_fits_model(run_dir, data_cfg, data_info, train_cfg.model.num_tokens, model_tokenizer)
+    if data_cfg.name == "tokens" and getattr(data_cfg, "pack_documents", False):  # the training rule, one place
+        model = packed(model, packing_eot_id(read_meta(Path(data_cfg.path)), data_cfg.path))
+        data_info["pack_documents"] = True
     rows = evaluate_model(model, val, lengths, tokens=tokens, batch_tokens=ecfg.batch_tokens,
                           per_position=ecfg.per_position, device=device, multiples=multiples,
                           tokens_per_byte=tokens_per_byte, buckets_per_octave=ecfg.position_buckets)

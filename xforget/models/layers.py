@@ -35,7 +35,7 @@ from xforget.nn.kv_cache import LayerCache
 from xforget.nn.norms import make_norm
 from xforget.nn.rotary import RotaryEmbedding
 
-SELF_ATTENTION_INPUTS = ("positions", "mask", "key_mask")
+SELF_ATTENTION_INPUTS = ("positions", "mask", "key_mask", "document_ids")
 CROSS_ATTENTION_INPUTS = ("context", "context_mask")
 
 
@@ -209,13 +209,17 @@ class AttentionLayers(nn.Module):
         self, x: Tensor, *, positions: Tensor | None = None, mask: Tensor | None = None,
         key_mask: Tensor | None = None, caches: list[LayerCache] | None = None,
         context: Tensor | None = None, context_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> tuple[Tensor, list[LayerCache]]:
         """x (batch, n, dim) -> (batch, n, dim), plus the updated caches (one per self-attention sublayer).
 
         positions: (n,) or (batch, n) int64 (default 0..n-1); mask: (batch, n)
         bool for the new tokens; key_mask: (batch, n_cached + n) bool; caches:
         from an earlier call, or None; context (batch, m, context_dim) and
-        context_mask (batch, m) bool for cross-attention sublayers.
+        context_mask (batch, m) bool for cross-attention sublayers; document_ids:
+        (batch, n_cached + n) int64 packed documents of all keys, non-decreasing per row,
+        or None (positions are the caller's: :class:`~xforget.models.wrapper.TransformerWrapper`
+        restarts them per document).
         """
         if positions is None:
             positions = torch.arange(x.shape[1], device=x.device)
@@ -237,6 +241,7 @@ class AttentionLayers(nn.Module):
                 caches=None if caches is None else caches[start : start + count],
                 context=context,
                 context_mask=context_mask,
+                document_ids=document_ids,
             )
             new_caches.extend(block_caches)
             start += count

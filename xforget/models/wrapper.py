@@ -23,6 +23,7 @@ from xforget.models.pretrained import (
 from xforget.models.validate import validate_model_config
 from xforget.nn.embeddings import AbsolutePositionalEmbedding, TokenEmbedding
 from xforget.nn.kv_cache import Cache
+from xforget.ops.documents import check_document_ids, segment_starts
 
 
 class TransformerWrapper(
@@ -165,6 +166,7 @@ class TransformerWrapper(
         return_embeddings: bool = False,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Cache]:
         """Logits for token ids.
 
@@ -177,26 +179,43 @@ class TransformerWrapper(
             return_embeddings: return the final hidden states (batch, n, dim) instead of logits.
             context, context_mask: (batch, m, dim) float and (batch, m) bool (True = real), for
                 cross-attention layers (the decoder of :class:`~xforget.models.xtransformer.XTransformer`).
+            document_ids: (batch, n) int64, non-decreasing along each row: packed documents
+                (DESIGN.md section 7). A token attends only to tokens of its own document, the
+                KV-shift never crosses a boundary, and positions (rotary, xPos, absolute,
+                sinusoidal) restart at 0 with every document, so each document gives what it
+                gives alone. With a cache the ids continue the cached ones (a cache built without
+                ids is one document, the first new token's); new tokens without ids continue the
+                last cached document. None: one document per row (today's behaviour, unchanged).
         Returns:
             logits (batch, n, logits_dim) float (logits_dim = num_tokens unless set), or (logits, cache).
         Raises:
             ValueError: token id out of range; sequence beyond the absolute
-                position table; mask shape mismatch.
+                position table; mask or document_ids shape mismatch; document_ids not
+                integers or decreasing along a row.
         """
         b, n = x.shape
         if mask is not None and mask.shape != x.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} must equal token shape {tuple(x.shape)}")
         fresh = cache is None or cache.seen is None
         seen = _seen(cache, b, x.device)
+        key_docs = _key_documents(cache, document_ids, b, n)
+        if key_docs is not None:
+            key_mask = _join_masks(None if cache is None else cache.mask, mask, cache.length if cache else 0, b, n,
+                                   x.device)
+            positions = document_positions(key_docs, key_mask, n)
         # without a cache every row starts at 0: no data-dependent check (a graph break under torch.compile)
-        positions = torch.arange(n, device=x.device) if fresh and mask is None else self._positions(b, n, mask, seen, x.device)
+        elif fresh and mask is None:
+            positions = torch.arange(n, device=x.device)
+        else:
+            positions = self._positions(b, n, mask, seen, x.device)
 
         h = self.token_emb(x)
         if self.pos_emb is not None:
             h = h + self.pos_emb(positions)
         h = self.emb_dropout(h)
         h, new_cache = run_layers(self.attn_layers, h, positions, mask=mask, cache=cache, seen=seen,
-                                  return_cache=return_cache, context=context, context_mask=context_mask)
+                                  return_cache=return_cache, context=context, context_mask=context_mask,
+                                  document_ids=key_docs)
         out = h if return_embeddings else self.to_logits(h)
         return (out, new_cache) if return_cache else out
 
@@ -210,6 +229,38 @@ class TransformerWrapper(
         return seen[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def _key_documents(cache: Cache | None, document_ids: Tensor | None, b: int, n: int) -> Tensor | None:
+    """(b, n_cached + n) int64 document ids of every key, or None when there are no documents.
+
+    Raises:
+        ValueError: ``document_ids`` not (b, n) integers non-decreasing along each row (cached ids included).
+    """
+    cached = None if cache is None else cache.documents
+    if document_ids is None and cached is None:
+        return None
+    n_cached = cache.length if cache is not None else 0
+    if document_ids is None:  # generation continues the last cached document
+        return torch.cat((cached, cached[:, -1:].expand(b, n)), dim=1)
+    check_document_ids(document_ids, b, n)
+    if n_cached and cached is None:  # a cache without ids is one document: the first new token's
+        cached = document_ids[:, :1].expand(b, n_cached)
+    docs = document_ids.long() if cached is None else torch.cat((cached, document_ids.long()), dim=1)
+    return check_document_ids(docs, b, docs.shape[1])
+
+
+def document_positions(document_ids: Tensor, key_mask: Tensor | None, n: int) -> Tensor:
+    """(b, n) positions of the last ``n`` keys counted from their document's first real token.
+
+    ``document_ids`` (b, n_keys) int64 of all keys (cached and new); ``key_mask`` (b, n_keys) bool or
+    None. Pads take the position of the real token before them, as without documents.
+    """
+    real = torch.ones_like(document_ids) if key_mask is None else key_mask.long()
+    count = real.cumsum(-1)
+    starts = segment_starts(document_ids)
+    before = torch.where(starts > 0, count.gather(-1, (starts - 1).clamp_min(0)), 0)
+    return (count - before - 1).clamp(min=0)[:, -n:]
+
+
 def _seen(cache: Cache | None, b: int, device) -> Tensor:
     """Real tokens each row has seen before this call: (b,) int64 (zeros without a cache)."""
     if cache is None or cache.seen is None:
@@ -220,6 +271,7 @@ def _seen(cache: Cache | None, b: int, device) -> Tensor:
 def run_layers(
     layers: AttentionLayers, h: Tensor, positions: Tensor, *, mask: Tensor | None, cache: Cache | None,
     seen: Tensor, return_cache: bool, context: Tensor | None, context_mask: Tensor | None,
+    document_ids: Tensor | None = None,
 ) -> tuple[Tensor, Cache | None]:
     """Run the attention layers over embedded inputs, with the KV-cache bookkeeping every wrapper shares.
 
@@ -229,6 +281,7 @@ def run_layers(
         seen: (batch,) int64 real tokens before this call (:func:`_seen`).
         return_cache: build the updated cache (else None is returned for it).
         context, context_mask: for cross-attention layers.
+        document_ids: (batch, n_cached + n) int64 packed documents of every key, or None.
     Returns:
         (hidden states (batch, n, dim), the updated :class:`Cache` or None).
     """
@@ -237,12 +290,12 @@ def run_layers(
     h, layer_caches = layers(
         h, positions=positions, mask=mask, key_mask=key_mask,
         caches=cache.layers if cache is not None and cache.layers else None,
-        context=context, context_mask=context_mask,
+        context=context, context_mask=context_mask, document_ids=document_ids,
     )
     if not return_cache:
         return h, None
     new_seen = seen + (n if mask is None else mask.sum(-1))
-    return h, Cache(layers=layer_caches, mask=key_mask, seen=new_seen)
+    return h, Cache(layers=layer_caches, mask=key_mask, seen=new_seen, documents=document_ids)
 
 
 def _join_masks(cached: Tensor | None, new: Tensor | None, n_cached: int, b: int, n: int, device) -> Tensor | None:

@@ -50,6 +50,18 @@ def _cat_positions(old: Tensor | None, new: Tensor) -> Tensor:
     return torch.cat((old, new), dim=-1)
 
 
+def _shift_documents(document_ids: Tensor | None, n: int) -> Tensor | None:
+    """(b, n + 1) document ids of the KV-shift's carried token and the ``n`` new tokens, or None.
+
+    The carried token is the last cached key; without a cache its entry is zeros anyway, and it
+    takes the first new token's document.
+    """
+    if document_ids is None:
+        return None
+    before = document_ids[:, -n - 1: -n] if document_ids.shape[1] > n else document_ids[:, :1]
+    return torch.cat((before, document_ids[:, -n:]), dim=1)
+
+
 class Attention(nn.Module):
     """Self- or cross-attention over (batch, n, dim) inputs.
 
@@ -129,6 +141,7 @@ class Attention(nn.Module):
         cache: LayerCache | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, LayerCache | None]:
         """Attend from the new tokens ``x`` to the cached and new keys (or to ``context``).
 
@@ -142,6 +155,9 @@ class Attention(nn.Module):
             cache: this layer's cache of earlier tokens, or None.
             context: (batch, m, context_dim) for cross-attention.
             context_mask: (batch, m) bool for cross-attention, or None.
+            document_ids: (batch, n_cached + n) int64 document of every key, non-decreasing along
+                each row (packed documents: no attention and no KV-shift across a boundary), or None.
+                Cross-attention ignores it (the context is not part of the packed row).
         Returns:
             (out (batch, n, dim), values before the residual mix, updated cache
             (None for cross-attention)).
@@ -157,7 +173,8 @@ class Attention(nn.Module):
         q, k, v = self._split_heads(self.to_q(x)), self._split_heads(self.to_k(x)), self._split_heads(self.to_v(x))
         shift = None
         if self.kv_shift is not None:
-            k, v, shift = self.kv_shift(k, v, x, mask, None if cache is None else cache.shift)
+            k, v, shift = self.kv_shift(k, v, x, mask, None if cache is None else cache.shift,
+                                        _shift_documents(document_ids, x.shape[1]))
         own_values = v
         if self.value_residual is not None and first_values is not None:
             v = self.value_residual(v, first_values, x)
@@ -195,7 +212,8 @@ class Attention(nn.Module):
         new_cache = LayerCache(k, v, log_fgate, k_pos=k_pos, bias_state=bias_state, shift=shift, k_norm=k_norm,
                                evicted=evicted)
 
-        out = self._attend(q, k, v, key_mask, log_fgate, log_bgate, dense_bias, key_norm=k_norm)
+        out = self._attend(q, k, v, key_mask, log_fgate, log_bgate, dense_bias, key_norm=k_norm,
+                           document_ids=document_ids)
         return self._project_out(out, x), own_values, new_cache
 
     def _cross(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> tuple[Tensor, None, None]:
@@ -218,6 +236,7 @@ class Attention(nn.Module):
         dense_bias: Tensor | None,
         causal: bool | None = None,
         key_norm: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """Attention of q (b, h, n_q, d) over k, v (b, kv_heads, n_k, d) -> (b, h, n_q, d).
 
@@ -243,7 +262,7 @@ class Attention(nn.Module):
             log_fgate=reorder(log_fgate), log_bgate=reorder(log_bgate), bias=reorder(dense_bias),
             backend=self.backend, prune=self.prune, prune_eps=self.prune_eps, key_norm=key_norm,
             memory=None if self.memory is None else self.memory.batch(q.shape[0], k.dtype),
-            softclamp=self.softclamp, dropout=self.dropout if self.training else 0.0,
+            softclamp=self.softclamp, dropout=self.dropout if self.training else 0.0, document_ids=document_ids,
         )
         return out if order is None else out[:, order.argsort()]
 

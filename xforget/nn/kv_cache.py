@@ -74,11 +74,14 @@ class Cache:
         layers: one :class:`LayerCache` per attention layer.
         mask: (batch, n_cached) bool key mask (True = real token) or None (all real).
         seen: (batch,) int64, real tokens consumed so far per row (next position).
+        documents: (batch, n_cached) int64 document ids of the cached keys (packed documents,
+            :mod:`xforget.ops.documents`), or None (one document per row).
     """
 
     layers: list[LayerCache] = field(default_factory=list)
     mask: Tensor | None = None
     seen: Tensor | None = None
+    documents: Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -100,7 +103,8 @@ class Cache:
             new = layer.crop(keep)
             new.evicted = bound
             layers.append(new)
-        return Cache(layers=layers, mask=None if self.mask is None else self.mask[:, keep_from:], seen=self.seen)
+        return Cache(layers=layers, mask=None if self.mask is None else self.mask[:, keep_from:], seen=self.seen,
+                     documents=None if self.documents is None else self.documents[:, keep_from:])
 
     def crop(self, keep: int) -> "Cache":
         """Keep the last ``keep`` positions (sliding window). Exact for relative schemes:
@@ -111,6 +115,7 @@ class Cache:
             layers=[layer.crop(keep) for layer in self.layers],
             mask=None if self.mask is None else self.mask[:, -keep:],
             seen=self.seen,
+            documents=None if self.documents is None else self.documents[:, -keep:],
         )
 
 

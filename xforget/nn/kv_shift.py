@@ -9,7 +9,8 @@ previous token's (un-shifted) key and value,
 
 from the attention layer's normed input x_t; k~_{-1} = v~_{-1} = 0. "Previous"
 means the previous *real* token: pads are skipped, so a padded batch equals its
-unbatched rows. For exact cached decoding the last real token's k~, v~ are
+unbatched rows. With packed documents the previous token must belong to the same
+document: a document's first token shifts in zeros, as it would alone. For exact cached decoding the last real token's k~, v~ are
 carried in the cache (:class:`ShiftState`).
 """
 
@@ -29,13 +30,16 @@ class ShiftState:
     v: Tensor
 
 
-def previous_real(t: Tensor, mask: Tensor | None, state: Tensor | None) -> tuple[Tensor, Tensor]:
-    """For each new token, the entry of the previous real token.
+def previous_real(t: Tensor, mask: Tensor | None, state: Tensor | None,
+                  documents: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """For each new token, the entry of the previous real token (of the same document).
 
     Args:
         t: (batch, heads, n, d) entries of the new tokens.
         mask: (batch, n) bool, True = real, or None (all real).
         state: (batch, heads, 1, d) entry of the last real token before them, or None (zeros).
+        documents: (batch, n + 1) int64 document ids of the state's token and the new tokens
+            (packed documents), or None: a previous token of another document gives zeros.
     Returns:
         (previous (batch, heads, n, d), the last real entry after them (batch, heads, 1, d)).
     """
@@ -43,14 +47,22 @@ def previous_real(t: Tensor, mask: Tensor | None, state: Tensor | None) -> tuple
     if state is None:
         state = t.new_zeros(b, h, 1, d)
     seq = torch.cat((state.to(t.dtype), t), dim=2)  # index 0 = the carried state, always "real"
-    if mask is None:
-        return seq[:, :, :n], seq[:, :, n:]
-    real = torch.cat((torch.ones_like(mask[:, :1]), mask), dim=1)  # (b, n + 1)
+    if mask is None:  # every token is real: the previous one is the one before it
+        prev = seq[:, :, :n]
+        if documents is not None:
+            prev = prev * (documents[:, :-1] == documents[:, 1:])[:, None, :, None].to(prev.dtype)
+        return prev, seq[:, :, n:]
+    real = torch.ones(b, n + 1, dtype=torch.bool, device=t.device) if mask is None else \
+        torch.cat((torch.ones_like(mask[:, :1]), mask), dim=1)  # (b, n + 1)
     idx = torch.arange(n + 1, device=t.device).expand(b, n + 1)
     last_real = torch.where(real, idx, 0).cummax(dim=1).values  # (b, n + 1): last real index so far
     gather = last_real[:, None, :, None].expand(b, h, n + 1, d)
     picked = seq.gather(2, gather)
-    return picked[:, :, :n], picked[:, :, n:]
+    prev, last = picked[:, :, :n], picked[:, :, n:]
+    if documents is not None:  # the previous real token of token i is last_real[i - 1]: same document?
+        same = documents.gather(1, last_real[:, :n]) == documents[:, 1:]
+        prev = prev * same[:, None, :, None].to(prev.dtype)
+    return prev, last
 
 
 class KVShift(nn.Module):
@@ -59,9 +71,9 @@ class KVShift(nn.Module):
     Args:
         dim: model width (input of the mix).
         kv_heads: number of key/value heads (one mix a_t per KV head).
-    Forward: ``(k, v, x, mask, state) -> (k, v, new_state)`` with k, v (batch,
+    Forward: ``(k, v, x, mask, state, documents=None) -> (k, v, new_state)`` with k, v (batch,
     kv_heads, n, dim_head) un-shifted, x (batch, n, dim), mask (batch, n) bool
-    or None, state a :class:`ShiftState` or None.
+    or None, state a :class:`ShiftState` or None, documents as in :func:`previous_real`.
     """
 
     def __init__(self, dim: int, kv_heads: int) -> None:
@@ -71,9 +83,10 @@ class KVShift(nn.Module):
         nn.init.constant_(self.to_mix.bias, -2.0)  # start close to no shift (a ~ 0.12)
 
     def forward(
-        self, k: Tensor, v: Tensor, x: Tensor, mask: Tensor | None, state: ShiftState | None
+        self, k: Tensor, v: Tensor, x: Tensor, mask: Tensor | None, state: ShiftState | None,
+        documents: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, ShiftState]:
         a = torch.sigmoid(self.to_mix(x)).transpose(1, 2)[..., None].to(k.dtype)  # (b, kv_heads, n, 1)
-        prev_k, last_k = previous_real(k, mask, None if state is None else state.k)
-        prev_v, last_v = previous_real(v, mask, None if state is None else state.v)
+        prev_k, last_k = previous_real(k, mask, None if state is None else state.k, documents)
+        prev_v, last_v = previous_real(v, mask, None if state is None else state.v, documents)
         return k.lerp(prev_k, a), v.lerp(prev_v, a), ShiftState(last_k, last_v)

@@ -16,6 +16,9 @@ Conventions (DESIGN.md section 2):
   sits at position ``m + n_k - n_q``.
 * ``mask`` is ``(b, n_k)`` bool, True = real key; pad keys neither forget nor
   receive weight, and rows with no visible real key give exactly 0.
+* ``document_ids`` is ``(b, n_k)`` int64, non-decreasing per row, or None: a
+  query sees only the keys of its own document (exactly zero weight for the
+  others), and decays are cumulated per document (:mod:`xforget.ops.documents`).
 * The decay bias is ``D_ij = c_i - c_j`` (``j <= i``, ``c = cumsum(log_fgate)``)
   and ``r_j - r_i`` (``j > i``, bidirectional only, ``r = cumsum(log_bgate)``),
   cumulated in >= fp32 and added to the scaled logits *without* the scale.
@@ -26,15 +29,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
+
 from xforget.ops.common import (
     Shapes,
     Tensor,
     check_inputs,
     cumulative_gate,
     default_scale,
+    key_gates,
     valid_rows,
     zero_invalid_rows,
 )
+from xforget.ops.documents import check_document_ids, document_rows, same_document, segment_starts, segmented_cumsum
 from xforget.ops.prune import PRUNE_EPS, check_eps
 
 
@@ -66,6 +72,8 @@ class AttentionCall:
             prepended to every row, never masked or decayed; or None.
         softclamp: ``c > 0`` for logits <- ``c tanh(logits / c)``, or None.
         dropout: probability of zeroing an attention weight (0 = none).
+        document_ids: ``(b, n_k)`` int64 document of every key, non-decreasing along each row, or
+            None (one document): packed documents never see each other (:mod:`xforget.ops.documents`).
     """
 
     q: Tensor
@@ -84,17 +92,38 @@ class AttentionCall:
     memory: Optional[tuple[Tensor, Tensor]] = None
     softclamp: Optional[float] = None
     dropout: float = 0.0
+    document_ids: Optional[Tensor] = None
 
     def forward_decay(self) -> Optional[Tensor]:
-        """``c = cumsum(log_fgate)`` in >= fp32, ``(b, h, n_k)``, pads contributing 0; None without a gate."""
-        return cumulative_gate(self.log_fgate, self.mask, self.shapes)
+        """``c = cumsum(log_fgate)`` in >= fp32, ``(b, h, n_k)``, pads contributing 0; None without a gate.
+
+        With ``document_ids`` the sum restarts at every document (only differences within a
+        document are ever used), so ``|c|`` never grows with the number of documents before.
+        """
+        return self._cumulate(self.log_fgate)
 
     def backward_decay(self) -> Optional[Tensor]:
         """``r = cumsum(log_bgate)`` like :meth:`forward_decay`; None when causal or without a gate."""
-        return None if self.causal else cumulative_gate(self.log_bgate, self.mask, self.shapes)
+        return None if self.causal else self._cumulate(self.log_bgate)
+
+    def _cumulate(self, log_gate: Optional[Tensor]) -> Optional[Tensor]:
+        if self.document_ids is None or log_gate is None:
+            return cumulative_gate(log_gate, self.mask, self.shapes)
+        return segmented_cumsum(key_gates(log_gate, self.mask, self.shapes), segment_starts(self.document_ids))
+
+    def document_starts(self) -> Optional[Tensor]:
+        """``(b, n_k)`` int64 first key of every key's document, or None without ``document_ids``."""
+        return None if self.document_ids is None else segment_starts(self.document_ids)
+
+    def document_mask(self, q_pos: Tensor, k_pos: Tensor) -> Optional[Tensor]:
+        """``(b, 1, m, n)`` bool: query at key position ``q_pos`` (m,) and key ``k_pos`` (n,) share a
+        document; None without ``document_ids`` (every pair does)."""
+        return None if self.document_ids is None else same_document(self.document_ids, q_pos, k_pos)
 
     def rows(self) -> Optional[Tensor]:
         """``(b, n_q)`` bool: the query rows with at least one visible real key (None: all of them)."""
+        if self.document_ids is not None and self.mask is not None:
+            return document_rows(self.mask, self.document_ids, self.shapes, self.causal)
         return valid_rows(self.mask, self.shapes, self.causal)
 
     def finish(self, out: Tensor) -> Tensor:
@@ -125,12 +154,13 @@ def checked_call(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, **inputs) -> 
 
     ``inputs``: the other fields of :class:`AttentionCall` by name (``mask``,
     ``log_fgate``, ``log_bgate``, ``bias``, ``scale`` (None: ``1/sqrt(d)``),
-    ``prune``, ``prune_eps``, ``key_norm``); a backward gate is dropped when
-    ``causal`` (it has no effect there).
+    ``prune``, ``prune_eps``, ``key_norm``, ``document_ids``); a backward gate is
+    dropped when ``causal`` (it has no effect there).
 
     Raises:
         ValueError: inconsistent shapes or dtypes (:func:`xforget.ops.common.check_inputs`),
-            ``bias`` not 4-d, ``prune_eps`` outside (0, 1).
+            ``bias`` not 4-d, ``prune_eps`` outside (0, 1), ``document_ids`` not (b, n_k) integers
+            non-decreasing along each row.
     """
     per_key = {name: inputs.get(name) for name in ("mask", "log_fgate", "log_bgate")}
     shapes = check_inputs(q, k, v, **per_key)
@@ -138,6 +168,8 @@ def checked_call(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, **inputs) -> 
     if bias is not None and bias.dim() != 4:
         raise ValueError(f"bias must be 4-d, broadcastable to (b, h, n_q, n_k); got {tuple(bias.shape)}")
     inputs.update(prune=bool(inputs.get("prune", True)), prune_eps=check_eps(inputs.get("prune_eps", PRUNE_EPS)))
+    if inputs.get("document_ids") is not None:
+        check_document_ids(inputs["document_ids"], shapes.b, shapes.n_k)
     return _call(q, k, v, shapes, causal, inputs)
 
 

@@ -60,6 +60,7 @@ def chunked_attention(call: AttentionCall, *, block_size: Optional[int] = None) 
             None if bias is None else bias[:, :, start:stop, :n_keys],
             call.causal,
             call.scale,
+            call.document_ids,
         )
         if use_ckpt:
             outs.append(checkpoint(dense_block, *args, use_reentrant=False))

@@ -113,12 +113,20 @@ def cumulative_gate(
 
     Pad keys (``mask`` False) contribute 0: they do not forget.
     """
+    g = key_gates(log_gate, mask, s, dtype)
+    return None if g is None else g.cumsum(-1)
+
+
+def key_gates(
+    log_gate: Optional[Tensor], mask: Optional[Tensor], s: Shapes, dtype: Optional[torch.dtype] = None
+) -> Optional[Tensor]:
+    """``log_gate`` expanded to ``(b, h, n_k)`` in ``dtype`` (default :func:`gate_dtype`), pad keys 0."""
     if log_gate is None:
         return None
     g = log_gate.to(gate_dtype(log_gate) if dtype is None else dtype).expand(s.b, s.h, s.n_k)
     if mask is not None:
         g = g.masked_fill(~mask[:, None, :], 0.0)
-    return g.cumsum(-1)
+    return g
 
 
 def expand_kv(x: Tensor, h: int) -> Tensor:

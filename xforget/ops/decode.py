@@ -21,6 +21,7 @@ import torch
 from xforget.ops import prune as acp
 from xforget.ops.backend import AttentionCall
 from xforget.ops.common import Shapes, Tensor, compute_dtype, valid_rows, zero_invalid_rows
+from xforget.ops.documents import document_rows, same_document, segment_starts
 
 MAX_DECODE_QUERIES = 16
 
@@ -35,20 +36,27 @@ def decode_attention(call: AttentionCall) -> Tensor:
         ValueError: ``causal=False`` (use "chunked").
     """
     call.require_causal("decode")
-    s, q, k, v, mask = call.shapes, call.q, call.k, call.v, call.mask
+    s, q, k, v, mask, docs = call.shapes, call.q, call.k, call.v, call.mask, call.document_ids
     c = call.forward_decay()
-    if call.prune and c is not None and s.n_k > 64:
-        out = _pruned(q, k, v, c, mask, s, call.scale, call.prune_eps, call.key_norm)
+    if call.prune and (c is not None or docs is not None) and s.n_k > 64:
+        out = _pruned(q, k, v, c, mask, s, call.scale, call.prune_eps, call.key_norm, docs)
         if out is not None:
             return out
-    return _decode(q, k, v, c, mask, s, call.scale, 0)
+    return _decode(q, k, v, c, mask, s, call.scale, 0, docs)
 
 
 @torch.compiler.disable  # data-dependent starts: runs eagerly inside torch.compile
-def _pruned(q, k, v, c, mask, s: Shapes, scale: float, prune_eps, key_norm) -> Optional[Tensor]:
-    """Attention from each (batch, kv head)'s first kept key, or None when nothing is skipped."""
-    kn = acp.key_norms(k, s.h, mask, key_norm)
-    start = acp.decode_starts(q, kn, c, mask, s, scale, prune_eps)  # (b, h)
+def _pruned(q, k, v, c, mask, s: Shapes, scale: float, prune_eps, key_norm, docs) -> Optional[Tensor]:
+    """Attention from each (batch, kv head)'s first kept key, or None when nothing is skipped.
+
+    With packed documents no key before the first query's document is read (exact, not a bound)."""
+    floor = None if docs is None else segment_starts(docs)[:, s.offset, None]  # (b, 1)
+    if c is None:
+        start = floor.expand(s.b, s.h).contiguous()
+    else:
+        kn = acp.key_norms(k, s.h, mask, key_norm)
+        start = acp.decode_starts(q, kn, c, mask, s, scale, prune_eps, floor=None if floor is None else floor[..., None])
+        start = start if floor is None else torch.maximum(start, floor)  # (b, h)
     g = s.h // s.h_kv
     kv_start = start.view(s.b, s.h_kv, g).amin(-1)  # (b, h_kv): a kv head serves its whole group
     acp.record("decode", kv_start.repeat_interleave(g, dim=1).double() * s.n_q,
@@ -58,11 +66,15 @@ def _pruned(q, k, v, c, mask, s: Shapes, scale: float, prune_eps, key_norm) -> O
     if max(max(r) for r in starts) == 0:
         return None
     if all(x == lo for r in starts for x in r):
-        return _decode(q, k[:, :, lo:], v[:, :, lo:], c[..., lo:], None if mask is None else mask[:, lo:], s, scale, lo)
-    return _decode_rows(q, k, v, c, mask, s, scale, starts)
+        return _decode(q, k[:, :, lo:], v[:, :, lo:], _tail(c, lo), _tail(mask, lo), s, scale, lo, _tail(docs, lo))
+    return _decode_rows(q, k, v, c, mask, s, scale, starts, docs)
 
 
-def _decode_rows(q, k, v, c, mask, s: Shapes, scale: float, starts) -> Tensor:
+def _tail(t: Optional[Tensor], lo: int) -> Optional[Tensor]:
+    return None if t is None else t[..., lo:]
+
+
+def _decode_rows(q, k, v, c, mask, s: Shapes, scale: float, starts, docs) -> Tensor:
     """One (batch, kv head) at a time, each from its own first kept key."""
     g = s.h // s.h_kv
     outs = []
@@ -74,14 +86,15 @@ def _decode_rows(q, k, v, c, mask, s: Shapes, scale: float, starts) -> Tensor:
             sub = Shapes(1, g, 1, s.n_q, s.n_k, s.d, s.d_v)  # _decode drops the first lo keys
             heads.append(_decode(
                 q[bi: bi + 1, hs], k[bi: bi + 1, j: j + 1, lo:], v[bi: bi + 1, j: j + 1, lo:],
-                c[bi: bi + 1, hs, lo:], None if mask is None else mask[bi: bi + 1, lo:], sub, scale, lo,
+                None if c is None else c[bi: bi + 1, hs, lo:], None if mask is None else mask[bi: bi + 1, lo:], sub,
+                scale, lo, None if docs is None else docs[bi: bi + 1, lo:],
             ))
         outs.append(torch.cat(heads, dim=1))
     return torch.cat(outs, dim=0)
 
 
-def _decode(q, k, v, c, mask, s: Shapes, scale: float, lo: int) -> Tensor:
-    """The few-query attention over keys ``lo:`` (k, v, c, mask already sliced)."""
+def _decode(q, k, v, c, mask, s: Shapes, scale: float, lo: int, docs: Optional[Tensor] = None) -> Tensor:
+    """The few-query attention over keys ``lo:`` (k, v, c, mask, docs already sliced)."""
     if lo:
         s = Shapes(s.b, s.h, s.h_kv, s.n_q, s.n_k - lo, s.d, s.d_v)
     b, h, m, d = q.shape
@@ -96,7 +109,10 @@ def _decode(q, k, v, c, mask, s: Shapes, scale: float, lo: int) -> Tensor:
         k_pos = torch.arange(s.n_k, device=q.device)
         hidden = k_pos[None, :] > torch.arange(s.offset, s.n_k, device=q.device)[:, None]
         logits = logits.masked_fill(hidden, float("-inf"))
-    rows = valid_rows(mask, s, causal=True)
+    if docs is not None:  # packed documents: keys of another document are hidden
+        k_pos = torch.arange(s.n_k, device=q.device)
+        logits = logits.masked_fill(~same_document(docs, k_pos[s.offset:], k_pos), float("-inf"))
+    rows = valid_rows(mask, s, causal=True) if docs is None or mask is None else document_rows(mask, docs, s, True)
     if mask is not None:
         keep = mask[:, None, None, :] | ~rows[:, None, :, None]  # fully masked rows stay finite, zeroed below
         logits = logits.masked_fill(~keep, float("-inf"))

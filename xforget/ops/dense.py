@@ -81,6 +81,9 @@ def materialised_attention(call: AttentionCall) -> Tensor:
     else:
         allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device)
     allowed = allowed[None, None]
+    docs = call.document_mask(k_pos[s.offset:], k_pos)
+    if docs is not None:  # packed documents: block-diagonal; memory keys below stay visible to every document
+        allowed = allowed & docs
     if call.mask is not None:
         allowed = allowed & call.mask[:, None, None, :]
     if call.memory is not None:

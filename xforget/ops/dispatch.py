@@ -61,7 +61,7 @@ def resolve_backend(backend: Optional[str], *, q: Tensor, causal: bool, n_k: Opt
 
 
 def route(backend: Optional[str], *, q: Tensor, n_k: int, causal: bool, decay: bool, matrix: bool,
-          memory: bool = False, logits: bool = False) -> str:
+          memory: bool = False, logits: bool = False, documents: bool = False) -> str:
     """The one routing decision of the attention layer: the name of the kernel in ``_IMPLS`` (or "memory").
 
     The bias kind of :mod:`xforget.nn.bias` decides, never a scheme name:
@@ -70,8 +70,10 @@ def route(backend: Optional[str], *, q: Tensor, n_k: int, causal: bool, decay: b
 
     * "dense" (materialised logits) when ``logits`` (softclamp, dropout), for
       bidirectional attention without decay and with more queries than keys
-      (cross-attention to a short context), and for ``memory`` keys with a
-      decay that does not fold (bidirectional, or with a matrix bias as well);
+      (cross-attention to a short context), for ``memory`` keys with a
+      decay that does not fold (bidirectional, or with a matrix bias as well),
+      and for ``memory`` keys with packed ``documents`` (memory keys are seen by
+      every document, which the block-diagonal paths do not express);
     * "memory": memory keys folded into ordinary inputs, which route again;
     * an explicit ``backend`` ("reference", "fold", ...) is honoured (a matrix
       bias needs "reference" or "chunked");
@@ -91,7 +93,7 @@ def route(backend: Optional[str], *, q: Tensor, n_k: int, causal: bool, decay: b
     name = "auto" if backend is None else backend
     resolve_backend(name, q=q, causal=causal)  # validates the name
     cross = not causal and not decay and q.shape[-2] > n_k  # more queries than keys: no positions to align
-    if logits or cross or (memory and decay and (matrix or not causal)):
+    if logits or cross or (memory and (documents or (decay and (matrix or not causal)))):
         return "dense"
     if memory:
         return "memory"
@@ -120,6 +122,7 @@ def forgetting_attention(
     prune: bool = True,
     prune_eps: float = PRUNE_EPS,
     key_norm: Optional[Tensor] = None,
+    document_ids: Optional[Tensor] = None,
 ) -> Tensor:
     """Softmax attention with a data-dependent forget gate (FoX).
 
@@ -165,6 +168,11 @@ def forgetting_attention(
             (beyond the fp32 rounding both share, ~6e-8 * max|c| per logit).
         key_norm: ``(b, h_kv, n_k)`` L2 norms of k if already known (the KV
             cache keeps them so that decoding never rereads the keys to prune).
+        document_ids: ``(b, n_k)`` int64, non-decreasing along each row, or None: packed
+            documents (DESIGN.md section 7).  A query attends only to keys of its own
+            document; the others get exactly zero weight (masked, or skipped: the fold
+            starts each block of queries at its document, and records the skipped pairs
+            like pruned ones), and decays restart per document (:mod:`xforget.ops.documents`).
 
     Autocast: inside ``torch.autocast`` the inputs are cast to the autocast
     dtype of their device and the op runs with autocast off, so the
@@ -183,7 +191,7 @@ def forgetting_attention(
     """
     name = resolve_backend(backend, q=q, causal=causal, n_k=k.shape[-2])
     return _run(name, q, k, v, causal=causal, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate, scale=scale,
-                prune=prune, prune_eps=prune_eps, key_norm=key_norm)
+                prune=prune, prune_eps=prune_eps, key_norm=key_norm, document_ids=document_ids)
 
 
 def autocast_inputs(q: Tensor, k: Tensor, v: Tensor) -> tuple:
@@ -221,6 +229,7 @@ def attend(
     memory: Optional[tuple[Tensor, Tensor]] = None,
     softclamp: Optional[float] = None,
     dropout: float = 0.0,
+    document_ids: Optional[Tensor] = None,
 ) -> Tensor:
     """The single attention entry point of the model's attention layer.
 
@@ -232,7 +241,10 @@ def attend(
     every query with bias 0 (:mod:`xforget.ops.memory`); ``softclamp``: c > 0
     for logits <- c tanh(logits / c); ``dropout``: attention-weight dropout
     probability (applied whenever > 0).  The last two need the materialised
-    logits (:mod:`xforget.ops.dense`).
+    logits (:mod:`xforget.ops.dense`).  ``document_ids``: packed documents as in
+    :func:`forgetting_attention`, served by every path (memory keys stay visible
+    to every document: they belong to the model, not to a document, so a packed
+    row equals its documents run alone).
 
     Routing with ``backend`` None/"auto" (:func:`route`, the one decision):
 
@@ -260,15 +272,17 @@ def attend(
     """
     decay = log_fgate is not None or (log_bgate is not None and not causal)  # causal: a backward gate does nothing
     name = route(backend, q=q, n_k=k.shape[-2], causal=causal, decay=decay, matrix=bias is not None,
-                 memory=memory is not None, logits=softclamp is not None or dropout > 0)
+                 memory=memory is not None, logits=softclamp is not None or dropout > 0,
+                 documents=document_ids is not None)
     if name in ("dense", "memory"):  # both compute in >= fp32 from the inputs as called, under any autocast
         call = unchecked_call(q, k, v, causal=causal, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate, bias=bias,
-                              scale=scale, memory=memory, softclamp=softclamp, dropout=dropout)
+                              scale=scale, memory=memory, softclamp=softclamp, dropout=dropout,
+                              document_ids=document_ids)
         if name == "memory":  # memory keys made ordinary inputs, which this function routes again
             return memory_attention(call, attend, backend)
         return _IMPLS[name](call)
     return _run(name, q, k, v, causal=causal, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate, bias=bias,
-                scale=scale, prune=prune, prune_eps=prune_eps, key_norm=key_norm)
+                scale=scale, prune=prune, prune_eps=prune_eps, key_norm=key_norm, document_ids=document_ids)
 
 
 def _run(name: str, q: Tensor, k: Tensor, v: Tensor, **inputs) -> Tensor:

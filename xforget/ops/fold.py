@@ -47,8 +47,13 @@ import torch.nn.functional as F
 from xforget.ops import prune as acp
 from xforget.ops.backend import AttentionCall
 from xforget.ops.common import Shapes, Tensor, expand_kv, kernel_dtype
+from xforget.ops.documents import block_key_starts, blocked_document_attention, mask_matrix
+from xforget.ops.documents import skipped_pairs as doc_skipped_pairs
 from xforget.ops.pruned_sdpa import BandedCausalSDPA, make_plan
 
+# From this many keys the CPU fold runs packed documents block by block (skipping earlier documents);
+# below it one fused call with the block-diagonal mask is faster (scripts/bench_packing.py).
+DOC_BLOCKED_MIN_KEYS = 2048
 PAD_GAP = 1.0e4  # pad keys sit this far (at least) below every real key's logit
 FP16_CHANNEL_MAX = 2.0 ** 14  # |u| / 2^p stays below this in fp16 channels
 
@@ -133,7 +138,7 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     q, k, v = call.q, call.k, call.v
 
     c = call.forward_decay()
-    if c is None and mask is None:  # plain causal attention: nothing to fold
+    if c is None and mask is None and call.document_ids is None:  # plain causal attention: nothing to fold
         return causal_sdpa(q, k, v, s.n_q, s.n_k, scale, enable_gqa=s.h != s.h_kv)
 
     dtype = kernel_dtype(q)  # half precision on the CPU runs in fp32 (faster there, one exact channel)
@@ -156,12 +161,44 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     # the fused CPU/GPU kernels want equal head dims: pad v with zero channels
     v2 = F.pad(expand_kv(v, s.h), (0, pad_v)) if pad_v else expand_kv(v, s.h)
 
+    if call.document_ids is not None:  # packed documents: each query block from its document's start
+        return call.finish(_documents(call, q, k, c, q2, k2, v2))
     out = None
     if call.prune and c is not None and not q.is_cuda and s.n_k >= acp.PRUNE_MIN_KEYS:
         out = _pruned(q, k, c, mask, s, scale, call.prune_eps, call.key_norm, q2, k2, v2, width)
     if out is None:
         out = causal_sdpa(q2, k2, v2, s.n_q, s.n_k, 1.0)[..., : s.d_v]
     return call.finish(out)
+
+
+@torch.compiler.disable  # data-dependent plan: runs eagerly inside torch.compile (a graph break)
+def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q2: Tensor, k2: Tensor,
+               v2: Tensor) -> Tensor:
+    """The folded attention of packed documents (:mod:`xforget.ops.documents`), ``(b, h, n_q, d_v)``.
+
+    On the CPU from ``PRUNE_MIN_KEYS`` keys: blocks of ``PRUNE_BLOCK`` queries per batch row, each
+    reading keys from the start of its first query's document (and, with ``call.prune``, from the
+    decay bound's first kept key when that is later); the skipped pairs are recorded like the
+    pruned ones.  Shorter calls and CUDA tensors: one fused call with the block-diagonal causal
+    mask as booleans (O(n_q n_k) bits).
+    """
+    s, docs = call.shapes, call.document_ids
+    if q2.is_cuda or s.n_k < DOC_BLOCKED_MIN_KEYS:
+        allowed = mask_matrix(docs, s, causal=True)
+        if not q2.is_cuda:  # the CPU kernel takes an additive mask as is; a boolean one costs ~1.6x (measured)
+            allowed = torch.zeros(allowed.shape, dtype=q2.dtype, device=q2.device).masked_fill(~allowed, float("-inf"))
+        out = F.scaled_dot_product_attention(q2, k2, v2, attn_mask=allowed, scale=1.0)
+        return out[..., : s.d_v]
+    starts = block_key_starts(docs, s, acp.PRUNE_BLOCK)  # (b, n_blocks)
+    if call.prune and c is not None:
+        kn = acp.key_norms(k, s.h, call.mask, call.key_norm)
+        decay = acp.block_starts(q, kn, c, call.mask, s, call.scale, call.prune_eps, floor=starts[:, None, :])
+        starts = torch.maximum(starts, decay.amin(1))  # the heads share one call: the earliest head's start
+    out, lists = blocked_document_attention(q2, k2, v2, docs, starts, acp.PRUNE_BLOCK)
+    skipped = torch.tensor(doc_skipped_pairs(lists, s, acp.PRUNE_BLOCK), dtype=torch.float64)
+    total = float(s.n_q * (s.offset + 1) + s.n_q * (s.n_q - 1) // 2)
+    acp.record("fold", skipped[:, None].expand(s.b, s.h), torch.full((s.b, s.h), total, dtype=torch.float64))
+    return out[..., : s.d_v]
 
 
 @torch.compiler.disable  # data-dependent plan: runs eagerly inside torch.compile (a graph break)

@@ -101,6 +101,7 @@ def block_starts(
     eps: float,
     block: int = PRUNE_BLOCK,
     align: int = KEY_ALIGN,
+    floor: Optional[Tensor] = None,
 ) -> Tensor:
     """First kept key of every (batch, head, query block): (b, h, n_blocks) int64.
 
@@ -109,6 +110,9 @@ def block_starts(
     ``[t * block, (t + 1) * block)`` at key positions ``offset + ...``.  The
     start is a multiple of ``align`` and never exceeds the block's first query
     position (the bound of the module docstring holds for every skipped key).
+    ``floor`` (broadcastable to (b, h, n_blocks)) int64: keys before it are not
+    attended anyway (earlier packed documents; ``c`` then restarts there), so
+    prefixes ending at or before it count as forgotten; None: no such keys.
     """
     with torch.no_grad():
         b, h, n_q = s.b, s.h, s.n_q
@@ -131,17 +135,21 @@ def block_starts(
         kpre = kn.cummax(-1).values[..., ends - 1]
         gap = c_i0[..., :, None] - c_end[..., None, :] + scale * qn[..., :, None] * (kpre[..., None, :] + kref[..., :, None])
         ok = (gap <= threshold(eps, s.n_k)) & (ends[None, :] <= first[:, None])
+        if floor is not None:
+            ok = ok | (ends <= floor[..., None])
         return ok.long().cumprod(-1).sum(-1) * align
 
 
 def decode_starts(
-    q: Tensor, kn: Tensor, c: Tensor, mask: Optional[Tensor], s: Shapes, scale: float, eps: float, align: int = 16
+    q: Tensor, kn: Tensor, c: Tensor, mask: Optional[Tensor], s: Shapes, scale: float, eps: float, align: int = 16,
+    floor: Optional[Tensor] = None,
 ) -> Tensor:
     """First kept key per (batch, head) for few queries (decoding): (b, h) int64.
 
-    The same bound with the n_q queries as one block (see the module docstring).
+    The same bound with the n_q queries as one block (see the module docstring); ``floor`` as in
+    :func:`block_starts`.
     """
-    return block_starts(q, kn, c, mask, s, scale, eps, block=max(s.n_q, 1), align=align)[..., 0]
+    return block_starts(q, kn, c, mask, s, scale, eps, block=max(s.n_q, 1), align=align, floor=floor)[..., 0]
 
 
 def pruned_pairs(starts: Tensor, s: Shapes, block: int) -> tuple[Tensor, Tensor]:

@@ -17,6 +17,7 @@ import torch
 
 from xforget.ops.backend import AttentionCall
 from xforget.ops.common import Tensor, compute_dtype
+from xforget.ops.documents import same_document
 
 
 def dense_block(
@@ -31,13 +32,15 @@ def dense_block(
     bias: Optional[Tensor],
     causal: bool,
     scale: float,
+    document_ids: Optional[Tensor] = None,
 ) -> Tensor:
     """Attention of a block of queries over a set of keys, all in float.
 
     q: (b, h, m, d) compute dtype; k, v: (b, h_kv, n, d) compute dtype;
     c, r: (b, h, n_all) cumulative gates or None, indexed by q_pos / k_pos;
     key_mask: (b, n) bool or None; q_pos: (m,), k_pos: (n,) absolute positions;
-    bias: broadcastable to (b, h, m, n) or None.  Returns (b, h, m, d_v).
+    bias: broadcastable to (b, h, m, n) or None; document_ids: (b, n_all) int64 or None,
+    indexed by q_pos / k_pos (keys of another document are hidden).  Returns (b, h, m, d_v).
     Rows with no visible key give exactly 0 (and zero gradients).
     """
     b, h, m, d = q.shape
@@ -60,6 +63,8 @@ def dense_block(
     allowed = lower[None, None] if causal else torch.ones_like(lower)[None, None]
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :]
+    if document_ids is not None:
+        allowed = allowed & same_document(document_ids, q_pos, k_pos)
     allowed = allowed.expand(logits.shape)
     row_ok = allowed.any(-1, keepdim=True)
     logits = logits.masked_fill(~allowed, float("-inf")).masked_fill(~row_ok, 0.0)
@@ -75,6 +80,6 @@ def reference_attention(call: AttentionCall) -> Tensor:
     k_pos = torch.arange(s.n_k, device=call.q.device)
     out = dense_block(
         call.q.to(ct), call.k.to(ct), call.v.to(ct), call.forward_decay(), call.backward_decay(), call.mask,
-        k_pos[s.offset:], k_pos, call.bias, call.causal, call.scale,
+        k_pos[s.offset:], k_pos, call.bias, call.causal, call.scale, call.document_ids,
     )
     return call.finish(out)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from xforget.ops.backend import AttentionCall
 from xforget.ops.common import Tensor, compute_dtype, expand_kv
+from xforget.ops.documents import mask_matrix
 from xforget.ops.decode import MAX_DECODE_QUERIES, decode_attention
 from xforget.ops.fold import causal_sdpa, fold_attention
 
@@ -23,6 +24,8 @@ def plain_attention(call: AttentionCall) -> Tensor:
     """Attention without gates or bias (causal, bidirectional, padded); returns q's dtype."""
     s, q, k, v, mask, scale = call.shapes, call.q, call.k, call.v, call.mask, call.scale
     gqa = s.h != s.h_kv
+    if call.document_ids is not None:
+        return _documents(call)
     if call.causal:
         if mask is None:
             return causal_sdpa(q, k, v, s.n_q, s.n_k, scale, enable_gqa=gqa)
@@ -37,6 +40,24 @@ def plain_attention(call: AttentionCall) -> Tensor:
     return call.finish(out)
 
 
+def _documents(call: AttentionCall) -> Tensor:
+    """Packed documents without gates: the fold's document path (causal), a block-diagonal mask otherwise."""
+    s = call.shapes
+    if call.causal:
+        if s.n_q <= MAX_DECODE_QUERIES and s.n_q < s.n_k:
+            return decode_attention(call)
+        return fold_attention(call)
+    allowed = mask_matrix(call.document_ids, s, causal=False)
+    if call.mask is not None:
+        allowed = allowed & call.mask[:, None, None, :]
+    rows = call.rows()
+    if rows is not None:
+        allowed = allowed | ~rows[:, None, :, None]  # rows without a real key of their document: zeroed by finish
+    out = F.scaled_dot_product_attention(call.q, call.k, call.v, attn_mask=allowed, scale=call.scale,
+                                         enable_gqa=s.h != s.h_kv)
+    return call.finish(out)
+
+
 def dense_bias_attention(call: AttentionCall) -> Tensor:
     """Attention with a matrix bias and no gates, in >= fp32; returns q's dtype."""
     s, q = call.shapes, call.q
@@ -48,6 +69,10 @@ def dense_bias_attention(call: AttentionCall) -> Tensor:
     if call.mask is not None:
         km = call.mask[:, None, None, :]
         allowed = km if allowed is None else allowed & km
+    if call.document_ids is not None:  # packed documents: the block-diagonal mask, as booleans
+        k_pos = torch.arange(s.n_k, device=q.device)
+        docs = call.document_mask(k_pos[s.offset:], k_pos)
+        allowed = docs if allowed is None else allowed & docs
     rows = None
     attn_bias = call.bias.to(ct)
     if allowed is not None:

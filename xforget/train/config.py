@@ -46,7 +46,9 @@ class DataConfig:
     :mod:`xforget.data.synthetic`). The last ``val_fraction`` of the bytes is the
     validation split. ``tokens``: the prepared dataset directory at ``path``
     (``xforget-prepare``; memory-mapped shards, its own split and vocabulary,
-    ``val_fraction`` unused; see :mod:`xforget.data.tokens`).
+    ``val_fraction`` unused; see :mod:`xforget.data.tokens`). ``pack_documents``
+    (tokens only): attention, positions and the KV-shift never cross an
+    end-of-text token inside a window (:mod:`xforget.data.documents`).
     """
 
     name: str = "stdlib"
@@ -55,6 +57,7 @@ class DataConfig:
     cache_dir: str | None = None  # default: $XFORGET_CACHE or ~/.cache/xforget
     num_bytes: int | None = None  # mqar/needle only: corpus size (default 2 MiB)
     example_len: int | None = None  # mqar/needle only: bytes per example (default 128)
+    pack_documents: bool = False  # tokens only: windows carry document ids from the end-of-text token
 
 
 @dataclass
@@ -324,6 +327,9 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"data.{key} applies only to the synthetic data sets {list(SYNTHETIC)}, "
                               f"not data={d.name}; remove it")
     need(d.num_bytes is None or d.num_bytes >= 1, "data.num_bytes", ">= 1 or null", d.num_bytes)
+    if d.pack_documents and d.name != "tokens":
+        raise ConfigError(f"data.pack_documents=true needs a prepared dataset with an end-of-text token (data=tokens), "
+                          f"not data={d.name}; set data.pack_documents=false")
     if d.name in SYNTHETIC and d.example_len is not None:
         need(d.example_len >= min_length(d.name), "data.example_len", f">= {min_length(d.name)} for {d.name}",
              d.example_len)

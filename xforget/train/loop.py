@@ -35,6 +35,7 @@ from xforget.data.training import TrainingData, load_training_data
 from xforget.errors import ConfigError
 from xforget.models.autoregressive import AutoregressiveWrapper
 from xforget.models.config import describe_model
+from xforget.models.packing import packed
 from xforget.models.wrapper import TransformerWrapper, build_model
 from xforget.train.checkpoint import save_final_model
 from xforget.train.loading import check_init_from
@@ -235,7 +236,7 @@ def _build_model(run: _Run) -> None:
 def _wrap_processes(run: _Run) -> None:
     """DDP averages gradients over ranks; FSDP2 also shards the weights (in place); then torch.compile."""
     t, info = run.cfg.trainer, run.info
-    run.lm = AutoregressiveWrapper(run.model)
+    run.lm = AutoregressiveWrapper(packed(run.model, run.data.eot_id))  # data.pack_documents: ids from end-of-text
     run.ddp = None
     if run.fsdp:
         shard_model(run.model, run.device, info)  # parameters become DTensor shards, in place
@@ -428,7 +429,8 @@ def _record_validation(run: _Run) -> None:
     Scored in fp32 whatever the training precision, by the function xforget-eval uses: val_bpb
     compares across precisions and equals xforget-eval's score.
     """
-    total, count = loss_sums(run.model, run.val_shard, batch_size=run.local_batch, device=run.device)
+    total, count = loss_sums(packed(run.model, run.data.eot_id), run.val_shard, batch_size=run.local_batch,
+                             device=run.device)
     if run.info.enabled:
         sums = all_reduce_sum(torch.tensor([total, count], dtype=torch.float64, device=run.device), run.info)
         val_loss = (sums[0] / sums[1]).item()

@@ -1,0 +1,99 @@
+"""``data.pack_documents=true``: windows of a prepared dataset carry their documents (DESIGN.md section 7).
+
+The test writes documents whose token lengths it knows, so the ids of a window are checked
+against a direct count of document boundaries (not against the end-of-text tokens the code reads).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from test_prepare import make_docs, prep, split_docs, tiny_cfg, write_corpus
+from xforget.compare.pipeline import partition_overrides
+from xforget.data import TrainBatches
+from xforget.data.corpus import DataError
+from xforget.data.tokenizer import load_tokenizer
+from xforget.data.tokens import load_tokens
+from xforget.errors import ConfigError
+from xforget.models.packing import PackedDocuments, eot_documents
+from xforget.train import train
+
+pytest.importorskip("tokenizers")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("packing")
+    docs = make_docs(50, seed=11)
+    return prep(write_corpus("jsonl", root, docs), root / "prep", tokenizer="bpe", vocab_size=300), docs
+
+
+def test_window_document_ids_match_a_direct_count(prepared):
+    out, docs = prepared
+    tok, data = load_tokenizer(out), load_tokens(out)
+    # the training documents in shard order, and their token counts from the tokenizer alone
+    order = split_docs(np.asarray(data.train), tok)
+    assert sorted(order) == sorted(d for d in docs if d in order)
+    lengths = [len(tok.encode(d)) + 1 for d in order]  # + its end-of-text token, which belongs to it
+    doc_of = np.repeat(np.arange(len(order)), lengths)  # document of every train position, counted
+    assert len(doc_of) == len(data.train)
+    windows = TrainBatches(data.train, 64, 8, seed=5)(3)[0]  # (8, 65)
+    starts = [int(np.flatnonzero((np.lib.stride_tricks.sliding_window_view(np.asarray(data.train), 65)
+                                  == w.numpy()).all(1))[0]) for w in windows]
+    ids = eot_documents(windows, tok.eot_id)
+    for w, s in enumerate(starts):
+        expected = doc_of[s:s + 65] - doc_of[s]
+        assert ids[w].tolist() == expected.tolist()
+    assert int(ids.max()) >= 1  # windows do cross documents at this length
+
+
+def test_packed_model_reads_the_ids_of_its_inputs(prepared):
+    out, _ = prepared
+    eot = load_tokenizer(out).eot_id
+    from xforget import Decoder, TransformerWrapper
+
+    net = TransformerWrapper(num_tokens=300, max_seq_len=64, attn_layers=Decoder(dim=16, depth=1, heads=2,
+                                                                                 position="rotary"))
+    x = torch.tensor([[5, 6, eot, 7, 8, eot, eot, 9]])
+    got = PackedDocuments(net, eot)(x)
+    torch.testing.assert_close(got, net(x, document_ids=torch.tensor([[0, 0, 0, 1, 1, 1, 2, 3]])))
+    torch.testing.assert_close(got[:, 3:5], net(x[:, 3:5]), atol=1e-6, rtol=0)  # the second document alone
+
+
+def test_resume_stays_exact_with_packing_and_eval_agrees(prepared, tmp_path):
+    from safetensors.torch import load_file
+
+    from xforget.evaluate.config import EvalConfig
+    from xforget.evaluate.core import evaluate_run
+
+    out, _ = prepared
+    args = ["data=tokens", f"data.path={out}", "data.pack_documents=true", "trainer.max_steps=6",
+            "trainer.checkpoint_every=3", "trainer.eval_every=3", "model.position=fox"]
+    full = train(tiny_cfg(*args), tmp_path / "full")
+    part = train(tiny_cfg(*args), tmp_path / "resumed", stop_after_step=3)
+    rest = train(tiny_cfg(*args), tmp_path / "resumed")
+    assert {**part.losses, **rest.losses} == full.losses
+    assert rest.val_bpb == full.val_bpb
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    unpacked = train(tiny_cfg(*args[:2], *args[3:]), tmp_path / "unpacked")
+    assert unpacked.losses[1] != full.losses[1]  # the switch is live: the first step already differs
+    ev = evaluate_run(tmp_path / "full", EvalConfig(multiples=[1], threads=1, device="cpu"))
+    assert ev["data"]["pack_documents"] is True
+    assert ev["val_bpb"] == pytest.approx(full.val_bpb, abs=1e-5)  # xforget-eval scores with the same rule
+
+
+def test_packing_needs_an_end_of_text_token(tmp_path):
+    out = prep(write_corpus("jsonl", tmp_path, make_docs(20, seed=2)), tmp_path / "bytes", tokenizer="bytes")
+    with pytest.raises(DataError, match="pack_documents"):
+        train(tiny_cfg("data=tokens", f"data.path={out}", "data.pack_documents=true", "trainer.max_steps=1"),
+              tmp_path / "run")
+    with pytest.raises(ConfigError, match="pack_documents"):
+        train(tiny_cfg("data.pack_documents=true", "trainer.max_steps=1"), tmp_path / "run2")
+
+
+def test_compare_passes_the_switch_to_training():
+    mine, train_args = partition_overrides(["positions=[fox,rotary]", "data.pack_documents=true"])
+    assert train_args == ["data.pack_documents=true"] and mine == ["positions=[fox,rotary]"]

@@ -1,0 +1,54 @@
+"""Packed documents from end-of-text tokens: the model wrapper that training and evaluation share.
+
+A window of a prepared dataset is a slice of its documents back to back, each ended by the
+end-of-text token. :func:`eot_documents` gives every position the number of end-of-text tokens
+before it in the window: **the separator belongs to the document it ends**, and the token after
+it starts a new document. The ids depend on the window's tokens alone, so the data order stays a
+pure function of ``(seed, step)``, and the inputs of a window (its first L tokens) give the same
+ids as the whole window. :class:`PackedDocuments` computes them on every call and passes them
+to the model as ``document_ids`` (DESIGN.md section 7), so the training loss, ``val_bpb`` and
+``xforget-eval`` use one rule (``data.pack_documents=true``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+
+def eot_documents(tokens: Tensor, eot_id: int) -> Tensor:
+    """Document ids (same shape, int64) of token ids ``(..., n)``: end-of-text tokens before each position."""
+    is_eot = (tokens == eot_id).long()
+    return is_eot.cumsum(-1) - is_eot
+
+
+class PackedDocuments(nn.Module):
+    """``net`` (a :class:`~xforget.models.wrapper.TransformerWrapper`) reading packed documents.
+
+    ``forward(x, **kwargs)`` = ``net(x, document_ids=eot_documents(x, eot_id), **kwargs)``; the
+    attributes the scorers read (``attn_layers``, ``position_limit``) are the net's. Holds no
+    parameters of its own: saving ``net`` saves everything.
+    """
+
+    def __init__(self, net: nn.Module, eot_id: int) -> None:
+        super().__init__()
+        self.net, self.eot_id = net, int(eot_id)
+
+    @property
+    def attn_layers(self) -> nn.Module:
+        return self.net.attn_layers
+
+    @property
+    def position_limit(self) -> int | None:
+        return self.net.position_limit
+
+    def forward(self, x: Tensor, **kwargs: Any):
+        if kwargs.get("cache") is not None:  # cached decoding continues the cached documents
+            return self.net(x, **kwargs)
+        return self.net(x, document_ids=eot_documents(x, self.eot_id), **kwargs)
+
+
+def packed(net: nn.Module, eot_id: int | None) -> nn.Module:
+    """``net`` itself when ``eot_id`` is None (no packing), else :class:`PackedDocuments` around it."""
+    return net if eot_id is None else PackedDocuments(net, eot_id)

@@ -1,0 +1,194 @@
+"""Packed documents: attention that never crosses a document boundary (DESIGN.md section 7).
+
+A packed row holds several documents back to back; ``document_ids`` (b, n_k)
+int64, non-decreasing along each row, names the document of every key (the
+queries are the last n_q keys).  Query i sees key j only when both carry the
+same id: keys of other documents get exactly zero weight (they are masked with
+-inf, or never computed), which is what running each document alone gives.
+
+A boundary is a *total forget*, but it is not written into the cumulative gate
+as a large finite jump (that would cost fp32 digits in every later logit as
+documents accumulate).  Instead:
+
+* decays are cumulated per document (:func:`segmented_cumsum`, in float64 then
+  rounded once), so ``|c|`` is bounded by one document's decay, whatever the
+  number of documents before it;
+* the boundary itself is a key-side range: every query's document starts at
+  :func:`segment_starts`, keys before it are skipped (the fold's blocks start
+  there, :class:`DocumentBlockSDPA`) or masked as booleans (the materialised
+  paths, :func:`same_document`).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+
+from xforget.ops.common import Shapes, Tensor
+
+_FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+DOC_BLOCK = 128  # query rows per fused call of the blocked document path
+
+
+def check_document_ids(document_ids: Tensor, b: int, n: int) -> Tensor:
+    """``document_ids`` as given, after the checks; ``ValueError`` naming the problem otherwise.
+
+    Args:
+        document_ids: (b, n) integer tensor, non-decreasing along each row.
+    Raises:
+        ValueError: not an integer tensor, wrong shape, or decreasing somewhere.
+    """
+    if not isinstance(document_ids, Tensor) or document_ids.is_floating_point() or document_ids.dtype == torch.bool:
+        raise ValueError(f"document_ids must be an int64 tensor (batch, n); got "
+                         f"{getattr(document_ids, 'dtype', type(document_ids).__name__)}")
+    if tuple(document_ids.shape) != (b, n):
+        raise ValueError(f"document_ids must have shape (batch, n) = {(b, n)}; got {tuple(document_ids.shape)}")
+    if n > 1 and bool((document_ids[:, 1:] < document_ids[:, :-1]).any()):
+        raise ValueError("document_ids must be non-decreasing along each row (documents are packed back to back)")
+    return document_ids
+
+
+def segment_starts(document_ids: Tensor) -> Tensor:
+    """(b, n) int64: the position of the first token of each position's document."""
+    b, n = document_ids.shape
+    idx = torch.arange(n, device=document_ids.device).expand(b, n)
+    new = torch.ones_like(document_ids, dtype=torch.bool)
+    new[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    return torch.where(new, idx, 0).cummax(-1).values
+
+
+def segment_ends(document_ids: Tensor) -> Tensor:
+    """(b, n) int64: the position of the last token of each position's document."""
+    n = document_ids.shape[1]
+    return (n - 1) - segment_starts(document_ids.flip(-1)).flip(-1)
+
+
+def segmented_cumsum(g: Tensor, starts: Tensor) -> Tensor:
+    """Cumulative sum of ``g`` (b, h, n) restarting at every document start; ``g``'s dtype.
+
+    Computed in float64 and rounded once, so a document's decay carries the
+    rounding of its own length only (a cumsum over the whole row would carry
+    ``6e-8 * |c|`` of every earlier document).  ``starts`` from :func:`segment_starts`.
+    """
+    c = g.double().cumsum(-1)
+    before = (starts - 1).clamp_min(0)[:, None, :].expand(c.shape)
+    base = torch.where(starts[:, None, :] > 0, c.gather(-1, before), 0.0)
+    return (c - base).to(g.dtype)
+
+
+def same_document(document_ids: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    """(b, 1, m, n) bool: query at position ``q_pos`` (m,) and key at ``k_pos`` (n,) share a document."""
+    return (document_ids[:, q_pos][:, None, :, None] == document_ids[:, k_pos][:, None, None, :])
+
+
+def document_rows(mask: Tensor, document_ids: Tensor, s: Shapes, causal: bool) -> Tensor:
+    """(b, n_q) bool: does the query see at least one real key of its own document?"""
+    cm = mask.long().cumsum(-1)
+    starts = segment_starts(document_ids)
+    base = torch.where(starts > 0, cm.gather(-1, (starts - 1).clamp_min(0)), 0)
+    upto = cm if causal else cm.gather(-1, segment_ends(document_ids))
+    return (upto - base > 0)[:, s.offset:]
+
+
+def mask_matrix(document_ids: Tensor, s: Shapes, causal: bool) -> Tensor:
+    """(b, 1, n_q, n_k) bool: same document (and key at or before the query when causal)."""
+    k_pos = torch.arange(s.n_k, device=document_ids.device)
+    q_pos = k_pos[s.offset:]
+    allowed = same_document(document_ids, q_pos, k_pos)
+    if causal:
+        allowed = allowed & (k_pos[None, :] <= q_pos[:, None])
+    return allowed
+
+
+# ----------------------------------------------------------------------------- the blocked fold path
+
+
+def block_key_starts(document_ids: Tensor, s: Shapes, block: int = DOC_BLOCK) -> Tensor:
+    """(b, n_blocks) int64: first key of the document of each query block's first query."""
+    first = torch.arange(0, s.n_q, block, device=document_ids.device) + s.offset
+    return segment_starts(document_ids)[:, first]
+
+
+def skipped_pairs(starts: List[List[int]], s: Shapes, block: int) -> List[float]:
+    """Causal query-key pairs each batch row skips when block t reads keys from ``starts[row][t]`` on."""
+    sizes = [min(block, s.n_q - m0) for m0 in range(0, s.n_q, block)]
+    return [float(sum(lo * qs for lo, qs in zip(row, sizes))) for row in starts]
+
+
+def _block_mask(document_ids: Tensor, row: int, p0: int, qs: int, lo: int, dtype) -> Optional[Tensor]:
+    """Additive (1, 1, qs, p0 + qs - lo) mask of queries [p0, p0 + qs) over keys [lo, p0 + qs), or None
+    when the plain lower-right causal mask is enough (one document and ``lo == p0``)."""
+    hi = p0 + qs
+    d = document_ids[row]
+    if lo == p0 and bool(d[lo] == d[hi - 1]):
+        return None
+    k_pos = torch.arange(lo, hi, device=d.device)
+    q_pos = torch.arange(p0, hi, device=d.device)
+    ok = (k_pos[None, :] <= q_pos[:, None]) & (d[lo:hi][None, :] == d[p0:hi][:, None])
+    return torch.zeros(ok.shape, dtype=dtype, device=d.device).masked_fill(~ok, float("-inf"))[None, None]
+
+
+class DocumentBlockSDPA(torch.autograd.Function):
+    """Causal attention over folded q/k/v (scale already in q) where each query block of each batch row
+    reads keys from its own first kept key: the start of its first query's document or later.
+
+    q (b, h, n_q, w), k/v (b, h, n_k, w) on the CPU; ``starts`` (python lists, (b, n_blocks)).
+    Keys of other documents inside a block's range are masked with -inf; keys before it are never
+    computed.  Saved for the backward: the inputs, the output and one log-sum-exp per query (O(n)).
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, document_ids: Tensor, starts, block: int):  # type: ignore[override]
+        b, h, n_q, _ = q.shape
+        off = k.shape[2] - n_q
+        out = q.new_empty(b, h, n_q, v.shape[-1])
+        lse = torch.empty(b, h, n_q, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
+        masks = {}  # kept for the backward: O(n * (block + document)) floats, not O(n^2)
+        for r, row in enumerate(starts):
+            for t, lo in enumerate(row):
+                m0 = t * block
+                qs = min(block, n_q - m0)
+                hi = off + m0 + qs
+                mask = masks[r, t] = _block_mask(document_ids, r, off + m0, qs, lo, q.dtype)
+                o, l = _FWD(q[r:r + 1, :, m0:m0 + qs], k[r:r + 1, :, lo:hi], v[r:r + 1, :, lo:hi],
+                            0.0, mask is None, attn_mask=mask, scale=1.0)
+                out[r:r + 1, :, m0:m0 + qs] = o
+                lse[r:r + 1, :, m0:m0 + qs] = l
+        ctx.starts, ctx.block, ctx.masks = starts, block, masks
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        q, k, v, out, lse = ctx.saved_tensors
+        go, acc = grad_out.to(q.dtype).contiguous(), torch.promote_types(q.dtype, torch.float32)
+        dq = torch.empty(q.shape, dtype=acc, device=q.device)  # query blocks are disjoint: written once
+        dk = torch.zeros(k.shape, dtype=acc, device=k.device)
+        dv = torch.zeros(v.shape, dtype=acc, device=v.device)
+        n_q, block = q.shape[2], ctx.block
+        off = k.shape[2] - n_q
+        for r, row in enumerate(ctx.starts):
+            for t, lo in enumerate(row):
+                m0 = t * block
+                qs = min(block, n_q - m0)
+                hi = off + m0 + qs
+                mask = ctx.masks[r, t]
+                qq = slice(m0, m0 + qs)
+                gq, gk, gv = _BWD(go[r:r + 1, :, qq], q[r:r + 1, :, qq], k[r:r + 1, :, lo:hi], v[r:r + 1, :, lo:hi],
+                                  out[r:r + 1, :, qq], lse[r:r + 1, :, qq], 0.0, mask is None, attn_mask=mask,
+                                  scale=1.0)
+                dq[r:r + 1, :, qq] = gq
+                dk[r:r + 1, :, lo:hi] += gk
+                dv[r:r + 1, :, lo:hi] += gv
+        ctx.masks = None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+
+
+def blocked_document_attention(q2: Tensor, k2: Tensor, v2: Tensor, document_ids: Tensor,
+                               starts: Tensor, block: int = DOC_BLOCK) -> Tuple[Tensor, List[List[int]]]:
+    """:class:`DocumentBlockSDPA` of folded tensors; returns (out (b, h, n_q, w_v), the starts as lists)."""
+    lists = starts.tolist()
+    return DocumentBlockSDPA.apply(q2.contiguous(), k2.contiguous(), v2.contiguous(), document_ids, lists, block), lists
