@@ -301,8 +301,8 @@ def _describe_limits(max_steps: int | None, budget_s: float | None) -> str:
     """The run's end as the first log line states it."""
     if budget_s is None:
         return f"{max_steps} steps (trainer.max_steps; no time budget)"
-    line = (f"budget {format_seconds(budget_s)} of training (trainer.max_time): the steps it fits are chosen after "
-            "timing the first steps")
+    line = (f"budget {format_seconds(budget_s)} of training (trainer.max_time): the steps it fits are chosen once "
+            "the step time is measured")
     return line + (f"; or trainer.max_steps={max_steps}, whichever ends first" if max_steps is not None else "")
 
 
