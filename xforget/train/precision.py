@@ -60,15 +60,19 @@ def device_name(device: torch.device) -> str:
     """``"cuda:0 (NVIDIA H200)"`` / ``"cpu (AMD EPYC 9B14)"``: the device and its model, for the first log line."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    model = ""
+    model = cpu_model()
+    return f"{device} ({model})" if model else str(device)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``"AMD EPYC 9B14"``); ``""`` where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{device} ({model})" if model else str(device)
+    return ""
 
 
 def precision_reason(requested: str, resolved: str, device: torch.device) -> str:
