@@ -73,6 +73,6 @@ def resolve_compile(value, max_steps: int | None, device: torch.device,
         return False, f"trainer.compile=auto: not compiled (budget of {max_time_s:g} s < {AUTO_MIN_SECONDS} s)"
     if not has_compiler_backend(device):
         return False, f"trainer.compile=auto: not compiled (no C++ compiler on PATH for {device.type}: {list(CXX_COMPILERS)})"
-    length = (f"{max_steps} >= {AUTO_MIN_STEPS} steps" if max_steps is not None
-              else f"a budget of {max_time_s:g} >= {AUTO_MIN_SECONDS} s")
-    return True, f"trainer.compile=auto: compiled (run of {length}, backend found)"
+    length = (f"run of {max_steps} >= {AUTO_MIN_STEPS} steps" if max_steps is not None
+              else f"budget of {max_time_s:g} >= {AUTO_MIN_SECONDS} s")
+    return True, f"trainer.compile=auto: compiled ({length}, backend found)"

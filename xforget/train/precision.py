@@ -57,7 +57,7 @@ def _cpu_bf16_unit() -> str | None:
 
 
 def device_name(device: torch.device) -> str:
-    """``"cuda:0 (NVIDIA H200)"`` / ``"cpu (AMD EPYC 9B14)"``: the device and its model, for the first log line."""
+    """``"cuda:0 (NVIDIA H200)"`` / ``"cpu (AMD EPYC)"``: the device and its model, for the first log line."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     model = cpu_model()
@@ -65,7 +65,7 @@ def device_name(device: torch.device) -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (``"AMD EPYC 9B14"``); ``""`` where there is none."""
+    """The CPU's model name from ``/proc/cpuinfo`` (``"AMD EPYC"``); ``""`` where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
