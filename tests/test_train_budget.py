@@ -20,7 +20,7 @@ from runs import steps_logged
 
 from xforget.errors import ConfigError
 from xforget.train import compose_config, to_train_config, train
-from xforget.train.budget import VALID_FORMS, BudgetPlan, parse_duration, plan_steps
+from xforget.train.budget import VALID_FORMS, BudgetPlan, TimeBudget, parse_duration, plan_steps
 from xforget.train.checkpoint import complete_checkpoints
 from xforget.train.compile import AUTO_MIN_SECONDS, resolve_compile
 from xforget.train.metrics import read_metrics
@@ -196,6 +196,13 @@ def test_a_slower_machine_still_stops_at_the_budget_and_says_so(tmp_path, monkey
     records = read_metrics(run)
     assert records[-1]["step"] == result.step and "val_bpb" in records[-1]  # the last evaluation
     assert complete_checkpoints(run)[-1][0] == result.step  # and the last checkpoint
+
+
+def test_an_unsteady_machine_calibrates_for_at_most_a_tenth_of_the_budget():
+    budget = TimeBudget(100.0, warmup_steps=1000, skip=1)
+    times = [0.5 * 1.05 ** i for i in range(400)]  # a machine slowing down: the halves never agree
+    done = next(step for step, s in enumerate(times, 1) if budget.observe(step, s))
+    assert 10.0 <= sum(times[1:done]) < 10.0 + max(times)
 
 
 def test_a_faster_machine_does_not_overrun_the_chosen_step_count(tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ run goes on. Instead the run *calibrates* once and then fixes its step count:
 2. calibration: the next steps are timed until :data:`MIN_CALIBRATION_STEPS`
    steps and :func:`calibration_seconds` of the budget are measured and the two
    halves of the window agree within :data:`STABLE_SPREAD` (at most
-   :data:`MAX_CALIBRATION_STEPS`); it stops at the end of the warmup when it can,
+   :data:`MAX_CALIBRATION_STEPS` steps or :data:`MAX_CALIBRATION_FRACTION` of the budget:
+   on a noisy machine the guard of step 4 covers what the calibration missed); it stops at the end of the warmup when it can,
    so that every calibrated step's learning rate is independent of the horizon;
 3. the run times one evaluation and one (throwaway) checkpoint write, and
    :func:`plan_steps` chooses the largest step count whose steps, evaluations and
@@ -43,6 +44,7 @@ UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
 VALID_FORMS = "seconds (600, 90.5) or a number with a unit s, sec, min or h (90s, 10min, 1.5h)"
 MIN_CALIBRATION_STEPS = 10  # timed steps at least
 MAX_CALIBRATION_STEPS = 200  # timed steps at most (an unsteady machine: the guard covers the rest)
+MAX_CALIBRATION_FRACTION = 0.1  # of the budget timed at most, stable or not (a shared, noisy machine)
 STABLE_SPREAD = 0.1  # the two halves of the window agree within 10%
 MARGIN = 0.03  # of the budget kept free for timing noise
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-z]*)\s*$")
@@ -211,7 +213,7 @@ class TimeBudget:
         n = len(self.times)
         if n < MIN_CALIBRATION_STEPS:
             return False
-        if n >= MAX_CALIBRATION_STEPS:
+        if n >= MAX_CALIBRATION_STEPS or sum(self.times) >= MAX_CALIBRATION_FRACTION * self.budget_s:
             return True
         half = n // 2
         first, second = sum(self.times[:half]) / half, sum(self.times[half:]) / (n - half)
