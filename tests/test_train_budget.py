@@ -205,6 +205,18 @@ def test_an_unsteady_machine_calibrates_for_at_most_a_tenth_of_the_budget():
     assert 10.0 <= sum(times[1:done]) < 10.0 + max(times)
 
 
+def test_the_guard_scales_evaluation_and_checkpoint_costs_by_the_steps_slowdown():
+    plan = plan_steps(budget_s=100, step=10, elapsed_s=10, step_s=1.0, eval_s=10.0, checkpoint_s=1.0,
+                      eval_every=0, checkpoint_every=0)
+    budget = TimeBudget(100.0, warmup_steps=0, skip=0, plan=plan)
+    budget.observe(50, 1.0)
+    assert not budget.must_stop(87.0, eval_here=False, checkpoint_here=False)  # 87 + 1 + 10 + 1 = 99
+    budget.recent.clear()
+    budget.observe(51, 2.0)  # twice as slow: 87 + 2 + 20 + 2 > 100
+    assert budget.must_stop(87.0, eval_here=False, checkpoint_here=False)
+    assert not budget.must_stop(75.0, eval_here=False, checkpoint_here=False)
+
+
 def test_a_faster_machine_does_not_overrun_the_chosen_step_count(tmp_path, monkeypatch):
     monkeypatch.setenv("XFORGET_DEBUG_FAKE_CLOCK", FAKE + ",slow_from=15,slow_step=0.1")  # 5x faster from step 15
     run = tmp_path / "run"

@@ -247,8 +247,10 @@ class TimeBudget:
         step's own evaluation and checkpoint: the run then ends at this step."""
         p = self.plan
         step_s = max(p.step_s, sum(self.recent) / len(self.recent)) if self.recent else p.step_s
-        after_this = elapsed_s + p.eval_s * eval_here + p.checkpoint_s * checkpoint_here
-        return after_this + step_s + p.eval_s + p.checkpoint_s > self.budget_s
+        slow = step_s / p.step_s if p.step_s > 0 else 1.0  # evaluations and checkpoints slow down with the steps
+        eval_s, checkpoint_s = p.eval_s * slow, p.checkpoint_s * slow
+        after_this = elapsed_s + eval_s * eval_here + checkpoint_s * checkpoint_here
+        return after_this + step_s + eval_s + checkpoint_s > self.budget_s
 
     def spent(self, elapsed_s: float) -> bool:
         """A resumed run: no step (with its evaluation and checkpoint) fits the budget left."""
