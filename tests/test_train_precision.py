@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from xforget.train import ConfigError, compose_config, to_train_config, train
 from xforget.train.metrics import read_metrics
 from xforget.train.peak_flops import load_peak, machine_key, save_peak
-from xforget.train.compile import AUTO_MIN_STEPS, resolve_compile
+from xforget.train.budget import parse_duration
+from xforget.train.compile import AUTO_MIN_SECONDS, AUTO_MIN_STEPS, resolve_compile
 from xforget.train.precision import resolve_precision
 
 
@@ -55,7 +56,8 @@ def test_auto_precision_follows_native_bf16_support(monkeypatch):
 def test_defaults_are_the_fast_ones():
     cfg = to_train_config(compose_config([]))
     assert cfg.trainer.precision == "auto" and cfg.optim.impl == "fused" and cfg.trainer.compile == "auto"
-    assert cfg.trainer.max_steps >= AUTO_MIN_STEPS  # so the default run compiles where it can
+    assert cfg.trainer.max_steps is None and parse_duration(cfg.trainer.max_time) >= AUTO_MIN_SECONDS  # so the
+    # default run (a 10-minute budget) compiles where it can
     m = cfg.model  # FoX Pro (README "Default run")
     assert m.position == "fox" and m.qk_norm is True and m.kv_shift and m.output_gate and m.output_norm
     assert (m.norm, m.ff_activation) == ("rmsnorm", "swiglu")

@@ -113,6 +113,11 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
 
 
+# Compared runs train every scheme for the same number of steps (equal tokens, reproducible on any machine),
+# not for a time budget as the default training run does: a run's own overrides may still set either.
+STEP_BUDGET = ("trainer.max_steps=1100", "trainer.max_time=null")
+
+
 def plan_runs(positions: list[str], seeds: list[int], train_overrides: list[str], out_dir: Path) -> list[PlannedRun]:
     """Compose and validate every run's training config (fails fast, before any training).
 
@@ -128,7 +133,7 @@ def plan_runs(positions: list[str], seeds: list[int], train_overrides: list[str]
     runs = []
     for scheme in positions:
         for seed in seeds:
-            overrides = [*train_overrides, *scheme_overrides(scheme), f"seed={seed}"]
+            overrides = [*STEP_BUDGET, *train_overrides, *scheme_overrides(scheme), f"seed={seed}"]
             cfg = to_train_config(compose_config(overrides))
             run_dir = out_dir / "runs" / f"{_safe(scheme)}-seed{seed}-{config_hash(cfg)}"
             runs.append(PlannedRun(scheme, seed, overrides, cfg, run_dir.resolve()))

@@ -10,7 +10,10 @@ function of the step (data windows, learning rate) or saved here:
                           ``rng`` (rank 0's python/torch/cuda RNG states),
                           ``rng_ranks`` (every rank's, several processes only),
                           ``schedule_max_steps`` (the schedule's horizon),
-                          ``elapsed_s`` (seconds of training since step 0)
+                          ``elapsed_s`` (seconds of training since step 0),
+                          ``budget`` (``trainer.max_time``'s decision, once made:
+                          :class:`~xforget.train.budget.BudgetPlan` as a dict;
+                          absent in older checkpoints and runs without a budget)
 ``config.yaml``           the resolved config
 ========================  ==============================================================
 
@@ -23,12 +26,16 @@ The files, their atomic write and the pruning of old checkpoints are
 2. :meth:`~Checkpointer.load_weights` (the model built, before DDP/FSDP);
 3. :meth:`~Checkpointer.restore` (optimizer, schedule and scaler built): their
    state, the RNG streams, the step, the elapsed time; records the run's config;
-4. :meth:`~Checkpointer.save` every ``trainer.checkpoint_every`` steps.
+4. :meth:`~Checkpointer.save` every ``trainer.checkpoint_every`` steps;
+5. a time budget: :meth:`~Checkpointer.measure_save` times a throwaway checkpoint write,
+   :meth:`~Checkpointer.set_plan` fixes the horizon to the budget's step count.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -50,6 +57,7 @@ from xforget.train.checkpoint import (
     set_rng_state,
     step_dir_name,
 )
+from xforget.train.budget import BudgetPlan, Clock
 from xforget.train.config import TrainConfig, config_to_yaml
 from xforget.train.loading import load_init_weights
 from xforget.train.distributed import (
@@ -62,7 +70,9 @@ from xforget.train.distributed import (
     load_optimizer_state,
 )
 from xforget.train.resume import check_resume, describe, record_resume_config
-from xforget.train.schedule import lr_factor
+from xforget.train.schedule import lr_factor, set_horizon
+
+PROVISIONAL_HORIZON = 10**9  # a time budget without max_steps, until it is calibrated: the warmup, then ~flat
 
 
 class Checkpointer:
@@ -72,7 +82,10 @@ class Checkpointer:
         resume_from: the checkpoint this run resumes from (None: a fresh run).
         changes: ``(key, old, new)`` of the config against the checkpoint's (resume policy applied).
         step: optimizer steps done when training starts (the restored step, 0 for a fresh run).
-        horizon: the learning-rate schedule's ``max_steps`` (the run's first ``trainer.max_steps``).
+        horizon: the learning-rate schedule's ``max_steps`` (the run's first ``trainer.max_steps``, or the
+            step count its time budget chose).
+        plan: the time budget's decision (None: no budget, or not calibrated yet).
+        clock: the training clock (``time.perf_counter``, or a test's fake clock).
         last_saved: the latest complete checkpoint written or resumed from (None before the first).
 
     Raises (constructor):
@@ -81,7 +94,7 @@ class Checkpointer:
             (see :mod:`xforget.train.resume`).
     """
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, info: DistInfo) -> None:
+    def __init__(self, run_dir: Path, cfg: TrainConfig, info: DistInfo, clock: Clock | None = None) -> None:
         self.run_dir, self.cfg, self.info = run_dir, cfg, info
         self.fsdp = info.enabled and cfg.trainer.strategy == "fsdp"
         self.resume_from: Path | None = broadcast_object(latest_checkpoint(run_dir), info)
@@ -91,10 +104,12 @@ class Checkpointer:
             self.saved_cfg = check_same_model(self.resume_from, cfg)
             self.changes = check_resume(self.saved_cfg, cfg, int(self.resume_from.name.split("_")[1]), run_dir)
         self.step = 0
-        self.horizon = cfg.trainer.max_steps
+        self.horizon = cfg.trainer.max_steps if cfg.trainer.max_steps is not None else PROVISIONAL_HORIZON
+        self.plan: BudgetPlan | None = None
         self.last_saved = self.resume_from
         self._state: dict | None = None  # state.pt, read with the weights, until restore() applies it
-        self._elapsed_before, self._clock = 0.0, time.perf_counter()
+        self.clock = clock or Clock()
+        self._elapsed_before, self._clock = 0.0, self.clock.now()
         self.model = self.optimizer = self.scheduler = self.scaler = None
 
     @property
@@ -116,6 +131,8 @@ class Checkpointer:
             self._state = load_checkpoint(self.resume_from, model)
             # a resume with a larger max_steps trains the extra steps at the final learning rate, no jump
             self.horizon = int(self._state.get("schedule_max_steps", self.saved_cfg.trainer.max_steps))
+            if self._state.get("budget") is not None:  # the budget's decision: the same schedule, the same end
+                self.plan = BudgetPlan.from_dict(self._state["budget"])
             if t.init_from:
                 logger.info(f"trainer.init_from={t.init_from} not used: resuming this run directory's own checkpoint")
         elif t.init_from:
@@ -154,7 +171,7 @@ class Checkpointer:
             return
         o, t = self.cfg.optim, self.cfg.trainer
         logger.warning(f"resumed with changed settings: {describe(self.changes)}")
-        if t.max_steps != self.horizon:
+        if t.max_steps is not None and t.max_steps != self.horizon:
             final = o.lr * lr_factor(self.horizon - 1, warmup_steps=t.warmup_steps, max_steps=self.horizon,
                                      min_lr_ratio=o.min_lr_ratio)
             logger.info(f"trainer.max_steps={t.max_steps}, the learning-rate schedule keeps its horizon of "
@@ -169,15 +186,43 @@ class Checkpointer:
 
     def start_clock(self) -> None:
         """The training loop starts now: :meth:`elapsed` counts from here (plus the resumed run's time)."""
-        self._clock = time.perf_counter()
+        self._clock = self.clock.now()
 
     def elapsed(self) -> float:
         """Seconds of training (evaluations, checkpoints included) since step 0, over resumes."""
-        return round(self._elapsed_before + time.perf_counter() - self._clock, 3)
+        return round(self._elapsed_before + self.clock.now() - self._clock, 3)
+
+    def set_plan(self, plan: BudgetPlan) -> None:
+        """A time budget's decision: the schedule's horizon becomes ``plan.steps`` from the next step on (the
+        current learning rate set for it) and every later checkpoint records the plan."""
+        o, t = self.cfg.optim, self.cfg.trainer
+        self.plan, self.horizon = plan, plan.steps
+        set_horizon(self.scheduler, warmup_steps=t.warmup_steps, max_steps=plan.steps, min_lr_ratio=o.min_lr_ratio)
+        _apply_optim_config(self.optimizer, self.scheduler, self.cfg, self.horizon)
+
+    def measure_save(self, step: int) -> float:
+        """Seconds one checkpoint write takes (rank 0's, the same on every rank): a complete write of the
+        step's state into a throwaway directory, deleted at once (an interrupted one is a ``.tmp-`` leftover
+        that the next run removes)."""
+        scratch = self.run_dir / CHECKPOINTS / f".tmp-measure-{os.getpid()}"
+        tic = self.clock.now()
+        self._write(step, scratch)
+        self.clock.spend("checkpoint")
+        seconds = broadcast_object(self.clock.now() - tic, self.info)
+        if self.info.is_main:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return seconds
 
     def save(self, step: int) -> Path:
         """Write ``checkpoints/step_<step>/`` (rank 0; FSDP gathers on every rank), prune old ones;
         every rank returns once it is complete. Returns its path (also :attr:`last_saved`)."""
+        self._write(step, self.run_dir)
+        self.last_saved = self.run_dir / CHECKPOINTS / step_dir_name(step)
+        self.clock.spend("checkpoint")
+        return self.last_saved
+
+    def _write(self, step: int, root: Path) -> None:
+        """``root/checkpoints/step_<step>/`` with all training state; pruned to keep_last (rank 0)."""
         rngs = all_gather_object(rng_state(), self.info)
         if self.fsdp:  # gathered on every rank, kept by rank 0
             weights = full_model(self.model, self.cfg.model, self.info)
@@ -188,14 +233,15 @@ class Checkpointer:
             state = {"optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
                      "scaler": self.scaler.state_dict(), "rng": rngs[0], "schedule_max_steps": self.horizon,
                      "elapsed_s": self.elapsed()}
+            if self.plan is not None:
+                state["budget"] = self.plan.to_dict()
             if self.info.enabled:
                 state["rng_ranks"] = rngs
-            path = save_checkpoint(self.run_dir, step, weights, state, self.cfg)
-            prune_checkpoints(self.run_dir, self.cfg.trainer.keep_last)
-            logger.info(f"checkpoint {path}")
+            path = save_checkpoint(root, step, weights, state, self.cfg)
+            if root == self.run_dir:
+                prune_checkpoints(self.run_dir, self.cfg.trainer.keep_last)
+                logger.info(f"checkpoint {path}")
         barrier(self.info)  # written before any rank moves on
-        self.last_saved = self.run_dir / CHECKPOINTS / step_dir_name(step)
-        return self.last_saved
 
 
 def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig, horizon: int) -> None:

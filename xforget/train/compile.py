@@ -2,7 +2,8 @@
 
 ``auto`` (the default) compiles when compiling pays for itself:
 
-* the run is long: at least :data:`AUTO_MIN_STEPS` optimizer steps (compiling
+* the run is long: at least :data:`AUTO_MIN_STEPS` optimizer steps, or a
+  time budget (``trainer.max_time``) of at least :data:`AUTO_MIN_SECONDS` (compiling
   the default model costs ~15 s with a warm inductor cache and ~60 s cold on the
   2-core dev machine, paid back within a few hundred steps);
 * and a compiler backend exists: a CUDA device, or on the CPU a C++ compiler on
@@ -24,6 +25,7 @@ import torch
 
 COMPILE_CHOICES = ("auto", "true", "false")
 AUTO_MIN_STEPS = 1000
+AUTO_MIN_SECONDS = 300  # a time budget this long compiles (compiling costs 15-85 s)
 CXX_COMPILERS = ("c++", "g++", "clang++")
 
 
@@ -52,8 +54,12 @@ def normalise_compile(value) -> str:
     return text
 
 
-def resolve_compile(value, max_steps: int, device: torch.device) -> tuple[bool, str]:
+def resolve_compile(value, max_steps: int | None, device: torch.device,
+                    max_time_s: float | None = None) -> tuple[bool, str]:
     """``(compile?, why)`` for ``trainer.compile=value``; ``why`` is one line for the log.
+
+    A run is long when its step limit (if any) is at least :data:`AUTO_MIN_STEPS` and its time
+    budget (``max_time_s``, if any) at least :data:`AUTO_MIN_SECONDS`.
 
     Raises:
         ValueError: ``value`` is not auto/true/false.
@@ -61,8 +67,12 @@ def resolve_compile(value, max_steps: int, device: torch.device) -> tuple[bool, 
     choice = normalise_compile(value)
     if choice != "auto":
         return choice == "true", f"trainer.compile={choice}"
-    if max_steps < AUTO_MIN_STEPS:
+    if max_steps is not None and max_steps < AUTO_MIN_STEPS:
         return False, f"trainer.compile=auto: not compiled (run of {max_steps} < {AUTO_MIN_STEPS} steps)"
+    if max_time_s is not None and max_time_s < AUTO_MIN_SECONDS:
+        return False, f"trainer.compile=auto: not compiled (budget of {max_time_s:g} s < {AUTO_MIN_SECONDS} s)"
     if not has_compiler_backend(device):
         return False, f"trainer.compile=auto: not compiled (no C++ compiler on PATH for {device.type}: {list(CXX_COMPILERS)})"
-    return True, f"trainer.compile=auto: compiled (run of {max_steps} >= {AUTO_MIN_STEPS} steps, backend found)"
+    length = (f"run of {max_steps} >= {AUTO_MIN_STEPS} steps" if max_steps is not None
+              else f"budget of {max_time_s:g} >= {AUTO_MIN_SECONDS} s")
+    return True, f"trainer.compile=auto: compiled ({length}, backend found)"

@@ -24,6 +24,7 @@ from xforget.data.synthetic import min_length
 from xforget.errors import ConfigError, explain_error, schema_keys
 from xforget.models.config import ModelConfig
 from xforget.models.validate import validate_model_config
+from xforget.train.budget import parse_duration
 from xforget.train.compile import COMPILE_CHOICES, compile_choice
 from xforget.train.precision import PRECISIONS
 from xforget.train.trackers import logger_names
@@ -79,7 +80,8 @@ class TrainerConfig:
     torchrun processes); one optimizer step sees ``batch_size * grad_accum``
     windows of ``seq_len`` + 1 bytes."""
 
-    max_steps: int = 1100
+    max_steps: int | None = None  # optimizer steps; None = as many as max_time fits (one of the two must be set)
+    max_time: str | None = "10min"  # a time budget for training: 600, 90s, 10min, 1.5h (None = no limit); whichever ends first
     batch_size: int = 16
     seq_len: int = 256
     grad_accum: int = 1
@@ -298,7 +300,15 @@ def validate(cfg: TrainConfig) -> None:
     need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", o.min_lr_ratio)
     need(o.eps > 0, "optim.eps", "> 0", o.eps)
     need(o.impl in OPTIM_IMPLS, "optim.impl", f"one of {list(OPTIM_IMPLS)}", o.impl)
-    need(t.max_steps >= 0, "trainer.max_steps", ">= 0", t.max_steps)
+    need(t.max_steps is None or t.max_steps >= 0, "trainer.max_steps", ">= 0 or null (with trainer.max_time)",
+         t.max_steps)
+    try:
+        parse_duration(t.max_time)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if t.max_steps is None and t.max_time is None:
+        raise ConfigError("trainer.max_steps and trainer.max_time are both null: set one of them (a step count, "
+                          "or a time budget such as trainer.max_time=10min), or both (whichever ends first)")
     for key in ("batch_size", "seq_len", "grad_accum", "log_every"):
         need(getattr(t, key) >= 1, f"trainer.{key}", ">= 1", getattr(t, key))
     for key in ("warmup_steps", "eval_every", "checkpoint_every", "keep_last", "sample_bytes"):

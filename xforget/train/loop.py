@@ -37,6 +37,7 @@ from xforget.models.autoregressive import AutoregressiveWrapper
 from xforget.models.config import describe_model
 from xforget.models.packing import packed
 from xforget.models.wrapper import TransformerWrapper, build_model
+from xforget.train.budget import TimeBudget, clock_from_env, format_seconds, parse_duration, write_budget_json
 from xforget.train.checkpoint import save_final_model
 from xforget.train.loading import check_init_from
 from xforget.train.checkpointer import Checkpointer
@@ -55,7 +56,7 @@ from xforget.train.distributed import (
 )
 from xforget.train.metrics import MetricsLog, model_flops_per_token, peak_flops
 from xforget.train.optim import adamw_impl, decay_names, param_groups
-from xforget.train.precision import AMP_DTYPES, resolve_precision
+from xforget.train.precision import AMP_DTYPES, device_name, precision_reason, resolve_precision
 from xforget.train.schedule import describe_short_schedule, make_scheduler
 from xforget.train.scoring import loss_sums, nats_to_bpb, perplexity
 from xforget.train.stop import StopRequest
@@ -76,6 +77,9 @@ class TrainResult:
     sample: str | None = None  # the generated continuation (decoded by the run's tokenizer)
     sample_prompt: str | None = None  # the prompt it continues (a line/document start of the validation split)
     interrupted: bool = False  # stopped before max_steps (a signal, or stop_after_step)
+    budget_line: str | None = None  # trainer.max_time's decision (``budget 600 s: 1100 steps at ...``)
+    budget_stopped: bool = False  # the time budget ended the run before its planned step (the machine slowed)
+    elapsed_s: float | None = None  # seconds of training when the loop ended (its last evaluation and checkpoint in)
     stop_signal: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run (checkpoint written)
     checkpoint: Path | None = None  # the latest complete checkpoint when the run stopped on a signal
     losses: dict[int, float] = field(default_factory=dict)  # step -> train loss, for this process's steps
@@ -97,7 +101,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after_step: int | None 
     Hidden debug knobs (environment variables, for the kill/resume tests):
     ``XFORGET_DEBUG_STEP_SLEEP=SECONDS`` sleeps that long after every step (so
     a test can SIGKILL a tiny run at a chosen step; not counted in tokens/s);
-    ``XFORGET_DEBUG_STOP_AFTER_STEP=N`` is ``stop_after_step=N`` for a command line run.
+    ``XFORGET_DEBUG_STOP_AFTER_STEP=N`` is ``stop_after_step=N`` for a command line run;
+    ``XFORGET_DEBUG_FAKE_CLOCK=step=S,eval=E,checkpoint=C[,slow_from=N,slow_step=S2]`` replaces the training
+    clock of ``trainer.max_time`` by one that advances only by these costs (see :mod:`.budget`).
     """
     resolve_data_vocab(cfg)
     validate(cfg)
@@ -125,6 +131,7 @@ class _Run:
     device: torch.device  # _hardware
     precision: str  # _hardware: fp32 / bf16 / fp16 (``auto`` resolved)
     ckpt: Checkpointer = field(init=False)
+    budget: TimeBudget | None = field(init=False)  # _train: trainer.max_time (None: no time limit)
     data: TrainingData = field(init=False)  # _open_data
     batches: TrainBatches = field(init=False)  # _open_data: the global batch of a step
     local_batch: int = field(init=False)  # _open_data: this rank's windows per micro-batch
@@ -165,10 +172,17 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
         run_dir.mkdir(parents=True, exist_ok=True)
     with _logging(run_dir, info), _threads(t.threads):
         run = _Run(cfg, info, run_dir, *_hardware(cfg, info))
-        run.ckpt = Checkpointer(run_dir, cfg, info)  # a different model or a changed run fails before slow work
+        budget_s = parse_duration(t.max_time)
+        logger.info(f"device {device_name(run.device)}; {precision_reason(t.precision, run.precision, run.device)}; "
+                    f"{_describe_limits(t.max_steps, budget_s)}")
+        # a different model or a changed run fails before slow work
+        run.ckpt = Checkpointer(run_dir, cfg, info, clock=clock_from_env())
         _open_data(run)
         _build_model(run)
         run.ckpt.load_weights(run.model)  # before DDP / FSDP: every rank reads the full checkpoint
+        run.budget = None
+        if budget_s is not None:
+            run.budget = TimeBudget(budget_s, warmup_steps=t.warmup_steps, skip=1, plan=run.ckpt.plan)
         _wrap_processes(run)
         _build_optimizer(run)
         run.ckpt.restore(run.optimizer, run.scheduler, run.scaler)
@@ -242,8 +256,10 @@ def _wrap_processes(run: _Run) -> None:
         shard_model(run.model, run.device, info)  # parameters become DTensor shards, in place
     elif info.enabled:
         run.ddp = DistributedDataParallel(run.lm, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    run.compiled, why = resolve_compile(t.compile, t.max_steps, run.device)
+    run.compiled, why = resolve_compile(t.compile, t.max_steps, run.device, parse_duration(t.max_time))
     logger.info(why)
+    if run.compiled and run.budget is not None:
+        run.budget.skip = 2  # the first step compiles, the second may still recompile: neither is timed
     run.forward = torch.compile(run.ddp or run.lm) if run.compiled else (run.ddp or run.lm)
 
 
@@ -282,44 +298,96 @@ def _open_sinks(run: _Run) -> list:
     return [metrics, *open_trackers(run.cfg, run.run_dir, resume_step)]
 
 
+def _describe_limits(max_steps: int | None, budget_s: float | None) -> str:
+    """The run's end as the first log line states it."""
+    if budget_s is None:
+        return f"{max_steps} steps (trainer.max_steps; no time budget)"
+    line = (f"budget {format_seconds(budget_s)} of training (trainer.max_time): the steps it fits are chosen once "
+            "the step time is measured")
+    return line + (f"; or trainer.max_steps={max_steps}, whichever ends first" if max_steps is not None else "")
+
+
+def _stop_step(run: _Run) -> int | None:
+    """The run's last step: trainer.max_steps and/or the budget's choice (None: not calibrated yet)."""
+    t, plan = run.cfg.trainer, run.ckpt.plan
+    if run.budget is None or plan is None:
+        return t.max_steps
+    return plan.budget_steps if t.max_steps is None else min(t.max_steps, plan.budget_steps)
+
+
 def _loop(run: _Run, stop_after_step: int | None) -> bool:
-    """Train from the restored step to ``trainer.max_steps``, logging, evaluating and checkpointing on the way.
+    """Train from the restored step to the last step (``trainer.max_steps`` and/or what ``trainer.max_time``
+    fits), logging, evaluating and checkpointing on the way.
 
     Returns False when the run stopped early (a signal: after checkpointing the step; ``stop_after_step``).
     """
-    t, ckpt, result = run.cfg.trainer, run.ckpt, run.result
+    t, ckpt, result, budget = run.cfg.trainer, run.ckpt, run.result, run.budget
     step_sleep = float(os.environ.get("XFORGET_DEBUG_STEP_SLEEP") or 0.0)
-    # disable=None: tqdm draws only on a terminal, so a redirected log gets no \r progress lines
-    bar = tqdm(total=t.max_steps, initial=ckpt.step, disable=None if t.progress and run.info.is_main else True,
+    stop_at = _stop_step(run)
+    # disable=None: tqdm draws only on a terminal, so a redirected log gets no  progress lines
+    bar = tqdm(total=stop_at, initial=ckpt.step, disable=None if t.progress and run.info.is_main else True,
                unit="step", dynamic_ncols=True, file=sys.stderr, desc="train")
     window = _Window(tokens_per_step=t.batch_size * t.grad_accum * t.seq_len)  # global tokens
     # resumed from a step that closed no log window: the first record averages fewer steps than the
     # uninterrupted run's record for the same step, and says how many (train_loss_steps)
     window.partial = ckpt.step > 0 and ckpt.step % t.log_every != 0 and not (t.eval_every and ckpt.step % t.eval_every == 0)
     ckpt.start_clock()
+    if ckpt.plan is not None and budget is not None:
+        result.budget_line = ckpt.plan.describe(t.max_steps)
+        logger.info(f"resumed the time budget's decision: {result.budget_line}")
+        if budget.spent(ckpt.elapsed()):
+            logger.warning(f"time budget spent: {format_seconds(ckpt.elapsed())} of trainer.max_time="
+                           f"{format_seconds(budget.budget_s)} trained; no step left to train")
+            bar.close()
+            for sink in run.sinks:
+                sink.close()
+            return True
     stop = StopRequest(run.info, run.device)
     run.model.train()
+    step = ckpt.step
     try:
         stop.install()
-        for step in range(ckpt.step, t.max_steps):
-            tic = time.perf_counter()
+        while stop_at is None or step < stop_at:
+            tic, clock_tic = time.perf_counter(), ckpt.clock.now()
             lr = run.optimizer.param_groups[0]["lr"]
             train_loss = _train_step(run, step)
+            seconds = time.perf_counter() - tic
+            if step_sleep > 0:  # the test hook: a slower step (counted by the budget, not in tokens/s)
+                time.sleep(step_sleep)
+            ckpt.clock.spend("step", step)
             done = step + 1
             result.step, result.losses[done] = done, train_loss
             first_compiled = run.compiled and step == ckpt.step  # torch.compile traces and compiles in this step
-            window.add(train_loss, time.perf_counter() - tic, timed=not first_compiled)
+            window.add(train_loss, seconds, timed=not first_compiled)
             if first_compiled:
                 logger.info(f"first step {window.last_time:.1f} s (torch.compile compiling forward and backward; "
                             "not counted in tokens/s)")
             bar.update(1)
-            is_last = done == t.max_steps
-            eval_now = is_last or (t.eval_every > 0 and done % t.eval_every == 0)
+            eval_due = t.eval_every > 0 and done % t.eval_every == 0
+            save_due = t.checkpoint_every > 0 and done % t.checkpoint_every == 0
+            verdict = None
+            if budget is not None and done != stop_at:
+                verdict = _budget_verdict(run, done, ckpt.clock.now() - clock_tic, eval_due, save_due)
+            is_last = done == stop_at or verdict == "stop"
+            eval_now = is_last or eval_due
+            eval_s = None
             if eval_now or done % t.log_every == 0:
-                _log_window(run, done, lr, window, eval_now, bar)
-            saved_now = is_last or (t.checkpoint_every > 0 and done % t.checkpoint_every == 0)
+                eval_s = _log_window(run, done, lr, window, eval_now, bar)
+            if verdict == "calibrated":
+                stop_at = _calibrate(run, done, eval_s, bar)
+            elif verdict == "stop":
+                plan = ckpt.plan
+                result.budget_stopped = True
+                logger.warning(f"time budget: ending at step {done} of the {stop_at} planned: steps now take "
+                               f"{max(budget.recent, default=plan.step_s):.3g} s (calibrated {plan.step_s:.3g} s); a last evaluation and "
+                               f"checkpoint within trainer.max_time={format_seconds(budget.budget_s)}")
+            saved_now = is_last or save_due
             if saved_now:
                 ckpt.save(done)
+            result.elapsed_s = ckpt.elapsed()
+            if is_last and budget is not None:
+                logger.info(f"trained {done} steps in {format_seconds(result.elapsed_s)} of the "
+                            f"{format_seconds(budget.budget_s)} budget")
             if stop.requested() and not is_last:  # SIGINT / SIGTERM: save this step, then stop
                 if not saved_now:
                     ckpt.save(done)
@@ -329,14 +397,78 @@ def _loop(run: _Run, stop_after_step: int | None) -> bool:
             if stop_after_step is not None and done >= stop_after_step and not is_last:
                 result.interrupted = True
                 return False
-            if step_sleep > 0:
-                time.sleep(step_sleep)
+            if is_last:
+                break
+            step = done
     finally:
         stop.restore()
         bar.close()
         for sink in run.sinks:
             sink.close()
     return True
+
+
+def _budget_verdict(run: _Run, done: int, step_s: float, eval_due: bool, save_due: bool) -> str | None:
+    """The time budget after step ``done`` took ``step_s`` seconds: "calibrated" (time an evaluation and a
+    checkpoint, then choose the step count), "stop" (the next step would overrun it: the machine slowed down),
+    or None. Rank 0 decides for every rank (their clocks differ slightly).
+
+    Raises:
+        ConfigError: the budget ran out before the calibration finished (the message names a minimum).
+    """
+    budget, ckpt = run.budget, run.ckpt
+    verdict = None
+    if run.info.is_main:
+        calibrating = budget.plan is None
+        calibrated = budget.observe(done, step_s)
+        if calibrating:
+            try:
+                budget.check_calibration(ckpt.elapsed(), done)
+            except ConfigError as exc:
+                verdict = f"error: {exc}"
+            else:
+                verdict = "calibrated" if calibrated else None
+        elif budget.must_stop(ckpt.elapsed(), eval_here=eval_due, checkpoint_here=save_due):
+            verdict = "stop"
+    verdict = broadcast_object(verdict, run.info)
+    if verdict is not None and verdict.startswith("error: "):
+        raise ConfigError(verdict[len("error: "):])
+    return verdict
+
+
+def _calibrate(run: _Run, done: int, eval_s: float | None, bar) -> int:
+    """Time one evaluation (unless this step just did one) and one checkpoint write, choose the step count
+    that fits the budget, fix the schedule's horizon to it, log and record the decision; returns the last step.
+
+    Raises:
+        ConfigError: the budget does not fit one more step, an evaluation and a checkpoint (naming the minimum).
+    """
+    t, ckpt = run.cfg.trainer, run.ckpt
+    if eval_s is None:
+        tic = ckpt.clock.now()
+        _record_validation(run)
+        eval_s = ckpt.clock.now() - tic
+    checkpoint_s = ckpt.measure_save(done)
+    plan = None
+    if run.info.is_main:
+        try:
+            plan = run.budget.decide(step=done, elapsed_s=ckpt.elapsed(), eval_s=eval_s, checkpoint_s=checkpoint_s,
+                                     eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
+                                     max_steps=t.max_steps)
+        except ConfigError as exc:
+            plan = str(exc)
+    plan = broadcast_object(plan, run.info)
+    if isinstance(plan, str):
+        raise ConfigError(plan)
+    run.budget.plan = plan
+    ckpt.set_plan(plan)
+    run.result.budget_line = plan.describe(t.max_steps)
+    logger.info(run.result.budget_line)
+    if run.info.is_main:
+        write_budget_json(run.run_dir, plan, t.max_steps)
+    bar.total = plan.steps
+    bar.refresh()
+    return plan.steps
 
 
 def _train_step(run: _Run, step: int) -> float:
@@ -398,9 +530,9 @@ class _Window:
         return self.tokens_per_step * self.timed / max(self.time, 1e-9)
 
 
-def _log_window(run: _Run, done: int, lr: float, window: _Window, eval_now: bool, bar) -> None:
+def _log_window(run: _Run, done: int, lr: float, window: _Window, eval_now: bool, bar) -> float | None:
     """One record (train loss, lr, throughput, elapsed time; validation when ``eval_now``) to every sink,
-    the log and the progress bar; then a new window."""
+    the log and the progress bar; then a new window. Returns the seconds the validation took (None: none)."""
     tokens_per_s = window.tokens_per_s()
     record = {"step": done, "train_loss": window.loss / window.steps, "lr": lr,
               "tokens_per_s": tokens_per_s, "tflops": run.flops_per_token * tokens_per_s / 1e12,
@@ -409,8 +541,11 @@ def _log_window(run: _Run, done: int, lr: float, window: _Window, eval_now: bool
         record["train_loss_steps"] = window.steps
     if run.peak:  # model FLOPs utilisation of all devices together
         record["mfu"] = run.flops_per_token * tokens_per_s / (run.peak * run.info.world_size)
+    eval_s = None
     if eval_now:
+        tic = run.ckpt.clock.now()
         _record_validation(run)
+        eval_s = run.ckpt.clock.now() - tic
         result = run.result
         record.update(val_loss=result.val_loss, val_bpb=result.val_bpb, val_ppl=result.val_ppl)
     for sink in run.sinks:
@@ -421,6 +556,7 @@ def _log_window(run: _Run, done: int, lr: float, window: _Window, eval_now: bool
     bar.set_postfix(postfix, refresh=False)
     logger.info(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
     window.reset()
+    return eval_s
 
 
 def _record_validation(run: _Run) -> None:
@@ -439,6 +575,7 @@ def _record_validation(run: _Run) -> None:
     result = run.result
     result.val_loss, result.val_bpb = val_loss, nats_to_bpb(val_loss, run.data.tokens_per_byte)
     result.val_ppl = perplexity(val_loss)
+    run.ckpt.clock.spend("eval")
 
 
 def _report(run: _Run) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from xforget.files import atomic_write_text
+from xforget.train.precision import cpu_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -49,14 +50,7 @@ def matmul_flops(dtype: torch.dtype, n: int = 2048, *, repeats: int = 10, device
 
 def machine_key() -> str:
     """CPU model name and torch thread count, e.g. ``Intel(R) Xeon(R) Processor|threads=2``."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = cpu_model() or platform.processor() or platform.machine()
     return f"{name}|threads={torch.get_num_threads()}"
 
 

@@ -17,6 +17,8 @@ the fold's key channel, softmax, the loss) stay in fp32 under autocast.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -44,3 +46,46 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
+
+
+def _cpu_bf16_unit() -> str | None:
+    """"AMX" or "AVX512-BF16" when the CPU multiplies bf16 natively, else None."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    if caps.get("amx_bf16"):
+        return "AMX"
+    return "AVX512-BF16" if caps.get("avx512_bf16") else None
+
+
+def device_name(device: torch.device) -> str:
+    """``"cuda:0 (NVIDIA H200)"`` / ``"cpu (AMD EPYC)"``: the device and its model, for the first log line."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    model = cpu_model()
+    return f"{device} ({model})" if model else str(device)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``"AMD EPYC"``); ``""`` where there is none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def precision_reason(requested: str, resolved: str, device: torch.device) -> str:
+    """Why the run trains in ``resolved``: ``"fp32: this CPU has no native bf16 (AVX2)"``, ``"bf16 autocast:
+    this CPU has native bf16 (AMX)"``, ``"fp16 autocast: trainer.precision=fp16"``."""
+    name = resolved if resolved == "fp32" else f"{resolved} autocast"
+    if requested != "auto":
+        return f"{name}: trainer.precision={requested}"
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+        return f"{name}: {gpu} {'has' if resolved == 'bf16' else 'has no'} native bf16 (trainer.precision=auto)"
+    unit = _cpu_bf16_unit()
+    if resolved == "bf16":
+        return f"{name}: this CPU has native bf16 ({unit}) (trainer.precision=auto)"
+    isa = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else device.type
+    return f"{name}: this {device.type.upper()} has no native bf16 ({isa}) (trainer.precision=auto)"

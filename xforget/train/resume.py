@@ -83,7 +83,7 @@ def check_resume(saved: TrainConfig, cfg: TrainConfig, step: int, run_dir: Path)
             "change the run: use the original values, another hydra.run.dir, or add trainer.resume=allow_changes "
             "to resume with the change (it is logged and recorded)"
         )
-    if cfg.trainer.max_steps < step:
+    if cfg.trainer.max_steps is not None and cfg.trainer.max_steps < step:
         raise ConfigError(f"invalid value trainer.max_steps={cfg.trainer.max_steps}: the run in {run_dir} has "
                           f"already done {step} steps; use trainer.max_steps >= {step}")
     return changes

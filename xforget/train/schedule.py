@@ -30,11 +30,22 @@ def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: flo
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_scheduler(optimizer: Optimizer, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> LambdaLR:
+def _factor(*, warmup_steps: int, max_steps: int, min_lr_ratio: float):
     def factor(step: int) -> float:
         return lr_factor(step, warmup_steps=warmup_steps, max_steps=max_steps, min_lr_ratio=min_lr_ratio)
 
-    return LambdaLR(optimizer, factor)
+    return factor
+
+
+def make_scheduler(optimizer: Optimizer, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> LambdaLR:
+    return LambdaLR(optimizer, _factor(warmup_steps=warmup_steps, max_steps=max_steps, min_lr_ratio=min_lr_ratio))
+
+
+def set_horizon(scheduler: LambdaLR, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> None:
+    """Give ``scheduler`` (from :func:`make_scheduler`) the horizon ``max_steps`` from its next step on; the
+    caller sets the optimizer's current learning rate (a time budget fixes the horizon after calibrating)."""
+    scheduler.lr_lambdas = [_factor(warmup_steps=warmup_steps, max_steps=max_steps, min_lr_ratio=min_lr_ratio)
+                            for _ in scheduler.lr_lambdas]
 
 
 def describe_short_schedule(*, warmup_steps: int, max_steps: int, lr: float, min_lr_ratio: float) -> str | None:
