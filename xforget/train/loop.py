@@ -324,7 +324,7 @@ def _loop(run: _Run, stop_after_step: int | None) -> bool:
     t, ckpt, result, budget = run.cfg.trainer, run.ckpt, run.result, run.budget
     step_sleep = float(os.environ.get("XFORGET_DEBUG_STEP_SLEEP") or 0.0)
     stop_at = _stop_step(run)
-    # disable=None: tqdm draws only on a terminal, so a redirected log gets no  progress lines
+    # disable=None: tqdm draws only on a terminal, so a redirected log gets no \r progress lines
     bar = tqdm(total=stop_at, initial=ckpt.step, disable=None if t.progress and run.info.is_main else True,
                unit="step", dynamic_ncols=True, file=sys.stderr, desc="train")
     window = _Window(tokens_per_step=t.batch_size * t.grad_accum * t.seq_len)  # global tokens
