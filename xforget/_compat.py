@@ -8,8 +8,14 @@ to the module's new home and hands back *that same module object* (so
 monkeypatch on either is seen by both). ``python -m OLD.NAME`` runs the new
 module. A moved package maps its submodules too (``xforget.bias.alibi``).
 
+A few public *names* moved between modules where the layers forbid a re-export
+(``build_model`` left the pure-data ``models/config.py`` for ``models/wrapper.py``,
+which imports it). :data:`MOVED_NAMES` lists them; the module they left answers
+for them lazily (a module ``__getattr__``, PEP 562), so ``from xforget.config import
+build_model`` keeps working without an import that points up a layer.
+
 This file is the one record of what moved where; add a line when a public
-module moves, never remove one.
+module or name moves, never remove one.
 """
 
 from __future__ import annotations
@@ -64,6 +70,17 @@ MOVED: dict[str, str] = {
     "xforget.train.peak": "xforget.train.peak_flops",
 }
 
+# module (its current name) -> {name that left it: "new.module" or "new.module:new_name"}
+MOVED_NAMES: dict[str, dict[str, str]] = {
+    "xforget.models.config": {"build_model": "xforget.models.wrapper"},
+    "xforget.data.corpus": {"load_corpus": "xforget.data.corpora", "SYNTHETIC_BYTES": "xforget.data.corpora"},
+    "xforget.evaluate.config": {"CompareConfig": "xforget.compare.config", "ComparePrepare": "xforget.compare.config",
+                                "TRAIN_ROOTS": "xforget.compare.config"},
+    "xforget.models.pretrained": {"load_pretrained": "xforget.train.loading",
+                                  "export_run": "xforget.commands.export",
+                                  "load_tokenizer": "xforget.data.tokenizer"},
+}
+
 
 def new_name(old: str) -> str | None:
     """The module's current name for an old one (a moved package's submodules included), else None."""
@@ -77,8 +94,43 @@ def new_name(old: str) -> str | None:
     return None
 
 
+def _answer_moved_names(module) -> None:
+    """Give ``module`` a PEP 562 ``__getattr__`` for the names that left it (:data:`MOVED_NAMES`)."""
+    moved = MOVED_NAMES[module.__name__]
+
+    def __getattr__(name: str):
+        if name not in moved:
+            raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
+        where, _, new = moved[name].partition(":")
+        return getattr(importlib.import_module(where), new or name)
+
+    module.__getattr__ = __getattr__
+
+
+class _WithMovedNames(importlib.abc.Loader):
+    """The real loader of a module that names left, plus their lazy answers."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def create_module(self, spec):
+        return self.real.create_module(spec)
+
+    def exec_module(self, module):
+        self.real.exec_module(module)
+        _answer_moved_names(module)
+
+    def get_code(self, fullname):
+        return self.real.get_code(fullname)
+
+
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname, path=None, target=None):
+        if fullname in MOVED_NAMES:
+            real = importlib.machinery.PathFinder.find_spec(fullname, path)
+            if real is not None and real.loader is not None:
+                real.loader = _WithMovedNames(real.loader)
+            return real
         target_name = new_name(fullname)
         if target_name is None:
             return None

@@ -40,6 +40,14 @@ import sys
 from xforget.commands.args import emit, literal_paths
 from xforget.commands.evaluate import cfg_flag
 from xforget.compare.pipeline import composed_config_yaml, run_compare
+from xforget.compare.pipeline import (  # noqa: F401  (the names xforget.compare.cli had; see xforget/_compat.py)
+    eval_cache_path,
+    evaluate_all,
+    evaluate_cached,
+    load_compare_config,
+    partition_overrides,
+    plan_comparison,
+)
 from xforget.evaluate.config import EXIT_CONFIG
 from xforget.compare.runs import CompareError
 from xforget.data import DataError

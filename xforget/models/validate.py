@@ -20,7 +20,7 @@ from xforget.models.positions import PositionPlan, resolve_position
 from xforget.nn.bias import registered_biases
 from xforget.nn.feedforward import feedforward_activations
 from xforget.nn.norms import NORM_STYLES, NORMS
-from xforget.nn.attention_options import check_attention_options, scheme_option_names
+from xforget.nn.attention_options import QK_NORMS, check_attention_options, scheme_option_names  # noqa: F401
 from xforget.nn.value_residual import VALUE_RESIDUAL_MIXES
 from xforget.ops import BACKENDS
 

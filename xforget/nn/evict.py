@@ -118,3 +118,9 @@ def forgotten_prefix(model: nn.Module, cache: Cache, eps: float = 1e-6) -> tuple
         keep_from = min(keep_from, p)
         news.append((prev, total))
     return keep_from, [total[..., keep_from - 1] if keep_from else prev for prev, total in news]
+
+
+def evict_forgotten(model: nn.Module, cache: "Cache", eps: float = 1e-6) -> "Cache":
+    """``cache.evict_forgotten(model, eps)`` (:meth:`xforget.nn.kv_cache.Cache.evict_forgotten`), under its old
+    function form."""
+    return cache.evict_forgotten(model, eps)

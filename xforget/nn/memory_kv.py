@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from xforget.ops import attend
+from xforget.ops.common import expand_kv as expand_heads  # noqa: F401  (its old name here)
 
 
 class MemoryKV(nn.Module):

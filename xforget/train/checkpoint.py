@@ -34,7 +34,14 @@ from torch import nn
 
 from xforget.files import apply_umask
 from xforget.train.config import TrainConfig, config_to_yaml, load_config_yaml
-from xforget.train.loading import load_model  # noqa: F401  (the README's `from xforget.train.checkpoint import load_model`)
+from xforget.train.loading import (  # noqa: F401  (names this module had before loading.py; the README's load_model)
+    INIT_FROM_ACCEPTS,
+    check_init_from,
+    init_weights_file,
+    load_init_weights,
+    load_model,
+    load_run_tokenizer,
+)
 from xforget.train.run_dir import (  # noqa: F401  (re-exported: the names this module has always had)
     CHECKPOINTS,
     MARKER,

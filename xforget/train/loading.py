@@ -193,6 +193,26 @@ def _run_tokenizer(run_dir: Path, cfg: TrainConfig) -> Tokenizer:
 # ----------------------------------------------------------------------------- trainer.init_from
 
 
+
+def load_run_tokenizer(run_dir: str | Path, cfg: TrainConfig | None = None) -> Tokenizer:
+    """The tokenizer a run was trained with (``cfg``: its TrainConfig; None reads ``run_dir/config.yaml``).
+
+    Raises:
+        CheckpointError: no config.yaml to read.
+    """
+    run_dir = Path(run_dir)
+    if cfg is None:
+        if not (run_dir / "config.yaml").is_file():
+            raise CheckpointError(f"{run_dir}: no config.yaml, so no record of the run's tokenizer")
+        cfg = load_config_yaml(run_dir / "config.yaml")
+    return _run_tokenizer(run_dir, cfg)
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> tuple[TransformerWrapper, Tokenizer]:
+    """``(model, tokenizer)`` of any trained model (:func:`load_trained`, kept under its old name)."""
+    trained = load_trained(path, device)
+    return trained.model, trained.tokenizer
+
 def init_weights_file(source: str | Path) -> Path:
     """The ``model.safetensors`` that ``trainer.init_from=source`` names.
 

@@ -58,7 +58,7 @@ from xforget.train.metrics import MetricsLog, model_flops_per_token, peak_flops
 from xforget.train.optim import adamw_impl, decay_names, param_groups
 from xforget.train.precision import AMP_DTYPES, device_name, precision_reason, resolve_precision
 from xforget.train.schedule import describe_short_schedule, make_scheduler
-from xforget.train.scoring import loss_sums, nats_to_bpb, perplexity
+from xforget.train.scoring import LN2, loss_sums, nats_to_bpb, perplexity  # noqa: F401  (LN2: its old home)
 from xforget.train.stop import StopRequest
 from xforget.train.trackers import check_trackers, open_trackers
 
@@ -669,3 +669,11 @@ def _logging(run_dir: Path, info: DistInfo):
             logger.remove(i)
         logger.add(sys.stderr, level="INFO")
 
+
+def evaluate(lm: AutoregressiveWrapper, windows: torch.Tensor, batch_size: int, device: torch.device,
+             autocast=None) -> float:
+    """Mean next-token cross-entropy (nats) over ``windows`` (count, L + 1) int64: the training loop's
+    validation loss (:func:`xforget.train.scoring.loss_sums`, fp32; ``autocast`` is accepted and unused,
+    validation runs in fp32), kept under its old name."""
+    total, count = loss_sums(getattr(lm, "net", lm), windows, batch_size=batch_size, device=device)
+    return total / count
