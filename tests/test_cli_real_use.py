@@ -171,3 +171,27 @@ def test_plots_and_tables_use_bits_per_byte(tmp_path, monkeypatch):
     assert "Mean loss (bits/byte) by token position" in text
     row = next(line for line in text.splitlines() if line.startswith("| `fox` |") and "—" not in line and "M" not in line)
     assert all(cell.strip() == f"{nats / LN2:.3f}" for cell in row.split("|")[2:-1])
+
+
+def test_an_output_path_under_a_file_is_refused_before_any_work(run_dir, tmp_path, capsys, monkeypatch):
+    """``out=`` / ``hydra.run.dir=`` whose parent is a file (or of the wrong kind): one error line naming the
+    key, exit 2, before evaluating, exporting or training; nothing written."""
+    from xforget.commands.evaluate import main as eval_main
+    from xforget.commands.export import main as export_main
+    from xforget.commands.train import main as train_main
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the train command rewrites sys.argv
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for main, args, key in [
+        (eval_main, [f"checkpoint={run_dir}", f"out={afile}/eval.json"], "out="),
+        (export_main, [f"checkpoint={run_dir}", f"out={afile}/exp"], "out="),
+        (export_main, [f"checkpoint={run_dir}", f"out={afile}"], "out="),
+        (train_main, ["model.dim=32", "model.depth=1", "model.heads=2", f"hydra.run.dir={afile}"], "hydra.run.dir="),
+    ]:
+        code, out, err = _exit(main, args, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {key}"), (args, err)
+        assert "notes.txt" in lines[0] and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and afile.read_text() == "x"

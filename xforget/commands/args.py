@@ -11,6 +11,7 @@ is taken out of the argument list before Hydra sees it (see :mod:`xforget.comman
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 PATH_KEYS = frozenset({"data.path", "data.cache_dir", "hydra.run.dir", "hydra.sweep.dir", "trainer.init_from",
                        "checkpoint", "out", "prompt_file"})
@@ -79,3 +80,18 @@ def literal_paths(argv: list[str], keys: frozenset[str] = PATH_KEYS) -> list[str
                              "(inside the shell's double quotes)")
         out.append(quoted)
     return out
+
+
+def writable_path_problem(key: str, value: str, *, is_dir: bool) -> str | None:
+    """Why ``key=value`` cannot be written (a parent that is a file, or the path itself of the wrong
+    kind), as one line naming the key; None when it can. Checked before any work starts."""
+    path = Path(value).expanduser()
+    if path.exists() and path.is_dir() != is_dir:
+        kind = "a directory" if path.is_dir() else "a file"
+        return f"{key}={value}: exists and is {kind}; give {'a directory' if is_dir else 'a file path'}"
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{key}={value}: {parent} is a file, not a directory; choose another path"
+            break
+    return None

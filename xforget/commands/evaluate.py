@@ -29,7 +29,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from xforget.commands.args import emit, literal_paths
+from xforget.commands.args import emit, literal_paths, writable_path_problem
 from xforget.data import DataError
 from xforget.errors import ConfigError
 from xforget.evaluate.config import EXIT_CONFIG, EvalCommandConfig, explain_error, split_override
@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
                                    if part != "job" else _job_config(argv)))
             return
         cfg = load_eval_config(argv)
+        problem = cfg.out and writable_path_problem("out", cfg.out, is_dir=False)
+        if problem:
+            raise ConfigError(problem)
         if cfg.harness:
             return _harness(cfg)
         result = evaluate_run(cfg.checkpoint, cfg.eval, cfg.data)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from xforget.commands.args import writable_path_problem
 from xforget.files import atomic_dir
 from xforget.train.checkpoint import CheckpointError
 from xforget.train.loading import load_trained
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"invalid value overwrite={values['overwrite']!r}: must be true or false")
 
     try:
+        problem = writable_path_problem("out", values["out"], is_dir=True)
+        if problem:
+            raise ValueError(problem)
         out, files = export_run(values["checkpoint"], values["out"], overwrite=overwrite)
     except (CheckpointError, ValueError, OSError) as exc:
         _fail(" ".join(str(exc).split()))

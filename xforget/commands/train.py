@@ -37,7 +37,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from xforget.commands.args import literal_paths
+from xforget.commands.args import literal_paths, writable_path_problem
 from xforget.data import DataError
 from xforget.errors import ConfigError
 from xforget.files import atomic_write_bytes
@@ -112,6 +112,9 @@ def _precheck(argv: list[str]) -> DictConfig | None:
             # files named by the config, before Hydra creates the run directory (a run directory that
             # already holds a checkpoint resumes from it and does not read trainer.init_from)
             explicit = Path(str(cfg.hydra.run.dir)) if len(jobs) == 1 and _user_run_dir(argv) else None
+            problem = explicit is not None and writable_path_problem("hydra.run.dir", str(explicit), is_dir=True)
+            if problem:
+                raise ConfigError(problem)
             check_init_from(typed.trainer.init_from, explicit)
             check_trackers(typed.logger)  # a missing extra (logger=wandb without wandb)
             composed = composed if composed is not None else cfg
