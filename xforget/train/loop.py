@@ -173,11 +173,11 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, stop_after_step: int
     with _logging(run_dir, info), _threads(t.threads):
         run = _Run(cfg, info, run_dir, *_hardware(cfg, info))
         budget_s = parse_duration(t.max_time)
-        logger.info(f"device {device_name(run.device)}; {precision_reason(t.precision, run.precision, run.device)}; "
-                    f"{_describe_limits(t.max_steps, budget_s)}")
-        # a different model or a changed run fails before slow work
+        # a different model, a changed run or unusable data fails before slow work, and before any log line
         run.ckpt = Checkpointer(run_dir, cfg, info, clock=clock_from_env())
         _open_data(run)
+        logger.info(f"device {device_name(run.device)}; {precision_reason(t.precision, run.precision, run.device)}; "
+                    f"{_describe_limits(t.max_steps, budget_s)}")
         _build_model(run)
         run.ckpt.load_weights(run.model)  # before DDP / FSDP: every rank reads the full checkpoint
         run.budget = None
