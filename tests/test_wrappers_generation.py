@@ -72,15 +72,19 @@ def test_every_frame_sees_the_memory_tokens():
 @pytest.mark.parametrize("position", ["fox", "rotary", "absolute"])
 def test_memory_tokens_with_the_kv_cache_equal_the_full_forward(position):
     with_mem, _ = _pair(position)
-    x = torch.randn(2, 8, 16)
-    full = with_mem(x)
-    out, cache = with_mem(x[:, :5], return_cache=True)  # memory prepended once, here
+    _assert_cached_steps_equal_full(with_mem, torch.randn(2, 8, 16), prompt=5)
+
+
+@torch.no_grad()
+def _assert_cached_steps_equal_full(model, x, prompt):
+    """The prompt in one call (the memory prepended there), then one cached step per input: = the full forward."""
+    out, cache = model(x[:, :prompt], return_cache=True)
     steps = [out]
-    for i in range(5, 8):
-        out, cache = with_mem(x[:, i:i + 1], cache=cache, return_cache=True)
+    for i in range(prompt, x.shape[1]):
+        out, cache = model(x[:, i:i + 1], cache=cache, return_cache=True)
         steps.append(out)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
-    assert cache.length == M + 8
+    torch.testing.assert_close(torch.cat(steps, dim=1), model(x), rtol=1e-5, atol=1e-5)
+    assert cache.length == M + x.shape[1]
 
 
 def test_memory_tokens_bad_count():
@@ -129,16 +133,7 @@ def test_token_memory_tokens_are_concatenated_before_the_embedded_tokens(positio
 @pytest.mark.parametrize("position", ["fox", "rotary", "absolute"])
 def test_token_memory_tokens_cached_generation_equals_the_full_forward(position):
     model = _token_model(position)
-    x = torch.randint(0, 30, (2, 10))
-    with torch.no_grad():
-        full = model(x)
-        out, cache = model(x[:, :6], return_cache=True)  # memory prepended once, here
-        steps = [out]
-        for i in range(6, 10):
-            out, cache = model(x[:, i:i + 1], cache=cache, return_cache=True)
-            steps.append(out)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
-    assert cache.length == M + 10
+    _assert_cached_steps_equal_full(model, torch.randint(0, 30, (2, 10)), prompt=6)
     ar = AutoregressiveWrapper(model)
     prompts = [torch.randint(0, 30, (4,)), torch.randint(0, 30, (7,))]  # left-padded: masks extend over the memory
     cached = ar.generate(prompts, 6, temperature=0.0, cache_kv=True)
