@@ -53,6 +53,7 @@ WRAPPER_CASES = {
     "l2norm-embed": dict(l2norm_embed=True),
     "emb-dropout": dict(emb_dropout=0.1),
     "logits-dim": dict(logits_dim=7),
+    "memory-tokens": dict(num_memory_tokens=3),
 }
 
 
@@ -95,6 +96,28 @@ def test_wrapper_flags_equal_x_transformers(name):
         assert ours.emb_dropout.p == 0.1
     if name == "logits-dim":
         assert ours(torch.zeros(1, 3, dtype=torch.long)).shape == (1, 3, 7)
+
+
+@pytest.mark.parametrize("layer_kwargs", [{}, dict(rotary_pos_emb=True), dict(alibi_pos_bias=True)],
+                         ids=["absolute-table", "rotary", "alibi"])
+def test_memory_tokens_equal_x_transformers(layer_kwargs):
+    """num_memory_tokens: x-transformers' memory_tokens copied; the same logits with an absolute table (the
+    tokens' rows, none for the memory), rotary and ALiBi (the memory takes the first positions)."""
+    model = _xt_model(xt.Decoder, layer_kwargs, num_memory_tokens=4)
+    ours = from_x_transformers(model)
+    assert torch.equal(ours.memory_tokens, model.memory_tokens)
+    _assert_same_logits(model, ours)
+    tokens = torch.randint(0, 40, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 7:] = False  # x-transformers extends a mask over its memory tokens as ours does (right pads: x-transformers
+    with torch.no_grad():  # numbers pads as tokens, ours does not, so left pads would move its positions only)
+        torch.testing.assert_close(ours(tokens, mask=mask)[:, :7], model(tokens, mask=mask)[:, :7], atol=1e-5, rtol=1e-5)
+
+
+def test_memory_tokens_interspersed_are_refused():
+    model = _xt_model(xt.Decoder, {}, num_memory_tokens=2, memory_tokens_interspersed_every=4)
+    with pytest.raises(ValueError, match="memory_tokens_interspersed_every"):
+        from_x_transformers(model)
 
 
 def test_l2norm_embed_with_an_absolute_table_equals_x_transformers():

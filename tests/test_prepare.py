@@ -190,6 +190,61 @@ def test_bytes_through_tokens_equals_the_byte_path(tmp_path):
     assert a.losses == b.losses
 
 
+def _shard_bytes(out: Path, split: str) -> bytes:
+    meta = json.loads((out / "meta.json").read_text())
+    return bytes(np.fromfile(out / f"{split}.bin", dtype=meta["dtype"]).astype(np.uint8).tolist())
+
+
+def test_a_utf8_byte_order_mark_is_left_out_and_crlf_kept(tmp_path):
+    """A file starting with EF BB BF (a Windows editor's BOM) with CRLF lines: the shards hold the text
+    without the mark (no document starts with U+FEFF), CRLF verbatim; the split and the byte counts are
+    those of the text, and data=text gives the same bytes and the same split."""
+    from xforget.data.corpora.text import load_text
+
+    text = "\r\n".join(make_docs(40, seed=3)) + "\r\n"
+    path = tmp_path / "novel.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    out = prep(str(path), tmp_path / "prep", val_fraction=0.1)
+    meta = json.loads((out / "meta.json").read_text())
+    n = len(text.encode())
+    assert _shard_bytes(out, "train") + _shard_bytes(out, "val") == text.encode()  # CRLF kept, mark gone
+    assert meta["train"]["bytes"] + meta["val"]["bytes"] == n
+    assert meta["val"]["tokens"] == int(n * 0.1)  # the split is of the text, as data=text splits it
+    corpus = load_text(path)
+    assert corpus.data == text.encode() and corpus.meta["bytes"] == n
+    assert corpus.meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()  # identifies the file
+
+    # several files (each a document) and a JSON array written with a mark: no document starts with U+FEFF
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "a.txt").write_bytes(b"\xef\xbb\xbfalpha\r\nbeta")
+    (d / "b.txt").write_bytes("gamma — ü".encode())
+    (d / "c.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([{"text": "delta"}, {"text": "eps"}]).encode())
+    out = prep(str(d), tmp_path / "prep2", val_fraction=0.2, seed=0)
+    shards = _shard_bytes(out, "train") + _shard_bytes(out, "val")
+    assert b"\xef\xbb\xbf" not in shards
+    assert "alpha\r\nbeta" in shards.decode()  # the separator is a newline, so split on it below
+    assert sorted(shards.decode().split("\n")[:-1]) == sorted(["alpha\r", "beta", "gamma — ü", "delta", "eps"])
+
+    # a latin-1 file is not read as UTF-8: its first bytes are text (here "ï»¿"), kept and transcoded
+    lat = tmp_path / "latin.txt"
+    lat.write_bytes(b"\xef\xbb\xbf" + b"caf\xe9 au lait\n" * 20)
+    out = prep(str(lat), tmp_path / "prep3", val_fraction=0.1, encoding="latin-1")
+    assert (_shard_bytes(out, "train") + _shard_bytes(out, "val")).decode().startswith("ï»¿café")
+
+
+def test_a_file_holding_only_a_byte_order_mark_is_empty(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf")
+    with pytest.raises(DataError, match="0 bytes after its byte-order mark"):
+        prep(str(path), tmp_path / "prep")
+    from xforget.data.corpora.text import load_text
+
+    with pytest.raises(DataError, match="empty .only a byte-order mark"):
+        load_text(path)
+    assert not (tmp_path / "prep").exists()
+
+
 def test_bpe_bpb_matches_an_independent_computation(tmp_path):
     """val_bpb = sum of token losses (float64, from the logits) / ln 2 / UTF-8 bytes of the raw validation text."""
     import tokenizers

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import pytest
 import torch
 
-from xforget import ContinuousTransformerWrapper, Decoder, Encoder
+from xforget import ContinuousTransformerWrapper, Decoder, Encoder, TransformerWrapper
 from xforget.models.autoregressive import AutoregressiveWrapper
 from xforget.models.sampling import sample_next
 from xforget.models.xtransformer import XTransformer
@@ -27,8 +28,14 @@ def _pair(position, layers=Decoder, max_seq_len=32):
 
 
 def _reference(with_mem, plain, x, mask=None):
-    """The definition: the memory vectors are the first M frames of the sequence; their outputs are dropped."""
-    b = x.shape[0]
+    """The definition (x-transformers'): the frames get the absolute table's rows 0.. (frames only), then the
+    memory vectors are concatenated before them and the layers run over both; the memory outputs are dropped."""
+    b, n = x.shape[:2]
+    if with_mem.pos_emb is not None:  # rows of the frames; the layers below then run without a table
+        assert mask is None
+        x = x + with_mem.pos_emb(torch.arange(n))
+        plain = copy.copy(plain)
+        plain.pos_emb = None
     mem = with_mem.memory_tokens[None].expand(b, -1, -1)
     full_mask = None if mask is None else torch.cat((torch.ones(b, M, dtype=torch.bool), mask), dim=1)
     return plain(torch.cat((mem, x), dim=1), mask=full_mask)[:, M:]
@@ -65,20 +72,83 @@ def test_every_frame_sees_the_memory_tokens():
 @pytest.mark.parametrize("position", ["fox", "rotary", "absolute"])
 def test_memory_tokens_with_the_kv_cache_equal_the_full_forward(position):
     with_mem, _ = _pair(position)
-    x = torch.randn(2, 8, 16)
-    full = with_mem(x)
-    out, cache = with_mem(x[:, :5], return_cache=True)  # memory prepended once, here
+    _assert_cached_steps_equal_full(with_mem, torch.randn(2, 8, 16), prompt=5)
+
+
+@torch.no_grad()
+def _assert_cached_steps_equal_full(model, x, prompt):
+    """The prompt in one call (the memory prepended there), then one cached step per input: = the full forward."""
+    out, cache = model(x[:, :prompt], return_cache=True)
     steps = [out]
-    for i in range(5, 8):
-        out, cache = with_mem(x[:, i:i + 1], cache=cache, return_cache=True)
+    for i in range(prompt, x.shape[1]):
+        out, cache = model(x[:, i:i + 1], cache=cache, return_cache=True)
         steps.append(out)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
-    assert cache.length == M + 8
+    torch.testing.assert_close(torch.cat(steps, dim=1), model(x), rtol=1e-5, atol=1e-5)
+    assert cache.length == M + x.shape[1]
 
 
 def test_memory_tokens_bad_count():
     with pytest.raises(ValueError, match="num_memory_tokens must be >= 0"):
         ContinuousTransformerWrapper(attn_layers=Decoder(dim=16, depth=1, heads=2), num_memory_tokens=-1)
+
+
+# --------------------------------------------------------------------------- TransformerWrapper memory tokens
+
+
+def _token_model(position, **kw):
+    torch.manual_seed(0)
+    model = TransformerWrapper(num_tokens=30, max_seq_len=32, num_memory_tokens=M,
+                               attn_layers=Decoder(dim=16, depth=2, heads=2, position=position, **kw)).eval()
+    with torch.no_grad():
+        model.memory_tokens.normal_()  # x-transformers' scale: large enough to matter at every position
+    return model
+
+
+def _token_reference(model, x):
+    """The definition, built here from the parts: embed the tokens (table rows 0..n-1 for the tokens), concatenate
+    the memory vectors before them, run the layer stack over positions 0..M+n-1, drop the first M outputs."""
+    b, n = x.shape
+    h = model.token_emb(x)
+    if model.pos_emb is not None:
+        h = h + model.pos_emb(torch.arange(n))
+    h = torch.cat((model.memory_tokens[None].expand(b, -1, -1), h), dim=1)
+    out = model.attn_layers(h, positions=torch.arange(M + n))
+    out = out[0] if isinstance(out, tuple) else out
+    return model.to_logits(out[:, M:])
+
+
+@pytest.mark.parametrize("position", ["fox", "rotary", "alibi", "absolute", "none"])
+def test_token_memory_tokens_are_concatenated_before_the_embedded_tokens(position):
+    model = _token_model(position)
+    x = torch.randint(0, 30, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _token_reference(model, x), rtol=1e-5, atol=1e-5)
+        plain = TransformerWrapper(num_tokens=30, max_seq_len=32, attn_layers=model.attn_layers).eval()
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "memory_tokens"})
+        assert not torch.allclose(model(x), plain(x), atol=1e-3)  # they do change the logits
+    (model(x)[0, 0] * torch.randn(30)).sum().backward()  # the first token sees the memory
+    assert model.memory_tokens.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("position", ["fox", "rotary", "absolute"])
+def test_token_memory_tokens_cached_generation_equals_the_full_forward(position):
+    model = _token_model(position)
+    _assert_cached_steps_equal_full(model, torch.randint(0, 30, (2, 10)), prompt=6)
+    ar = AutoregressiveWrapper(model)
+    prompts = [torch.randint(0, 30, (4,)), torch.randint(0, 30, (7,))]  # left-padded: masks extend over the memory
+    cached = ar.generate(prompts, 6, temperature=0.0, cache_kv=True)
+    uncached = ar.generate(prompts, 6, temperature=0.0, cache_kv=False)
+    assert torch.equal(cached, uncached)
+    for row, p in enumerate(prompts):  # each row equals its own unbatched run
+        assert torch.equal(cached[row], ar.generate(p[None], 6, temperature=0.0, cache_kv=True)[0])
+
+
+def test_token_memory_tokens_refusals():
+    with pytest.raises(ValueError, match="num_memory_tokens must be >= 0"):
+        TransformerWrapper(num_tokens=30, max_seq_len=8, num_memory_tokens=-1, attn_layers=Decoder(dim=16, depth=1, heads=2))
+    model = _token_model("fox")
+    with pytest.raises(ValueError, match="document_ids.*num_memory_tokens"):
+        model(torch.zeros(1, 4, dtype=torch.long), document_ids=torch.tensor([[0, 0, 1, 1]]))
 
 
 # --------------------------------------------------------------------------- generation options

@@ -43,7 +43,7 @@ def test_logits_dim():
         net(logits_dim=3, tie_embedding=True)
 
 
-@pytest.mark.parametrize("option", ["num_memory_tokens", "return_only_embed"])
+@pytest.mark.parametrize("option", ["return_only_embed", "cls_token"])
 def test_options_without_an_equivalent_are_named(option):
     with pytest.raises(TypeError, match=f"{option}.*migration table"):
         net(**{option: 2})
@@ -102,3 +102,53 @@ def test_pad_value_feeds_ignored_inputs_as_pad():
     assert bool((per[:, -3:] == 0).all())
     with pytest.raises(ValueError, match="out of range"):  # without pad_value an ignored input is no token
         AutoregressiveWrapper(ar.net)(padded)
+
+
+def test_return_outputs_gives_the_logits_and_last_hidden_of_the_loss():
+    """forward(..., return_outputs=True): (loss, (logits, Intermediates(last_hidden))) from one pass; the loss is
+    the float64 cross-entropy of those logits, the logits are the net's, the hidden states its embeddings."""
+    ar = AutoregressiveWrapper(net())
+    tokens = torch.randint(0, 50, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, :2] = False
+    loss, (logits, inter) = ar(tokens, mask=mask, return_outputs=True)
+    assert logits.shape == (2, 8, 50) and inter.last_hidden.shape == (2, 8, 32)
+    torch.testing.assert_close(loss, ar(tokens, mask=mask))
+    torch.testing.assert_close(logits, ar.net(tokens[:, :-1], mask=mask[:, :-1]))
+    torch.testing.assert_close(inter.last_hidden, ar.net(tokens[:, :-1], mask=mask[:, :-1], return_embeddings=True))
+    logp = logits.double().log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+    real = mask[:, 1:]
+    torch.testing.assert_close(loss.double(), -(logp * real).sum() / real.sum(), rtol=1e-6, atol=1e-6)
+    (loss + inter.last_hidden.square().mean()).backward()  # both parts carry gradients
+    assert ar.net.token_emb.emb.weight.grad.abs().sum() > 0
+    from xforget.models.packing import packed  # training's net: packed documents (data.pack_documents)
+
+    packed_ar = AutoregressiveWrapper(packed(ar.net, eot_id=3))
+    tokens[:, 4] = 3
+    loss, (logits, _) = packed_ar(tokens, return_outputs=True)
+    torch.testing.assert_close(loss, packed_ar(tokens))
+    torch.testing.assert_close(logits, packed_ar.net(tokens[:, :-1]))
+
+
+def test_return_outputs_equals_x_transformers():
+    """The same loss, logits and last_hidden as x-transformers 2.31.10's AutoregressiveWrapper on copied weights."""
+    try:  # x-transformers logs a warning for small rotary dims
+        from loguru import logger
+
+        logger.disable("x_transformers")
+    except ImportError:  # pragma: no cover
+        pass
+    xt = pytest.importorskip("x_transformers")
+    from xforget.integrations.interop import from_x_transformers
+
+    torch.manual_seed(0)
+    theirs = xt.TransformerWrapper(num_tokens=40, max_seq_len=32, attn_layers=xt.Decoder(
+        dim=32, depth=2, heads=2, attn_dim_head=16, rotary_pos_emb=True)).eval()
+    tokens = torch.randint(0, 40, (2, 12))
+    with torch.no_grad():
+        loss_t, (logits_t, cache_t) = xt_ar.AutoregressiveWrapper(theirs)(tokens, return_outputs=True)
+        loss_o, (logits_o, inter) = AutoregressiveWrapper(from_x_transformers(theirs))(tokens, return_outputs=True)
+    torch.testing.assert_close(loss_o, loss_t, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits_o, logits_t, rtol=1e-5, atol=1e-5)
+    # x-transformers runs all n+1 tokens (its last_hidden has one more position, the last token's); ours the n inputs
+    torch.testing.assert_close(inter.last_hidden, cache_t.last_hidden[:, :-1], rtol=1e-5, atol=1e-5)

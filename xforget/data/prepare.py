@@ -54,7 +54,7 @@ import numpy as np
 
 from xforget.data.corpus import DataError
 from xforget.data.nanogpt import import_nanogpt, is_nanogpt_dir
-from xforget.data.prepare_inputs import Source, as_utf8, check_encoding, check_text_file, open_source, text_pieces
+from xforget.data.prepare_inputs import Source, as_utf8, bom_length, check_encoding, check_text_file, open_source, text_pieces
 from xforget.data.tokenizer import ByteTokenizer, HFTokenizer, _import_tokenizers, resolve_tokenizer
 from xforget.files import atomic_dir, partial_dirs
 
@@ -236,7 +236,8 @@ class Plan:
 
     single_file: Path | None
     split_at: int = 0  # single file: first validation byte
-    size: int = 0
+    size: int = 0  # single file: bytes of text (a leading byte-order mark left out)
+    start: int = 0  # single file: first byte of text (3 after a UTF-8 byte-order mark)
     is_val: np.ndarray | None = None  # documents: bool per document
     documents: int = 0
 
@@ -245,14 +246,15 @@ def make_plan(source: Source, val_fraction: float, seed: int) -> Plan:
     """Raises DataError: empty corpus, or a ``val_fraction`` that leaves a split empty."""
     single = source.single_file()
     if single is not None:
-        size = single.stat().st_size
+        start = bom_length(single, source.encoding)  # split the text as data=text does: without the mark
+        size = single.stat().st_size - start
         if size == 0:
-            raise DataError(f"empty corpus: {single} has 0 bytes")
+            raise DataError(f"empty corpus: {single} has 0 bytes{' after its byte-order mark' if start else ''}")
         n_val = int(size * val_fraction)
         if n_val == 0 or n_val == size:
             raise DataError(f"val_fraction={val_fraction} leaves an empty split of the {size}-byte file {single} "
                             f"({n_val} validation bytes)")
-        return Plan(single, split_at=size - n_val, size=size, documents=1)
+        return Plan(single, split_at=start + size - n_val, size=size, start=start, documents=1)
     if source.kind == "files" and source.total_bytes() == 0:
         raise DataError(f"empty corpus: the {len(source.files)} input file(s) hold 0 bytes")
     source.check_fields()
@@ -275,7 +277,7 @@ def units(source: Source, plan: Plan, chunk: int) -> Iterator[tuple[bytes, bool,
     """``(piece, is_val, last)`` in corpus order. A single file's pieces never end a document
     (no separator: the file is split as the byte path splits it)."""
     if plan.single_file is not None:
-        for start, stop, is_val in ((0, plan.split_at, False), (plan.split_at, None, True)):
+        for start, stop, is_val in ((plan.start, plan.split_at, False), (plan.split_at, None, True)):
             for piece, _ in text_pieces(plan.single_file, start, stop, chunk):
                 yield as_utf8(piece, source.encoding, source.errors), is_val, False
         return

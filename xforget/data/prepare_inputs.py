@@ -22,7 +22,8 @@ error naming the file, the byte offset of the first invalid byte and how many th
 user opts in to another ``encoding`` (the text is transcoded to UTF-8) or to ``errors=replace``
 (invalid bytes become U+FFFD); a file that looks binary (a NUL byte in its first 8000 bytes, git's
 rule, or over 30% undecodable bytes) is refused either way. JSON, Parquet and ``datasets`` inputs
-hold decoded text already.
+hold decoded text already. A UTF-8 byte-order mark at the start of a UTF-8 text file is not text and is
+left out (:func:`bom_length`), as ``data=text`` leaves it out; line endings (CRLF) are kept as they are.
 
 Errors are :class:`~xforget.data.corpus.DataError` with one line.
 """
@@ -124,7 +125,7 @@ class Source:
         for f in self.files:
             k = _file_kind(f)
             if k == "text":
-                for piece, last in text_pieces(f, 0, None, chunk):
+                for piece, last in text_pieces(f, bom_length(f, self.encoding), None, chunk):
                     yield as_utf8(piece, self.encoding, self.errors), last
             elif k == "parquet":
                 for doc in _parquet_docs(f, self.text_field):
@@ -236,6 +237,15 @@ def check_text_file(path: Path, encoding: str = "utf-8", errors: str = "strict")
     return count
 
 
+def bom_length(path: Path, encoding: str = "utf-8") -> int:
+    """3 when ``path`` is read as UTF-8 and starts with a UTF-8 byte-order mark (EF BB BF), else 0: the bytes
+    to skip so that the document does not start with U+FEFF (Windows editors write one; it is no text)."""
+    if codecs.lookup(encoding).name != "utf-8":
+        return 0
+    with open(path, "rb") as fh:
+        return len(codecs.BOM_UTF8) if fh.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 else 0
+
+
 def as_utf8(piece: bytes, encoding: str, errors: str) -> bytes:
     """``piece`` of a text file as UTF-8 (unchanged for strict UTF-8, which :func:`check_text_file` has checked)."""
     if errors == "strict" and codecs.lookup(encoding).name == "utf-8":
@@ -323,8 +333,8 @@ def _read(path: Path) -> bytes:
 def _json_records(path: Path, text_field: str, parse: bool) -> Iterator[bytes]:
     """Lines of a JSON-lines file (or the items of one JSON array); ``parse=False`` only counts."""
     with open(path, "rb") as fh:
-        head = fh.read(4096).lstrip()
-    if head.startswith(b"["):  # one JSON array: read whole (not streamed)
+        head = fh.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()
+    if head.startswith(b"["):  # (json.loads skips a BOM itself)  # one JSON array: read whole (not streamed)
         try:
             items = json.loads(_read(path))
         except ValueError as exc:

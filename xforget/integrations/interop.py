@@ -46,7 +46,7 @@ XT_DEFAULT_DIM_HEAD = 64
 
 # wrapper-level flags we understand (other wrapper flags must keep their defaults)
 _WRAPPER_FLAGS = {"num_tokens", "max_seq_len", "attn_layers", "tie_embedding", "use_abs_pos_emb", "scaled_sinu_pos_emb",
-                  "emb_dropout", "l2norm_embed", "logits_dim"}
+                  "emb_dropout", "l2norm_embed", "logits_dim", "num_memory_tokens"}
 # layer-level flags we understand besides the aliases
 _LAYER_FLAGS = {"dim", "depth", "heads", "causal", "custom_layers", "norm_add_unit_offset", "attn_dropout",
                 "ff_dropout", "ff_mult", "alibi_num_heads", "rotary_xpos", "rotary_xpos_scale_base", "rotary_base_rescale_factor",
@@ -166,6 +166,7 @@ def _build(kwargs: dict[str, Any]) -> tuple[TransformerWrapper, dict[str, Any]]:
         num_tokens=wrapper["num_tokens"], max_seq_len=max(1, wrapper["max_seq_len"]), attn_layers=attn_layers,
         tie_embedding=bool(wrapper.get("tie_embedding")), emb_dropout=float(wrapper.get("emb_dropout", 0.0)),
         l2norm_embed=bool(wrapper.get("l2norm_embed")), logits_dim=wrapper.get("logits_dim"),
+        num_memory_tokens=int(wrapper.get("num_memory_tokens") or 0),
     )
     if wrapper.get("tie_embedding"):
         ours.to_logits = ScaledTiedLogits(ours.token_emb.emb, dim**-0.5)
@@ -216,6 +217,8 @@ def load_x_transformers_state(ours: TransformerWrapper, sd: dict[str, Tensor], i
         put("pos_emb.emb.weight", take("pos_emb.emb.weight"))
     if ours.attn_layers.pos_emb is not None:
         put("attn_layers.pos_emb.scale", take("pos_emb.scale"))
+    if ours.memory_tokens is not None:
+        put("memory_tokens", take("memory_tokens"))
     if not info["tied"]:
         put("to_logits.weight", take("to_logits.weight"))
     if not isinstance(ours.attn_layers.final_norm, nn.Identity):
@@ -354,7 +357,10 @@ def x_transformers_kwargs(model: nn.Module) -> dict[str, Any]:
     if model.emb_dropout.p:
         wrapper["emb_dropout"] = float(model.emb_dropout.p)
     need(_is_identity(model.project_emb), "emb_dim != dim")
-    for flag in ("num_memory_tokens", "max_mem_len", "shift_mem_down"):
+    if getattr(model, "num_memory_tokens", 0):
+        wrapper["num_memory_tokens"] = int(model.num_memory_tokens)
+    need(getattr(model, "memory_tokens_interspersed_every", None) is None, "memory_tokens_interspersed_every")
+    for flag in ("max_mem_len", "shift_mem_down"):
         need(not getattr(model, flag, 0), flag)
     for flag in ("cls_token", "attn_pool", "recycled_proj", "exit_gate", "to_mixture", "ff_deep_embed", "embeds"):
         need(getattr(model, flag, None) is None, flag)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,13 @@ from xforget.models.sampling import (
     takes_sampling_options,
 )
 from xforget.models.wrapper import TransformerWrapper
+
+
+class Intermediates(NamedTuple):
+    """The second part of ``forward(..., return_outputs=True)``'s outputs (x-transformers' ``LayerIntermediates``
+    has this field among many; the others have no counterpart here)."""
+
+    last_hidden: Tensor  # (batch, n, dim) float: the final hidden states, after the final norm, before the logits
 
 
 class AutoregressiveWrapper(nn.Module):
@@ -42,22 +50,32 @@ class AutoregressiveWrapper(nn.Module):
                              "with eos_token)")
         self.net, self.ignore_index, self.pad_value = net, ignore_index, pad_value
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    def forward(self, tokens: Tensor, mask: Tensor | None = None, reduction: str = "mean",
+                return_outputs: bool = False) -> Tensor | tuple[Tensor, tuple[Tensor, Intermediates]]:
         """tokens (batch, n+1) int64 -> mean cross-entropy (nats) of predicting tokens[:, 1:].
 
         mask (batch, n+1) bool marks real tokens; targets at pads are ignored.
         reduction="none" returns the per-position loss (batch, n).
+        return_outputs: x-transformers' flag: return ``(loss, (logits, Intermediates(last_hidden)))``, the
+        logits (batch, n, logits_dim) float of the inputs tokens[:, :-1] and their final hidden states (batch,
+        n, dim), from the same forward pass as the loss (x-transformers' ``last_hidden`` also holds the last
+        token's position, n + 1 in all: it runs every token; the first n are these).
         """
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         if self.pad_value is not None:
             inputs = inputs.masked_fill(inputs == self.ignore_index, self.pad_value)
-        logits = self.net(inputs, mask=None if mask is None else mask[:, :-1])
+        input_mask = None if mask is None else mask[:, :-1]
+        if return_outputs:  # the hidden states, then the output layer: one pass gives both
+            hidden = self.net(inputs, mask=input_mask, return_embeddings=True)
+            logits = self.net.to_logits(hidden)
+        else:  # one call of the net: what DDP / FSDP / torch.compile wrap in training
+            logits = self.net(inputs, mask=input_mask)
         if mask is not None:
             targets = targets.masked_fill(~mask[:, 1:], self.ignore_index)
         loss = F.cross_entropy(
             logits.float().transpose(1, 2), targets, ignore_index=self.ignore_index, reduction=reduction
         )
-        return loss
+        return (loss, (logits, Intermediates(last_hidden=hidden))) if return_outputs else loss
 
     @takes_sampling_options
     @torch.no_grad()

@@ -7,10 +7,16 @@ the same masking, positions and KV cache as :class:`~xforget.models.wrapper.Tran
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from xforget.models.layers import AttentionLayers
+from xforget.models.memory_tokens import (
+    extend_mask,
+    input_positions,
+    memory_parameter,
+    memory_to_prepend,
+    prepend_memory,
+)
 from xforget.models.wrapper import TransformerWrapper, _seen, run_layers
 from xforget.nn.embeddings import AbsolutePositionalEmbedding
 from xforget.nn.kv_cache import Cache
@@ -25,13 +31,13 @@ class ContinuousTransformerWrapper(nn.Module):
             layers' position includes "absolute").
         dim_in: input width (default: the model width, no projection).
         dim_out: output width (default: the model width, no projection).
-        num_memory_tokens: learned memory vectors (x-transformers' ``num_memory_tokens``)
-            prepended to every sequence after the input projection: every frame can
-            attend to them (the masks are extended over them, always True), they take
-            the first ``num_memory_tokens`` positions (positions, decays, an absolute
-            table), and their outputs are dropped. With a KV cache they are prepended
-            once, on the first call. Equal to feeding ``cat(memory, project_in(x))`` to
-            the same model without memory tokens and dropping the first outputs.
+        num_memory_tokens: learned memory vectors (x-transformers' ``num_memory_tokens``,
+            :mod:`xforget.models.memory_tokens`) prepended to every sequence after the input
+            projection and the absolute table (which counts the frames only): every frame can
+            attend to them (the masks are extended over them, always True), they take the first
+            ``num_memory_tokens`` positions of the layers' relative schemes, and their outputs are
+            dropped. With a KV cache they are prepended once, on the first call. Equal to feeding
+            ``cat(memory, project_in(x) + table)`` to the same layers and dropping the first outputs.
     Raises:
         ValueError: max_seq_len < 1 or num_memory_tokens < 0.
     """
@@ -43,15 +49,13 @@ class ContinuousTransformerWrapper(nn.Module):
         super().__init__()
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
-        if num_memory_tokens < 0:
-            raise ValueError(f"num_memory_tokens must be >= 0, got {num_memory_tokens}")
         dim = attn_layers.dim
         self.max_seq_len, self.attn_layers = max_seq_len, attn_layers
         self.project_in = nn.Linear(dim_in, dim) if dim_in is not None else nn.Identity()
         self.pos_emb = AbsolutePositionalEmbedding(dim, max_seq_len) if attn_layers.plan.embedding == "absolute" else None
         self.project_out = nn.Linear(dim, dim_out) if dim_out is not None else nn.Identity()
         self.num_memory_tokens = num_memory_tokens
-        self.memory_tokens = nn.Parameter(torch.randn(num_memory_tokens, dim) * 0.02) if num_memory_tokens else None
+        self.memory_tokens = memory_parameter(num_memory_tokens, dim)
 
     def forward(
         self, x: Tensor, *, mask: Tensor | None = None, cache: Cache | None = None, return_cache: bool = False,
@@ -73,15 +77,12 @@ class ContinuousTransformerWrapper(nn.Module):
         h = self.project_in(x)
         if h.shape[-1] != self.attn_layers.dim:
             raise ValueError(f"input width {x.shape[-1]} does not match the model width {self.attn_layers.dim}; set dim_in")
-        n_mem = self.num_memory_tokens if cache is None or cache.length == 0 else 0
-        if n_mem:
-            h = torch.cat((self.memory_tokens.to(h.dtype).expand(b, -1, -1), h), dim=1)
-            if mask is not None:
-                mask = torch.cat((mask.new_ones(b, n_mem), mask), dim=1)
-            n = n + n_mem
-        positions = TransformerWrapper._positions(b, n, mask, seen, x.device)
-        if self.pos_emb is not None:
-            h = h + self.pos_emb(positions)
+        n_mem = memory_to_prepend(self.memory_tokens, cache)
+        mask = extend_mask(mask, n_mem)
+        positions = TransformerWrapper._positions(b, n + n_mem, mask, seen, x.device)
+        if self.pos_emb is not None:  # x-transformers' order: the table, then the memory
+            h = h + self.pos_emb(input_positions(positions, n_mem, self.num_memory_tokens))
+        h = prepend_memory(self.memory_tokens, h, n_mem)
         h, new_cache = run_layers(self.attn_layers, h, positions, mask=mask, cache=cache, seen=seen,
                                   return_cache=return_cache, context=context, context_mask=context_mask)
         out = self.project_out(h[:, n_mem:])

@@ -27,7 +27,7 @@ class PackedDocuments(nn.Module):
     """``net`` (a :class:`~xforget.models.wrapper.TransformerWrapper`) reading packed documents.
 
     ``forward(x, **kwargs)`` = ``net(x, document_ids=eot_documents(x, eot_id), **kwargs)``; the
-    attributes the scorers read (``attn_layers``, ``position_limit``) are the net's. Holds no
+    attributes the scorers read (``attn_layers``, ``position_limit``, ``to_logits``) are the net's. Holds no
     parameters of its own: saving ``net`` saves everything.
     """
 
@@ -42,6 +42,10 @@ class PackedDocuments(nn.Module):
     @property
     def position_limit(self) -> int | None:
         return self.net.position_limit
+
+    @property
+    def to_logits(self) -> nn.Module:  # AutoregressiveWrapper(..., return_outputs=True): the output layer
+        return self.net.to_logits
 
     def forward(self, x: Tensor, **kwargs: Any):
         if kwargs.get("cache") is not None:  # cached decoding continues the cached documents

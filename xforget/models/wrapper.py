@@ -14,6 +14,13 @@ from xforget.models.aliases import translate_x_transformers_kwargs
 from xforget.models.config import BYTE_VOCAB, ModelConfig, model_config_from_dict
 from xforget.models.layers import AttentionLayers, Decoder, Encoder
 from xforget.models.layer_options import config_layer_options
+from xforget.models.memory_tokens import (
+    extend_mask,
+    input_positions,
+    memory_parameter,
+    memory_to_prepend,
+    prepend_memory,
+)
 from xforget.models.pretrained import (
     build_from_pretrained,
     check_saveable,
@@ -57,10 +64,15 @@ class TransformerWrapper(
             starting at std 1e-5 (x-transformers' ``l2norm_embed``).
         logits_dim: width of the output layer (default ``num_tokens``), e.g. for a classifier head; not
             with ``tie_embedding`` unless equal to ``num_tokens``.
+        num_memory_tokens: M learned vectors (x-transformers' ``num_memory_tokens``, parameter
+            ``memory_tokens`` (M, dim)) concatenated before the embedded tokens (after the absolute table
+            and ``emb_dropout``): every token attends to them, their outputs are dropped; with a KV cache
+            they are prepended on the first call only (:mod:`xforget.models.memory_tokens`). Not with
+            ``document_ids`` (packed documents).
     Raises:
         ValueError: max_seq_len or num_tokens < 1, emb_dropout outside [0, 1), logits_dim < 1 or a tied
-            embedding of another width.
-        TypeError: an unknown option (x-transformers' ``num_memory_tokens``, ``return_only_embed``, ...: see
+            embedding of another width, num_memory_tokens < 0.
+        TypeError: an unknown option (x-transformers' ``return_only_embed``, ``cls_token``, ...: see
             the migration table in docs/models.md).
     """
 
@@ -75,6 +87,7 @@ class TransformerWrapper(
         emb_dropout: float = 0.0,
         l2norm_embed: bool = False,
         logits_dim: int | None = None,
+        num_memory_tokens: int = 0,
         **kwargs,
     ) -> None:
         super().__init__()
@@ -89,7 +102,7 @@ class TransformerWrapper(
         kwargs = translate_x_transformers_kwargs(kwargs)
         if kwargs:
             raise TypeError(f"TransformerWrapper: unknown option(s) {sorted(kwargs)}; valid: num_tokens, max_seq_len, "
-                            "attn_layers, tie_embedding, use_abs_pos_emb, emb_dropout, l2norm_embed, logits_dim "
+                            "attn_layers, tie_embedding, use_abs_pos_emb, emb_dropout, l2norm_embed, logits_dim, num_memory_tokens "
                             "(x-transformers options without an equivalent: docs/models.md, migration table)")
         self.num_tokens, self.max_seq_len, self.logits_dim = num_tokens, max_seq_len, logits_dim
         self.attn_layers = attn_layers
@@ -102,6 +115,8 @@ class TransformerWrapper(
         if l2norm_embed and self.pos_emb is not None:
             nn.init.normal_(self.pos_emb.emb.weight, std=1e-5)
         self.emb_dropout = nn.Dropout(emb_dropout) if emb_dropout > 0 else nn.Identity()
+        self.num_memory_tokens = num_memory_tokens
+        self.memory_tokens = memory_parameter(num_memory_tokens, dim)
         self.to_logits = nn.Linear(dim, logits_dim, bias=False)
         if tie_embedding:
             self.to_logits.weight = self.token_emb.emb.weight
@@ -196,8 +211,13 @@ class TransformerWrapper(
         b, n = x.shape
         if mask is not None and mask.shape != x.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} must equal token shape {tuple(x.shape)}")
+        if self.memory_tokens is not None and (document_ids is not None or (cache is not None and
+                                                                           cache.documents is not None)):
+            raise ValueError("document_ids (packed documents) cannot be combined with num_memory_tokens: the "
+                             "memory would belong to the first document only")
         fresh = cache is None or cache.seen is None
         seen = _seen(cache, b, x.device)
+        n_mem = memory_to_prepend(self.memory_tokens, cache)
         key_docs = _key_documents(cache, document_ids, b, n)
         if key_docs is not None:
             key_mask = _join_masks(None if cache is None else cache.mask, mask, cache.length if cache else 0, b, n,
@@ -205,17 +225,19 @@ class TransformerWrapper(
             positions = document_positions(key_docs, key_mask, n)
         # without a cache every row starts at 0: no data-dependent check (a graph break under torch.compile)
         elif fresh and mask is None:
-            positions = torch.arange(n, device=x.device)
+            positions = torch.arange(n_mem + n, device=x.device)
         else:
-            positions = self._positions(b, n, mask, seen, x.device)
+            mask = extend_mask(mask, n_mem)
+            positions = self._positions(b, n_mem + n, mask, seen, x.device)
 
         h = self.token_emb(x)
-        if self.pos_emb is not None:
-            h = h + self.pos_emb(positions)
-        h = self.emb_dropout(h)
+        if self.pos_emb is not None:  # x-transformers' order: the table, then the memory
+            h = h + self.pos_emb(input_positions(positions, n_mem, self.num_memory_tokens))
+        h = prepend_memory(self.memory_tokens, self.emb_dropout(h), n_mem)
         h, new_cache = run_layers(self.attn_layers, h, positions, mask=mask, cache=cache, seen=seen,
                                   return_cache=return_cache, context=context, context_mask=context_mask,
                                   document_ids=key_docs)
+        h = h[:, n_mem:]
         out = h if return_embeddings else self.to_logits(h)
         return (out, new_cache) if return_cache else out
 
