@@ -315,13 +315,61 @@ def _stop_step(run: _Run) -> int | None:
     return plan.budget_steps if t.max_steps is None else min(t.max_steps, plan.budget_steps)
 
 
+
+def _resumed_budget_spent(run: _Run) -> bool:
+    """On resume under a time budget: log the recorded decision; True when the budget is already spent."""
+    t, ckpt, budget = run.cfg.trainer, run.ckpt, run.budget
+    if ckpt.plan is None or budget is None:
+        return False
+    run.result.budget_line = ckpt.plan.describe(t.max_steps)
+    logger.info(f"resumed the time budget's decision: {run.result.budget_line}")
+    if not budget.spent(ckpt.elapsed()):
+        return False
+    logger.warning(f"time budget spent: {format_seconds(ckpt.elapsed())} of trainer.max_time="
+                   f"{format_seconds(budget.budget_s)} trained; no step left to train")
+    return True
+
+
+def _after_step(run: _Run, done: int, stop_at: int | None, lr: float, window: _Window, bar,
+                step_clock_s: float) -> tuple[int | None, bool, bool]:
+    """What follows step ``done``: the budget's verdict (calibrate, or stop early on a slower machine),
+    the log line and evaluation, the checkpoint. Returns ``(stop_at, is_last, saved)``."""
+    t, ckpt, result, budget = run.cfg.trainer, run.ckpt, run.result, run.budget
+    eval_due = t.eval_every > 0 and done % t.eval_every == 0
+    save_due = t.checkpoint_every > 0 and done % t.checkpoint_every == 0
+    verdict = None
+    if budget is not None and done != stop_at:
+        verdict = _budget_verdict(run, done, step_clock_s, eval_due, save_due)
+    is_last = done == stop_at or verdict == "stop"
+    eval_now = is_last or eval_due
+    eval_s = None
+    if eval_now or done % t.log_every == 0:
+        eval_s = _log_window(run, done, lr, window, eval_now, bar)
+    if verdict == "calibrated":
+        stop_at = _calibrate(run, done, eval_s, bar)
+    elif verdict == "stop":
+        plan = ckpt.plan
+        result.budget_stopped = True
+        logger.warning(f"time budget: ending at step {done} of the {stop_at} planned: steps now take "
+                       f"{max(budget.recent, default=plan.step_s):.3g} s (calibrated {plan.step_s:.3g} s); a last evaluation and "
+                       f"checkpoint within trainer.max_time={format_seconds(budget.budget_s)}")
+    saved = is_last or save_due
+    if saved:
+        ckpt.save(done)
+    result.elapsed_s = ckpt.elapsed()
+    if is_last and budget is not None:
+        logger.info(f"trained {done} steps in {format_seconds(result.elapsed_s)} of the "
+                    f"{format_seconds(budget.budget_s)} budget")
+    return stop_at, is_last, saved
+
+
 def _loop(run: _Run, stop_after_step: int | None) -> bool:
     """Train from the restored step to the last step (``trainer.max_steps`` and/or what ``trainer.max_time``
     fits), logging, evaluating and checkpointing on the way.
 
     Returns False when the run stopped early (a signal: after checkpointing the step; ``stop_after_step``).
     """
-    t, ckpt, result, budget = run.cfg.trainer, run.ckpt, run.result, run.budget
+    t, ckpt, result = run.cfg.trainer, run.ckpt, run.result
     step_sleep = float(os.environ.get("XFORGET_DEBUG_STEP_SLEEP") or 0.0)
     stop_at = _stop_step(run)
     # disable=None: tqdm draws only on a terminal, so a redirected log gets no \r progress lines
@@ -332,16 +380,11 @@ def _loop(run: _Run, stop_after_step: int | None) -> bool:
     # uninterrupted run's record for the same step, and says how many (train_loss_steps)
     window.partial = ckpt.step > 0 and ckpt.step % t.log_every != 0 and not (t.eval_every and ckpt.step % t.eval_every == 0)
     ckpt.start_clock()
-    if ckpt.plan is not None and budget is not None:
-        result.budget_line = ckpt.plan.describe(t.max_steps)
-        logger.info(f"resumed the time budget's decision: {result.budget_line}")
-        if budget.spent(ckpt.elapsed()):
-            logger.warning(f"time budget spent: {format_seconds(ckpt.elapsed())} of trainer.max_time="
-                           f"{format_seconds(budget.budget_s)} trained; no step left to train")
-            bar.close()
-            for sink in run.sinks:
-                sink.close()
-            return True
+    if _resumed_budget_spent(run):
+        bar.close()
+        for sink in run.sinks:
+            sink.close()
+        return True
     stop = StopRequest(run.info, run.device)
     run.model.train()
     step = ckpt.step
@@ -363,31 +406,8 @@ def _loop(run: _Run, stop_after_step: int | None) -> bool:
                 logger.info(f"first step {window.last_time:.1f} s (torch.compile compiling forward and backward; "
                             "not counted in tokens/s)")
             bar.update(1)
-            eval_due = t.eval_every > 0 and done % t.eval_every == 0
-            save_due = t.checkpoint_every > 0 and done % t.checkpoint_every == 0
-            verdict = None
-            if budget is not None and done != stop_at:
-                verdict = _budget_verdict(run, done, ckpt.clock.now() - clock_tic, eval_due, save_due)
-            is_last = done == stop_at or verdict == "stop"
-            eval_now = is_last or eval_due
-            eval_s = None
-            if eval_now or done % t.log_every == 0:
-                eval_s = _log_window(run, done, lr, window, eval_now, bar)
-            if verdict == "calibrated":
-                stop_at = _calibrate(run, done, eval_s, bar)
-            elif verdict == "stop":
-                plan = ckpt.plan
-                result.budget_stopped = True
-                logger.warning(f"time budget: ending at step {done} of the {stop_at} planned: steps now take "
-                               f"{max(budget.recent, default=plan.step_s):.3g} s (calibrated {plan.step_s:.3g} s); a last evaluation and "
-                               f"checkpoint within trainer.max_time={format_seconds(budget.budget_s)}")
-            saved_now = is_last or save_due
-            if saved_now:
-                ckpt.save(done)
-            result.elapsed_s = ckpt.elapsed()
-            if is_last and budget is not None:
-                logger.info(f"trained {done} steps in {format_seconds(result.elapsed_s)} of the "
-                            f"{format_seconds(budget.budget_s)} budget")
+            stop_at, is_last, saved_now = _after_step(run, done, stop_at, lr, window, bar,
+                                                      ckpt.clock.now() - clock_tic)
             if stop.requested() and not is_last:  # SIGINT / SIGTERM: save this step, then stop
                 if not saved_now:
                     ckpt.save(done)
