@@ -130,5 +130,9 @@ def test_the_old_functions_behave_as_their_new_homes(tmp_path):
     model = build_model({"dim": 16, "depth": 1, "heads": 2, "position": "fox"})
     assert isinstance(model, TransformerWrapper)
     windows = torch.randint(0, 256, (3, 9))
+    with torch.no_grad():  # independent reference: float64 next-token cross-entropy of the model's logits
+        logits = model.eval()(windows[:, :-1]).double()
+        reference = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), windows[:, 1:].reshape(-1)).item()
     total, count = loss_sums(model, windows, batch_size=2)
-    assert evaluate(model, windows, 2, torch.device("cpu")) == pytest.approx(total / count, rel=0, abs=0)
+    assert count == 3 * 8 and total / count == pytest.approx(reference, rel=1e-5)
+    assert evaluate(model, windows, 2, torch.device("cpu")) == pytest.approx(reference, rel=1e-5)
