@@ -11,6 +11,8 @@ fraction of the causal attention pairs the packed fold skipped (earlier document
 
     python scripts/bench_packing.py
     python scripts/bench_packing.py --seq-len 256 1024 --doc-len 200 --rounds 6 --steps 2
+    python scripts/bench_packing.py --rebase-off   # + both settings with the fold's per-block rebase off
+                                                   # (xforget.ops.rebase), interleaved in the same rounds
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch  # noqa: E402
 from xforget.models.autoregressive import AutoregressiveWrapper  # noqa: E402
 from xforget.models.packing import packed  # noqa: E402
 from xforget.models.wrapper import build_model  # noqa: E402
+from xforget.ops import rebase  # noqa: E402
 from xforget.ops.prune import collect_pruning  # noqa: E402
 from xforget.train.config import compose_config, to_train_config  # noqa: E402
 
@@ -49,6 +52,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--rebase-off", action="store_true",
+                    help="also time both settings with the fold's per-block rebase turned off")
     ap.add_argument("overrides", nargs="*", help="training config overrides, e.g. model=fox")
     args = ap.parse_args()
     if args.threads:
@@ -61,7 +66,11 @@ def main() -> None:
         batch = args.batch or (cfg.trainer.batch_size if n <= 512 else 4)
         x = windows(batch, n, args.doc_len, 256, seed=n)
         lms, opts = {}, {}
-        for name, eot in (("unpacked", None), ("packed", EOT)):
+        settings = [("unpacked", None, True), ("packed", EOT, True)]
+        if args.rebase_off:
+            settings += [("unpacked_unrebased", None, False), ("packed_unrebased", EOT, False)]
+        rebased = {name: on for name, _, on in settings}
+        for name, eot, _ in settings:
             torch.manual_seed(0)
             model = build_model(cfg.model)
             lms[name] = AutoregressiveWrapper(packed(model, eot))
@@ -70,6 +79,7 @@ def main() -> None:
         skipped = 0.0
         for r in range(args.rounds + 1):  # round 0 warms up
             for name, lm in lms.items():
+                rebase.ENABLED = rebased[name]
                 tic = time.perf_counter()
                 with collect_pruning() as log:
                     for _ in range(args.steps):
@@ -84,6 +94,11 @@ def main() -> None:
         print(f"n={n:5d} batch={batch:3d}: unpacked {med['unpacked']:8.0f} tok/s, packed {med['packed']:8.0f} tok/s, "
               f"ratio packed/unpacked {med['packed'] / med['unpacked']:.3f}"
               + (f", skipped {skipped:.0%} of the attention pairs" if skipped else ""))
+        if args.rebase_off:
+            print(f"          rebase off: unpacked {med['unpacked_unrebased']:8.0f} tok/s, packed "
+                  f"{med['packed_unrebased']:8.0f} tok/s; rebased/unrebased: unpacked "
+                  f"{med['unpacked'] / med['unpacked_unrebased']:.3f}, packed {med['packed'] / med['packed_unrebased']:.3f}")
+        rebase.ENABLED = True
 
 
 if __name__ == "__main__":

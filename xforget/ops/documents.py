@@ -26,6 +26,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from xforget.ops.common import Shapes, Tensor
+from xforget.ops.rebase import Rebase, rebase_
 
 _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -141,7 +142,8 @@ class DocumentBlockSDPA(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, document_ids: Tensor, starts, block: int):  # type: ignore[override]
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, document_ids: Tensor, starts, block: int,  # type: ignore[override]
+                rebase: Optional[Rebase] = None):
         b, h, n_q, _ = q.shape
         off = k.shape[2] - n_q
         out = q.new_empty(b, h, n_q, v.shape[-1])
@@ -153,11 +155,11 @@ class DocumentBlockSDPA(torch.autograd.Function):
                 qs = min(block, n_q - m0)
                 hi = off + m0 + qs
                 mask = masks[r, t] = _block_mask(document_ids, r, off + m0, qs, lo, q.dtype)
-                o, l = _FWD(q[r:r + 1, :, m0:m0 + qs], k[r:r + 1, :, lo:hi], v[r:r + 1, :, lo:hi],
+                o, l = _FWD(q[r:r + 1, :, m0:m0 + qs], _keys(k, r, lo, off + m0, qs, rebase), v[r:r + 1, :, lo:hi],
                             0.0, mask is None, attn_mask=mask, scale=1.0)
                 out[r:r + 1, :, m0:m0 + qs] = o
                 lse[r:r + 1, :, m0:m0 + qs] = l
-        ctx.starts, ctx.block, ctx.masks = starts, block, masks
+        ctx.starts, ctx.block, ctx.masks, ctx.rebase = starts, block, masks, rebase
         ctx.save_for_backward(q, k, v, out, lse)
         return out
 
@@ -177,18 +179,36 @@ class DocumentBlockSDPA(torch.autograd.Function):
                 hi = off + m0 + qs
                 mask = ctx.masks[r, t]
                 qq = slice(m0, m0 + qs)
-                gq, gk, gv = _BWD(go[r:r + 1, :, qq], q[r:r + 1, :, qq], k[r:r + 1, :, lo:hi], v[r:r + 1, :, lo:hi],
+                gq, gk, gv = _BWD(go[r:r + 1, :, qq], q[r:r + 1, :, qq], _keys(k, r, lo, off + m0, qs, ctx.rebase),
+                                  v[r:r + 1, :, lo:hi],
                                   out[r:r + 1, :, qq], lse[r:r + 1, :, qq], 0.0, mask is None, attn_mask=mask,
                                   scale=1.0)
                 dq[r:r + 1, :, qq] = gq
                 dk[r:r + 1, :, lo:hi] += gk
                 dv[r:r + 1, :, lo:hi] += gv
         ctx.masks = None
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
 
 
-def blocked_document_attention(q2: Tensor, k2: Tensor, v2: Tensor, document_ids: Tensor,
-                               starts: Tensor, block: int = DOC_BLOCK) -> Tuple[Tensor, List[List[int]]]:
-    """:class:`DocumentBlockSDPA` of folded tensors; returns (out (b, h, n_q, w_v), the starts as lists)."""
+def _keys(k: Tensor, r: int, lo: int, p0: int, qs: int, rebase: Optional[Rebase]) -> Tensor:
+    """Keys ``[lo, p0 + qs)`` of batch row ``r``: a view, or with ``rebase`` a copy whose decay channel is
+    taken relative to the block's middle query (:mod:`xforget.ops.rebase`)."""
+    kw = k[r:r + 1, :, lo:p0 + qs]
+    if rebase is None:
+        return kw
+    mid = p0 + qs // 2
+    return rebase_(kw.clone(), rebase.key_lo[r:r + 1, :, lo:p0 + qs], rebase.hi[r:r + 1, :, mid],
+                   rebase.lo[r:r + 1, :, mid], rebase.slot)
+
+
+def blocked_document_attention(q2: Tensor, k2: Tensor, v2: Tensor, document_ids: Tensor, starts: Tensor,
+                               block: int = DOC_BLOCK, rebase: Optional[Rebase] = None
+                               ) -> Tuple[Tensor, List[List[int]]]:
+    """:class:`DocumentBlockSDPA` of folded tensors; returns (out (b, h, n_q, w_v), the starts as lists).
+
+    ``rebase``: each block's decay channel relative to its middle query (:mod:`xforget.ops.rebase`), or None.
+    """
     lists = starts.tolist()
-    return DocumentBlockSDPA.apply(q2.contiguous(), k2.contiguous(), v2.contiguous(), document_ids, lists, block), lists
+    out = DocumentBlockSDPA.apply(q2.contiguous(), k2.contiguous(), v2.contiguous(), document_ids, lists, block,
+                                  rebase)
+    return out, lists

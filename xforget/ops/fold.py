@@ -21,9 +21,14 @@ Precision (the naive single-channel fold in bf16 is off by ~0.6 once
   (both exact), ``p`` chosen per (batch, head) so that ``|u| / 2^p <= 2^14``:
   nothing can overflow fp16's 65504 however large |c| grows.
 
-Accuracy limit: the logits carry u_j = -c_j at full magnitude, so (like any
-fp32 cumsum, as specified) they are exact to ~6e-8 * max|c|: 1e-4 at
-|c| ~ 2000, 1e-2 at |c| ~ 2e5 (the chunked fp32 path measures the same).
+Accuracy: a single fused call carries u_j = -c_j at full magnitude, so its
+logits are exact only to ~6e-8 * max|c| (ALiBi, 8 heads: 4.1e-5 off float64
+at 2048 tokens).  On the CPU in fp32 the fold therefore cumulates c in float64
+and rebases the channel per block of queries (:mod:`xforget.ops.rebase`): each
+block sees ``c_ref - c_j`` with ``c_ref`` its middle query's decay, exact to
+the rounding of that small number, so the error no longer grows with the
+length or with |c| (rows whose |c| stays below 8 keep one fused call).  CUDA
+and half-precision kernels keep the single call (the bf16 split above).
 
 CPU speed: with decay, many softmax weights fall in exp()'s subnormal range
 (e^-87 .. e^-104), which x86 handles ~10x slower; the backward of the fused
@@ -45,11 +50,13 @@ import torch
 import torch.nn.functional as F
 
 from xforget.ops import prune as acp
+from xforget.ops import rebase as rebasing
 from xforget.ops.backend import AttentionCall
-from xforget.ops.common import Shapes, Tensor, expand_kv, kernel_dtype
+from xforget.ops.common import Shapes, Tensor, cumulative_gate, expand_kv, kernel_dtype
 from xforget.ops.documents import block_key_starts, blocked_document_attention, mask_matrix
 from xforget.ops.documents import skipped_pairs as doc_skipped_pairs
-from xforget.ops.pruned_sdpa import BandedCausalSDPA, make_plan
+from xforget.ops.pruned_sdpa import BandedCausalSDPA, BandPlan, make_plan
+from xforget.ops.rebase import Rebase, make_rebase
 
 # From this many keys the CPU fold runs packed documents block by block (skipping earlier documents);
 # below it one fused call with the block-diagonal mask is faster (scripts/bench_packing.py).
@@ -137,7 +144,10 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     s, scale, mask = call.shapes, call.scale, call.mask
     q, k, v = call.q, call.k, call.v
 
-    c = call.forward_decay()
+    rebase_on = _rebases(call)
+    # rebased (CPU fp32): c in float64, not restarted per document (documents are kept apart by the key
+    # ranges and masks; the rebased channel stays exact however large |c| grows, src: xforget.ops.rebase)
+    c = cumulative_gate(call.log_fgate, mask, s, torch.float64) if rebase_on else call.forward_decay()
     if c is None and mask is None and call.document_ids is None:  # plain causal attention: nothing to fold
         return causal_sdpa(q, k, v, s.n_q, s.n_k, scale, enable_gqa=s.h != s.h_kv)
 
@@ -161,29 +171,39 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     # the fused CPU/GPU kernels want equal head dims: pad v with zero channels
     v2 = F.pad(expand_kv(v, s.h), (0, pad_v)) if pad_v else expand_kv(v, s.h)
 
+    rb = make_rebase(c, mask, s.d) if rebase_on and c is not None else None
     if call.document_ids is not None:  # packed documents: each query block from its document's start
-        return call.finish(_documents(call, q, k, c, q2, k2, v2))
+        return call.finish(_documents(call, q, k, c, q2, k2, v2, rb))
     out = None
     if call.prune and c is not None and not q.is_cuda and s.n_k >= acp.PRUNE_MIN_KEYS:
-        out = _pruned(q, k, c, mask, s, scale, call.prune_eps, call.key_norm, q2, k2, v2, width)
+        out = _pruned(q, k, c, mask, s, scale, call.prune_eps, call.key_norm, q2, k2, v2, width, rb)
+    if out is None and rb is not None:
+        out = _rebased(q2, k2, v2, s, width, rb)
     if out is None:
         out = causal_sdpa(q2, k2, v2, s.n_q, s.n_k, 1.0)[..., : s.d_v]
     return call.finish(out)
 
 
+def _rebases(call: AttentionCall) -> bool:
+    """Whether the fold rebases its decay channel per query block: CPU, fp32 kernel, a forget gate."""
+    return (rebasing.ENABLED and call.log_fgate is not None and not call.q.is_cuda
+            and kernel_dtype(call.q) == torch.float32)
+
+
 @torch.compiler.disable  # data-dependent plan: runs eagerly inside torch.compile (a graph break)
 def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q2: Tensor, k2: Tensor,
-               v2: Tensor) -> Tensor:
+               v2: Tensor, rb: Optional[Rebase] = None) -> Tensor:
     """The folded attention of packed documents (:mod:`xforget.ops.documents`), ``(b, h, n_q, d_v)``.
 
     On the CPU from ``PRUNE_MIN_KEYS`` keys: blocks of ``PRUNE_BLOCK`` queries per batch row, each
     reading keys from the start of its first query's document (and, with ``call.prune``, from the
     decay bound's first kept key when that is later); the skipped pairs are recorded like the
     pruned ones.  Shorter calls and CUDA tensors: one fused call with the block-diagonal causal
-    mask as booleans (O(n_q n_k) bits).
+    mask as booleans (O(n_q n_k) bits).  ``rb``: the decay channel is rebased per block (then shorter
+    calls run blocked too).
     """
     s, docs = call.shapes, call.document_ids
-    if q2.is_cuda or s.n_k < DOC_BLOCKED_MIN_KEYS:
+    if q2.is_cuda or (s.n_k < DOC_BLOCKED_MIN_KEYS and rb is None):
         allowed = mask_matrix(docs, s, causal=True)
         if not q2.is_cuda:  # the CPU kernel takes an additive mask as is; a boolean one costs ~1.6x (measured)
             allowed = torch.zeros(allowed.shape, dtype=q2.dtype, device=q2.device).masked_fill(~allowed, float("-inf"))
@@ -194,7 +214,7 @@ def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q
         kn = acp.key_norms(k, s.h, call.mask, call.key_norm)
         decay = acp.block_starts(q, kn, c, call.mask, s, call.scale, call.prune_eps, floor=starts[:, None, :])
         starts = torch.maximum(starts, decay.amin(1))  # the heads share one call: the earliest head's start
-    out, lists = blocked_document_attention(q2, k2, v2, docs, starts, acp.PRUNE_BLOCK)
+    out, lists = blocked_document_attention(q2, k2, v2, docs, starts, acp.PRUNE_BLOCK, rb)
     skipped = torch.tensor(doc_skipped_pairs(lists, s, acp.PRUNE_BLOCK), dtype=torch.float64)
     total = float(s.n_q * (s.offset + 1) + s.n_q * (s.n_q - 1) // 2)
     acp.record("fold", skipped[:, None].expand(s.b, s.h), torch.full((s.b, s.h), total, dtype=torch.float64))
@@ -202,7 +222,8 @@ def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q
 
 
 @torch.compiler.disable  # data-dependent plan: runs eagerly inside torch.compile (a graph break)
-def _pruned(q, k, c, mask, s: Shapes, scale, prune_eps, key_norm, q2, k2, v2, width) -> Optional[Tensor]:
+def _pruned(q, k, c, mask, s: Shapes, scale, prune_eps, key_norm, q2, k2, v2, width,
+            rb: Optional[Rebase] = None) -> Optional[Tensor]:
     """The banded pruned attention of the folded q2/k2/v2, or None when nothing can be skipped."""
     kn = acp.key_norms(k, s.h, mask, key_norm)
     starts = acp.block_starts(q, kn, c, mask, s, scale, prune_eps)
@@ -214,5 +235,18 @@ def _pruned(q, k, c, mask, s: Shapes, scale, prune_eps, key_norm, q2, k2, v2, wi
     r = s.b * s.h
     out = BandedCausalSDPA.apply(
         q2.reshape(1, r, s.n_q, width), k2.reshape(1, r, s.n_k, width), v2.reshape(1, r, s.n_k, width), plan, 1.0,
+        None if rb is None else rb.flat(),
+    )
+    return out.reshape(s.b, s.h, s.n_q, width)[..., : s.d_v]
+
+
+@torch.compiler.disable  # data-dependent row runs: runs eagerly inside torch.compile (a graph break)
+def _rebased(q2: Tensor, k2: Tensor, v2: Tensor, s: Shapes, width: int, rb: Rebase) -> Tensor:
+    """Unpruned folded attention with the decay channel rebased per query block (:mod:`xforget.ops.rebase`)."""
+    r = s.b * s.h
+    plan = BandPlan(s.n_q, s.n_k, ((0, r),), ())
+    out = BandedCausalSDPA.apply(
+        q2.reshape(1, r, s.n_q, width), k2.reshape(1, r, s.n_k, width), v2.reshape(1, r, s.n_k, width), plan, 1.0,
+        rb.flat(),
     )
     return out.reshape(s.b, s.h, s.n_q, width)[..., : s.d_v]

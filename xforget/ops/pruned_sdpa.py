@@ -31,11 +31,12 @@ CPU only (``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
 from xforget.ops.common import Tensor
+from xforget.ops.rebase import REBASE_BLOCK, Rebase, rebase_
 
 _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -169,14 +170,18 @@ class BandedCausalSDPA(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, plan: BandPlan, scale: float):  # type: ignore[override]
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, plan: BandPlan, scale: float,  # type: ignore[override]
+                rebase: Optional[Rebase] = None):
         acc = torch.promote_types(q.dtype, torch.float32)
         R, width = q.shape[1], q.shape[-1]
         out = q.new_empty(1, R, plan.n_q, v.shape[-1])
         lse = torch.empty(1, R, plan.n_q, dtype=acc, device=q.device)
         off = plan.offset
         masks = {}
-        for r0, r1 in plan.dense:
+        for r0, r1, blocked in _dense_runs(plan, rebase):
+            if blocked:
+                _rebased_dense_forward(q, k, v, r0, r1, off, scale, rebase, out, lse)
+                continue
             o, l = _dense_forward(q[:, r0:r1], k[:, r0:r1], v[:, r0:r1], off, scale)
             out[:, r0:r1] = o
             lse[:, r0:r1] = l
@@ -185,27 +190,30 @@ class BandedCausalSDPA(torch.autograd.Function):
             for m0, nb, qs, win in _segments(plan, r1 - r0, b, w, q.shape[-1]):
                 p0 = off + m0
                 o, l = _FWD(
-                    _windows(q, r0, r1, m0, nb, qs, b), _windows(k, r0, r1, p0 - win, nb, win + qs, b),
+                    _windows(q, r0, r1, m0, nb, qs, b), _band_keys(k, r0, r1, p0, nb, qs, b, win, rebase),
                     _windows(v, r0, r1, p0 - win, nb, win + qs, b), 0.0, win == 0,
                     attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale,
                 )
                 _windows(out, r0, r1, m0, nb, qs, b).copy_(o)
                 lse[0, r0:r1, m0: m0 + nb * qs] = l.reshape(r1 - r0, nb * qs)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan, ctx.scale, ctx.masks = plan, scale, masks
+        ctx.plan, ctx.scale, ctx.masks, ctx.rebase = plan, scale, masks, rebase
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
-        plan, scale, masks = ctx.plan, ctx.scale, ctx.masks
+        plan, scale, masks, rebase = ctx.plan, ctx.scale, ctx.masks, ctx.rebase
         acc = torch.promote_types(q.dtype, torch.float32)
         go = grad_out.to(q.dtype).contiguous()
         dq = torch.zeros(q.shape, dtype=acc, device=q.device)
         dk = torch.zeros(k.shape, dtype=acc, device=k.device)
         dv = torch.zeros(v.shape, dtype=acc, device=v.device)
         off = plan.offset
-        for r0, r1 in plan.dense:
+        for r0, r1, blocked in _dense_runs(plan, rebase):
+            if blocked:
+                _rebased_dense_backward(go, q, k, v, out, lse, r0, r1, off, scale, rebase, (dq, dk, dv))
+                continue
             rs = slice(r0, r1)
             grads = _dense_backward(go[:, rs], q[:, rs], k[:, rs], v[:, rs], out[:, rs], lse[:, rs], off, scale)
             for buf, g in zip((dq, dk, dv), grads):
@@ -218,7 +226,8 @@ class BandedCausalSDPA(torch.autograd.Function):
                 p0 = off + m0
                 qv, gov, ov = (_windows(x, r0, r1, m0, nb, qs, b) for x in (q, go, out))
                 lv = lse_rows.as_strided((rows, nb, qs), (lse_rows.stride(0), b, 1), lse_rows.storage_offset() + m0)
-                kw, vw = (_windows(x, r0, r1, p0 - win, nb, win + qs, b) for x in (k, v))
+                kw = _band_keys(k, r0, r1, p0, nb, qs, b, win, rebase)
+                vw = _windows(v, r0, r1, p0 - win, nb, win + qs, b)
                 gq, gk, gv = _BWD(gov, qv, kw, vw, ov, lv, 0.0, win == 0,
                                   attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale)
                 _windows(dq, r0, r1, m0, nb, qs, b).add_(gq)
@@ -229,7 +238,80 @@ class BandedCausalSDPA(torch.autograd.Function):
                 for p in range(win // b + 1):  # overlapping windows: phase by phase, each phase's tiles are disjoint
                     _windows(dk, r0, r1, p0 - win + p * b, nb, b, b).add_(gk[:, :, p * b:(p + 1) * b])
                     _windows(dv, r0, r1, p0 - win + p * b, nb, b, b).add_(gv[:, :, p * b:(p + 1) * b])
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+
+
+def _dense_runs(plan: BandPlan, rebase: Optional[Rebase]) -> List[Tuple[int, int, bool]]:
+    """The dense rows as runs (r0, r1, blocked): ``blocked`` runs are computed per query block, rebased."""
+    if rebase is None:
+        return [(r0, r1, False) for r0, r1 in plan.dense]
+    flags = rebase.rows[0].tolist()
+    runs: List[Tuple[int, int, bool]] = []
+    for r0, r1 in plan.dense:
+        a = r0
+        for r in range(r0 + 1, r1 + 1):
+            if r == r1 or flags[r] != flags[a]:
+                runs.append((a, r, bool(flags[a])))
+                a = r
+    return runs
+
+
+def _band_keys(k: Tensor, r0: int, r1: int, p0: int, nb: int, qs: int, b: int, win: int,
+               rebase: Optional[Rebase]) -> Tensor:
+    """The key windows of ``nb`` query blocks (rows, nb, win + qs, width): views of k, or rebased copies.
+
+    Block i (queries at positions ``p0 + i * b ...``, ``qs`` of them) reads keys from ``p0 + i * b - win``;
+    with ``rebase`` its decay channel is taken relative to the block's middle query (:mod:`xforget.ops.rebase`).
+    """
+    kw = _windows(k, r0, r1, p0 - win, nb, win + qs, b)
+    if rebase is None:
+        return kw
+    kw = kw.clone()
+    lo = _windows(rebase.key_lo[..., None], r0, r1, p0 - win, nb, win + qs, b)[..., 0]
+    mid = torch.arange(nb, device=k.device) * b + (p0 + qs // 2)
+    rebase_(kw, lo, rebase.hi[0, r0:r1][:, mid], rebase.lo[0, r0:r1][:, mid], rebase.slot)
+    return kw
+
+
+def _dense_blocks(q: Tensor, k: Tensor, r0: int, r1: int, off: int):
+    """(rows, m0, qs, p0) of the blocked rebased dense path: query blocks of ``REBASE_BLOCK``, rows in
+    chunks whose key copies stay below ``CALL_ELEMENTS``."""
+    n_q, n_k, width = q.shape[2], k.shape[2], k.shape[-1]
+    step = max(1, CALL_ELEMENTS // max(1, n_k * width))
+    for a in range(r0, r1, step):
+        rows = slice(a, min(r1, a + step))
+        for m0 in range(0, n_q, REBASE_BLOCK):
+            yield rows, m0, min(REBASE_BLOCK, n_q - m0), off + m0
+
+
+def _dense_keys(k: Tensor, rows: slice, p0: int, qs: int, rebase: Rebase) -> Tensor:
+    """Keys ``[0, p0 + qs)`` of ``rows``, copied, their decay channel relative to the block's middle query."""
+    kw = k[:, rows, : p0 + qs].clone()
+    mid = p0 + qs // 2
+    return rebase_(kw, rebase.key_lo[:, rows, : p0 + qs], rebase.hi[:, rows, mid], rebase.lo[:, rows, mid],
+                   rebase.slot)
+
+
+def _rebased_dense_forward(q, k, v, r0, r1, off, scale, rebase: Rebase, out: Tensor, lse: Tensor) -> None:
+    """Unpruned causal rows block by block, each block's decay channel rebased; writes ``out`` and ``lse``."""
+    for rows, m0, qs, p0 in _dense_blocks(q, k, r0, r1, off):
+        kw = _dense_keys(k, rows, p0, qs, rebase)
+        o, l = _dense_forward(q[:, rows, m0:m0 + qs], kw, v[:, rows, : p0 + qs], p0, scale)
+        out[:, rows, m0:m0 + qs] = o
+        lse[:, rows, m0:m0 + qs] = l
+
+
+def _rebased_dense_backward(go, q, k, v, out, lse, r0, r1, off, scale, rebase: Rebase, bufs) -> None:
+    """The backward of :func:`_rebased_dense_forward`, accumulated into ``bufs`` = (dq, dk, dv)."""
+    dq, dk, dv = bufs
+    for rows, m0, qs, p0 in _dense_blocks(q, k, r0, r1, off):
+        kw = _dense_keys(k, rows, p0, qs, rebase)
+        qq = slice(m0, m0 + qs)
+        gq, gk, gv = _dense_backward(go[:, rows, qq], q[:, rows, qq], kw, v[:, rows, : p0 + qs], out[:, rows, qq],
+                                     lse[:, rows, qq], p0, scale)
+        dq[:, rows, qq] += gq
+        dk[:, rows, : p0 + qs] += gk
+        dv[:, rows, : p0 + qs] += gv
 
 
 def _dense_forward(q: Tensor, k: Tensor, v: Tensor, offset: int, scale: float) -> Tuple[Tensor, Tensor]:
