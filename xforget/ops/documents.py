@@ -142,20 +142,22 @@ class DocumentBlockSDPA(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, document_ids: Tensor, starts, block: int,  # type: ignore[override]
-                rebase: Optional[Rebase] = None):
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor,  # type: ignore[override]
+                document_ids: Tensor, starts, block: int, rebase: Optional[Rebase] = None):
         b, h, n_q, _ = q.shape
         off = k.shape[2] - n_q
         out = q.new_empty(b, h, n_q, v.shape[-1])
         lse = torch.empty(b, h, n_q, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
         masks = {}  # kept for the backward: O(n * (block + document)) floats, not O(n^2)
+        store: dict = {}  # the rebased key copies' buffer, reused block after block
         for r, row in enumerate(starts):
             for t, lo in enumerate(row):
                 m0 = t * block
                 qs = min(block, n_q - m0)
                 hi = off + m0 + qs
                 mask = masks[r, t] = _block_mask(document_ids, r, off + m0, qs, lo, q.dtype)
-                o, l = _FWD(q[r:r + 1, :, m0:m0 + qs], _keys(k, r, lo, off + m0, qs, rebase), v[r:r + 1, :, lo:hi],
+                o, l = _FWD(q[r:r + 1, :, m0:m0 + qs], _keys(k, r, lo, off + m0, qs, rebase, store),
+                            v[r:r + 1, :, lo:hi],
                             0.0, mask is None, attn_mask=mask, scale=1.0)
                 out[r:r + 1, :, m0:m0 + qs] = o
                 lse[r:r + 1, :, m0:m0 + qs] = l
@@ -172,6 +174,7 @@ class DocumentBlockSDPA(torch.autograd.Function):
         dv = torch.zeros(v.shape, dtype=acc, device=v.device)
         n_q, block = q.shape[2], ctx.block
         off = k.shape[2] - n_q
+        store: dict = {}
         for r, row in enumerate(ctx.starts):
             for t, lo in enumerate(row):
                 m0 = t * block
@@ -179,7 +182,8 @@ class DocumentBlockSDPA(torch.autograd.Function):
                 hi = off + m0 + qs
                 mask = ctx.masks[r, t]
                 qq = slice(m0, m0 + qs)
-                gq, gk, gv = _BWD(go[r:r + 1, :, qq], q[r:r + 1, :, qq], _keys(k, r, lo, off + m0, qs, ctx.rebase),
+                gq, gk, gv = _BWD(go[r:r + 1, :, qq], q[r:r + 1, :, qq],
+                                  _keys(k, r, lo, off + m0, qs, ctx.rebase, store),
                                   v[r:r + 1, :, lo:hi],
                                   out[r:r + 1, :, qq], lse[r:r + 1, :, qq], 0.0, mask is None, attn_mask=mask,
                                   scale=1.0)
@@ -190,14 +194,20 @@ class DocumentBlockSDPA(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
 
 
-def _keys(k: Tensor, r: int, lo: int, p0: int, qs: int, rebase: Optional[Rebase]) -> Tensor:
-    """Keys ``[lo, p0 + qs)`` of batch row ``r``: a view, or with ``rebase`` a copy whose decay channel is
-    taken relative to the block's middle query (:mod:`xforget.ops.rebase`)."""
+def _keys(k: Tensor, r: int, lo: int, p0: int, qs: int, rebase: Optional[Rebase], store: dict) -> Tensor:
+    """Keys ``[lo, p0 + qs)`` of batch row ``r``: a view, or with ``rebase`` a copy (in a buffer reused
+    through ``store``: fresh allocations per block cost page faults) whose decay channel is taken relative
+    to the block's middle query (:mod:`xforget.ops.rebase`)."""
     kw = k[r:r + 1, :, lo:p0 + qs]
     if rebase is None:
         return kw
+    need = kw.numel()
+    buf = store.get("keys")
+    if buf is None or buf.numel() < need:
+        buf = store["keys"] = k.new_empty(k[r:r + 1].numel())
+    copy = buf[:need].view(kw.shape).copy_(kw)
     mid = p0 + qs // 2
-    return rebase_(kw.clone(), rebase.key_lo[r:r + 1, :, lo:p0 + qs], rebase.hi[r:r + 1, :, mid],
+    return rebase_(copy, rebase.key_lo[r:r + 1, :, lo:p0 + qs], rebase.hi[r:r + 1, :, mid],
                    rebase.lo[r:r + 1, :, mid], rebase.slot)
 
 

@@ -154,16 +154,22 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     dtype = kernel_dtype(q)  # half precision on the CPU runs in fp32 (faster there, one exact channel)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     u = per_key_logit(c, mask, s, q.device)
-    k_chans, q_val = split_channels(u, dtype)
-    n_ch = len(k_chans)
+    q_s = (q.to(torch.promote_types(dtype, torch.float32)) * scale).to(dtype)
+    exact = rebase_on and c is not None and rebasing.channels_in_order(max(s.d + 4, s.d_v))
+    if exact:  # the row constant as query channels, summed first: one fused call, no rebase needed
+        q_parts, k_parts = _decay_first(q_s, k, c, u, s)
+        n_ch = 4
+    else:
+        k_chans, q_val = split_channels(u, dtype)
+        n_ch = len(k_chans)
+        # [q * scale, q_val...], [k, u channels...]
+        q_parts = [q_s, q_val[..., None].to(dtype).expand(s.b, s.h, s.n_q, n_ch)]
+        k_parts = [expand_kv(k, s.h)] + [ch[..., None] for ch in k_chans]
     width = max(s.d + n_ch, s.d_v)
     width = -(-width // channel_multiple) * channel_multiple
 
-    # one copy per tensor: [q * scale, q_val...], [k, u channels...], [v, 0...], zero-padded to width
+    # one copy per tensor, zero-padded to width; v: [v, 0...]
     pad_qk, pad_v = width - s.d - n_ch, width - s.d_v
-    q_s = (q.to(torch.promote_types(dtype, torch.float32)) * scale).to(dtype)
-    q_parts = [q_s, q_val[..., None].to(dtype).expand(s.b, s.h, s.n_q, n_ch)]
-    k_parts = [expand_kv(k, s.h)] + [ch[..., None] for ch in k_chans]
     if pad_qk:
         q_parts.append(q_s.new_zeros(s.b, s.h, s.n_q, pad_qk))
         k_parts.append(q_s.new_zeros(s.b, s.h, s.n_k, pad_qk))
@@ -171,7 +177,7 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     # the fused CPU/GPU kernels want equal head dims: pad v with zero channels
     v2 = F.pad(expand_kv(v, s.h), (0, pad_v)) if pad_v else expand_kv(v, s.h)
 
-    rb = make_rebase(c, mask, s.d) if rebase_on and c is not None else None
+    rb = make_rebase(c, mask, s.d, s.n_q) if rebase_on and c is not None and not exact else None
     if call.document_ids is not None:  # packed documents: each query block from its document's start
         return call.finish(_documents(call, q, k, c, q2, k2, v2, rb))
     out = None
@@ -182,6 +188,27 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     if out is None:
         out = causal_sdpa(q2, k2, v2, s.n_q, s.n_k, 1.0)[..., : s.d_v]
     return call.finish(out)
+
+
+def _decay_first(q_s: Tensor, k: Tensor, c: Tensor, u: Tensor, s: Shapes) -> Tuple[List[Tensor], List[Tensor]]:
+    """The exact fold's channels (fp32, CPU): queries ``[1, c_hi_i, 1, c_lo_i, q * scale]``, keys
+    ``[u_hi_j, 1, u_lo_j, 1, k]``, with ``c`` float64 (b, h, n_k), ``u`` its per-key logit (pads far)
+    and ``x_hi = fl32(x)``, ``x_lo = fl32(x - x_hi)``.
+
+    A kernel that sums the channels in order (:func:`xforget.ops.rebase.channels_in_order`) forms
+    ``u_hi_j + c_hi_i`` first, exactly for every key within a factor two of the query's decay, then
+    adds the small parts and ``q . k``: the logit ``s_ij + c_i - c_j`` is rounded at its own size,
+    not at ``|c|``.  The gradient reaches ``c`` through the ``hi`` channels (the ``lo`` parts are
+    constants: ``x_lo = x - x_hi`` has derivative 0).
+    """
+    dt = q_s.dtype
+    c_q = c[..., s.offset:]
+    c_hi, u_hi = c_q.to(dt), u.to(dt)
+    c_lo, u_lo = ((x.detach() - x_hi.detach().double()).to(dt) for x, x_hi in ((c_q, c_hi), (u, u_hi)))
+    one_q, one_k = torch.ones_like(c_hi), torch.ones_like(u_hi)
+    q_parts = [torch.stack((one_q, c_hi, one_q, c_lo), -1), q_s]
+    k_parts = [torch.stack((u_hi, one_k, u_lo, one_k), -1), expand_kv(k, s.h)]
+    return q_parts, k_parts
 
 
 def _rebases(call: AttentionCall) -> bool:

@@ -36,7 +36,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from xforget.ops.common import Tensor
-from xforget.ops.rebase import REBASE_BLOCK, Rebase, rebase_
+from xforget.ops.rebase import Rebase, rebase_
 
 _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -178,9 +178,10 @@ class BandedCausalSDPA(torch.autograd.Function):
         lse = torch.empty(1, R, plan.n_q, dtype=acc, device=q.device)
         off = plan.offset
         masks = {}
-        for r0, r1, blocked in _dense_runs(plan, rebase):
-            if blocked:
-                _rebased_dense_forward(q, k, v, r0, r1, off, scale, rebase, out, lse)
+        store: dict = {}
+        for r0, r1, block in _dense_runs(plan, rebase):
+            if block:
+                _rebased_dense_forward(q, k, v, r0, r1, off, scale, rebase, block, out, lse, masks)
                 continue
             o, l = _dense_forward(q[:, r0:r1], k[:, r0:r1], v[:, r0:r1], off, scale)
             out[:, r0:r1] = o
@@ -190,7 +191,7 @@ class BandedCausalSDPA(torch.autograd.Function):
             for m0, nb, qs, win in _segments(plan, r1 - r0, b, w, q.shape[-1]):
                 p0 = off + m0
                 o, l = _FWD(
-                    _windows(q, r0, r1, m0, nb, qs, b), _band_keys(k, r0, r1, p0, nb, qs, b, win, rebase),
+                    _windows(q, r0, r1, m0, nb, qs, b), _band_keys(k, r0, r1, p0, nb, qs, b, win, rebase, store),
                     _windows(v, r0, r1, p0 - win, nb, win + qs, b), 0.0, win == 0,
                     attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale,
                 )
@@ -210,9 +211,10 @@ class BandedCausalSDPA(torch.autograd.Function):
         dk = torch.zeros(k.shape, dtype=acc, device=k.device)
         dv = torch.zeros(v.shape, dtype=acc, device=v.device)
         off = plan.offset
-        for r0, r1, blocked in _dense_runs(plan, rebase):
-            if blocked:
-                _rebased_dense_backward(go, q, k, v, out, lse, r0, r1, off, scale, rebase, (dq, dk, dv))
+        store: dict = {}
+        for r0, r1, block in _dense_runs(plan, rebase):
+            if block:
+                _rebased_dense_backward(go, q, k, v, out, lse, r0, r1, off, scale, rebase, block, masks, (dq, dk, dv))
                 continue
             rs = slice(r0, r1)
             grads = _dense_backward(go[:, rs], q[:, rs], k[:, rs], v[:, rs], out[:, rs], lse[:, rs], off, scale)
@@ -226,7 +228,7 @@ class BandedCausalSDPA(torch.autograd.Function):
                 p0 = off + m0
                 qv, gov, ov = (_windows(x, r0, r1, m0, nb, qs, b) for x in (q, go, out))
                 lv = lse_rows.as_strided((rows, nb, qs), (lse_rows.stride(0), b, 1), lse_rows.storage_offset() + m0)
-                kw = _band_keys(k, r0, r1, p0, nb, qs, b, win, rebase)
+                kw = _band_keys(k, r0, r1, p0, nb, qs, b, win, rebase, store)
                 vw = _windows(v, r0, r1, p0 - win, nb, win + qs, b)
                 gq, gk, gv = _BWD(gov, qv, kw, vw, ov, lv, 0.0, win == 0,
                                   attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale)
@@ -241,23 +243,34 @@ class BandedCausalSDPA(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
 
-def _dense_runs(plan: BandPlan, rebase: Optional[Rebase]) -> List[Tuple[int, int, bool]]:
-    """The dense rows as runs (r0, r1, blocked): ``blocked`` runs are computed per query block, rebased."""
+def _dense_runs(plan: BandPlan, rebase: Optional[Rebase]) -> List[Tuple[int, int, int]]:
+    """The dense rows as runs (r0, r1, block): runs with ``block > 0`` go query block by query block, rebased."""
     if rebase is None:
-        return [(r0, r1, False) for r0, r1 in plan.dense]
-    flags = rebase.rows[0].tolist()
-    runs: List[Tuple[int, int, bool]] = []
+        return [(r0, r1, 0) for r0, r1 in plan.dense]
+    sizes = rebase.blocks[0].tolist()
+    runs: List[Tuple[int, int, int]] = []
     for r0, r1 in plan.dense:
         a = r0
         for r in range(r0 + 1, r1 + 1):
-            if r == r1 or flags[r] != flags[a]:
-                runs.append((a, r, bool(flags[a])))
+            if r == r1 or sizes[r] != sizes[a]:
+                runs.append((a, r, int(sizes[a])))
                 a = r
     return runs
 
 
+def _scratch(store: dict, like: Tensor, shape: Tuple[int, ...]) -> Tensor:
+    """A reused buffer of ``shape`` (like's dtype): fresh allocations per block cost page faults."""
+    need = 1
+    for x in shape:
+        need *= x
+    buf = store.get("keys")
+    if buf is None or buf.numel() < need:
+        buf = store["keys"] = like.new_empty(need)
+    return buf[:need].view(shape)
+
+
 def _band_keys(k: Tensor, r0: int, r1: int, p0: int, nb: int, qs: int, b: int, win: int,
-               rebase: Optional[Rebase]) -> Tensor:
+               rebase: Optional[Rebase], store: dict) -> Tensor:
     """The key windows of ``nb`` query blocks (rows, nb, win + qs, width): views of k, or rebased copies.
 
     Block i (queries at positions ``p0 + i * b ...``, ``qs`` of them) reads keys from ``p0 + i * b - win``;
@@ -266,49 +279,61 @@ def _band_keys(k: Tensor, r0: int, r1: int, p0: int, nb: int, qs: int, b: int, w
     kw = _windows(k, r0, r1, p0 - win, nb, win + qs, b)
     if rebase is None:
         return kw
-    kw = kw.clone()
+    kw = _scratch(store, k, tuple(kw.shape)).copy_(kw)
     lo = _windows(rebase.key_lo[..., None], r0, r1, p0 - win, nb, win + qs, b)[..., 0]
     mid = torch.arange(nb, device=k.device) * b + (p0 + qs // 2)
     rebase_(kw, lo, rebase.hi[0, r0:r1][:, mid], rebase.lo[0, r0:r1][:, mid], rebase.slot)
     return kw
 
 
-def _dense_blocks(q: Tensor, k: Tensor, r0: int, r1: int, off: int):
-    """(rows, m0, qs, p0) of the blocked rebased dense path: query blocks of ``REBASE_BLOCK``, rows in
-    chunks whose key copies stay below ``CALL_ELEMENTS``."""
+def _dense_blocks(q: Tensor, k: Tensor, r0: int, r1: int, off: int, block: int):
+    """(rows, m0, qs, p0) of the blocked rebased dense path: query blocks of ``block``, rows in chunks
+    whose key copies stay below ``CALL_ELEMENTS``."""
     n_q, n_k, width = q.shape[2], k.shape[2], k.shape[-1]
     step = max(1, CALL_ELEMENTS // max(1, n_k * width))
     for a in range(r0, r1, step):
         rows = slice(a, min(r1, a + step))
-        for m0 in range(0, n_q, REBASE_BLOCK):
-            yield rows, m0, min(REBASE_BLOCK, n_q - m0), off + m0
+        for m0 in range(0, n_q, block):
+            yield rows, m0, min(block, n_q - m0), off + m0
 
 
-def _dense_keys(k: Tensor, rows: slice, p0: int, qs: int, rebase: Rebase) -> Tensor:
-    """Keys ``[0, p0 + qs)`` of ``rows``, copied, their decay channel relative to the block's middle query."""
-    kw = k[:, rows, : p0 + qs].clone()
+def _dense_call(k: Tensor, rows: slice, p0: int, qs: int, block: int, rebase: Rebase, masks: dict, store: dict):
+    """Keys ``[0, p0 + qs)`` of ``rows`` (a reused copy, the decay channel relative to the block's middle
+    query) and the lower-right causal mask of the block (None when ``p0 == 0``: plain causal)."""
+    n_k = k.shape[2]
+    kw = _scratch(store, k, (1, rows.stop - rows.start, p0 + qs, k.shape[-1])).copy_(k[:, rows, : p0 + qs])
     mid = p0 + qs // 2
-    return rebase_(kw, rebase.key_lo[:, rows, : p0 + qs], rebase.hi[:, rows, mid], rebase.lo[:, rows, mid],
-                   rebase.slot)
+    rebase_(kw, rebase.key_lo[:, rows, : p0 + qs], rebase.hi[:, rows, mid], rebase.lo[:, rows, mid], rebase.slot)
+    if p0 == 0:
+        return kw, None
+    mask = masks.setdefault(("dense", block, n_k), None)
+    if mask is None:
+        mask = masks[("dense", block, n_k)] = _band_mask(block, n_k, k.dtype, k.device)
+    return kw, mask[None, None, :qs, n_k - p0: n_k + qs]
 
 
-def _rebased_dense_forward(q, k, v, r0, r1, off, scale, rebase: Rebase, out: Tensor, lse: Tensor) -> None:
+def _rebased_dense_forward(q, k, v, r0, r1, off, scale, rebase: Rebase, block: int, out: Tensor, lse: Tensor,
+                           masks: dict) -> None:
     """Unpruned causal rows block by block, each block's decay channel rebased; writes ``out`` and ``lse``."""
-    for rows, m0, qs, p0 in _dense_blocks(q, k, r0, r1, off):
-        kw = _dense_keys(k, rows, p0, qs, rebase)
-        o, l = _dense_forward(q[:, rows, m0:m0 + qs], kw, v[:, rows, : p0 + qs], p0, scale)
+    store: dict = {}
+    for rows, m0, qs, p0 in _dense_blocks(q, k, r0, r1, off, block):
+        kw, mask = _dense_call(k, rows, p0, qs, block, rebase, masks, store)
+        o, l = _FWD(q[:, rows, m0:m0 + qs], kw, v[:, rows, : p0 + qs], 0.0, mask is None, attn_mask=mask,
+                    scale=scale)
         out[:, rows, m0:m0 + qs] = o
         lse[:, rows, m0:m0 + qs] = l
 
 
-def _rebased_dense_backward(go, q, k, v, out, lse, r0, r1, off, scale, rebase: Rebase, bufs) -> None:
+def _rebased_dense_backward(go, q, k, v, out, lse, r0, r1, off, scale, rebase: Rebase, block: int, masks: dict,
+                            bufs) -> None:
     """The backward of :func:`_rebased_dense_forward`, accumulated into ``bufs`` = (dq, dk, dv)."""
     dq, dk, dv = bufs
-    for rows, m0, qs, p0 in _dense_blocks(q, k, r0, r1, off):
-        kw = _dense_keys(k, rows, p0, qs, rebase)
+    store: dict = {}
+    for rows, m0, qs, p0 in _dense_blocks(q, k, r0, r1, off, block):
+        kw, mask = _dense_call(k, rows, p0, qs, block, rebase, masks, store)
         qq = slice(m0, m0 + qs)
-        gq, gk, gv = _dense_backward(go[:, rows, qq], q[:, rows, qq], kw, v[:, rows, : p0 + qs], out[:, rows, qq],
-                                     lse[:, rows, qq], p0, scale)
+        gq, gk, gv = _BWD(go[:, rows, qq], q[:, rows, qq], kw, v[:, rows, : p0 + qs], out[:, rows, qq],
+                          lse[:, rows, qq], 0.0, mask is None, attn_mask=mask, scale=scale)
         dq[:, rows, qq] += gq
         dk[:, rows, : p0 + qs] += gk
         dv[:, rows, : p0 + qs] += gv
