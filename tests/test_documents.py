@@ -233,3 +233,24 @@ def test_packed_fold_skips_every_tile_of_earlier_documents(monkeypatch):
     assert float(rec.pruned[0]) >= layout
     total = n * (n + 1) // 2 * 2
     assert float(rec.fraction[0]) >= layout / total > 0.2
+
+
+def test_document_layout_is_computed_once_per_forward(monkeypatch):
+    """Every layer reads the segment starts/ends computed once for the ids tensor; a changed tensor recomputes."""
+    from xforget.ops import documents
+
+    calls = []
+    real = documents._starts
+    monkeypatch.setattr(documents, "_starts", lambda d: calls.append(1) or real(d))
+    documents._LAYOUT.clear()
+    net = _model(SCHEMES["fox_pro"], torch.float32)  # two layers
+    tokens = torch.randint(0, 40, (2, 30))
+    docs = torch.stack((_ids([6, 24]), _ids([1, 1, 10, 18])))
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    mask[1, 27:] = False
+    net(tokens, document_ids=docs, mask=mask)
+    assert 1 <= len(calls) <= 2  # the starts (and the ends, where a path needs them), for both layers
+    starts = documents.segment_starts(docs)
+    assert documents.segment_starts(docs) is starts
+    docs[1, 20:] = 4  # in place: the cached layout is stale and recomputed
+    assert documents.segment_starts(docs)[1].tolist() == [0, 1] + [2] * 10 + [12] * 8 + [20] * 10

@@ -52,8 +52,32 @@ def check_document_ids(document_ids: Tensor, b: int, n: int) -> Tensor:
     return document_ids
 
 
+# The last document layout seen, per kind: (ids tensor, its version, result).  The wrapper passes one
+# ids tensor to every layer, so each layer's backend reads the layout computed once per forward.
+_LAYOUT: dict = {}
+
+
+def _layout(kind: str, document_ids: Tensor, compute) -> Tensor:
+    """``compute(document_ids)``, memoised for the same ids tensor (same object, unchanged since)."""
+    if torch.compiler.is_compiling():
+        return compute(document_ids)
+    entry = _LAYOUT.get(kind)  # one read: a consistent (ids, version, result) triple
+    if entry is not None and entry[0] is document_ids and entry[1] == document_ids._version:
+        return entry[2]
+    result = compute(document_ids)
+    _LAYOUT[kind] = (document_ids, document_ids._version, result)
+    return result
+
+
 def segment_starts(document_ids: Tensor) -> Tensor:
-    """(b, n) int64: the position of the first token of each position's document."""
+    """(b, n) int64: the position of the first token of each position's document.
+
+    Computed once per ids tensor (every layer of a forward passes the same one); treat it as read-only.
+    """
+    return _layout("starts", document_ids, _starts)
+
+
+def _starts(document_ids: Tensor) -> Tensor:
     b, n = document_ids.shape
     idx = torch.arange(n, device=document_ids.device).expand(b, n)
     new = torch.ones_like(document_ids, dtype=torch.bool)
@@ -62,9 +86,9 @@ def segment_starts(document_ids: Tensor) -> Tensor:
 
 
 def segment_ends(document_ids: Tensor) -> Tensor:
-    """(b, n) int64: the position of the last token of each position's document."""
-    n = document_ids.shape[1]
-    return (n - 1) - segment_starts(document_ids.flip(-1)).flip(-1)
+    """(b, n) int64: the position of the last token of each position's document (computed once per ids
+    tensor, like :func:`segment_starts`)."""
+    return _layout("ends", document_ids, lambda d: (d.shape[1] - 1) - _starts(d.flip(-1)).flip(-1))
 
 
 def segmented_cumsum(g: Tensor, starts: Tensor) -> Tensor:
