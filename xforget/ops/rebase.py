@@ -135,6 +135,7 @@ def rebase_(keys: Tensor, key_lo: Tensor, ref_hi: Tensor, ref_lo: Tensor, slot: 
 PROBE_DECAY = 30000.3  # |c| of the probe: an fp32 rounding at this magnitude is ~2e-3 per logit
 
 
+@torch.compiler.disable  # the cached verdict is read eagerly (dynamo would trace through the cache)
 @functools.lru_cache(maxsize=None)
 def channels_in_order(width: int) -> bool:
     """Does the CPU fp32 fused kernel sum the first channels of ``q . k`` first, in order?
@@ -151,7 +152,6 @@ def channels_in_order(width: int) -> bool:
     return _probe(width, first=True)
 
 
-@torch.compiler.disable  # a one-time eager probe
 def _probe(width: int, first: bool) -> bool:
     """The check of :func:`channels_in_order`; ``first=False`` puts the decay channels last (tests: it fails)."""
     with torch.enable_grad(), torch.autocast("cpu", enabled=False):
