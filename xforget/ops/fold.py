@@ -12,7 +12,9 @@ Precision (the naive single-channel fold in bf16 is off by ~0.6 once
 
 * q is pre-scaled in fp32 and SDPA is called with ``scale=1.0``, so the query
   channel is an exact constant (1, or a power of two for fp16).
-* fp32 / fp64: one channel ``u`` in the input dtype.
+* CPU fp32 (also half-precision CPU inputs, which run in fp32): four
+  channels, the row constant included, summed first (see "Accuracy" below,
+  :func:`_decay_first`); fp64 and CUDA fp32: one channel ``u``.
 * bf16: three channels ``hi + mid + lo`` with ``hi = bf16(u)``,
   ``mid = bf16(u - hi)``, ``lo = bf16(u - hi - mid)``: 3 x 8 bits = the full
   24-bit fp32 mantissa, so the fp32 ``u`` is represented exactly and the fused
@@ -21,14 +23,14 @@ Precision (the naive single-channel fold in bf16 is off by ~0.6 once
   (both exact), ``p`` chosen per (batch, head) so that ``|u| / 2^p <= 2^14``:
   nothing can overflow fp16's 65504 however large |c| grows.
 
-Accuracy: a single fused call carries u_j = -c_j at full magnitude, so its
-logits are exact only to ~6e-8 * max|c| (ALiBi, 8 heads: 4.1e-5 off float64
-at 2048 tokens).  On the CPU in fp32 the fold therefore cumulates c in float64
-and rebases the channel per block of queries (:mod:`xforget.ops.rebase`): each
-block sees ``c_ref - c_j`` with ``c_ref`` its middle query's decay, exact to
-the rounding of that small number, so the error no longer grows with the
-length or with |c| (rows whose |c| stays below 8 keep one fused call).  CUDA
-and half-precision kernels keep the single call (the bf16 split above).
+Accuracy: one key channel u_j = -c_j puts the full decay into each logit, so
+the kernel rounds it at ~6e-8 * max|c| (ALiBi, 8 heads: 4.2e-5 off float64 at
+2048 tokens).  On the CPU in fp32 the fold cumulates c in float64 and adds the
+row constant as query channels that the kernel sums before ``q . k``
+(:mod:`xforget.ops.rebase`): the logit is rounded at its own size (ALiBi
+7e-7, FoX at |c| ~ 2e4 1.5e-6).  A one-time probe checks the summation order;
+where it does not hold, the channel is rebased per block of queries instead.
+CUDA keeps the single call (the bf16 split above).
 
 CPU speed: with decay, many softmax weights fall in exp()'s subnormal range
 (e^-87 .. e^-104), which x86 handles ~10x slower; the backward of the fused
