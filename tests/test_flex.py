@@ -219,6 +219,51 @@ def test_pruned_within_eps_bound_of_unpruned():
         assert (out - ref).abs().max().item() <= eps * vrange + 1e-12
 
 
+def test_row_side_of_the_decay_has_zero_gradient():
+    """Why the flex score_mod may detach c_i: every row of dS sums to zero, so d c_i = sum_j dS_ij = 0 and the
+    gate gradient with the row side detached equals the full one (float64 autograd of the definition, with
+    padding, a fully masked row and a pruned-like masked prefix)."""
+    b, h, n, d = 2, 2, 40, 8
+    c = P.make_case(b, h, h, n, d, "strong", pad="left", seed=9)
+    allowed = torch.ones(n, n, dtype=torch.bool).tril()[None, None] & c["mask"][:, None, None, :]
+    allowed = allowed & (torch.arange(n)[None, :] >= (torch.arange(n)[:, None] - 9))  # a band: keys pruned
+    grads = []
+    for detach in (False, True):
+        lf = c["lf"].clone().requires_grad_(True)
+        cs = torch.where(c["mask"][:, None, :], lf, 0.0).cumsum(-1)
+        row = cs.detach() if detach else cs
+        logits = c["q"] @ c["k"].transpose(-1, -2) / math.sqrt(d) + row[..., :, None] - cs[..., None, :]
+        p = logits.masked_fill(~allowed, -math.inf).softmax(-1).nan_to_num(0.0)
+        (p @ c["v"] * c["w"]).sum().backward()
+        grads.append(lf.grad)
+    assert grads[0].abs().max() > 1e-2
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-12, rtol=0)
+
+
+def test_flex_traces_as_one_graph_and_new_calls_do_not_recompile():
+    """Under torch.compile(fullgraph=True) the whole flex path (pruning plan, tile plan, BlockMask, score_mod and
+    mask_mod closures made per call) is one graph without breaks, and a second call with new data of the same
+    shapes reuses it (what the compiled CUDA kernel relies on; traced here with the aot_eager backend because
+    inductor's CPU template does not take this call)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    def fn(q, k, v, lf, mask):  # (document_ids: their checks are data-dependent, a graph break of their own)
+        return forgetting_attention(q, k, v, lf, mask=mask, backend="flex")
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    for seed in (0, 1):
+        c = P.make_case(2, 2, 1, 600, 16, "strong", pad="holes", seed=seed)
+        args = [c[key].float() for key in ("q", "k", "v", "lf")] + [c["mask"]]
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(*args), fn(*args), atol=1e-6, rtol=0)
+        if seed == 0:
+            graphs = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == graphs
+    torch._dynamo.reset()
+
+
 # ----------------------------------------------------------------------------- routing and refusals
 
 

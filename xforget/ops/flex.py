@@ -145,11 +145,12 @@ def flex_attention_backend(call: AttentionCall, *, q_block: int = FLEX_BLOCK, kv
     score_mod = None if c is None else decay_score_mod(c, s.offset)
     if q.is_cuda:
         q, k, v = _pow2_head_dims(q, k, v)
-        out = flex_kernel(q.device)(q, k, v, score_mod=score_mod, block_mask=bm, scale=call.scale,
-                                    enable_gqa=s.h != s.h_kv)
+    kernel = flex_kernel(q.device)
+    args = dict(score_mod=score_mod, block_mask=bm, scale=call.scale, enable_gqa=s.h != s.h_kv)
+    if q.is_cuda or torch.compiler.is_compiling():
+        out = kernel(q, k, v, **args)
     else:
-        with warnings.catch_warnings():  # the eager path warns that it is unfused: known, and why it is CPU only
+        with warnings.catch_warnings():  # the eager CPU path warns that it is unfused: known, and why it is CPU only
             warnings.simplefilter("ignore", UserWarning)
-            out = flex_kernel(q.device)(q, k, v, score_mod=score_mod, block_mask=bm, scale=call.scale,
-                                        enable_gqa=s.h != s.h_kv)
+            out = kernel(q, k, v, **args)
     return call.finish(out[..., : s.d_v])
