@@ -1,0 +1,94 @@
+"""scripts/gpu_check.py on the CPU: its refusals (no CUDA, bad flags) and its report, with fake measurements.
+
+The measurements themselves need a GPU (docs/gpu.md); here the report's JSON keys, its tables and the rule
+that one failing section becomes an error row while the others are kept are checked with fake sections.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_check.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_script(*args, tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}  # no GPU, even on a GPU machine
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+                          cwd=tmp_path)
+
+
+@pytest.mark.parametrize("args, names", [
+    ([], "no CUDA device"),
+    (["--sections", "precision,speed"], "--sections='precision,speed': unknown section(s) ['speed']; valid: tests"),
+])
+def test_refusals_are_one_error_line_exit_2_and_nothing_written(tmp_path, args, names):
+    out = tmp_path / "gpu" / "report.json"
+    proc = run_script(*args, "--out", str(out), tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0], proc.stderr
+    assert not out.exists() and not (tmp_path / "gpu").exists()
+    assert proc.stdout == ""
+
+
+FAKE = {
+    "precision": [dict(dtype="bfloat16", gates="strong", layout="mha", impl="flex", out=2.1e-3, dq=3.2e-3, dk=3.3e-3,
+                       dv=3.0e-3, dlogf=2.8e-3),
+                  dict(dtype="bfloat16", gates="strong", layout="mha", impl="sdpa", out=2.0e-3, dq=3.0e-3, dk=3.1e-3,
+                       dv=2.9e-3)],
+    "op": [dict(n=32768, d=128, impl="sdpa", gates="trained", ms=10.0, gb=1.5, x_plain=1.0),
+           dict(n=32768, d=128, impl="flex", gates="trained", ms=6.7, gb=1.9, x_plain=0.67)],
+    "train": [dict(impl="xforget", position="fox", n=16384, compiled=True, tokens_per_s=341000.0, gb=31.5)],
+}
+
+
+def test_report_json_and_tables_with_fake_sections(tmp_path, monkeypatch, capsys):
+    gc = load_script()
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gc, "environment", lambda: {"device": "Fake H200", "torch": "2.11.0", "has_fla": False})
+
+    def broken(args, env):
+        raise RuntimeError("kernel exploded")
+
+    runners = {name: (lambda rows: (lambda args, env: rows))(rows) for name, rows in FAKE.items()}
+    monkeypatch.setattr(gc, "RUNNERS", {**runners, "decode": broken})
+    out = tmp_path / "report.json"
+    assert gc.main(["--sections", "precision,decode,op,train", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["device"] == "Fake H200" and report["torch"] == "2.11.0"
+    for name, rows in FAKE.items():
+        assert report[name] == rows
+    for key in ("dtype", "gates", "impl", "out", "dq", "dk", "dv", "dlogf"):
+        assert key in gc.COLUMNS["precision"]
+    assert set(gc.COLUMNS["op"]) >= {"n", "d", "impl", "gates", "ms", "gb", "x_plain"}
+    assert set(gc.COLUMNS["train"]) >= {"impl", "position", "n", "compiled", "tokens_per_s", "gb"}
+    assert report["decode"][0]["error"] == "RuntimeError: kernel exploded"  # an error row, the rest kept
+    assert set(report["seconds"]) == {"precision", "decode", "op", "train"}
+
+    printed = capsys.readouterr().out
+    assert "device: Fake H200" in printed
+    table = gc.format_table(report["precision"], gc.COLUMNS["precision"]).splitlines()
+    assert table[0].split() == gc.COLUMNS["precision"]
+    assert table[2].split() == ["bfloat16", "strong", "mha", "flex", "0.0021", "0.0032", "0.0033", "0.003", "0.0028"]
+    assert table[3].split()[-1] == "-"  # plain SDPA has no gate gradient
+    assert "ERROR decode: RuntimeError: kernel exploded" in printed
+    assert "0.67" in printed and "3.41e+05" in printed and "yes" in printed
+    for line in table:
+        assert line in printed
