@@ -45,6 +45,7 @@ class Fault:
 
 
 T_DETAILS = "tests/test_train_details.py"
+T_BOUND = "tests/test_prune_bound.py"
 FAULTS: list[Fault] = [
     # ---- training loop
     Fault("lr-min-ratio", "training: lr schedule", "xforget/train/schedule.py",
@@ -109,6 +110,39 @@ FAULTS: list[Fault] = [
     Fault("route-decode-threshold", "routing: decode", "xforget/ops/dispatch.py",
           "if n_k is not None and n_q <= MAX_DECODE_QUERIES and n_q < n_k:", "if n_k is not None and n_q < n_k:",
           ("tests/test_routing.py",), "long cached chunks take the O(n_q n_k) decode path"),
+    # ---- pruning: each term of the bound (xforget/ops/prune.py), caught by its adversarial case
+    Fault("prune-threshold-no-nk", "pruning: threshold eps / n_k", "xforget/ops/prune.py",
+          "return math.log(eps) - math.log(max(n_k, 1))", "return math.log(eps)",
+          (f"{T_BOUND}::test_each_term_of_the_bound_is_needed_and_tight[threshold]",),
+          "weights below eps (not eps / n_k) pruned: a row's pruned mass can reach n_k * eps"),
+    Fault("prune-decay-block-end", "pruning: decay from the block's first query", "xforget/ops/prune.py",
+          "c_i0 = c[..., first]  # (b, h, nb)", "c_i0 = c[..., (first + block - 1).clamp(max=s.n_k - 1)]  # (b, h, nb)",
+          (f"{T_BOUND}::test_each_term_of_the_bound_is_needed_and_tight[decay-inside-block]",),
+          "decay measured from the block's last query: earlier rows decay less"),
+    Fault("prune-decay-prefix-start", "pruning: decay to the prefix's last key", "xforget/ops/prune.py",
+          "c_end = c[..., ends - 1]", "c_end = c[..., ends - align]",
+          (f"{T_BOUND}::test_each_term_of_the_bound_is_needed_and_tight[decay-inside-prefix]",),
+          "decay measured to the start of the prefix's last key block"),
+    Fault("prune-query-norm-first", "pruning: the block's largest query norm", "xforget/ops/prune.py",
+          "(0, nb * block - n_q)).view(b, h, nb, block).amax(-1)", "(0, nb * block - n_q)).view(b, h, nb, block)[..., 0]",
+          (f"{T_BOUND}::test_each_term_of_the_bound_is_needed_and_tight[query-norm]",),
+          "the norm of the block's first query, not the largest"),
+    Fault("prune-key-norm-last", "pruning: the prefix's largest key norm", "xforget/ops/prune.py",
+          "kpre = kn.cummax(-1).values[..., ends - 1]", "kpre = kn[..., ends - 1]",
+          (f"{T_BOUND}::test_each_term_of_the_bound_is_needed_and_tight[prefix-key-norm]",),
+          "the norm of the prefix's last key, not the largest"),
+    Fault("prune-no-reference-key", "pruning: the reference key's norm", "xforget/ops/prune.py",
+          "(kpre[..., None, :] + kref[..., :, None])", "(kpre[..., None, :] + 0 * kref[..., :, None])",
+          (f"{T_BOUND}::test_each_term_of_the_bound_is_needed_and_tight[reference-key-norm]",),
+          "the reference key's logit taken as 0"),
+    Fault("prune-reference-in-block", "pruning: a reference key before the block", "xforget/ops/prune.py",
+          "        if mask is None:\n            kq = ", "        if True:\n            kq = ",
+          (f"{T_BOUND}::test_each_term_of_the_bound_is_needed_and_tight[reference-key-far]",),
+          "with padding the reference key bounded by the block's own keys (pad queries look further back)"),
+    Fault("decode-group-latest-start", "pruning: decode, a kv head serves its group", "xforget/ops/decode.py",
+          "kv_start = start.view(s.b, s.h_kv, g).amin(-1)", "kv_start = start.view(s.b, s.h_kv, g).amax(-1)",
+          (f"{T_BOUND}::test_decode_path_prunes_within_the_bound_and_a_kv_head_serves_its_whole_group",),
+          "a shared kv head skips what only one of its query heads forgot"),
     # ---- zoo
     Fault("kv-shift-values", "zoo: KV-shift of values", "xforget/nn/kv_shift.py",
           "return k.lerp(prev_k, a), v.lerp(prev_v, a), ShiftState(last_k, last_v)",

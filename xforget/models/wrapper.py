@@ -223,12 +223,9 @@ class TransformerWrapper(
             key_mask = _join_masks(None if cache is None else cache.mask, mask, cache.length if cache else 0, b, n,
                                    x.device)
             positions = document_positions(key_docs, key_mask, n)
-        # without a cache every row starts at 0: no data-dependent check (a graph break under torch.compile)
-        elif fresh and mask is None:
-            positions = torch.arange(n_mem + n, device=x.device)
         else:
             mask = extend_mask(mask, n_mem)
-            positions = self._positions(b, n_mem + n, mask, seen, x.device)
+            positions = self._positions(b, n_mem + n, mask, None if fresh else seen, x.device)
 
         h = self.token_emb(x)
         if self.pos_emb is not None:  # x-transformers' order: the table, then the memory
@@ -242,11 +239,21 @@ class TransformerWrapper(
         return (out, new_cache) if return_cache else out
 
     @staticmethod
-    def _positions(b: int, n: int, mask: Tensor | None, seen: Tensor, device) -> Tensor:
-        """Position of each new token: real tokens count from the row's first real token."""
+    def _positions(b: int, n: int, mask: Tensor | None, seen: Tensor | None, device) -> Tensor:
+        """Int64 position of each new token: real tokens count from the row's first real token.
+
+        ``seen``: (b,) real tokens cached before this call, or None (nothing cached). Returns (n,)
+        when nothing is cached and there is no mask (every row alike: a matrix bias stays one
+        (h, n, n) tensor), else (b, n). With a cache the positions are always per row: asking
+        whether every row sits at the same offset would read ``seen`` on the host (a device sync
+        per decoded token) and branch on data, which ``torch.compile(fullgraph=True)`` cannot trace
+        (x-transformers #304 is the same problem in the peer).
+        """
+        if seen is None:
+            if mask is None:
+                return torch.arange(n, device=device)
+            seen = torch.zeros(b, dtype=torch.long, device=device)
         if mask is None:
-            if bool((seen == seen[0]).all()):
-                return torch.arange(n, device=device) + seen[0]
             return seen[:, None] + torch.arange(n, device=device)
         return seen[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
 

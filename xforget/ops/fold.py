@@ -49,7 +49,7 @@ from xforget.ops.backend import AttentionCall
 from xforget.ops.common import Shapes, Tensor, expand_kv, kernel_dtype
 from xforget.ops.documents import block_key_starts, blocked_document_attention, mask_matrix
 from xforget.ops.documents import skipped_pairs as doc_skipped_pairs
-from xforget.ops.pruned_sdpa import BandedCausalSDPA, make_plan
+from xforget.ops.pruned_op import pruned_fold
 
 # From this many keys the CPU fold runs packed documents block by block (skipping earlier documents);
 # below it one fused call with the block-diagonal mask is faster (scripts/bench_packing.py).
@@ -130,6 +130,9 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     below ``prune_eps / n_k`` of the row's reference key is skipped; the output
     moves by at most ``2 * prune_eps * max|v|``).  Nothing prunes without a
     forget gate or when the gate never gets small; then the op is one fused call.
+    Under ``torch.compile`` the same pruning runs: the plan is made inside one
+    custom operator (:mod:`xforget.ops.pruned_op`), so ``fullgraph=True`` traces
+    the op with no graph break (docs/pruning.md, "Under torch.compile").
     Raises ``ValueError`` for ``causal=False`` (the bidirectional bias has two
     different row constants and does not fold: use "chunked").
     """
@@ -163,10 +166,9 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
 
     if call.document_ids is not None:  # packed documents: each query block from its document's start
         return call.finish(_documents(call, q, k, c, q2, k2, v2))
-    out = None
     if call.prune and c is not None and not q.is_cuda and s.n_k >= acp.PRUNE_MIN_KEYS:
         out = _pruned(q, k, c, mask, s, scale, call.prune_eps, call.key_norm, q2, k2, v2, width)
-    if out is None:
+    else:
         out = causal_sdpa(q2, k2, v2, s.n_q, s.n_k, 1.0)[..., : s.d_v]
     return call.finish(out)
 
@@ -201,18 +203,16 @@ def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q
     return out[..., : s.d_v]
 
 
-@torch.compiler.disable  # data-dependent plan: runs eagerly inside torch.compile (a graph break)
-def _pruned(q, k, c, mask, s: Shapes, scale, prune_eps, key_norm, q2, k2, v2, width) -> Optional[Tensor]:
-    """The banded pruned attention of the folded q2/k2/v2, or None when nothing can be skipped."""
+def _pruned(q, k, c, mask, s: Shapes, scale, prune_eps, key_norm, q2, k2, v2, width) -> Tensor:
+    """The banded pruned attention of the folded q2/k2/v2 (``(b, h, n_q, d_v)``).
+
+    The starts are tensor arithmetic and the banded kernels one custom operator
+    (:mod:`xforget.ops.pruned_op`), so ``torch.compile`` traces this with no graph break and the
+    compiled step skips the same tiles as eager mode.
+    """
     kn = acp.key_norms(k, s.h, mask, key_norm)
     starts = acp.block_starts(q, kn, c, mask, s, scale, prune_eps)
-    plan, skipped, total = make_plan(starts.view(s.b * s.h, -1).tolist(), s.n_q, s.n_k, acp.PRUNE_BLOCK)
-    skipped_t = torch.tensor(skipped, dtype=torch.float64).view(s.b, s.h)
-    acp.record("fold", skipped_t, torch.full_like(skipped_t, total))
-    if not any(skipped):
-        return None
     r = s.b * s.h
-    out = BandedCausalSDPA.apply(
-        q2.reshape(1, r, s.n_q, width), k2.reshape(1, r, s.n_k, width), v2.reshape(1, r, s.n_k, width), plan, 1.0,
-    )
+    out, _ = pruned_fold(q2.reshape(1, r, s.n_q, width), k2.reshape(1, r, s.n_k, width),
+                         v2.reshape(1, r, s.n_k, width), starts.view(r, -1), acp.PRUNE_BLOCK, s.h)
     return out.reshape(s.b, s.h, s.n_q, width)[..., : s.d_v]

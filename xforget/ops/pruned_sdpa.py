@@ -25,7 +25,8 @@ backward: q/k/v, the output and one log-sum-exp per query: O(n)
 memory, no mask is materialised.  Rows that prune nothing run as one
 ``is_causal`` call when ``n_q == n_k``.
 
-CPU only (``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu``).
+CPU only (``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu``).  The autograd
+wrapper is the custom operator of :mod:`xforget.ops.pruned_op` (so ``torch.compile`` traces it).
 """
 
 from __future__ import annotations
@@ -160,76 +161,73 @@ def _band_mask(b: int, w: int, dtype: torch.dtype, device) -> Tensor:
     return torch.full((b, w + b), float("-inf"), dtype=dtype, device=device).triu(w + 1)
 
 
-class BandedCausalSDPA(torch.autograd.Function):
+def banded_forward(q: Tensor, k: Tensor, v: Tensor, plan: BandPlan, scale: float) -> Tuple[Tensor, Tensor]:
     """softmax(q k^T * scale, causal lower-right, keys limited per row by ``plan``) v.
 
-    q (1, R, n_q, w), k/v (1, R, n_k, w), one dtype.  Returns (1, R, n_q, w_v).
-    Block t of a band row attends to the window ``[p0 - W, p0 + B)`` with one
-    shared lower-right causal mask; all blocks of a run of rows are one fused call.
+    q (1, R, n_q, w), k/v (1, R, n_k, w), one dtype.  Block t of a band row attends to the window
+    ``[p0 - W, p0 + B)`` with one shared lower-right causal mask; all blocks of a run of rows are
+    one fused call.  Returns ``(out (1, R, n_q, w_v), lse (1, R, n_q) >= fp32)``; the autograd and
+    ``torch.compile`` wrapper is :mod:`xforget.ops.pruned_op`.
     """
+    acc = torch.promote_types(q.dtype, torch.float32)
+    R = q.shape[1]
+    out = q.new_empty(1, R, plan.n_q, v.shape[-1])
+    lse = torch.empty(1, R, plan.n_q, dtype=acc, device=q.device)
+    off = plan.offset
+    masks = {}
+    for r0, r1 in plan.dense:
+        o, l = _dense_forward(q[:, r0:r1], k[:, r0:r1], v[:, r0:r1], off, scale)
+        out[:, r0:r1] = o
+        lse[:, r0:r1] = l
+    for r0, r1, b, w in plan.band:
+        mask = masks.setdefault((b, w), _band_mask(b, w, q.dtype, q.device))
+        for m0, nb, qs, win in _segments(plan, r1 - r0, b, w, q.shape[-1]):
+            p0 = off + m0
+            o, l = _FWD(
+                _windows(q, r0, r1, m0, nb, qs, b), _windows(k, r0, r1, p0 - win, nb, win + qs, b),
+                _windows(v, r0, r1, p0 - win, nb, win + qs, b), 0.0, win == 0,
+                attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale,
+            )
+            _windows(out, r0, r1, m0, nb, qs, b).copy_(o)
+            lse[0, r0:r1, m0: m0 + nb * qs] = l.reshape(r1 - r0, nb * qs)
+    return out, lse
 
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, plan: BandPlan, scale: float):  # type: ignore[override]
-        acc = torch.promote_types(q.dtype, torch.float32)
-        R, width = q.shape[1], q.shape[-1]
-        out = q.new_empty(1, R, plan.n_q, v.shape[-1])
-        lse = torch.empty(1, R, plan.n_q, dtype=acc, device=q.device)
-        off = plan.offset
-        masks = {}
-        for r0, r1 in plan.dense:
-            o, l = _dense_forward(q[:, r0:r1], k[:, r0:r1], v[:, r0:r1], off, scale)
-            out[:, r0:r1] = o
-            lse[:, r0:r1] = l
-        for r0, r1, b, w in plan.band:
-            mask = masks.setdefault((b, w), _band_mask(b, w, q.dtype, q.device))
-            for m0, nb, qs, win in _segments(plan, r1 - r0, b, w, q.shape[-1]):
-                p0 = off + m0
-                o, l = _FWD(
-                    _windows(q, r0, r1, m0, nb, qs, b), _windows(k, r0, r1, p0 - win, nb, win + qs, b),
-                    _windows(v, r0, r1, p0 - win, nb, win + qs, b), 0.0, win == 0,
-                    attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale,
-                )
-                _windows(out, r0, r1, m0, nb, qs, b).copy_(o)
-                lse[0, r0:r1, m0: m0 + nb * qs] = l.reshape(r1 - r0, nb * qs)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan, ctx.scale, ctx.masks = plan, scale, masks
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        q, k, v, out, lse = ctx.saved_tensors
-        plan, scale, masks = ctx.plan, ctx.scale, ctx.masks
-        acc = torch.promote_types(q.dtype, torch.float32)
-        go = grad_out.to(q.dtype).contiguous()
-        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
-        dk = torch.zeros(k.shape, dtype=acc, device=k.device)
-        dv = torch.zeros(v.shape, dtype=acc, device=v.device)
-        off = plan.offset
-        for r0, r1 in plan.dense:
-            rs = slice(r0, r1)
-            grads = _dense_backward(go[:, rs], q[:, rs], k[:, rs], v[:, rs], out[:, rs], lse[:, rs], off, scale)
-            for buf, g in zip((dq, dk, dv), grads):
-                buf[:, rs] += g
-        for r0, r1, b, w in plan.band:
-            rows = r1 - r0
-            lse_rows = lse[0, r0:r1]
-            mask = masks[(b, w)]
-            for m0, nb, qs, win in _segments(plan, rows, b, w, q.shape[-1]):
-                p0 = off + m0
-                qv, gov, ov = (_windows(x, r0, r1, m0, nb, qs, b) for x in (q, go, out))
-                lv = lse_rows.as_strided((rows, nb, qs), (lse_rows.stride(0), b, 1), lse_rows.storage_offset() + m0)
-                kw, vw = (_windows(x, r0, r1, p0 - win, nb, win + qs, b) for x in (k, v))
-                gq, gk, gv = _BWD(gov, qv, kw, vw, ov, lv, 0.0, win == 0,
-                                  attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale)
-                _windows(dq, r0, r1, m0, nb, qs, b).add_(gq)
-                if nb == 1:
-                    _windows(dk, r0, r1, p0 - win, 1, win + qs, b).add_(gk)
-                    _windows(dv, r0, r1, p0 - win, 1, win + qs, b).add_(gv)
-                    continue
-                for p in range(win // b + 1):  # overlapping windows: phase by phase, each phase's tiles are disjoint
-                    _windows(dk, r0, r1, p0 - win + p * b, nb, b, b).add_(gk[:, :, p * b:(p + 1) * b])
-                    _windows(dv, r0, r1, p0 - win + p * b, nb, b, b).add_(gv[:, :, p * b:(p + 1) * b])
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+def banded_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, plan: BandPlan,
+                    scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """The gradients of :func:`banded_forward` from its saved output and lse: ``(dq, dk, dv)`` in the inputs' dtypes."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    go = grad_out.to(q.dtype).contiguous()
+    dq = torch.zeros(q.shape, dtype=acc, device=q.device)
+    dk = torch.zeros(k.shape, dtype=acc, device=k.device)
+    dv = torch.zeros(v.shape, dtype=acc, device=v.device)
+    off = plan.offset
+    masks = {}
+    for r0, r1 in plan.dense:
+        rs = slice(r0, r1)
+        grads = _dense_backward(go[:, rs], q[:, rs], k[:, rs], v[:, rs], out[:, rs], lse[:, rs], off, scale)
+        for buf, g in zip((dq, dk, dv), grads):
+            buf[:, rs] += g
+    for r0, r1, b, w in plan.band:
+        rows = r1 - r0
+        lse_rows = lse[0, r0:r1]
+        mask = masks.setdefault((b, w), _band_mask(b, w, q.dtype, q.device))
+        for m0, nb, qs, win in _segments(plan, rows, b, w, q.shape[-1]):
+            p0 = off + m0
+            qv, gov, ov = (_windows(x, r0, r1, m0, nb, qs, b) for x in (q, go, out))
+            lv = lse_rows.as_strided((rows, nb, qs), (lse_rows.stride(0), b, 1), lse_rows.storage_offset() + m0)
+            kw, vw = (_windows(x, r0, r1, p0 - win, nb, win + qs, b) for x in (k, v))
+            gq, gk, gv = _BWD(gov, qv, kw, vw, ov, lv, 0.0, win == 0,
+                              attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale)
+            _windows(dq, r0, r1, m0, nb, qs, b).add_(gq)
+            if nb == 1:
+                _windows(dk, r0, r1, p0 - win, 1, win + qs, b).add_(gk)
+                _windows(dv, r0, r1, p0 - win, 1, win + qs, b).add_(gv)
+                continue
+            for p in range(win // b + 1):  # overlapping windows: phase by phase, each phase's tiles are disjoint
+                _windows(dk, r0, r1, p0 - win + p * b, nb, b, b).add_(gk[:, :, p * b:(p + 1) * b])
+                _windows(dv, r0, r1, p0 - win + p * b, nb, b, b).add_(gv[:, :, p * b:(p + 1) * b])
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
 def _dense_forward(q: Tensor, k: Tensor, v: Tensor, offset: int, scale: float) -> Tuple[Tensor, Tensor]:
