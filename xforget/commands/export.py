@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"invalid value overwrite={values['overwrite']!r}: must be true or false")
 
     try:
-        problem = (missing_model_path(values["checkpoint"])
+        problem = (missing_model_path(Path(values["checkpoint"]).expanduser().resolve())
                    or writable_path_problem("out", values["out"], is_dir=True))
         if problem:
             raise ValueError(problem)
@@ -89,7 +89,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False)
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise ValueError(f"out={out} already exists and is not empty; choose another directory or add "
                          "overwrite=true (replaces it)")
-    missing = missing_model_path(run_dir)
+    missing = missing_model_path(source)
     if missing is not None:
         raise CheckpointError(missing)
     from xforget.train.loading import load_trained  # torch: once the paths passed

@@ -111,12 +111,17 @@ def _precheck(argv: list[str]) -> DictConfig | None:
         try:
             cfg = compose_config(job, return_hydra_config=True)
             typed = to_train_config(cfg, model=False)
-            check_data_files(typed.data)  # a missing or empty data file, before Hydra makes the run directory
             # files named by the config, before Hydra creates the run directory
             explicit = Path(str(cfg.hydra.run.dir)) if len(jobs) == 1 and _user_run_dir(argv) else None
             problem = explicit is not None and writable_path_problem("hydra.run.dir", str(explicit), is_dir=True)
             if problem:
                 raise ConfigError(problem)
+            try:
+                check_data_files(typed.data)  # a missing or empty data file
+            except ConfigError as exc:
+                if explicit is not None:  # an existing run's train.log records it, as a failure in the run would
+                    _note_failure(explicit, str(exc), generated=False)
+                raise
             checked.append((i, job, typed, explicit))
             composed = composed if composed is not None else cfg
         except ConfigError as exc:

@@ -389,15 +389,14 @@ def check_data_files(d: DataConfig) -> None:
             raise ConfigError(str(exc)) from None
     if d.name != "text" or not d.path:
         return
-    path = d.path
-    p = Path(path).expanduser()
+    p = Path(d.path).expanduser()
     if not p.exists():
-        raise ConfigError(f"data.path={path}: data file not found ({p.resolve()})")
+        raise ConfigError(f"data file not found: {p.resolve()} (set data.path=FILE)")
     if p.is_dir():
-        raise ConfigError(f"data.path={path}: is a directory, not a file; data=text reads one file (a directory of "
-                          "files: xforget-prepare input=DIR output=OUT, then data=tokens data.path=OUT)")
+        raise ConfigError(f"data file is a directory, not a file: {p.resolve()} (data=text reads one file; a "
+                          "directory of files: xforget-prepare input=DIR output=OUT, then data=tokens data.path=OUT)")
     if p.stat().st_size == 0:
-        raise ConfigError(f"data.path={path}: data file is empty ({p.resolve()})")
+        raise ConfigError(f"data file is empty: {p.resolve()}")
 
 
 def validate_model(m: ModelConfig) -> None:
