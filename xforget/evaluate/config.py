@@ -14,9 +14,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from xforget.data.synthetic import TASKS
 from xforget.errors import ConfigError, schema_keys
 from xforget.errors import explain_error as _explain
+from xforget.train.config import SYNTHETIC as TASKS  # the synthetic tasks (data.synthetic.TASKS, without torch)
 from xforget.train.config import DataConfig
 
 EXIT_CONFIG, EXIT_RUNTIME = 2, 1

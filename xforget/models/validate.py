@@ -157,7 +157,7 @@ def _check_kernel(o: LayerOptions, plan: PositionPlan, *, causal: bool, f) -> No
 def validate_model_config(cfg: ModelConfig | dict[str, Any]) -> PositionPlan:
     """Check a whole :class:`~xforget.models.config.ModelConfig` (or a dict of its fields).
 
-    The fields that are not layer options (kind, num_tokens, max_seq_len), then the
+    The fields that are not layer options (kind, num_tokens, max_seq_len, num_memory_tokens), then the
     layer options the config describes (:func:`check_layer_options`).
     Returns the resolved position plan.
     Raises:
@@ -174,6 +174,8 @@ def validate_model_config(cfg: ModelConfig | dict[str, Any]) -> PositionPlan:
             continue
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"model.{name}={value!r} must be an integer >= 1")
+    if not isinstance(cfg.num_memory_tokens, int) or cfg.num_memory_tokens < 0:
+        raise ValueError(f"model.num_memory_tokens={cfg.num_memory_tokens!r} must be an integer >= 0 (0 = none)")
     options = config_layer_options(cfg)
     pattern = options.layer_pattern
     if pattern and "c" in pattern:

@@ -161,7 +161,7 @@ class TransformerWrapper(
         layer_cls = Decoder if cfg.kind == "decoder" else Encoder
         layers = layer_cls.from_options(config_layer_options(cfg), causal=cfg.kind == "decoder")
         model = cls(attn_layers=layers, num_tokens=cfg.num_tokens, max_seq_len=cfg.max_seq_len,
-                    tie_embedding=cfg.tie_embedding)
+                    tie_embedding=cfg.tie_embedding, num_memory_tokens=cfg.num_memory_tokens)
         model._hub_mixin_config = asdict(cfg)  # config.json of save_pretrained (xforget.models.pretrained)
         return model
 
@@ -182,6 +182,7 @@ class TransformerWrapper(
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         document_ids: Tensor | None = None,
+        return_intermediates: bool = False,
     ) -> Tensor | tuple[Tensor, Cache]:
         """Logits for token ids.
 
@@ -201,6 +202,10 @@ class TransformerWrapper(
                 gives alone. With a cache the ids continue the cached ones (a cache built without
                 ids is one document, the first new token's); new tokens without ids continue the
                 last cached document. None: one document per row (today's behaviour, unchanged).
+            return_intermediates: x-transformers' flag; refused (``TypeError``): its per-layer hiddens and
+                attention maps have no equivalent here; ``return_embeddings=True`` gives the final hidden
+                states, ``AutoregressiveWrapper.forward(..., return_outputs=True)`` the logits and last
+                hidden states of one pass (docs/models.md, migration table).
         Returns:
             logits (batch, n, logits_dim) float (logits_dim = num_tokens unless set), or (logits, cache).
         Raises:
@@ -208,6 +213,11 @@ class TransformerWrapper(
                 position table; mask or document_ids shape mismatch; document_ids not
                 integers or decreasing along a row.
         """
+        if return_intermediates:
+            raise TypeError("TransformerWrapper.forward(return_intermediates=True) (x-transformers' per-layer "
+                            "intermediates) is not supported: return_embeddings=True gives the final hidden states, "
+                            "AutoregressiveWrapper.forward(..., return_outputs=True) the logits and last hidden "
+                            "states of one pass (docs/models.md, migration table)")
         b, n = x.shape
         if mask is not None and mask.shape != x.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} must equal token shape {tuple(x.shape)}")

@@ -32,7 +32,8 @@ import shutil
 
 import torch
 
-COMPILE_CHOICES = ("auto", "true", "false")
+from xforget.train.choices import COMPILE_CHOICES, compile_choice
+
 AUTO_MIN_STEPS = 1000
 AUTO_MIN_SECONDS = 300  # a time budget this long compiles (compiling costs 15-85 s)
 CXX_COMPILERS = ("c++", "g++", "clang++")
@@ -45,12 +46,6 @@ def has_compiler_backend(device: torch.device) -> bool:
     if device.type == "cuda":
         return bool(os.environ.get("CC")) or any(shutil.which(cc) for cc in C_COMPILERS)
     return device.type == "cpu" and any(shutil.which(cxx) for cxx in CXX_COMPILERS)
-
-
-def compile_choice(value) -> str | None:
-    """``value`` as one of :data:`COMPILE_CHOICES`, or None when it is none of them."""
-    text = str(value).strip().lower()
-    return text if text in COMPILE_CHOICES else None
 
 
 def normalise_compile(value) -> str:

@@ -35,7 +35,15 @@ from xforget.errors import ConfigError
 from xforget.models.config import ModelConfig
 from xforget.models.pretrained import WEIGHTS, is_hub_directory, read_model_config
 from xforget.models.wrapper import TransformerWrapper, build_model
-from xforget.train.run_dir import CHECKPOINTS, MARKER, CheckpointError, complete_checkpoints, latest_checkpoint, short_error
+from xforget.train.run_dir import (
+    CHECKPOINTS,
+    MARKER,
+    CheckpointError,
+    complete_checkpoints,
+    latest_checkpoint,
+    missing_model_path,
+    short_error,
+)
 from xforget.train.config import TrainConfig, load_config_yaml
 
 RUN, CHECKPOINT, HUB = "run", "checkpoint", "hub"  # TrainedModel.kind
@@ -129,10 +137,9 @@ def _local_directory(path: str | Path) -> Path:
     local = Path(path).expanduser()
     if local.exists():
         return local
-    text = str(path)
-    # a hub repo id is owner/name; an absolute, home or dotted path is a mistyped local directory
-    if text.count("/") != 1 or text.startswith(("/", "~", ".")) or text.endswith("/"):
-        raise CheckpointError(f"no trained model in {path}: it does not exist")
+    missing = missing_model_path(path)  # a mistyped local directory rather than a hub repo id
+    if missing is not None:
+        raise CheckpointError(missing)
     try:  # owner/name: a hub repo id (fetched once, then reused from the Hugging Face cache)
         return Path(snapshot_download(repo_id=str(path)))
     except Exception as exc:

@@ -42,6 +42,19 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def missing_model_path(path: str | Path) -> str | None:
+    """Why ``path`` names no trained model before anything is loaded: a local path that does not exist and
+    cannot be a hub repo id (``owner/name``; an absolute, home or dotted path is a mistyped directory).
+    None when it exists or may be a repo id. Light (no torch): the commands check it first.
+    """
+    if Path(path).expanduser().exists():
+        return None
+    text = str(path)
+    if text.count("/") != 1 or text.startswith(("/", "~", ".")) or text.endswith("/"):
+        return f"no trained model in {path}: it does not exist"
+    return None
+
+
 def short_error(exc: BaseException) -> str:
     """``TypeName: first line`` of an exception, for one-line errors."""
     text = str(exc).strip().splitlines()
