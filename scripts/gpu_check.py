@@ -47,6 +47,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("tests", "precision", "op", "train", "decode", "xforget_train")
 DEFAULT_OUT = ROOT / "docs" / "gpu" / "report.json"
+DEVICE = "cuda"  # the sections' device (tests/test_gpu_check.py runs them on the CPU with the "tiny" sizes)
+
+# sizes per mode: "full" (the default), "quick" (--quick); "tiny" is the CPU smoke test's
+SIZES = {
+    "full": dict(prec=(2, 8, 4096, 64), prec_dtypes=("bfloat16", "float16", "float32"),
+                 prec_gates=("strong", "weak", "mixed"), prec_layouts=("mha", "gqa-left-pad"),
+                 op_tokens=65536, op_heads=8, op_shapes=((2048, 128), (8192, 128), (8192, 64), (32768, 128),
+                                                         (131072, 128)),
+                 train=(16384, 1024, 12, 16), train_lengths=(4096, 16384), train_tokens=16384,
+                 train_positions=("none", "rotary", "alibi", "fox", "fox_pro"),
+                 decode=(2000, 64), decode_model=(256, 4, 8, 2)),
+    "quick": dict(prec=(2, 8, 4096, 64), prec_dtypes=("bfloat16",), prec_gates=("strong", "mixed"),
+                  prec_layouts=("mha",), op_tokens=65536, op_heads=8, op_shapes=((8192, 128), (32768, 128)),
+                  train=(16384, 1024, 12, 16), train_lengths=(16384,), train_tokens=16384,
+                  train_positions=("none", "fox"), decode=(2000, 64), decode_model=(256, 4, 8, 2)),
+    "tiny": dict(prec=(1, 4, 64, 16), prec_dtypes=("float32",), prec_gates=("strong",),
+                 prec_layouts=("mha", "gqa-left-pad"), op_tokens=128, op_heads=2, op_shapes=((64, 16),),
+                 train=(64, 32, 1, 2), train_lengths=(32,), train_tokens=64, train_positions=("none", "fox"),
+                 decode=(20, 3), decode_model=(32, 1, 2, 1)),
+}
 
 # the columns of each table, in order (the JSON rows hold at least these keys)
 COLUMNS = {
@@ -128,28 +148,54 @@ def fail(message: str) -> None:
 # ----------------------------------------------------------------------------- measurements
 
 
-def cuda_ms(fn, warmup: int = 2, reps: int = 5) -> float:
-    """Median milliseconds of ``fn()`` by CUDA events, after ``warmup`` calls (compilation included there)."""
+def sizes(args) -> dict:
+    return SIZES[getattr(args, "size", None) or ("quick" if args.quick else "full")]
+
+
+def sync() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def free_memory() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
+def timed_ms(fn, warmup: int = 2, reps: int = 5) -> float:
+    """Median milliseconds of ``fn()`` after ``warmup`` calls (compilation included there); CUDA events on CUDA."""
     import torch
 
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     times = []
     for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
+        if DEVICE == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     return sorted(times)[len(times) // 2]
 
 
-def peak_gb(fn) -> float:
-    """Peak CUDA memory allocated during ``fn()`` above what was allocated before, in GB."""
+def peak_gb(fn):
+    """Peak CUDA memory allocated during ``fn()`` above what was allocated before, in GB (None off CUDA)."""
     import torch
 
+    if DEVICE != "cuda":
+        fn()
+        return None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -179,43 +225,46 @@ def impl_ops(has_fla: bool) -> dict:
     return ops
 
 
+LAYOUTS = {"mha": dict(kv=1, pad=None), "gqa-left-pad": dict(kv=4, pad="left")}  # kv: query heads per kv head
+
+
 def section_precision(args, env) -> list[dict]:
     import torch
 
     import attn_precision as P
 
+    size = sizes(args)
     ops = impl_ops(env["has_fla"])
-    dtypes = [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float16, torch.float32]
-    gates = ["strong", "mixed"] if args.quick else list(P.GATES)
-    layouts = {"mha": dict(h=8, h_kv=8, pad=None), "gqa-left-pad": dict(h=8, h_kv=2, pad="left")}
-    if args.quick:
-        layouts.pop("gqa-left-pad")
+    b, h, n, d = size["prec"]
     rows = []
-    for dtype in dtypes:
-        for g in gates:
-            for layout, lay in layouts.items():
-                case = P.make_case(2, lay["h"], lay["h_kv"], 4096, 64, g, pad=lay["pad"], seed=1, device="cuda")
+    for dtype_name in size["prec_dtypes"]:
+        dtype = getattr(torch, dtype_name)
+        for g in size["prec_gates"]:
+            for layout in size["prec_layouts"]:
+                lay = LAYOUTS[layout]
+                case = P.make_case(b, h, h // lay["kv"], n, d, g, pad=lay["pad"], seed=1, device=DEVICE)
                 ref = P.reference(P.rounded(case, dtype))
-                floor = P.reference(P.rounded({**case, "lf": case["lf"] * 0, "mask": None}, dtype))
+                no_gate = {**case, "lf": case["lf"] * 0, "mask": None}
+                floor = P.reference(P.rounded(no_gate, dtype))
                 for name in ("flex", "cuda", "fla", "sdpa"):
                     if name not in ops or (name == "fla" and lay["pad"]):
                         continue
-                    row = dict(dtype=str(dtype).replace("torch.", ""), gates=g, layout=layout, impl=name,
-                               max_c=round(P.max_abs_c(case)))
+                    row = dict(dtype=dtype_name, gates=g, layout=layout, impl=name, max_c=round(P.max_abs_c(case)))
                     try:
                         if name == "sdpa":
-                            row.update(P.rel_errors(P.run_op(ops[name], {**case, "mask": None}, dtype), floor))
+                            row.update(P.rel_errors(P.run_op(ops[name], no_gate, dtype), floor))
                         else:
                             row.update(P.rel_errors(P.run_op(ops[name], case, dtype), ref))
                     except Exception as exc:  # one failing kernel is a row, not the end of the table
-                        row = {"where": f"precision {row}", "error": f"{type(exc).__name__}: {exc}"}
+                        row = {"where": f"precision {dtype_name} {g} {layout} {name}",
+                               "error": f"{type(exc).__name__}: {exc}"}
                     rows.append(row)
-                del case, ref, floor
-                torch.cuda.empty_cache()
+                case = ref = floor = no_gate = None
+                free_memory()
     return rows
 
 
-def trained_like_gates(b: int, h: int, n: int, device) -> "torch.Tensor":  # noqa: F821
+def trained_like_gates(b: int, h: int, n: int, device):
     """log f with the per-head spread of a trained FoX model: time scales 1/(1-f) from ~2 tokens to
     never forgetting (the last head), a little per-token noise."""
     import torch
@@ -231,39 +280,32 @@ def section_op(args, env) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
+    size = sizes(args)
     ops = impl_ops(env["has_fla"])
-    tokens, h = 65536, 8
-    shapes = [(2048, 128), (8192, 128), (8192, 64), (32768, 128), (131072, 128)]
-    if args.quick:
-        shapes = [(8192, 128), (32768, 128)]
-    free = torch.cuda.mem_get_info()[0]
+    h = size["op_heads"]
+    free = torch.cuda.mem_get_info()[0] if DEVICE == "cuda" else 1 << 33
+    half = torch.bfloat16 if DEVICE == "cuda" else torch.float32
     rows = []
-    for n, d in shapes:
-        b = max(1, tokens // n)
+    for n, d in size["op_shapes"]:
+        b = max(1, size["op_tokens"] // n)
         for gates in ("random", "trained"):
-            g = torch.Generator(device="cuda").manual_seed(0)
-            q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
-                       for _ in range(3))
-            lf = (F.logsigmoid(torch.randn(b, h, n, device="cuda", generator=g)) if gates == "random"
-                  else trained_like_gates(b, h, n, "cuda")).requires_grad_()
+            torch.manual_seed(0)
+            q, k, v = (torch.randn(b, h, n, d, device=DEVICE, dtype=half).requires_grad_() for _ in range(3))
+            lf = (F.logsigmoid(torch.randn(b, h, n, device=DEVICE)) if gates == "random"
+                  else trained_like_gates(b, h, n, DEVICE)).requires_grad_()
             grad = torch.randn_like(q)
-            names = ["sdpa", "flex", "flex_unpruned", "cuda", "fla", "dense_bias"]
             plain_ms = None
-            for name in names:
-                if name == "fla" and "fla" not in ops:
+            for name in ("sdpa", "flex", "flex_unpruned", "cuda", "fla", "dense_bias"):
+                if name != "dense_bias" and name not in ops:
                     continue
                 if name == "dense_bias":
                     need = b * h * n * n * 2 * 4  # bf16 bias, its gradient and the softmax's buffers
                     if need > 0.6 * free:
                         rows.append(dict(n=n, d=d, impl=name, gates=gates, skipped=f"needs ~{need / 1e9:.0f} GB"))
                         continue
-                    op = dense_bias_op
-                else:
-                    op = ops[name]
-
-                step = fwd_bwd(op, q, k, v, lf, grad)
+                step = fwd_bwd(dense_bias_op if name == "dense_bias" else ops[name], q, k, v, lf, grad)
                 try:
-                    ms = cuda_ms(step)
+                    ms = timed_ms(step)
                     gb = peak_gb(step)
                     if name == "sdpa":
                         plain_ms = ms
@@ -271,9 +313,10 @@ def section_op(args, env) -> list[dict]:
                                      x_plain=None if plain_ms is None else ms / plain_ms))
                 except Exception as exc:
                     rows.append(dict(where=f"op n={n} d={d} {name} {gates}", error=f"{type(exc).__name__}: {exc}"))
-                torch.cuda.empty_cache()
-            q = k = v = lf = grad = step = None  # free before the next shape
-            torch.cuda.empty_cache()
+                step = None
+                free_memory()
+            q = k = v = lf = grad = None  # free before the next shape
+            free_memory()
     return rows
 
 
@@ -296,80 +339,76 @@ def dense_bias_op(q, k, v, lf, mask=None, document_ids=None):
     bias = (c[..., :, None] - c[..., None, :]).to(q.dtype)
     causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     bias = bias.masked_fill(~causal, float("-inf"))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=q.shape[1] != k.shape[1])
+
+
+FOX_PRO = dict(position="fox", forget_gate_divisor=1.0, forget_gate_bias_init=0.0, qk_norm=True, output_gate=True,
+               kv_shift=True, output_norm=True, norm="rmsnorm", ff_activation="swiglu")  # configs/model/fox_pro.yaml
+
+
+def train_step_row(make, n, impl, position, compile_it, vocab, tokens) -> dict:
+    """tokens/s and peak memory of one AdamW training step (bf16 autocast on CUDA) of ``make()``'s model."""
+    import torch
+
+    torch.manual_seed(0)
+    model = make().to(DEVICE)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=DEVICE == "cuda")
+    fwd = torch.compile(model) if compile_it else model
+    b = max(1, tokens // n)
+    x = torch.randint(0, vocab, (b, n + 1), device=DEVICE)
+
+    def step():
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
+            logits = fwd(x[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    ms = timed_ms(step, warmup=3 if compile_it else 2, reps=4)
+    gb = peak_gb(step)
+    return dict(impl=impl, position=position, n=n, compiled=compile_it, tokens_per_s=b * n / (ms / 1e3), gb=gb,
+                params_m=round(params, 1))
 
 
 def section_train(args, env) -> list[dict]:
-    import torch
-
     from xforget import Decoder, TransformerWrapper
 
-    positions = ["none", "rotary", "alibi", "fox", "fox_pro"]
-    lengths = [4096, 16384]
-    if args.quick:
-        positions, lengths = ["none", "fox"], [16384]
+    size = sizes(args)
+    vocab, dim, depth, heads = size["train"]
     compiled = {p.strip() for p in args.compile.split(",") if p.strip()}
-    vocab, dim, depth, heads = 16384, 1024, 12, 16
+    longest = max(size["train_lengths"])
     rows = []
 
-    def measure(make, n, impl, position, compile_it):
-        torch.manual_seed(0)
-        model = make().cuda()
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-        fwd = torch.compile(model) if compile_it else model
-        b = max(1, 16384 // n)
-        x = torch.randint(0, vocab, (b, n + 1), device="cuda")
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = fwd(x[:, :-1])
-                loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        ms = cuda_ms(step, warmup=3 if compile_it else 2, reps=4)
-        gb = peak_gb(step)
-        model = opt = fwd = step = None  # free before the next model
-        torch.cuda.empty_cache()
-        return dict(impl=impl, position=position, n=n, compiled=compile_it, tokens_per_s=b * n / (ms / 1e3), gb=gb,
-                    params_m=round(params, 1))
-
-    fox_pro = dict(position="fox", forget_gate_divisor=1.0, forget_gate_bias_init=0.0, qk_norm=True,
-                   output_gate=True, kv_shift=True, output_norm=True, norm="rmsnorm", ff_activation="swiglu")
-
-    def ours(position):  # fox_pro: configs/model/fox_pro.yaml's block
-        kw = fox_pro if position == "fox_pro" else dict(position=position)
-        return lambda: TransformerWrapper(num_tokens=vocab, max_seq_len=16384,
+    def ours(position):
+        kw = FOX_PRO if position == "fox_pro" else dict(position=position)
+        return lambda: TransformerWrapper(num_tokens=vocab, max_seq_len=longest,
                                           attn_layers=Decoder(dim=dim, depth=depth, heads=heads, **kw))
 
-    for n in lengths:
-        for position in positions:
-            for compile_it in ([False, True] if (n == 16384 and position in compiled) else [False]):
-                try:
-                    rows.append(measure(ours(position), n, "xforget", position, compile_it))
-                except Exception as exc:
-                    rows.append(dict(where=f"train xforget {position} n={n} compiled={compile_it}",
-                                     error=f"{type(exc).__name__}: {exc}"))
-                    torch.cuda.empty_cache()
-        if env.get("x_transformers"):
-            import x_transformers as xt
+    def peer(position):
+        import x_transformers as xt
 
-            for position in positions:
-                if position == "fox_pro":
-                    continue
-                kw = {"rotary": dict(rotary_pos_emb=True), "alibi": dict(alibi_pos_bias=True),
-                      "fox": dict(attn_data_dependent_alibi=True)}.get(position, {})
-                try:
-                    rows.append(measure(lambda: xt.TransformerWrapper(
-                        num_tokens=vocab, max_seq_len=16384, attn_layers=xt.Decoder(
-                            dim=dim, depth=depth, heads=heads, attn_flash=True, **kw)), n, "x_transformers",
-                        position, False))
-                except Exception as exc:
-                    rows.append(dict(where=f"train x_transformers {position} n={n}",
-                                     error=f"{type(exc).__name__}: {exc}"))
-                    torch.cuda.empty_cache()
+        kw = {"rotary": dict(rotary_pos_emb=True), "alibi": dict(alibi_pos_bias=True),
+              "fox": dict(attn_data_dependent_alibi=True)}.get(position, {})
+        return lambda: xt.TransformerWrapper(num_tokens=vocab, max_seq_len=longest, attn_layers=xt.Decoder(
+            dim=dim, depth=depth, heads=heads, attn_flash=True, **kw))
+
+    runs = []
+    for n in size["train_lengths"]:
+        for position in size["train_positions"]:
+            for compile_it in ([False, True] if (n == longest and position in compiled) else [False]):
+                runs.append((ours(position), n, "xforget", position, compile_it))
+        if env.get("x_transformers"):
+            runs += [(peer(position), n, "x_transformers", position, False)
+                     for position in size["train_positions"] if position != "fox_pro"]
+    for make, n, impl, position, compile_it in runs:
+        try:
+            rows.append(train_step_row(make, n, impl, position, compile_it, vocab, size["train_tokens"]))
+        except Exception as exc:  # e.g. out of memory: the dense n x n bias of the peer's FoX
+            rows.append(dict(where=f"train {impl} {position} n={n} compiled={compile_it}",
+                             error=f"{type(exc).__name__}: {exc}"[:300]))
+        free_memory()
     return rows
 
 
@@ -378,14 +417,15 @@ def section_decode(args, env) -> list[dict]:
 
     from xforget import Decoder, TransformerWrapper
 
+    prompt, steps = sizes(args)["decode"]
+    dim, depth, heads, kv_heads = sizes(args)["decode_model"]
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
         torch.manual_seed(0)
-        net = TransformerWrapper(num_tokens=256, max_seq_len=8192, attn_layers=Decoder(
-            dim=256, depth=4, heads=8, kv_heads=2, position="fox", forget_gate_bias_init=0.0)).cuda().eval()
-        net = net.to(dtype)
-        prompt, steps = 2000, 64
-        x = torch.randint(0, 256, (2, prompt + steps), device="cuda")
+        net = TransformerWrapper(num_tokens=256, max_seq_len=prompt + steps, attn_layers=Decoder(
+            dim=dim, depth=depth, heads=heads, kv_heads=kv_heads, position="fox", forget_gate_bias_init=0.0))
+        net = net.to(DEVICE, dtype).eval()
+        x = torch.randint(0, 256, (2, prompt + steps), device=DEVICE)
         with torch.no_grad():
             full = net(x)
             logits, cache = net(x[:, :prompt], return_cache=True)

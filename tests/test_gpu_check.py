@@ -92,3 +92,50 @@ def test_report_json_and_tables_with_fake_sections(tmp_path, monkeypatch, capsys
     assert "0.67" in printed and "3.41e+05" in printed and "yes" in printed
     for line in table:
         assert line in printed
+
+
+def test_sections_run_end_to_end_on_the_cpu_with_tiny_sizes(monkeypatch):
+    """The measuring code itself (not only its report), on the CPU with tiny sizes: every row of the precision,
+    op, train and decode sections has its columns and sane values. FlexAttention has no CPU backward, so the
+    kernels under test are stood in for by the fold (the CPU's own path); the GPU run measures the real ones."""
+    import torch
+    import torch.nn.functional as F
+    from types import SimpleNamespace
+
+    from xforget.ops import forgetting_attention
+
+    gc = load_script()
+    monkeypatch.setattr(gc, "DEVICE", "cpu")
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+
+    def fold(q, k, v, lf, mask=None, document_ids=None):
+        return forgetting_attention(q, k, v, lf, mask=mask, document_ids=document_ids, backend="fold")
+
+    def sdpa(q, k, v, lf, mask=None, document_ids=None):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+
+    monkeypatch.setattr(gc, "impl_ops", lambda has_fla: {"flex": fold, "cuda": fold, "sdpa": sdpa})
+    args = SimpleNamespace(quick=False, size="tiny", compile="")
+    env = {"has_fla": False, "x_transformers": None}
+
+    rows = gc.section_precision(args, env)
+    assert [r["layout"] for r in rows] == ["mha"] * 3 + ["gqa-left-pad"] * 3
+    for r in rows:
+        names = ("out", "dq", "dk", "dv") + (("dlogf",) if r["impl"] != "sdpa" else ())
+        assert all(0 <= r[name] < 1e-4 for name in names), r  # fp32 fold and SDPA vs float64
+    assert all("dlogf" not in r for r in rows if r["impl"] == "sdpa")
+
+    rows = gc.section_op(args, env)
+    assert {r["impl"] for r in rows} == {"sdpa", "flex", "cuda", "dense_bias"}
+    for r in rows:
+        assert r["ms"] > 0 and r["x_plain"] > 0 and set(gc.COLUMNS["op"]) <= set(r), r
+    assert all(r["x_plain"] == 1.0 for r in rows if r["impl"] == "sdpa")
+
+    rows = gc.section_train(args, env)
+    assert [(r["position"], r["compiled"]) for r in rows] == [("none", False), ("fox", False)]
+    assert all(r["tokens_per_s"] > 0 and set(gc.COLUMNS["train"]) <= set(r) for r in rows)
+
+    rows = gc.section_decode(args, env)
+    assert [r["dtype"] for r in rows] == ["float32", "bfloat16"]
+    assert rows[0]["max_abs_diff"] < 1e-4  # cached decoding equals the full forward
+    assert torch.isfinite(torch.tensor(rows[1]["max_abs_diff"]))
