@@ -53,17 +53,17 @@ DEVICE = "cuda"  # the sections' device (tests/test_gpu_check.py runs them on th
 SIZES = {
     "full": dict(prec=(2, 8, 4096, 64), prec_dtypes=("bfloat16", "float16", "float32"),
                  prec_gates=("strong", "weak", "mixed"), prec_layouts=("mha", "gqa-left-pad"),
-                 op_tokens=65536, op_heads=8, op_shapes=((2048, 128), (8192, 128), (8192, 64), (32768, 128),
+                 op_tokens=65536, op_heads=8, op_never_n=32768, op_shapes=((2048, 128), (8192, 128), (8192, 64), (32768, 128),
                                                          (131072, 128)),
                  train=(16384, 1024, 12, 16), train_lengths=(4096, 16384), train_tokens=16384,
                  train_positions=("none", "rotary", "alibi", "fox", "fox_pro"),
                  decode=(2000, 64), decode_model=(256, 4, 8, 2)),
     "quick": dict(prec=(2, 8, 4096, 64), prec_dtypes=("bfloat16",), prec_gates=("strong", "mixed"),
-                  prec_layouts=("mha",), op_tokens=65536, op_heads=8, op_shapes=((8192, 128), (32768, 128)),
+                  prec_layouts=("mha",), op_tokens=65536, op_heads=8, op_never_n=32768, op_shapes=((8192, 128), (32768, 128)),
                   train=(16384, 1024, 12, 16), train_lengths=(16384,), train_tokens=16384,
                   train_positions=("none", "fox"), decode=(2000, 64), decode_model=(256, 4, 8, 2)),
     "tiny": dict(prec=(1, 4, 64, 16), prec_dtypes=("float32",), prec_gates=("strong",),
-                 prec_layouts=("mha", "gqa-left-pad"), op_tokens=128, op_heads=2, op_shapes=((64, 16),),
+                 prec_layouts=("mha", "gqa-left-pad"), op_tokens=128, op_heads=2, op_never_n=64, op_shapes=((64, 16),),
                  train=(64, 32, 1, 2), train_lengths=(32,), train_tokens=64, train_positions=("none", "fox"),
                  decode=(20, 3), decode_model=(32, 1, 2, 1)),
 }
@@ -288,11 +288,13 @@ def section_op(args, env) -> list[dict]:
     rows = []
     for n, d in size["op_shapes"]:
         b = max(1, size["op_tokens"] // n)
-        for gates in ("random", "trained"):
+        # "never": every head f = 1, nothing to prune: flex must cost what unpruned flex costs (<= 1.05x)
+        for gates in ("random", "trained") + (("never",) if n == size["op_never_n"] else ()):
             torch.manual_seed(0)
             q, k, v = (torch.randn(b, h, n, d, device=DEVICE, dtype=half).requires_grad_() for _ in range(3))
-            lf = (F.logsigmoid(torch.randn(b, h, n, device=DEVICE)) if gates == "random"
-                  else trained_like_gates(b, h, n, DEVICE)).requires_grad_()
+            lf = {"random": lambda: F.logsigmoid(torch.randn(b, h, n, device=DEVICE)),
+                  "trained": lambda: trained_like_gates(b, h, n, DEVICE),
+                  "never": lambda: torch.zeros(b, h, n, device=DEVICE)}[gates]().requires_grad_()
             grad = torch.randn_like(q)
             plain_ms = None
             for name in ("sdpa", "flex", "flex_unpruned", "cuda", "fla", "dense_bias"):
@@ -439,6 +441,17 @@ def section_decode(args, env) -> list[dict]:
     return rows
 
 
+def pytest_counts(summary: str) -> dict:
+    """``{passed, failed, skipped, errors}`` from pytest's last line (e.g. "3 passed, 1 skipped in 2.0s")."""
+    words = summary.replace(",", " ").split()
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
+    for tok, word in zip(words, words[1:]):
+        key = "errors" if word in ("error", "errors") else word
+        if tok.isdigit() and key in counts:
+            counts[key] = int(tok)
+    return counts
+
+
 def section_tests(args, env) -> list[dict]:
     targets = ["tests/test_flex_cuda.py", "tests/test_ops_forgetting_attention.py::test_cuda_backend_matches_reference"]
     if args.quick:
@@ -447,12 +460,7 @@ def section_tests(args, env) -> list[dict]:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *targets],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     summary = (proc.stdout.strip().splitlines() or [""])[-1]
-    row = dict(seconds=time.time() - t0, summary=summary, rc=proc.returncode)
-    for word in ("passed", "failed", "skipped", "errors"):
-        key = "error" if word == "errors" else word
-        count = [int(tok) for tok, nxt in zip(summary.split(), summary.split()[1:]) if nxt.rstrip(",") in (word, key)
-                 and tok.isdigit()]
-        row[word] = count[0] if count else 0
+    row = dict(seconds=time.time() - t0, summary=summary, rc=proc.returncode, **pytest_counts(summary))
     if proc.returncode not in (0, 5):
         row["failures"] = [ln for ln in proc.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))][:20]
     return [row]

@@ -127,6 +127,7 @@ def test_sections_run_end_to_end_on_the_cpu_with_tiny_sizes(monkeypatch):
 
     rows = gc.section_op(args, env)
     assert {r["impl"] for r in rows} == {"sdpa", "flex", "cuda", "dense_bias"}
+    assert {r["gates"] for r in rows} == {"random", "trained", "never"}
     for r in rows:
         assert r["ms"] > 0 and r["x_plain"] > 0 and set(gc.COLUMNS["op"]) <= set(r), r
     assert all(r["x_plain"] == 1.0 for r in rows if r["impl"] == "sdpa")
@@ -139,3 +140,10 @@ def test_sections_run_end_to_end_on_the_cpu_with_tiny_sizes(monkeypatch):
     assert [r["dtype"] for r in rows] == ["float32", "bfloat16"]
     assert rows[0]["max_abs_diff"] < 1e-4  # cached decoding equals the full forward
     assert torch.isfinite(torch.tensor(rows[1]["max_abs_diff"]))
+
+
+def test_pytest_summary_counts():
+    gc = load_script()
+    assert gc.pytest_counts("3 passed, 1 skipped, 2 warnings in 2.0s") == dict(passed=3, failed=0, skipped=1, errors=0)
+    assert gc.pytest_counts("1 failed, 40 passed, 1 error in 9.1s") == dict(passed=40, failed=1, skipped=0, errors=1)
+    assert gc.pytest_counts("no tests ran in 0.1s") == dict(passed=0, failed=0, skipped=0, errors=0)
