@@ -270,6 +270,31 @@ def test_flex_inputs_every_gradient_vs_float64(case):
         assert (pruned[name] - exact[name]).abs().max().item() <= limit, name
 
 
+def test_compiled_kernel_is_reused_by_eager_calls_with_new_closures(monkeypatch):
+    """In an eager model on CUDA every call makes a new score_mod, mask_mod and BlockMask and hands them to the
+    kernel compiled once (``flex_kernel``): they must not recompile it (dynamo guards on their code, not their
+    identity). Checked with the aot_eager backend on the CPU, the same dynamo front end as CUDA's inductor."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from torch.nn.attention.flex_attention import flex_attention
+
+    import xforget.ops.flex as fx
+
+    torch._dynamo.reset()
+    compiled = torch.compile(flex_attention, backend="aot_eager")
+    monkeypatch.setattr(fx, "flex_kernel", lambda device: compiled)
+    graphs = []
+    for seed in range(3):
+        c = P.make_case(1, 2, 2, 600, 16, "strong", pad="left", seed=seed)
+        args = [c[key].float() for key in ("q", "k", "v", "lf")]
+        with torch.no_grad():
+            out = forgetting_attention(*args, mask=c["mask"], backend="flex")
+        graphs.append(counters["stats"]["unique_graphs"])
+        assert torch.isfinite(out).all()
+    assert graphs[0] >= 1 and graphs[1] == graphs[0] and graphs[2] == graphs[0], graphs
+    torch._dynamo.reset()
+
+
 def test_row_side_of_the_decay_has_zero_gradient():
     """Why the flex score_mod may detach c_i: every row of dS sums to zero, so d c_i = sum_j dS_ij = 0 and the
     gate gradient with the row side detached equals the full one (float64 autograd of the definition, with
