@@ -516,7 +516,9 @@ def main(argv=None) -> int:
     import torch._dynamo
 
     # many shapes and dtypes in one process: let flex_attention recompile for each instead of falling back
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one (torch <= 2.5)
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
     env = environment()
     report = {**{k: v for k, v in env.items() if k != "has_fla"}, "quick": args.quick,
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": {}}
