@@ -18,7 +18,8 @@ Sections (each runs in its own try/except: a failure is an error row, the others
   plain SDPA (no gate, the 1.0 of ``x_plain``), flex pruned and unpruned, the fold, FLA, and a dense
   n x n bias through SDPA (what x-transformers does; skipped where it would not fit); random (strong)
   gates and "trained-like" gates (per-head time scales from a few tokens to never forgetting, the
-  spread of a trained FoX model).
+  spread of a trained FoX model), gates that never forget (at 32k), and with ``--trained RUN_DIR`` the
+  gates of a trained run on its validation text (its least-forgetting layer).
 * ``train``: tokens/s and peak memory of a training step (AdamW, bf16 autocast) of a ~170M-parameter
   decoder (dim 1024, depth 12, 16 heads) at 4k and 16k tokens per row for none / rotary / alibi / fox /
   fox_pro, eager, compiled for the positions in ``--compile`` at 16k, and x-transformers
@@ -131,12 +132,16 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON report path (default docs/gpu/report.json)")
     p.add_argument("--compile", default="none,fox", help="positions whose 16k training step is also compiled")
     p.add_argument("--train-budget", default="45s", help="trainer.max_time of the xforget_train section")
+    p.add_argument("--trained", default=None, metavar="RUN_DIR",
+                   help="op timings also with the gates of this trained FoX run (its least-forgetting layer)")
     args = p.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
     if bad or not sections:
         fail(f"--sections={args.sections!r}: unknown section(s) {bad}; valid: {', '.join(SECTIONS)}")
     args.sections = sections
+    if args.trained is not None and not Path(args.trained).expanduser().is_dir():
+        fail(f"--trained={args.trained!r}: no such directory; give a run directory of xforget-train (a FoX model)")
     return args
 
 
@@ -276,6 +281,49 @@ def trained_like_gates(b: int, h: int, n: int, device):
     return lf
 
 
+def capture_gates(net, ids) -> list:
+    """The ``log_fgate`` (b, h, n) every attention call of ``net(ids)`` receives, in call order (no grad)."""
+    import torch
+
+    from xforget.ops import dispatch
+
+    seen, saved = [], dict(dispatch._IMPLS)
+
+    def spy(impl):
+        def run(call):
+            if call.log_fgate is not None:
+                seen.append(call.log_fgate.detach().float().expand(call.shapes.b, call.shapes.h, -1).clone())
+            return impl(call)
+        return run
+
+    try:
+        dispatch._IMPLS.update({name: spy(impl) for name, impl in saved.items()})
+        with torch.no_grad():
+            net(ids)
+    finally:
+        dispatch._IMPLS.update(saved)
+    return seen
+
+
+def gates_of_run(run_dir: str, n: int, heads: int):
+    """(1, heads, n) log f of the least-forgetting layer of a trained run on n tokens of its validation text
+    (``--trained``): the gates users get, at the length measured (heads repeated or cut to ``heads``)."""
+    import torch
+
+    from xforget.evaluate.core import validation_bytes
+    from xforget.train.loading import load_model
+
+    net, cfg = load_model(run_dir, DEVICE)
+    text, _ = validation_bytes(cfg.data)
+    ids = text.repeat(n // max(1, text.numel()) + 1)[:n].long().to(DEVICE)[None]
+    layers = capture_gates(net.eval(), ids)
+    if not layers:
+        raise ValueError(f"--trained={run_dir}: the model has no forget gate (position fox, alibi, ...)")
+    least = min(layers, key=lambda g: g.abs().mean().item())  # prunes least: the conservative choice
+    idx = torch.arange(heads, device=least.device) % least.shape[1]
+    return least[:1, idx]
+
+
 def section_op(args, env) -> list[dict]:
     import torch
     import torch.nn.functional as F
@@ -288,13 +336,16 @@ def section_op(args, env) -> list[dict]:
     rows = []
     for n, d in size["op_shapes"]:
         b = max(1, size["op_tokens"] // n)
-        # "never": every head f = 1, nothing to prune: flex must cost what unpruned flex costs (<= 1.05x)
-        for gates in ("random", "trained") + (("never",) if n == size["op_never_n"] else ()):
+        # "never": every head f = 1, nothing to prune: flex must cost what unpruned flex costs (<= 1.05x);
+        # "run": the gates of a trained model (--trained RUN_DIR)
+        kinds = ("random", "trained") + (("never",) if n == size["op_never_n"] else ())
+        for gates in kinds + (("run",) if getattr(args, "trained", None) else ()):
             torch.manual_seed(0)
             q, k, v = (torch.randn(b, h, n, d, device=DEVICE, dtype=half).requires_grad_() for _ in range(3))
             lf = {"random": lambda: F.logsigmoid(torch.randn(b, h, n, device=DEVICE)),
                   "trained": lambda: trained_like_gates(b, h, n, DEVICE),
-                  "never": lambda: torch.zeros(b, h, n, device=DEVICE)}[gates]().requires_grad_()
+                  "never": lambda: torch.zeros(b, h, n, device=DEVICE),
+                  "run": lambda: gates_of_run(args.trained, n, h).expand(b, h, n).contiguous()}[gates]().requires_grad_()
             grad = torch.randn_like(q)
             plain_ms = None
             for name in ("sdpa", "flex", "flex_unpruned", "cuda", "fla", "dense_bias"):

@@ -35,6 +35,7 @@ def run_script(*args, tmp_path):
 @pytest.mark.parametrize("args, names", [
     ([], "no CUDA device"),
     (["--sections", "precision,speed"], "--sections='precision,speed': unknown section(s) ['speed']; valid: tests"),
+    (["--trained", "no/such/run"], "--trained='no/such/run': no such directory"),
 ])
 def test_refusals_are_one_error_line_exit_2_and_nothing_written(tmp_path, args, names):
     out = tmp_path / "gpu" / "report.json"
@@ -147,3 +148,32 @@ def test_pytest_summary_counts():
     assert gc.pytest_counts("3 passed, 1 skipped, 2 warnings in 2.0s") == dict(passed=3, failed=0, skipped=1, errors=0)
     assert gc.pytest_counts("1 failed, 40 passed, 1 error in 9.1s") == dict(passed=40, failed=1, skipped=0, errors=1)
     assert gc.pytest_counts("no tests ran in 0.1s") == dict(passed=0, failed=0, skipped=0, errors=0)
+
+
+def test_gates_of_a_trained_run(tmp_path, monkeypatch):
+    """--trained RUN_DIR: the forget gates every layer receives on the run's validation text are captured (the
+    backends restored afterwards), and the least-forgetting layer is returned at the requested heads and length."""
+    import torch
+
+    from xforget import Decoder, TransformerWrapper
+    from xforget.ops import dispatch
+    from xforget.train import compose_config, to_train_config, train
+
+    gc = load_script()
+    monkeypatch.setattr(gc, "DEVICE", "cpu")
+    torch.manual_seed(0)
+    net = TransformerWrapper(num_tokens=64, max_seq_len=64, attn_layers=Decoder(dim=32, depth=3, heads=4,
+                                                                                  position="fox"))
+    before = dict(dispatch._IMPLS)
+    layers = gc.capture_gates(net.eval(), torch.randint(0, 64, (2, 50)))
+    assert dispatch._IMPLS == before
+    assert len(layers) == 3 and all(g.shape == (2, 4, 50) and (g <= 0).all() for g in layers)
+
+    cfg = to_train_config(compose_config([
+        "model.dim=32", "model.depth=2", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=2",
+        "trainer.max_steps=1", "trainer.max_time=null", "trainer.warmup_steps=0", "trainer.eval_batches=1",
+        "trainer.progress=false", "trainer.sample_bytes=0", "trainer.threads=1", "trainer.compile=false"]))
+    train(cfg, tmp_path / "run")
+    gates = gc.gates_of_run(str(tmp_path / "run"), 100, 4)
+    assert gates.shape == (1, 4, 100) and (gates <= 0).all()
+    assert torch.equal(gates[:, :2], gates[:, 2:])  # 2 model heads repeated to 4
