@@ -18,7 +18,8 @@ Sections (each runs in its own try/except: a failure is an error row, the others
   plain SDPA (no gate, the 1.0 of ``x_plain``), flex pruned and unpruned, the fold, FLA, and a dense
   n x n bias through SDPA (what x-transformers does; skipped where it would not fit); random (strong)
   gates and "trained-like" gates (per-head time scales from a few tokens to never forgetting, the
-  spread of a trained FoX model).
+  spread of a trained FoX model), gates that never forget (at 32k), and with ``--trained RUN_DIR`` the
+  gates of a trained run on its validation text (its least-forgetting layer).
 * ``train``: tokens/s and peak memory of a training step (AdamW, bf16 autocast) of a ~170M-parameter
   decoder (dim 1024, depth 12, 16 heads) at 4k and 16k tokens per row for none / rotary / alibi / fox /
   fox_pro, eager, compiled for the positions in ``--compile`` at 16k, and x-transformers
@@ -47,6 +48,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("tests", "precision", "op", "train", "decode", "xforget_train")
 DEFAULT_OUT = ROOT / "docs" / "gpu" / "report.json"
+DEVICE = "cuda"  # the sections' device (tests/test_gpu_check.py runs them on the CPU with the "tiny" sizes)
+
+# sizes per mode: "full" (the default), "quick" (--quick); "tiny" is the CPU smoke test's
+SIZES = {
+    "full": dict(prec=(2, 8, 4096, 64), prec_dtypes=("bfloat16", "float16", "float32"),
+                 prec_gates=("strong", "weak", "mixed"), prec_layouts=("mha", "gqa-left-pad"),
+                 op_tokens=65536, op_heads=8, op_never_n=32768, op_shapes=((2048, 128), (8192, 128), (8192, 64), (32768, 128),
+                                                         (131072, 128)),
+                 train=(16384, 1024, 12, 16), train_lengths=(4096, 16384), train_tokens=16384,
+                 train_positions=("none", "rotary", "alibi", "fox", "fox_pro"),
+                 decode=(2000, 64), decode_model=(256, 4, 8, 2)),
+    "quick": dict(prec=(2, 8, 4096, 64), prec_dtypes=("bfloat16",), prec_gates=("strong", "mixed"),
+                  prec_layouts=("mha",), op_tokens=65536, op_heads=8, op_never_n=32768, op_shapes=((8192, 128), (32768, 128)),
+                  train=(16384, 1024, 12, 16), train_lengths=(16384,), train_tokens=16384,
+                  train_positions=("none", "fox"), decode=(2000, 64), decode_model=(256, 4, 8, 2)),
+    "tiny": dict(prec=(1, 4, 64, 16), prec_dtypes=("float32",), prec_gates=("strong",),
+                 prec_layouts=("mha", "gqa-left-pad"), op_tokens=128, op_heads=2, op_never_n=64, op_shapes=((64, 16),),
+                 train=(64, 32, 1, 2), train_lengths=(32,), train_tokens=64, train_positions=("none", "fox"),
+                 decode=(20, 3), decode_model=(32, 1, 2, 1)),
+}
 
 # the columns of each table, in order (the JSON rows hold at least these keys)
 COLUMNS = {
@@ -111,12 +132,16 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON report path (default docs/gpu/report.json)")
     p.add_argument("--compile", default="none,fox", help="positions whose 16k training step is also compiled")
     p.add_argument("--train-budget", default="45s", help="trainer.max_time of the xforget_train section")
+    p.add_argument("--trained", default=None, metavar="RUN_DIR",
+                   help="op timings also with the gates of this trained FoX run (its least-forgetting layer)")
     args = p.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
     if bad or not sections:
         fail(f"--sections={args.sections!r}: unknown section(s) {bad}; valid: {', '.join(SECTIONS)}")
     args.sections = sections
+    if args.trained is not None and not Path(args.trained).expanduser().is_dir():
+        fail(f"--trained={args.trained!r}: no such directory; give a run directory of xforget-train (a FoX model)")
     return args
 
 
@@ -128,28 +153,54 @@ def fail(message: str) -> None:
 # ----------------------------------------------------------------------------- measurements
 
 
-def cuda_ms(fn, warmup: int = 2, reps: int = 5) -> float:
-    """Median milliseconds of ``fn()`` by CUDA events, after ``warmup`` calls (compilation included there)."""
+def sizes(args) -> dict:
+    return SIZES[getattr(args, "size", None) or ("quick" if args.quick else "full")]
+
+
+def sync() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def free_memory() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
+def timed_ms(fn, warmup: int = 2, reps: int = 5) -> float:
+    """Median milliseconds of ``fn()`` after ``warmup`` calls (compilation included there); CUDA events on CUDA."""
     import torch
 
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     times = []
     for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
+        if DEVICE == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     return sorted(times)[len(times) // 2]
 
 
-def peak_gb(fn) -> float:
-    """Peak CUDA memory allocated during ``fn()`` above what was allocated before, in GB."""
+def peak_gb(fn):
+    """Peak CUDA memory allocated during ``fn()`` above what was allocated before, in GB (None off CUDA)."""
     import torch
 
+    if DEVICE != "cuda":
+        fn()
+        return None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -179,43 +230,46 @@ def impl_ops(has_fla: bool) -> dict:
     return ops
 
 
+LAYOUTS = {"mha": dict(kv=1, pad=None), "gqa-left-pad": dict(kv=4, pad="left")}  # kv: query heads per kv head
+
+
 def section_precision(args, env) -> list[dict]:
     import torch
 
     import attn_precision as P
 
+    size = sizes(args)
     ops = impl_ops(env["has_fla"])
-    dtypes = [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float16, torch.float32]
-    gates = ["strong", "mixed"] if args.quick else list(P.GATES)
-    layouts = {"mha": dict(h=8, h_kv=8, pad=None), "gqa-left-pad": dict(h=8, h_kv=2, pad="left")}
-    if args.quick:
-        layouts.pop("gqa-left-pad")
+    b, h, n, d = size["prec"]
     rows = []
-    for dtype in dtypes:
-        for g in gates:
-            for layout, lay in layouts.items():
-                case = P.make_case(2, lay["h"], lay["h_kv"], 4096, 64, g, pad=lay["pad"], seed=1, device="cuda")
+    for dtype_name in size["prec_dtypes"]:
+        dtype = getattr(torch, dtype_name)
+        for g in size["prec_gates"]:
+            for layout in size["prec_layouts"]:
+                lay = LAYOUTS[layout]
+                case = P.make_case(b, h, h // lay["kv"], n, d, g, pad=lay["pad"], seed=1, device=DEVICE)
                 ref = P.reference(P.rounded(case, dtype))
-                floor = P.reference(P.rounded({**case, "lf": case["lf"] * 0, "mask": None}, dtype))
+                no_gate = {**case, "lf": case["lf"] * 0, "mask": None}
+                floor = P.reference(P.rounded(no_gate, dtype))
                 for name in ("flex", "cuda", "fla", "sdpa"):
                     if name not in ops or (name == "fla" and lay["pad"]):
                         continue
-                    row = dict(dtype=str(dtype).replace("torch.", ""), gates=g, layout=layout, impl=name,
-                               max_c=round(P.max_abs_c(case)))
+                    row = dict(dtype=dtype_name, gates=g, layout=layout, impl=name, max_c=round(P.max_abs_c(case)))
                     try:
                         if name == "sdpa":
-                            row.update(P.rel_errors(P.run_op(ops[name], {**case, "mask": None}, dtype), floor))
+                            row.update(P.rel_errors(P.run_op(ops[name], no_gate, dtype), floor))
                         else:
                             row.update(P.rel_errors(P.run_op(ops[name], case, dtype), ref))
                     except Exception as exc:  # one failing kernel is a row, not the end of the table
-                        row = {"where": f"precision {row}", "error": f"{type(exc).__name__}: {exc}"}
+                        row = {"where": f"precision {dtype_name} {g} {layout} {name}",
+                               "error": f"{type(exc).__name__}: {exc}"}
                     rows.append(row)
-                del case, ref, floor
-                torch.cuda.empty_cache()
+                case = ref = floor = no_gate = None
+                free_memory()
     return rows
 
 
-def trained_like_gates(b: int, h: int, n: int, device) -> "torch.Tensor":  # noqa: F821
+def trained_like_gates(b: int, h: int, n: int, device):
     """log f with the per-head spread of a trained FoX model: time scales 1/(1-f) from ~2 tokens to
     never forgetting (the last head), a little per-token noise."""
     import torch
@@ -227,43 +281,84 @@ def trained_like_gates(b: int, h: int, n: int, device) -> "torch.Tensor":  # noq
     return lf
 
 
+def capture_gates(net, ids) -> list:
+    """The ``log_fgate`` (b, h, n) every attention call of ``net(ids)`` receives, in call order (no grad)."""
+    import torch
+
+    from xforget.ops import dispatch
+
+    seen, saved = [], dict(dispatch._IMPLS)
+
+    def spy(impl):
+        def run(call):
+            if call.log_fgate is not None:
+                seen.append(call.log_fgate.detach().float().expand(call.shapes.b, call.shapes.h, -1).clone())
+            return impl(call)
+        return run
+
+    try:
+        dispatch._IMPLS.update({name: spy(impl) for name, impl in saved.items()})
+        with torch.no_grad():
+            net(ids)
+    finally:
+        dispatch._IMPLS.update(saved)
+    return seen
+
+
+def gates_of_run(run_dir: str, n: int, heads: int):
+    """(1, heads, n) log f of the least-forgetting layer of a trained run on n tokens of its validation text
+    (``--trained``): the gates users get, at the length measured (heads repeated or cut to ``heads``)."""
+    import torch
+
+    from xforget.evaluate.core import validation_bytes
+    from xforget.train.loading import load_model
+
+    net, cfg = load_model(run_dir, DEVICE)
+    text, _ = validation_bytes(cfg.data)
+    ids = text.repeat(n // max(1, text.numel()) + 1)[:n].long().to(DEVICE)[None]
+    layers = capture_gates(net.eval(), ids)
+    if not layers:
+        raise ValueError(f"--trained={run_dir}: the model has no forget gate (position fox, alibi, ...)")
+    least = min(layers, key=lambda g: g.abs().mean().item())  # prunes least: the conservative choice
+    idx = torch.arange(heads, device=least.device) % least.shape[1]
+    return least[:1, idx]
+
+
 def section_op(args, env) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
+    size = sizes(args)
     ops = impl_ops(env["has_fla"])
-    tokens, h = 65536, 8
-    shapes = [(2048, 128), (8192, 128), (8192, 64), (32768, 128), (131072, 128)]
-    if args.quick:
-        shapes = [(8192, 128), (32768, 128)]
-    free = torch.cuda.mem_get_info()[0]
+    h = size["op_heads"]
+    free = torch.cuda.mem_get_info()[0] if DEVICE == "cuda" else 1 << 33
+    half = torch.bfloat16 if DEVICE == "cuda" else torch.float32
     rows = []
-    for n, d in shapes:
-        b = max(1, tokens // n)
-        for gates in ("random", "trained"):
-            g = torch.Generator(device="cuda").manual_seed(0)
-            q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
-                       for _ in range(3))
-            lf = (F.logsigmoid(torch.randn(b, h, n, device="cuda", generator=g)) if gates == "random"
-                  else trained_like_gates(b, h, n, "cuda")).requires_grad_()
+    for n, d in size["op_shapes"]:
+        b = max(1, size["op_tokens"] // n)
+        # "never": every head f = 1, nothing to prune: flex must cost what unpruned flex costs (<= 1.05x);
+        # "run": the gates of a trained model (--trained RUN_DIR)
+        kinds = ("random", "trained") + (("never",) if n == size["op_never_n"] else ())
+        for gates in kinds + (("run",) if getattr(args, "trained", None) else ()):
+            torch.manual_seed(0)
+            q, k, v = (torch.randn(b, h, n, d, device=DEVICE, dtype=half).requires_grad_() for _ in range(3))
+            lf = {"random": lambda: F.logsigmoid(torch.randn(b, h, n, device=DEVICE)),
+                  "trained": lambda: trained_like_gates(b, h, n, DEVICE),
+                  "never": lambda: torch.zeros(b, h, n, device=DEVICE),
+                  "run": lambda: gates_of_run(args.trained, n, h).expand(b, h, n).contiguous()}[gates]().requires_grad_()
             grad = torch.randn_like(q)
-            names = ["sdpa", "flex", "flex_unpruned", "cuda", "fla", "dense_bias"]
             plain_ms = None
-            for name in names:
-                if name == "fla" and "fla" not in ops:
+            for name in ("sdpa", "flex", "flex_unpruned", "cuda", "fla", "dense_bias"):
+                if name != "dense_bias" and name not in ops:
                     continue
                 if name == "dense_bias":
                     need = b * h * n * n * 2 * 4  # bf16 bias, its gradient and the softmax's buffers
                     if need > 0.6 * free:
                         rows.append(dict(n=n, d=d, impl=name, gates=gates, skipped=f"needs ~{need / 1e9:.0f} GB"))
                         continue
-                    op = dense_bias_op
-                else:
-                    op = ops[name]
-
-                step = fwd_bwd(op, q, k, v, lf, grad)
+                step = fwd_bwd(dense_bias_op if name == "dense_bias" else ops[name], q, k, v, lf, grad)
                 try:
-                    ms = cuda_ms(step)
+                    ms = timed_ms(step)
                     gb = peak_gb(step)
                     if name == "sdpa":
                         plain_ms = ms
@@ -271,9 +366,10 @@ def section_op(args, env) -> list[dict]:
                                      x_plain=None if plain_ms is None else ms / plain_ms))
                 except Exception as exc:
                     rows.append(dict(where=f"op n={n} d={d} {name} {gates}", error=f"{type(exc).__name__}: {exc}"))
-                torch.cuda.empty_cache()
-            q = k = v = lf = grad = step = None  # free before the next shape
-            torch.cuda.empty_cache()
+                step = None
+                free_memory()
+            q = k = v = lf = grad = None  # free before the next shape
+            free_memory()
     return rows
 
 
@@ -296,80 +392,76 @@ def dense_bias_op(q, k, v, lf, mask=None, document_ids=None):
     bias = (c[..., :, None] - c[..., None, :]).to(q.dtype)
     causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     bias = bias.masked_fill(~causal, float("-inf"))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=q.shape[1] != k.shape[1])
+
+
+FOX_PRO = dict(position="fox", forget_gate_divisor=1.0, forget_gate_bias_init=0.0, qk_norm=True, output_gate=True,
+               kv_shift=True, output_norm=True, norm="rmsnorm", ff_activation="swiglu")  # configs/model/fox_pro.yaml
+
+
+def train_step_row(make, n, impl, position, compile_it, vocab, tokens) -> dict:
+    """tokens/s and peak memory of one AdamW training step (bf16 autocast on CUDA) of ``make()``'s model."""
+    import torch
+
+    torch.manual_seed(0)
+    model = make().to(DEVICE)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=DEVICE == "cuda")
+    fwd = torch.compile(model) if compile_it else model
+    b = max(1, tokens // n)
+    x = torch.randint(0, vocab, (b, n + 1), device=DEVICE)
+
+    def step():
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
+            logits = fwd(x[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    ms = timed_ms(step, warmup=3 if compile_it else 2, reps=4)
+    gb = peak_gb(step)
+    return dict(impl=impl, position=position, n=n, compiled=compile_it, tokens_per_s=b * n / (ms / 1e3), gb=gb,
+                params_m=round(params, 1))
 
 
 def section_train(args, env) -> list[dict]:
-    import torch
-
     from xforget import Decoder, TransformerWrapper
 
-    positions = ["none", "rotary", "alibi", "fox", "fox_pro"]
-    lengths = [4096, 16384]
-    if args.quick:
-        positions, lengths = ["none", "fox"], [16384]
+    size = sizes(args)
+    vocab, dim, depth, heads = size["train"]
     compiled = {p.strip() for p in args.compile.split(",") if p.strip()}
-    vocab, dim, depth, heads = 16384, 1024, 12, 16
+    longest = max(size["train_lengths"])
     rows = []
 
-    def measure(make, n, impl, position, compile_it):
-        torch.manual_seed(0)
-        model = make().cuda()
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-        fwd = torch.compile(model) if compile_it else model
-        b = max(1, 16384 // n)
-        x = torch.randint(0, vocab, (b, n + 1), device="cuda")
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = fwd(x[:, :-1])
-                loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        ms = cuda_ms(step, warmup=3 if compile_it else 2, reps=4)
-        gb = peak_gb(step)
-        model = opt = fwd = step = None  # free before the next model
-        torch.cuda.empty_cache()
-        return dict(impl=impl, position=position, n=n, compiled=compile_it, tokens_per_s=b * n / (ms / 1e3), gb=gb,
-                    params_m=round(params, 1))
-
-    fox_pro = dict(position="fox", forget_gate_divisor=1.0, forget_gate_bias_init=0.0, qk_norm=True,
-                   output_gate=True, kv_shift=True, output_norm=True, norm="rmsnorm", ff_activation="swiglu")
-
-    def ours(position):  # fox_pro: configs/model/fox_pro.yaml's block
-        kw = fox_pro if position == "fox_pro" else dict(position=position)
-        return lambda: TransformerWrapper(num_tokens=vocab, max_seq_len=16384,
+    def ours(position):
+        kw = FOX_PRO if position == "fox_pro" else dict(position=position)
+        return lambda: TransformerWrapper(num_tokens=vocab, max_seq_len=longest,
                                           attn_layers=Decoder(dim=dim, depth=depth, heads=heads, **kw))
 
-    for n in lengths:
-        for position in positions:
-            for compile_it in ([False, True] if (n == 16384 and position in compiled) else [False]):
-                try:
-                    rows.append(measure(ours(position), n, "xforget", position, compile_it))
-                except Exception as exc:
-                    rows.append(dict(where=f"train xforget {position} n={n} compiled={compile_it}",
-                                     error=f"{type(exc).__name__}: {exc}"))
-                    torch.cuda.empty_cache()
-        if env.get("x_transformers"):
-            import x_transformers as xt
+    def peer(position):
+        import x_transformers as xt
 
-            for position in positions:
-                if position == "fox_pro":
-                    continue
-                kw = {"rotary": dict(rotary_pos_emb=True), "alibi": dict(alibi_pos_bias=True),
-                      "fox": dict(attn_data_dependent_alibi=True)}.get(position, {})
-                try:
-                    rows.append(measure(lambda: xt.TransformerWrapper(
-                        num_tokens=vocab, max_seq_len=16384, attn_layers=xt.Decoder(
-                            dim=dim, depth=depth, heads=heads, attn_flash=True, **kw)), n, "x_transformers",
-                        position, False))
-                except Exception as exc:
-                    rows.append(dict(where=f"train x_transformers {position} n={n}",
-                                     error=f"{type(exc).__name__}: {exc}"))
-                    torch.cuda.empty_cache()
+        kw = {"rotary": dict(rotary_pos_emb=True), "alibi": dict(alibi_pos_bias=True),
+              "fox": dict(attn_data_dependent_alibi=True)}.get(position, {})
+        return lambda: xt.TransformerWrapper(num_tokens=vocab, max_seq_len=longest, attn_layers=xt.Decoder(
+            dim=dim, depth=depth, heads=heads, attn_flash=True, **kw))
+
+    runs = []
+    for n in size["train_lengths"]:
+        for position in size["train_positions"]:
+            for compile_it in ([False, True] if (n == longest and position in compiled) else [False]):
+                runs.append((ours(position), n, "xforget", position, compile_it))
+        if env.get("x_transformers"):
+            runs += [(peer(position), n, "x_transformers", position, False)
+                     for position in size["train_positions"] if position != "fox_pro"]
+    for make, n, impl, position, compile_it in runs:
+        try:
+            rows.append(train_step_row(make, n, impl, position, compile_it, vocab, size["train_tokens"]))
+        except Exception as exc:  # e.g. out of memory: the dense n x n bias of the peer's FoX
+            rows.append(dict(where=f"train {impl} {position} n={n} compiled={compile_it}",
+                             error=f"{type(exc).__name__}: {exc}"[:300]))
+        free_memory()
     return rows
 
 
@@ -378,14 +470,15 @@ def section_decode(args, env) -> list[dict]:
 
     from xforget import Decoder, TransformerWrapper
 
+    prompt, steps = sizes(args)["decode"]
+    dim, depth, heads, kv_heads = sizes(args)["decode_model"]
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
         torch.manual_seed(0)
-        net = TransformerWrapper(num_tokens=256, max_seq_len=8192, attn_layers=Decoder(
-            dim=256, depth=4, heads=8, kv_heads=2, position="fox", forget_gate_bias_init=0.0)).cuda().eval()
-        net = net.to(dtype)
-        prompt, steps = 2000, 64
-        x = torch.randint(0, 256, (2, prompt + steps), device="cuda")
+        net = TransformerWrapper(num_tokens=256, max_seq_len=prompt + steps, attn_layers=Decoder(
+            dim=dim, depth=depth, heads=heads, kv_heads=kv_heads, position="fox", forget_gate_bias_init=0.0))
+        net = net.to(DEVICE, dtype).eval()
+        x = torch.randint(0, 256, (2, prompt + steps), device=DEVICE)
         with torch.no_grad():
             full = net(x)
             logits, cache = net(x[:, :prompt], return_cache=True)
@@ -399,6 +492,17 @@ def section_decode(args, env) -> list[dict]:
     return rows
 
 
+def pytest_counts(summary: str) -> dict:
+    """``{passed, failed, skipped, errors}`` from pytest's last line (e.g. "3 passed, 1 skipped in 2.0s")."""
+    words = summary.replace(",", " ").split()
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
+    for tok, word in zip(words, words[1:]):
+        key = "errors" if word in ("error", "errors") else word
+        if tok.isdigit() and key in counts:
+            counts[key] = int(tok)
+    return counts
+
+
 def section_tests(args, env) -> list[dict]:
     targets = ["tests/test_flex_cuda.py", "tests/test_ops_forgetting_attention.py::test_cuda_backend_matches_reference"]
     if args.quick:
@@ -407,12 +511,7 @@ def section_tests(args, env) -> list[dict]:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *targets],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     summary = (proc.stdout.strip().splitlines() or [""])[-1]
-    row = dict(seconds=time.time() - t0, summary=summary, rc=proc.returncode)
-    for word in ("passed", "failed", "skipped", "errors"):
-        key = "error" if word == "errors" else word
-        count = [int(tok) for tok, nxt in zip(summary.split(), summary.split()[1:]) if nxt.rstrip(",") in (word, key)
-                 and tok.isdigit()]
-        row[word] = count[0] if count else 0
+    row = dict(seconds=time.time() - t0, summary=summary, rc=proc.returncode, **pytest_counts(summary))
     if proc.returncode not in (0, 5):
         row["failures"] = [ln for ln in proc.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))][:20]
     return [row]
@@ -468,7 +567,9 @@ def main(argv=None) -> int:
     import torch._dynamo
 
     # many shapes and dtypes in one process: let flex_attention recompile for each instead of falling back
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one (torch <= 2.5)
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
     env = environment()
     report = {**{k: v for k, v in env.items() if k != "has_fla"}, "quick": args.quick,
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": {}}

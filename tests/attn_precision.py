@@ -94,25 +94,28 @@ def reference(case: dict, *, grads: bool = True, block: int = 1024) -> dict:
     return result
 
 
-def run_op(op: Callable, case: dict, dtype: torch.dtype, *, grads: bool = True) -> dict:
-    """``op(q, k, v, log_f, mask=, document_ids=)`` on the case cast to ``dtype`` (gates in fp32):
+def run_op(op: Callable, case: dict, dtype: torch.dtype, *, grads: bool = True,
+           gate_dtype: torch.dtype = torch.float32) -> dict:
+    """``op(q, k, v, log_f, mask=, document_ids=)`` on the case cast to ``dtype`` (gates in ``gate_dtype``):
     ``out`` and, with ``grads``, the gradients of ``sum(out * w)``, all as float64."""
     q, k, v = (case[key].to(dtype).detach().requires_grad_(grads) for key in ("q", "k", "v"))
-    lf = case["lf"].float().detach().requires_grad_(grads)
+    lf = case["lf"].to(gate_dtype).detach().requires_grad_(grads)
     with torch.enable_grad() if grads else torch.no_grad():
         out = op(q, k, v, lf, mask=case["mask"], document_ids=case["docs"])
         result = {"out": out.detach().double()}
         if grads:  # an op without a gate (plain SDPA, the dtype's floor) has no d log f
-            got = torch.autograd.grad((out.float() * case["w"].float()).sum(), (q, k, v, lf), allow_unused=True)
+            acc = torch.promote_types(out.dtype, torch.float32)  # the loss in fp32 (fp64 for fp64 runs)
+            got = torch.autograd.grad((out.to(acc) * case["w"].to(acc)).sum(), (q, k, v, lf), allow_unused=True)
             result.update({name: g.double() for name, g in zip(NAMES[1:], got) if g is not None})
     return result
 
 
-def rounded(case: dict, dtype: torch.dtype) -> dict:
-    """The case as :func:`run_op` feeds it, back in float64: q, k, v rounded to ``dtype``, the gates to fp32.
+def rounded(case: dict, dtype: torch.dtype, gate_dtype: torch.dtype = torch.float32) -> dict:
+    """The case as :func:`run_op` feeds it, back in float64: q, k, v rounded to ``dtype``, the gates to ``gate_dtype``.
 
     The reference of these inputs measures the kernel's own error, not the rounding of its inputs."""
-    return {**case, **{key: case[key].to(dtype).double() for key in ("q", "k", "v")}, "lf": case["lf"].float().double()}
+    return {**case, **{key: case[key].to(dtype).double() for key in ("q", "k", "v")},
+            "lf": case["lf"].to(gate_dtype).double()}
 
 
 def rel_errors(got: dict, ref: dict) -> dict:

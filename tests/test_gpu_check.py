@@ -35,6 +35,7 @@ def run_script(*args, tmp_path):
 @pytest.mark.parametrize("args, names", [
     ([], "no CUDA device"),
     (["--sections", "precision,speed"], "--sections='precision,speed': unknown section(s) ['speed']; valid: tests"),
+    (["--trained", "no/such/run"], "--trained='no/such/run': no such directory"),
 ])
 def test_refusals_are_one_error_line_exit_2_and_nothing_written(tmp_path, args, names):
     out = tmp_path / "gpu" / "report.json"
@@ -92,3 +93,87 @@ def test_report_json_and_tables_with_fake_sections(tmp_path, monkeypatch, capsys
     assert "0.67" in printed and "3.41e+05" in printed and "yes" in printed
     for line in table:
         assert line in printed
+
+
+def test_sections_run_end_to_end_on_the_cpu_with_tiny_sizes(monkeypatch):
+    """The measuring code itself (not only its report), on the CPU with tiny sizes: every row of the precision,
+    op, train and decode sections has its columns and sane values. FlexAttention has no CPU backward, so the
+    kernels under test are stood in for by the fold (the CPU's own path); the GPU run measures the real ones."""
+    import torch
+    import torch.nn.functional as F
+    from types import SimpleNamespace
+
+    from xforget.ops import forgetting_attention
+
+    gc = load_script()
+    monkeypatch.setattr(gc, "DEVICE", "cpu")
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+
+    def fold(q, k, v, lf, mask=None, document_ids=None):
+        return forgetting_attention(q, k, v, lf, mask=mask, document_ids=document_ids, backend="fold")
+
+    def sdpa(q, k, v, lf, mask=None, document_ids=None):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+
+    monkeypatch.setattr(gc, "impl_ops", lambda has_fla: {"flex": fold, "cuda": fold, "sdpa": sdpa})
+    args = SimpleNamespace(quick=False, size="tiny", compile="")
+    env = {"has_fla": False, "x_transformers": None}
+
+    rows = gc.section_precision(args, env)
+    assert [r["layout"] for r in rows] == ["mha"] * 3 + ["gqa-left-pad"] * 3
+    for r in rows:
+        names = ("out", "dq", "dk", "dv") + (("dlogf",) if r["impl"] != "sdpa" else ())
+        assert all(0 <= r[name] < 1e-4 for name in names), r  # fp32 fold and SDPA vs float64
+    assert all("dlogf" not in r for r in rows if r["impl"] == "sdpa")
+
+    rows = gc.section_op(args, env)
+    assert {r["impl"] for r in rows} == {"sdpa", "flex", "cuda", "dense_bias"}
+    assert {r["gates"] for r in rows} == {"random", "trained", "never"}
+    for r in rows:
+        assert r["ms"] > 0 and r["x_plain"] > 0 and set(gc.COLUMNS["op"]) <= set(r), r
+    assert all(r["x_plain"] == 1.0 for r in rows if r["impl"] == "sdpa")
+
+    rows = gc.section_train(args, env)
+    assert [(r["position"], r["compiled"]) for r in rows] == [("none", False), ("fox", False)]
+    assert all(r["tokens_per_s"] > 0 and set(gc.COLUMNS["train"]) <= set(r) for r in rows)
+
+    rows = gc.section_decode(args, env)
+    assert [r["dtype"] for r in rows] == ["float32", "bfloat16"]
+    assert rows[0]["max_abs_diff"] < 1e-4  # cached decoding equals the full forward
+    assert torch.isfinite(torch.tensor(rows[1]["max_abs_diff"]))
+
+
+def test_pytest_summary_counts():
+    gc = load_script()
+    assert gc.pytest_counts("3 passed, 1 skipped, 2 warnings in 2.0s") == dict(passed=3, failed=0, skipped=1, errors=0)
+    assert gc.pytest_counts("1 failed, 40 passed, 1 error in 9.1s") == dict(passed=40, failed=1, skipped=0, errors=1)
+    assert gc.pytest_counts("no tests ran in 0.1s") == dict(passed=0, failed=0, skipped=0, errors=0)
+
+
+def test_gates_of_a_trained_run(tmp_path, monkeypatch):
+    """--trained RUN_DIR: the forget gates every layer receives on the run's validation text are captured (the
+    backends restored afterwards), and the least-forgetting layer is returned at the requested heads and length."""
+    import torch
+
+    from xforget import Decoder, TransformerWrapper
+    from xforget.ops import dispatch
+    from xforget.train import compose_config, to_train_config, train
+
+    gc = load_script()
+    monkeypatch.setattr(gc, "DEVICE", "cpu")
+    torch.manual_seed(0)
+    net = TransformerWrapper(num_tokens=64, max_seq_len=64, attn_layers=Decoder(dim=32, depth=3, heads=4,
+                                                                                  position="fox"))
+    before = dict(dispatch._IMPLS)
+    layers = gc.capture_gates(net.eval(), torch.randint(0, 64, (2, 50)))
+    assert dispatch._IMPLS == before
+    assert len(layers) == 3 and all(g.shape == (2, 4, 50) and (g <= 0).all() for g in layers)
+
+    cfg = to_train_config(compose_config([
+        "model.dim=32", "model.depth=2", "model.heads=2", "trainer.seq_len=32", "trainer.batch_size=2",
+        "trainer.max_steps=1", "trainer.max_time=null", "trainer.warmup_steps=0", "trainer.eval_batches=1",
+        "trainer.progress=false", "trainer.sample_bytes=0", "trainer.threads=1", "trainer.compile=false"]))
+    train(cfg, tmp_path / "run")
+    gates = gc.gates_of_run(str(tmp_path / "run"), 100, 4)
+    assert gates.shape == (1, 4, 100) and (gates <= 0).all()
+    assert torch.equal(gates[:, :2], gates[:, 2:])  # 2 model heads repeated to 4

@@ -1,8 +1,8 @@
 """The optional "fla" backend: FLA's Triton kernel ``parallel_forgetting_attn`` (package ``fla-core``).
 
 Yang, Zhang et al., flash-linear-attention (github.com/fla-org/flash-linear-attention),
-``fla.ops.forgetting_attn.parallel_forgetting_attn``: FoX's authors' algorithm as
-a Triton kernel.  Installed with the extra ``pip install 'xforget[cuda]'``.  It
+``fla.ops.forgetting_attn.parallel_forgetting_attn``: FoX (arXiv 2503.02130) as a
+Triton kernel.  Installed with the extra ``pip install 'xforget[cuda]'``.  It
 serves causal self-attention on CUDA without a padding mask or packed documents
 (as many queries as keys); every other call (decoding, padding, documents) runs
 on "flex" (:mod:`xforget.ops.flex`), which serves all of them.  It does not
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 from typing import Callable
-
 
 from xforget.ops.backend import AttentionCall
 from xforget.ops.common import Tensor

@@ -110,6 +110,25 @@ def _pow2_head_dims(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Te
     return q, k, v
 
 
+def flex_inputs(call: AttentionCall, *, q_block: int = FLEX_BLOCK, kv_block: int = FLEX_BLOCK):
+    """``(score_mod, block_mask)`` of a causal call: the decay (None without a gate) and the tiles to run.
+
+    The pruning plan (with ``call.prune`` and a gate) is recorded in the prune log here.
+    """
+    s, q = call.shapes, call.q
+    c = call.forward_decay()
+    if c is not None:  # the kernel's score dtype: fp32, or fp64 for fp64 inputs (CPU reference runs)
+        c = c.to(torch.float64 if q.dtype == torch.float64 else torch.float32).contiguous()
+    starts = None
+    if call.prune and c is not None and s.n_k > kv_block:
+        starts = pruning_starts(call, c, q_block, kv_block)
+        _record(starts, call, q_block)
+    plan = tile_plan(s, q.device, mask=call.mask, document_ids=call.document_ids, starts=starts,
+                     q_block=q_block, kv_block=kv_block)
+    mod = visibility_mod(s, mask=call.mask, document_ids=call.document_ids, starts=starts, q_block=q_block)
+    return (None if c is None else decay_score_mod(c, s.offset)), block_mask(plan, s, mod)
+
+
 def flex_attention_backend(call: AttentionCall, *, q_block: int = FLEX_BLOCK, kv_block: int = FLEX_BLOCK) -> Tensor:
     """Causal forgetting attention through FlexAttention; returns ``(b, h, n_q, d_v)`` in q's dtype.
 
@@ -131,18 +150,7 @@ def flex_attention_backend(call: AttentionCall, *, q_block: int = FLEX_BLOCK, kv
     if not q.is_cuda and needs_grad(q, k, v, call.log_fgate):
         raise ValueError("backend 'flex' on CPU tensors is forward-only (FlexAttention has no CPU backward); "
                          "use 'fold' (the CPU default) or call it under torch.no_grad()")
-    c = call.forward_decay()
-    if c is not None:  # the kernel's score dtype: fp32, or fp64 for fp64 inputs (CPU reference runs)
-        c = c.to(torch.float64 if q.dtype == torch.float64 else torch.float32).contiguous()
-    starts = None
-    if call.prune and c is not None and s.n_k > kv_block:
-        starts = pruning_starts(call, c, q_block, kv_block)
-        _record(starts, call, q_block)
-    plan = tile_plan(s, q.device, mask=call.mask, document_ids=call.document_ids, starts=starts,
-                     q_block=q_block, kv_block=kv_block)
-    mod = visibility_mod(s, mask=call.mask, document_ids=call.document_ids, starts=starts, q_block=q_block)
-    bm = block_mask(plan, s, mod)
-    score_mod = None if c is None else decay_score_mod(c, s.offset)
+    score_mod, bm = flex_inputs(call, q_block=q_block, kv_block=kv_block)
     if q.is_cuda:
         q, k, v = _pow2_head_dims(q, k, v)
     kernel = flex_kernel(q.device)
