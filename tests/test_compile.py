@@ -19,6 +19,7 @@ One test runs the default training model (FoX Pro) through inductor, marked slow
 
 from __future__ import annotations
 
+import copy
 import pytest
 import torch
 from torch import nn
@@ -124,13 +125,22 @@ def test_cached_positions_are_per_row_tensors_without_a_host_read():
 
 @pytest.mark.slow
 def test_inductor_fullgraph_training_step_equals_eager_fox_pro():
-    """What xforget-train compiles by default (FoX Pro), through inductor."""
+    """What xforget-train compiles by default (FoX Pro), through inductor: inductor fuses and reorders fp32
+    arithmetic, so compiled and eager are compared on their errors against the same model in float64
+    (measured: compiled within 1.45x of eager's error on every gradient, logits 3.9e-5 vs 4.4e-5)."""
     torch.manual_seed(0)
     net = tiny(**SCHEMES["fox_pro"])
     x = torch.randint(0, VOCAB, (1, N))
     w = torch.randn(1, N, VOCAB, dtype=torch.float64)
     out0, g0 = loss_and_grads(net, net, x, w)
     out1, g1 = loss_and_grads(net, torch.compile(net, fullgraph=True), x, w)
-    torch.testing.assert_close(out1, out0, atol=2e-5, rtol=0)
+    net64 = copy.deepcopy(net).double()
+    out64, g64 = loss_and_grads(net64, net64, x, w)
+
+    def err(a, b):
+        return (a.double() - b).abs().max().item()
+
+    assert err(out1, out64) <= 3 * err(out0, out64) + 1e-6
     for k in g0:
-        torch.testing.assert_close(g1[k], g0[k], atol=1e-4, rtol=1e-4, msg=f"gradient of {k}")
+        top = g64[k].abs().max().item()
+        assert err(g1[k], g64[k]) <= 3 * err(g0[k], g64[k]) + 1e-6 * top, k
