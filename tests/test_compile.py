@@ -24,7 +24,7 @@ import pytest
 import torch
 from torch import nn
 
-from xforget import Decoder, TransformerWrapper
+from xforget import AutoregressiveWrapper, Decoder, TransformerWrapper
 from xforget.ops.prune import PRUNE_MIN_KEYS, collect_pruning
 
 SCHEMES = {
@@ -79,6 +79,28 @@ def test_fullgraph_training_step_equals_eager_for_every_scheme():
     assert all(g is not None for g in g0.values()), [k for k, g in g0.items() if g is None]
     for k in g0:
         torch.testing.assert_close(g1[k], g0[k], atol=1e-4, rtol=1e-4, msg=f"gradient of {k}")
+
+
+def test_fullgraph_autoregressive_loss_as_the_trainer_compiles_it():
+    """xforget-train compiles the AutoregressiveWrapper (loss of tokens[:, 1:]): one graph, same loss and
+    gradients, with a padding mask (the per-row positions) on FoX Pro at 512 tokens."""
+    torch.manual_seed(0)
+    lm = AutoregressiveWrapper(tiny(**SCHEMES["fox_pro"]))
+    tokens = torch.randint(0, VOCAB, (2, N + 1))
+    mask = torch.ones(2, N + 1, dtype=torch.bool)
+    mask[1, :7] = False
+
+    def run(fn):
+        lm.zero_grad(set_to_none=True)
+        loss = fn(tokens, mask=mask)
+        loss.backward()
+        return loss.detach(), {k: p.grad.clone() for k, p in lm.named_parameters()}
+
+    loss0, g0 = run(lm)
+    loss1, g1 = run(torch.compile(lm, fullgraph=True, backend="aot_eager"))
+    torch.testing.assert_close(loss1, loss0, atol=1e-6, rtol=0)
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], atol=1e-6, rtol=1e-4, msg=f"gradient of {k}")
 
 
 def test_fullgraph_cached_decoding_equals_eager_token_by_token():
