@@ -19,11 +19,12 @@ One test runs the default training model (FoX Pro) through inductor, marked slow
 
 from __future__ import annotations
 
+import copy
 import pytest
 import torch
 from torch import nn
 
-from xforget import Decoder, TransformerWrapper
+from xforget import AutoregressiveWrapper, Decoder, TransformerWrapper
 from xforget.ops.prune import PRUNE_MIN_KEYS, collect_pruning
 
 SCHEMES = {
@@ -80,34 +81,62 @@ def test_fullgraph_training_step_equals_eager_for_every_scheme():
         torch.testing.assert_close(g1[k], g0[k], atol=1e-4, rtol=1e-4, msg=f"gradient of {k}")
 
 
-def test_fullgraph_cached_decoding_equals_eager_token_by_token():
-    """Prefill, then one token at a time with the cache, compiled once (dynamic cache length)."""
+def test_fullgraph_autoregressive_loss_as_the_trainer_compiles_it():
+    """xforget-train compiles the AutoregressiveWrapper (loss of tokens[:, 1:]): one graph, same loss and
+    gradients, with a padding mask (the per-row positions) on FoX Pro at 512 tokens."""
     torch.manual_seed(0)
-    nets = {name: tiny(**SCHEMES[name]).eval() for name in ("rotary", "fox_pro")}
+    lm = AutoregressiveWrapper(tiny(**SCHEMES["fox_pro"]))
+    tokens = torch.randint(0, VOCAB, (2, N + 1))
+    mask = torch.ones(2, N + 1, dtype=torch.bool)
+    mask[1, :7] = False
+
+    def run(fn):
+        lm.zero_grad(set_to_none=True)
+        loss = fn(tokens, mask=mask)
+        loss.backward()
+        return loss.detach(), {k: p.grad.clone() for k, p in lm.named_parameters()}
+
+    loss0, g0 = run(lm)
+    loss1, g1 = run(torch.compile(lm, fullgraph=True, backend="aot_eager"))
+    torch.testing.assert_close(loss1, loss0, atol=1e-6, rtol=0)
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], atol=1e-6, rtol=1e-4, msg=f"gradient of {k}")
+
+
+def test_fullgraph_cached_decoding_equals_eager_token_by_token():
+    """Prefill a left-padded batch (rows at different cache offsets: the per-row positions), then one
+    token at a time with the cache, compiled once per call kind (dynamic cache length)."""
+    torch.manual_seed(0)
+    nets = {name: tiny(**SCHEMES[name]).eval() for name in ("rotary", "fox_pro")}  # positions; decay + KV-shift
     x = torch.randint(0, VOCAB, (2, N + 6))
+    mask = torch.ones(2, N, dtype=torch.bool)
+    mask[0, :5] = False  # row 0: 5 pads on the left, so its new tokens sit 5 positions earlier
 
     def decode(fn):
         with torch.no_grad():
-            logits, cache = fn(x[:, :N], None)
+            logits, cache = fn(x[:, :N], None, mask)
             steps = [logits]
             for t in range(N, x.shape[1]):
-                logits, cache = fn(x[:, t:t + 1], cache)
+                logits, cache = fn(x[:, t:t + 1], cache, None)
                 steps.append(logits)
         return torch.cat(steps, 1)
 
+    real = torch.cat((mask, torch.ones(2, 6, dtype=torch.bool)), 1)
     for name, net in nets.items():
-        def step(tokens, cache, net=net):
-            return net(tokens, cache=cache, return_cache=True)
+        def step(tokens, cache, m, net=net):
+            return net(tokens, mask=m, cache=cache, return_cache=True)
 
         with collect_pruning() as log:
             eager = decode(step)
+        # the nets share TransformerWrapper.forward: without a reset their graphs count towards one recompile limit
+        torch._dynamo.reset()
         if name == "fox_pro":
             assert any(r.backend == "decode" and r.fraction.max() > 0.2 for r in log.records)
         compiled = decode(torch.compile(step, fullgraph=True, backend="aot_eager", dynamic=True))
         torch.testing.assert_close(compiled, eager, atol=2e-5, rtol=0, msg=name)
         with torch.no_grad():
-            full = net(x)
-        torch.testing.assert_close(compiled, full, atol=1e-4, rtol=0, msg=f"{name}: cached vs full")
+            full = net(x, mask=real)
+        torch.testing.assert_close(compiled[real], full[real], atol=1e-4, rtol=0, msg=f"{name}: cached vs full")
 
 
 def test_cached_positions_are_per_row_tensors_without_a_host_read():
@@ -124,13 +153,22 @@ def test_cached_positions_are_per_row_tensors_without_a_host_read():
 
 @pytest.mark.slow
 def test_inductor_fullgraph_training_step_equals_eager_fox_pro():
-    """What xforget-train compiles by default (FoX Pro), through inductor."""
+    """What xforget-train compiles by default (FoX Pro), through inductor: inductor fuses and reorders fp32
+    arithmetic, so compiled and eager are compared on their errors against the same model in float64
+    (measured: compiled within 1.45x of eager's error on every gradient, logits 3.9e-5 vs 4.4e-5)."""
     torch.manual_seed(0)
     net = tiny(**SCHEMES["fox_pro"])
     x = torch.randint(0, VOCAB, (1, N))
     w = torch.randn(1, N, VOCAB, dtype=torch.float64)
     out0, g0 = loss_and_grads(net, net, x, w)
     out1, g1 = loss_and_grads(net, torch.compile(net, fullgraph=True), x, w)
-    torch.testing.assert_close(out1, out0, atol=2e-5, rtol=0)
+    net64 = copy.deepcopy(net).double()
+    out64, g64 = loss_and_grads(net64, net64, x, w)
+
+    def err(a, b):
+        return (a.double() - b).abs().max().item()
+
+    assert err(out1, out64) <= 3 * err(out0, out64) + 1e-6
     for k in g0:
-        torch.testing.assert_close(g1[k], g0[k], atol=1e-4, rtol=1e-4, msg=f"gradient of {k}")
+        top = g64[k].abs().max().item()
+        assert err(g1[k], g64[k]) <= 3 * err(g0[k], g64[k]) + 1e-6 * top, k
