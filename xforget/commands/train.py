@@ -50,7 +50,7 @@ from xforget.train.config import (
     user_config_overrides,
     validate_model,
 )
-from xforget.train.run_dir import CheckpointError, latest_checkpoint
+from xforget.train.run_dir import CheckpointError, latest_checkpoint, missing_init_from
 
 # This module imports no torch at its top: the command line is composed and checked (keys, types and
 # every value but the model's) first, so a typo is one line in a fraction of a second; the training
@@ -113,7 +113,11 @@ def _precheck(argv: list[str]) -> DictConfig | None:
             typed = to_train_config(cfg, model=False)
             # files named by the config, before Hydra creates the run directory
             explicit = Path(str(cfg.hydra.run.dir)) if len(jobs) == 1 and _user_run_dir(argv) else None
+            if explicit is not None and not str(cfg.hydra.run.dir).strip():
+                raise ConfigError("hydra.run.dir is empty (the run would write into the current directory): give "
+                                  "a directory, e.g. hydra.run.dir=runs/NAME (a new one, or a run to resume)")
             problem = explicit is not None and writable_path_problem("hydra.run.dir", str(explicit), is_dir=True)
+            problem = problem or missing_init_from(typed.trainer.init_from, explicit)
             if problem:
                 raise ConfigError(problem)
             try:

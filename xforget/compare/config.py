@@ -103,4 +103,19 @@ def load_compare_config(overrides: list[str]) -> tuple[CompareConfig, Path]:
     except Exception as exc:
         raise ConfigError(explain_error(exc, CompareConfig, extra_root_keys=(*TRAIN_ROOTS, "hydra"))) from exc
     validate_eval(typed.eval)
+    check_plan(list(typed.positions), list(typed.seeds))
     return typed, out_dir
+
+
+def check_plan(positions: list[str], seeds: list[int]) -> None:
+    """At least one scheme and one seed, none twice.
+
+    Raises:
+        ConfigError: one line naming the setting.
+    """
+    if not positions:
+        raise ConfigError("positions is empty; e.g. positions=[none,fox]")
+    if not seeds:
+        raise ConfigError("seeds is empty; e.g. seeds=[0,1]")
+    if len(set(positions)) != len(positions) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"positions and seeds must not repeat: positions={positions} seeds={seeds}")

@@ -1,6 +1,6 @@
 """The values the training config's choice keys accept, in a module that imports no torch.
 
-``trainer.precision``, ``trainer.compile`` and ``logger`` are checked when the command line is
+``trainer.precision``, ``trainer.compile``, ``trainer.device`` and ``logger`` are checked when the command line is
 read, before torch is imported (a typo is reported in a fraction of a second, not after the
 seconds torch takes to import). The modules that act on these keys (:mod:`.precision`,
 :mod:`.compile`, :mod:`.trackers`) import their choices from here.
@@ -8,6 +8,7 @@ seconds torch takes to import). The modules that act on these keys (:mod:`.preci
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from xforget.errors import ConfigError
@@ -15,6 +16,12 @@ from xforget.errors import ConfigError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_CHOICES = ("auto", "true", "false")
 TRACKERS = ("tensorboard", "wandb")
+DEVICES = "auto, cpu, cuda, cuda:N or mps"  # what trainer.device / eval.device accept (torch.device names)
+
+
+def device_choice(name: str) -> bool:
+    """Whether ``name`` is one of :data:`DEVICES` (``gpu`` and ``cuda0`` are not: torch would fail mid-run)."""
+    return re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(name)) is not None
 
 
 def compile_choice(value) -> str | None:

@@ -28,7 +28,7 @@ from xforget.data.prepare import read_meta
 from xforget.errors import ConfigError, explain_error, schema_keys
 from xforget.models.config import ModelConfig
 from xforget.train.budget import parse_duration
-from xforget.train.choices import COMPILE_CHOICES, PRECISIONS, compile_choice, logger_names
+from xforget.train.choices import COMPILE_CHOICES, DEVICES, PRECISIONS, compile_choice, device_choice, logger_names
 
 DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle", "tokens")
 SYNTHETIC = ("mqar", "needle")
@@ -326,6 +326,7 @@ def validate(cfg: TrainConfig, *, model: bool = True) -> None:
     need(t.grad_clip >= 0, "trainer.grad_clip", ">= 0 (0 = off)", t.grad_clip)
     need(t.threads is None or t.threads >= 1, "trainer.threads", ">= 1 or null", t.threads)
     need(t.precision in PRECISIONS, "trainer.precision", f"one of {list(PRECISIONS)}", t.precision)
+    need(device_choice(t.device), "trainer.device", DEVICES, t.device)
     need(compile_choice(t.compile) is not None, "trainer.compile", f"one of {list(COMPILE_CHOICES)}", t.compile)
     need(t.sample_temperature >= 0, "trainer.sample_temperature", ">= 0", t.sample_temperature)
     need(t.resume in RESUME_MODES, "trainer.resume", f"one of {list(RESUME_MODES)}", t.resume)

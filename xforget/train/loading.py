@@ -37,10 +37,12 @@ from xforget.models.pretrained import WEIGHTS, is_hub_directory, read_model_conf
 from xforget.models.wrapper import TransformerWrapper, build_model
 from xforget.train.run_dir import (
     CHECKPOINTS,
+    INIT_FROM_ACCEPTS,
     MARKER,
     CheckpointError,
     complete_checkpoints,
     latest_checkpoint,
+    missing_init_from,
     missing_model_path,
     short_error,
 )
@@ -50,8 +52,6 @@ RUN, CHECKPOINT, HUB = "run", "checkpoint", "hub"  # TrainedModel.kind
 RUN_CONFIG = "config.yaml"
 EXPECTED = ("expected checkpoints/step_*/ or model.safetensors + config.yaml (a run), or config.json + "
             "model.safetensors (a hub-style directory)")
-INIT_FROM_ACCEPTS = ("expected a run directory (with checkpoints/step_*/ or model.safetensors), a checkpoint "
-                     "directory (checkpoints/step_*/) or a .safetensors file")
 
 
 @dataclass
@@ -230,8 +230,9 @@ def init_weights_file(source: str | Path) -> Path:
         CheckpointError: nothing loadable there.
     """
     path = Path(source).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"trainer.init_from={source}: no such file or directory; {INIT_FROM_ACCEPTS}")
+    missing = missing_init_from(source)
+    if missing is not None:
+        raise CheckpointError(missing)
     if path.is_file():
         return path
     found = _find_weights(path, with_config=False)
