@@ -15,4 +15,4 @@ def test_every_planted_fault_applies_to_the_current_code():
     assert len(module.FAULTS) >= 15
     assert module.check_faults() == []
     kinds = {f.kind.split(":")[0] for f in module.FAULTS}
-    assert kinds == {"training", "sampling", "routing", "zoo"}
+    assert kinds == {"training", "sampling", "routing", "kernels", "zoo"}
