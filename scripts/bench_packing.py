@@ -11,7 +11,7 @@ fraction of the causal attention pairs the packed fold skipped (earlier document
 
     python scripts/bench_packing.py
     python scripts/bench_packing.py --seq-len 256 1024 --doc-len 200 --rounds 6 --steps 2
-    python scripts/bench_packing.py --rebase-off   # + both settings with the fold's per-block rebase off
+    python scripts/bench_packing.py --rebase-off   # + both settings with the fold's exact channels off
                                                    # (xforget.ops.rebase), interleaved in the same rounds
 """
 
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--rebase-off", action="store_true",
-                    help="also time both settings with the fold's per-block rebase turned off")
+                    help="also time both settings with the fold's exact channels (xforget.ops.rebase) turned off")
     ap.add_argument("overrides", nargs="*", help="training config overrides, e.g. model=fox")
     args = ap.parse_args()
     if args.threads:

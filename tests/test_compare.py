@@ -145,3 +145,19 @@ def test_cli_trains_in_a_subprocess_and_records_peak_memory(text_file, tmp_path)
     info = json.loads((Path(run["run_dir"]) / "compare-run.json").read_text())
     assert info["peak_rss_mb"] == run["peak_rss_mb"] > 50 and info["command"][1:3] == ["-m", "xforget.train"]
     assert [r["length"] for r in run["lengths"]] == [32, 64] and (tmp_path / "compare.md").is_file()
+
+
+def test_compare_prepare_takes_every_key_of_xforget_prepare():
+    """ComparePrepare is PrepareConfig with other defaults (one list of keys: they cannot drift apart)."""
+    from dataclasses import fields
+
+    from xforget.compare.config import ComparePrepare
+    from xforget.data.prepare import PrepareConfig
+
+    assert issubclass(ComparePrepare, PrepareConfig)
+    assert [f.name for f in fields(ComparePrepare)] == [f.name for f in fields(PrepareConfig)]
+    p = ComparePrepare(vocab_size=300, encoding="latin-1", errors="replace", separator="\n\n")
+    plain = p.prepare_config()
+    assert type(plain) is PrepareConfig and plain.output == "" and plain.input == "stdlib"
+    assert {f.name: getattr(plain, f.name) for f in fields(PrepareConfig) if f.name != "output"} == \
+        {f.name: getattr(p, f.name) for f in fields(PrepareConfig) if f.name != "output"}

@@ -58,11 +58,11 @@ def test_not_measured_names_the_missing_setting():
     eval.position_buckets was what was missing."""
     no_buckets = verdicts(scheme("fox", [1.0]), scheme("rotary", [1.1]))
     verdict, why = find(no_buckets, "Per-position loss beyond")
-    assert verdict == "not measured" and "eval.position_buckets" in why and "multiples" not in why
+    assert verdict == "not measured" and "eval.position_buckets=4" in why and "multiples" not in why
     short = verdicts(scheme("fox", [1.0], inside=[2.0], beyond=[2.0], longest=L),
                      scheme("rotary", [1.1], inside=[2.0], beyond=[2.0], longest=L))
     verdict, why = find(short, "Per-position loss beyond")
-    assert verdict == "not measured" and "eval.multiples" in why and "position_buckets" not in why
+    assert verdict == "not measured" and "eval.multiples=[1,2]" in why and "position_buckets" not in why
     assert find(no_buckets, "Needle retrieval") == ("not measured", "eval.needle_examples=0")
     verdict, why = find(no_buckets, "Adaptive computation pruning")
     assert verdict == "not measured" and "no pruning measured" in why

@@ -20,7 +20,7 @@ from runs import steps_logged
 
 from xforget.errors import ConfigError
 from xforget.train import compose_config, to_train_config, train
-from xforget.train.budget import VALID_FORMS, BudgetPlan, TimeBudget, parse_duration, plan_steps
+from xforget.train.budget import FINAL_SLACK, VALID_FORMS, BudgetPlan, TimeBudget, parse_duration, plan_steps
 from xforget.train.checkpoint import complete_checkpoints
 from xforget.train.compile import AUTO_MIN_SECONDS, resolve_compile
 from xforget.train.metrics import read_metrics
@@ -210,11 +210,24 @@ def test_the_guard_scales_evaluation_and_checkpoint_costs_by_the_steps_slowdown(
                       eval_every=0, checkpoint_every=0)
     budget = TimeBudget(100.0, warmup_steps=0, skip=0, plan=plan)
     budget.observe(50, 1.0)
-    assert not budget.must_stop(87.0, eval_here=False, checkpoint_here=False)  # 87 + 1 + 10 + 1 = 99
+    slack = FINAL_SLACK * (10 + 1)  # the final evaluation and checkpoint, with the guard's allowance
+    assert not budget.must_stop(99.9 - 1 - slack, eval_here=False, checkpoint_here=False)
+    assert budget.must_stop(100.1 - 1 - slack, eval_here=False, checkpoint_here=False)
     budget.recent.clear()
-    budget.observe(51, 2.0)  # twice as slow: 87 + 2 + 20 + 2 > 100
-    assert budget.must_stop(87.0, eval_here=False, checkpoint_here=False)
-    assert not budget.must_stop(75.0, eval_here=False, checkpoint_here=False)
+    budget.observe(51, 2.0)  # twice as slow: the step, the evaluation and the checkpoint cost twice as much
+    assert budget.must_stop(100.1 - 2 - 2 * slack, eval_here=False, checkpoint_here=False)
+    assert not budget.must_stop(99.9 - 2 - 2 * slack, eval_here=False, checkpoint_here=False)
+
+
+def test_the_guard_budgets_the_final_evaluation_at_least_as_long_as_a_measured_one():
+    plan = plan_steps(budget_s=100, step=10, elapsed_s=10, step_s=1.0, eval_s=10.0, checkpoint_s=1.0,
+                      eval_every=0, checkpoint_every=0)
+    budget = TimeBudget(100.0, warmup_steps=0, skip=0, plan=plan)
+    budget.observe(50, 1.0)
+    at = 99.9 - 1 - FINAL_SLACK * (10 + 1)
+    assert not budget.must_stop(at, eval_here=False, checkpoint_here=False)
+    budget.observe_eval(14.0)  # a mid-run evaluation took longer than calibrated, with steps at full speed
+    assert budget.must_stop(at, eval_here=False, checkpoint_here=False)
 
 
 def test_a_faster_machine_does_not_overrun_the_chosen_step_count(tmp_path, monkeypatch):

@@ -152,3 +152,40 @@ def test_return_outputs_equals_x_transformers():
     torch.testing.assert_close(logits_o, logits_t, rtol=1e-5, atol=1e-5)
     # x-transformers runs all n+1 tokens (its last_hidden has one more position, the last token's); ours the n inputs
     torch.testing.assert_close(inter.last_hidden, cache_t.last_hidden[:, :-1], rtol=1e-5, atol=1e-5)
+
+
+def test_return_intermediates_is_refused_naming_the_alternatives():
+    """x-transformers' forward(return_intermediates=True): no equivalent of its per-layer intermediates here;
+    the refusal names what gives the final hidden states instead (and the migration table)."""
+    model = net()
+    x = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(TypeError, match="return_embeddings=True.*return_outputs=True.*migration table"):
+        model(x, return_intermediates=True)
+    assert model(x, return_intermediates=False).shape == model(x).shape
+
+
+def test_pad_value_equals_x_transformers():
+    """AutoregressiveWrapper(pad_value=P) as x-transformers 2.31.10's on copied weights: the loss with ignored
+    inputs fed as P, and greedy generation whose tokens after a row's eos become P (x-transformers returns
+    fewer tokens when every row has ended; the tokens it returns are ours)."""
+    xt = pytest.importorskip("x_transformers")
+    from xforget.integrations.interop import from_x_transformers
+
+    torch.manual_seed(0)
+    theirs = xt.TransformerWrapper(num_tokens=40, max_seq_len=32, attn_layers=xt.Decoder(
+        dim=32, depth=1, heads=2, attn_dim_head=16)).eval()
+    ours = from_x_transformers(theirs)
+    ar_t, ar_o = xt_ar.AutoregressiveWrapper(theirs, pad_value=7), AutoregressiveWrapper(ours, pad_value=7)
+    tokens = torch.randint(0, 40, (2, 12))
+    tokens[:, -3:] = -100  # ignored: fed as the pad value, no loss
+    with torch.no_grad():
+        torch.testing.assert_close(ar_o(tokens), ar_t(tokens), rtol=1e-5, atol=1e-5)
+        prompt = torch.randint(0, 40, (2, 4))
+        greedy = ar_o.generate(prompt, 8, temperature=0)
+        eos = int(greedy[0, 2])  # an eos the first row reaches mid-way
+        out_t = ar_t.generate(prompt, 8, temperature=0., eos_token=eos)
+        out_o = ar_o.generate(prompt, 8, temperature=0, eos_token=eos)
+    first = int((greedy[0] == eos).nonzero()[0])
+    n = out_t.shape[1]  # x-transformers stops once every row has ended; we return all 8 tokens, the rest P
+    assert torch.equal(out_o[:, :n], out_t) and bool((out_o[:, n:] == 7).all())
+    assert bool((out_o[0, first + 1:] == 7).all())

@@ -39,19 +39,29 @@ import sys
 
 from xforget.commands.args import emit, literal_paths
 from xforget.commands.evaluate import cfg_flag
-from xforget.compare.pipeline import composed_config_yaml, run_compare
-from xforget.compare.pipeline import (  # noqa: F401  (the names xforget.compare.cli had; see xforget/_compat.py)
-    eval_cache_path,
-    evaluate_all,
-    evaluate_cached,
-    load_compare_config,
-    partition_overrides,
-    plan_comparison,
-)
-from xforget.evaluate.config import EXIT_CONFIG
-from xforget.compare.runs import CompareError
-from xforget.data import DataError
+from xforget.compare.config import load_compare_config, partition_overrides
+from xforget.data.corpus import DataError
 from xforget.errors import ConfigError
+from xforget.evaluate.config import EXIT_CONFIG
+from xforget.train.config import compose_config, user_config_overrides
+
+# No torch at the top: the comparison's own keys are checked first (one line in a fraction of a second);
+# xforget.compare.pipeline (training, evaluation: torch) is imported once they pass.
+_PIPELINE_NAMES = ("composed_config_yaml", "run_compare", "eval_cache_path", "evaluate_all", "evaluate_cached",
+                   "plan_comparison")  # names xforget.compare.cli had (xforget/_compat.py), answered lazily
+
+
+def __getattr__(name: str):
+    if name in _PIPELINE_NAMES:
+        from xforget.compare import pipeline
+
+        return getattr(pipeline, name)
+    if name == "CompareError":
+        from xforget.compare.runs import CompareError
+
+        return CompareError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 USAGE = __doc__
 
@@ -71,6 +81,18 @@ def main(argv: list[str] | None = None) -> None:
     try:
         part, argv = cfg_flag(argv)
         argv = literal_paths(argv)
+        # before torch is imported: the comparison's own keys and values, and the names and types of the
+        # training keys every run gets (their values are checked per run, with the model code)
+        rest, search = user_config_overrides(argv)
+        mine, train_args = partition_overrides(rest)
+        cfg, _ = load_compare_config(mine + search)
+        compose_config([*search, *cfg.train, *train_args])
+        from xforget.compare.pipeline import composed_config_yaml, run_compare
+        from xforget.compare.runs import CompareError
+    except (ConfigError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    try:
         if part is not None:
             emit(composed_config_yaml(argv))
             return

@@ -30,13 +30,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from xforget.commands.args import emit, literal_paths, writable_path_problem
-from xforget.data import DataError
+from xforget.data.corpus import DataError
 from xforget.errors import ConfigError
-from xforget.evaluate.config import EXIT_CONFIG, EvalCommandConfig, explain_error, split_override
-from xforget.evaluate.core import OK, evaluate_run, format_table, pick_device
+from xforget.evaluate.config import EXIT_CONFIG, EvalCommandConfig, explain_error, split_override, validate_eval
 from xforget.files import atomic_write_text
-from xforget.train.checkpoint import CheckpointError, latest_checkpoint
-from xforget.train.config import compose_named, load_config_yaml
+from xforget.train.config import check_data_files, compose_named, load_config_yaml
+from xforget.train.run_dir import CheckpointError, latest_checkpoint, missing_model_path
+
+# No torch at the top: the command line (keys, values, paths) is checked first, so a typo is one
+# line in a fraction of a second; xforget.evaluate.core (torch) is imported once it passes.
 
 USAGE = __doc__
 
@@ -109,6 +111,8 @@ def cfg_flag(argv: list[str]) -> tuple[str | None, list[str]]:
 
 def no_result_reason(result: dict) -> str | None:
     """Why ``result`` holds no measurement at all (every length skipped), or None if it holds one."""
+    from xforget.evaluate.core import OK
+
     rows = result["lengths"] + (result.get("task") or {}).get("lengths", [])
     if any(r["status"] == OK for r in rows):
         return None
@@ -141,11 +145,17 @@ def main(argv: list[str] | None = None) -> None:
                                    if part != "job" else _job_config(argv)))
             return
         cfg = load_eval_config(argv)
-        problem = cfg.out and writable_path_problem("out", cfg.out, is_dir=False)
+        problem = ((cfg.out and writable_path_problem("out", cfg.out, is_dir=False))
+                   or missing_model_path(cfg.checkpoint))
         if problem:
             raise ConfigError(problem)
+        validate_eval(cfg.eval)
+        if cfg.data is not None:
+            check_data_files(cfg.data)  # a missing data.path, before the model is loaded
         if cfg.harness:
             return _harness(cfg)
+        from xforget.evaluate.core import evaluate_run  # torch: once the command line passed
+
         result = evaluate_run(cfg.checkpoint, cfg.eval, cfg.data)
     except (ConfigError, DataError, CheckpointError) as exc:
         fail(str(exc))
@@ -159,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     if reason is not None:
         fail(f"{reason}" + ("" if out is None else f"; {out} not written" + (" (the earlier one is kept)"
                                                                               if out.exists() else "")))
+    from xforget.evaluate.core import format_table
+
     print(format_table(result))
     if out is None:
         print(f"not written: {cfg.checkpoint} is not a run directory (give out=FILE to keep the result)")
@@ -179,6 +191,7 @@ def _harness(cfg) -> None:
         from lm_eval.tasks import TaskManager
         from lm_eval.utils import make_table
 
+        from xforget.evaluate.core import pick_device
         from xforget.integrations.harness import XForgetLM
     except ImportError as exc:
         fail(f"harness=true needs lm-evaluation-harness ({exc}); install the extra: pip install 'xforget[harness]'")

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from xforget.commands.args import writable_path_problem
 from xforget.files import atomic_dir
-from xforget.train.checkpoint import CheckpointError
-from xforget.train.loading import load_trained
+from xforget.train.run_dir import CheckpointError, missing_model_path
+
+# No torch at the top: the arguments and paths are checked first (one line in a fraction of a second);
+# the loader (torch) is imported in export_run, once they pass.
 
 USAGE = __doc__
 KEYS = ("checkpoint", "out", "overwrite")
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"invalid value overwrite={values['overwrite']!r}: must be true or false")
 
     try:
-        problem = writable_path_problem("out", values["out"], is_dir=True)
+        problem = (missing_model_path(Path(values["checkpoint"]).expanduser().resolve())
+                   or writable_path_problem("out", values["out"], is_dir=True))
         if problem:
             raise ValueError(problem)
         out, files = export_run(values["checkpoint"], values["out"], overwrite=overwrite)
@@ -86,6 +89,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False)
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise ValueError(f"out={out} already exists and is not empty; choose another directory or add "
                          "overwrite=true (replaces it)")
+    missing = missing_model_path(source)
+    if missing is not None:
+        raise CheckpointError(missing)
+    from xforget.train.loading import load_trained  # torch: once the paths passed
+
     loaded = load_trained(source)  # before anything is written
     with atomic_dir(target) as tmp:
         loaded.model.save_pretrained(tmp, tokenizer=loaded.tokenizer)

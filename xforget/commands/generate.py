@@ -25,7 +25,8 @@ import os
 import sys
 from dataclasses import dataclass, fields
 
-import torch
+from typing import TYPE_CHECKING
+
 from hydra import compose, initialize
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
@@ -35,10 +36,12 @@ from xforget.commands.args import emit, literal_paths
 from xforget.data.corpus import DataError
 from xforget.data.tokenizer import ByteTokenizer
 from xforget.errors import explain_error, schema_keys
-from xforget.models.autoregressive import AutoregressiveWrapper
-from xforget.models.sampling import SamplingOptions
-from xforget.train.checkpoint import CheckpointError
-from xforget.train.loading import load_trained
+from xforget.train.run_dir import CheckpointError, missing_model_path
+
+# No torch at the top: the arguments are checked first (a typo is one line in a fraction of a
+# second); the model code is imported once they pass (main, GenerateConfig.sampling).
+if TYPE_CHECKING:
+    from xforget.models.sampling import SamplingOptions
 
 
 @dataclass
@@ -58,6 +61,8 @@ class GenerateConfig:
 
     def sampling(self) -> SamplingOptions:
         """The :class:`SamplingOptions` fields this config sets (the others keep their defaults)."""
+        from xforget.models.sampling import SamplingOptions
+
         return SamplingOptions(**{f.name: getattr(self, f.name) for f in fields(SamplingOptions) if hasattr(self, f.name)})
 
 
@@ -148,6 +153,14 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         _fail(str(err))
     cfg = parse_config(argv)
+    missing = missing_model_path(cfg.checkpoint)
+    if missing is not None:
+        _fail(f"cannot load checkpoint={cfg.checkpoint!r}: {missing}")
+    import torch  # the model code, once the arguments passed
+
+    from xforget.models.autoregressive import AutoregressiveWrapper
+    from xforget.train.loading import load_trained
+
     try:
         loaded = load_trained(cfg.checkpoint)
     except (CheckpointError, DataError, FileNotFoundError, ValueError) as err:

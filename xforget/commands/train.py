@@ -38,21 +38,23 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from xforget.commands.args import literal_paths, writable_path_problem
-from xforget.data import DataError
+from xforget.data.corpus import DataError
 from xforget.errors import ConfigError
 from xforget.files import atomic_write_bytes
-from xforget.train.checkpoint import CheckpointError, latest_checkpoint
 from xforget.train.config import (
+    check_data_files,
     compose_config,
     config_dir,
     explain_config_error,
     to_train_config,
     user_config_overrides,
+    validate_model,
 )
-from xforget.train.distributed import broadcast_object, init_distributed, launched_by_torchrun
-from xforget.train.loading import check_init_from
-from xforget.train.loop import TrainingError, train
-from xforget.train.trackers import check_trackers
+from xforget.train.run_dir import CheckpointError, latest_checkpoint, missing_init_from
+
+# This module imports no torch at its top: the command line is composed and checked (keys, types and
+# every value but the model's) first, so a typo is one line in a fraction of a second; the training
+# modules (torch) are imported once it passes (_heavy_checks, main).
 
 EXIT_CONFIG, EXIT_RUNTIME = 2, 1
 
@@ -104,26 +106,34 @@ def _precheck(argv: list[str]) -> DictConfig | None:
         jobs = [job + search for job in _sweep(rest)]
     except ConfigError as exc:
         _fail(str(exc), EXIT_CONFIG)
-    composed, errors = None, []
-    for i, job in enumerate(jobs):
+    composed, checked, errors = None, [], []
+    for i, job in enumerate(jobs):  # the light pass: no torch imported yet
         try:
             cfg = compose_config(job, return_hydra_config=True)
-            typed = to_train_config(cfg)
-            # files named by the config, before Hydra creates the run directory (a run directory that
-            # already holds a checkpoint resumes from it and does not read trainer.init_from)
+            typed = to_train_config(cfg, model=False)
+            # files named by the config, before Hydra creates the run directory
             explicit = Path(str(cfg.hydra.run.dir)) if len(jobs) == 1 and _user_run_dir(argv) else None
+            if explicit is not None and not str(cfg.hydra.run.dir).strip():
+                raise ConfigError("hydra.run.dir is empty (the run would write into the current directory): give "
+                                  "a directory, e.g. hydra.run.dir=runs/NAME (a new one, or a run to resume)")
             problem = explicit is not None and writable_path_problem("hydra.run.dir", str(explicit), is_dir=True)
+            problem = problem or missing_init_from(typed.trainer.init_from, explicit)
             if problem:
                 raise ConfigError(problem)
-            check_init_from(typed.trainer.init_from, explicit)
-            check_trackers(typed.logger)  # a missing extra (logger=wandb without wandb)
+            try:
+                check_data_files(typed.data)  # a missing or empty data file
+            except ConfigError as exc:
+                if explicit is not None:  # an existing run's train.log records it, as a failure in the run would
+                    _note_failure(explicit, str(exc), generated=False)
+                raise
+            checked.append((i, job, typed, explicit))
             composed = composed if composed is not None else cfg
         except ConfigError as exc:
-            errors.append(str(exc))
+            errors.append(_job_error(str(exc), i, job, len(jobs)))
         except Exception as exc:  # OmegaConf errors while resolving / converting
-            errors.append(explain_config_error(exc))
-        if errors and len(jobs) > 1 and not errors[-1].startswith("job "):
-            errors[-1] = f"job {i} ({' '.join(job)}): {errors[-1]}"
+            errors.append(_job_error(explain_config_error(exc), i, job, len(jobs)))
+    if not errors:
+        errors = _heavy_checks(checked, len(jobs))
     if errors:
         if _is_rank0():
             for message in errors[:-1]:
@@ -132,8 +142,32 @@ def _precheck(argv: list[str]) -> DictConfig | None:
     return composed
 
 
+def _job_error(message: str, i: int, job: list[str], n_jobs: int) -> str:
+    return f"job {i} ({' '.join(job)}): {message}" if n_jobs > 1 and not message.startswith("job ") else message
+
+
+def _heavy_checks(checked: list, n_jobs: int) -> list[str]:
+    """The checks that need the model code (torch): the model's values, ``trainer.init_from``'s weights
+    (a run directory that already holds a checkpoint resumes from it and does not read them) and the
+    trackers' packages (``logger=wandb`` without wandb). Returns the error lines, one per bad job."""
+    from xforget.train.loading import check_init_from
+    from xforget.train.trackers import check_trackers
+
+    errors = []
+    for i, job, typed, explicit in checked:
+        try:
+            validate_model(typed.model)
+            check_init_from(typed.trainer.init_from, explicit)
+            check_trackers(typed.logger)
+        except ConfigError as exc:
+            errors.append(_job_error(str(exc), i, job, n_jobs))
+    return errors
+
+
 def _join_torchrun(composed: DictConfig, argv: list[str]):
     """Under torchrun: join the process group and make every rank use rank 0's run directory."""
+    from xforget.train.distributed import broadcast_object, init_distributed
+
     try:
         info = init_distributed(str(composed.trainer.device))
     except RuntimeError as exc:
@@ -243,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     composed = _precheck(sys.argv[1:])
     info = None
     if composed is not None:
-        if launched_by_torchrun():
+        if "WORLD_SIZE" in os.environ:  # launched by torchrun (xforget.train.distributed.launched_by_torchrun)
             info = _join_torchrun(composed, sys.argv[1:])
     generated = not _user_run_dir(user_argv)
     multirun = any(a in _MULTIRUN for a in user_argv)
@@ -254,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     sweep_dirs: set[Path] = set()
 
     def task(cfg: DictConfig) -> None:
+        from xforget.train.loop import TrainingError, train  # torch: only once the command line passed
+
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
         where = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): " if multirun else ""

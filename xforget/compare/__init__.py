@@ -9,6 +9,14 @@
 The command itself is :mod:`xforget.commands.compare`.
 """
 
-from xforget.compare.pipeline import run_compare
+from typing import TYPE_CHECKING
+
+from xforget.lazy import lazy_attributes
+
+# Loaded on first use, so that `xforget.compare.config` imports without torch.
+__getattr__, __dir__ = lazy_attributes(__name__, {"run_compare": "xforget.compare.pipeline"})
+
+if TYPE_CHECKING:
+    from xforget.compare.pipeline import run_compare
 
 __all__ = ["run_compare"]

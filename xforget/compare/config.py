@@ -6,29 +6,36 @@ Unknown keys fail with the valid keys listed, like every other command
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf, open_dict
 
-from xforget.evaluate.config import EvalConfig
+from xforget.data.prepare import PrepareConfig
+from xforget.errors import ConfigError
+from xforget.evaluate.config import EvalConfig, explain_error, split_override, validate_eval
+from xforget.train.config import compose_named
+
+
 
 @dataclass
-class ComparePrepare:
-    """``prepare:`` of ``xforget-compare``: token shards made before training (``xforget-prepare`` keys).
-
-    ``input: stdlib`` = this Python's standard-library corpus; ``output`` null =
-    ``<comparison dir>/data/``. See :mod:`xforget.compare.prepared`.
+class ComparePrepare(PrepareConfig):
+    """``prepare:`` of ``xforget-compare``: token shards made before training. Its keys are
+    ``xforget-prepare``'s (:class:`~xforget.data.prepare.PrepareConfig`, the one list of them), with
+    other defaults: ``input: stdlib`` = this Python's standard-library corpus; ``output`` null =
+    ``<comparison dir>/data/``; a BPE tokenizer. ``overwrite`` and ``progress`` are set by the
+    comparison. See :mod:`xforget.compare.prepared`.
     """
 
     input: str = "stdlib"
     output: Optional[str] = None
     tokenizer: str = "bpe"
-    vocab_size: int = 4096
-    text_field: str = "text"
-    val_fraction: float = 0.05
-    seed: int = 0
-    num_proc: int = 1
+
+    def prepare_config(self) -> PrepareConfig:
+        """The same settings as a plain :class:`PrepareConfig` (``output`` null becomes ``""``: chosen later)."""
+        return PrepareConfig(**{**asdict(self), "output": self.output or ""})
 
 
 @dataclass
@@ -56,3 +63,59 @@ def register() -> None:
 
 
 register()
+
+
+def partition_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(comparison overrides, training overrides).
+
+    Raises:
+        ConfigError: ``model=...`` or ``seed=...`` (set per run), or a flag.
+    """
+    mine, train = [], []
+    for arg in argv:
+        key, value = split_override(arg)
+        if arg.startswith("-"):
+            raise ConfigError(f"unsupported flag {arg!r}; xforget-compare takes key=value overrides only (see --help)")
+        root = key.split(".")[0]
+        if key == "model":
+            raise ConfigError(f"'{arg}': the model preset is set per scheme; list schemes in positions=[...] "
+                              "(model.* keys apply to every scheme)")
+        if root == "seed":
+            raise ConfigError(f"'{arg}': use seeds=[...] (each scheme is trained once per seed)")
+        if key in ("positions", "seeds") and value is not None and not value.strip().startswith("["):
+            raise ConfigError(f"'{arg}': {key} is a list; write {key}=[{value}] (several: {key}=[a,b])")
+        (train if root in TRAIN_ROOTS else mine).append(arg)
+    return mine, train
+
+
+def load_compare_config(overrides: list[str]) -> tuple[CompareConfig, Path]:
+    """Compose ``configs/compare.yaml``; returns the typed config and the output directory.
+
+    Raises:
+        ConfigError: one line naming the bad key and the valid keys.
+    """
+    try:
+        cfg = compose_named("compare", overrides, return_hydra_config=True)
+        out_dir = Path(str(cfg.hydra.run.dir))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        typed: CompareConfig = OmegaConf.to_object(cfg)
+    except Exception as exc:
+        raise ConfigError(explain_error(exc, CompareConfig, extra_root_keys=(*TRAIN_ROOTS, "hydra"))) from exc
+    validate_eval(typed.eval)
+    check_plan(list(typed.positions), list(typed.seeds))
+    return typed, out_dir
+
+
+def check_plan(positions: list[str], seeds: list[int]) -> None:
+    """At least one scheme and one seed, none twice.
+
+    Raises:
+        ConfigError: one line naming the setting.
+    """
+    if not positions:
+        raise ConfigError("positions is empty; e.g. positions=[none,fox]")
+    if not seeds:
+        raise ConfigError("seeds is empty; e.g. seeds=[0,1]")
+    if len(set(positions)) != len(positions) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"positions and seeds must not repeat: positions={positions} seeds={seeds}")

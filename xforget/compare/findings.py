@@ -92,10 +92,10 @@ def check_findings(schemes: list[dict[str, Any]], train_len: int) -> list[dict[s
     longest = min(pl_f["length"], pl_r["length"]) if pl_f and pl_r else None
     lo_hi = (longest // 2 + 1, longest) if longest else None
     if not (pl_f and pl_r):
-        missing = "no per-position loss buckets (eval.position_buckets=0; they need eval.position_buckets > 0)"
+        missing = "no per-position loss buckets (eval.position_buckets=0): set eval.position_buckets=4"
     elif longest < 2 * L:
         missing = (f"the longest evaluation ({longest} tokens) is under 2x the training context ({2 * L}): "
-                   "add a multiple of 2 or more to eval.multiples")
+                   "set eval.multiples=[1,2] (or any list with a multiple of 2 or more)")
     elif not (_octave(fox, *lo_hi) and _octave(rope, *lo_hi)):
         missing = f"no per-position bucket for positions {lo_hi[0]}-{lo_hi[1]} in both schemes"
     else:

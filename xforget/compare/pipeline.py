@@ -12,66 +12,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from xforget.compare.checks import preflight
-from xforget.compare.config import TRAIN_ROOTS, CompareConfig
+from xforget.compare.config import CompareConfig, load_compare_config, partition_overrides  # noqa: F401  (names this module has had)
 from xforget.compare.plots import write_plots
 from xforget.compare.prepared import ensure_prepared, prepare_summary
 from xforget.compare.report import build_report, train_summary, write_json, write_markdown
 from xforget.compare.runs import ensure_trained, plan_runs, scheme_overrides
-from xforget.data.prepare import PrepareConfig
-from xforget.errors import ConfigError
-from xforget.evaluate.config import (
-    EvalConfig,
-    explain_error,
-    split_override,
-    validate_eval,
-)
+from xforget.evaluate.config import EvalConfig
 from xforget.evaluate.core import checkpoint_step, evaluate_run
 from xforget.files import atomic_write_text
-from xforget.train.config import compose_named, user_config_overrides
-
-
-def partition_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(comparison overrides, training overrides).
-
-    Raises:
-        ConfigError: ``model=...`` or ``seed=...`` (set per run), or a flag.
-    """
-    mine, train = [], []
-    for arg in argv:
-        key, value = split_override(arg)
-        if arg.startswith("-"):
-            raise ConfigError(f"unsupported flag {arg!r}; xforget-compare takes key=value overrides only (see --help)")
-        root = key.split(".")[0]
-        if key == "model":
-            raise ConfigError(f"'{arg}': the model preset is set per scheme; list schemes in positions=[...] "
-                              "(model.* keys apply to every scheme)")
-        if root == "seed":
-            raise ConfigError(f"'{arg}': use seeds=[...] (each scheme is trained once per seed)")
-        if key in ("positions", "seeds") and value is not None and not value.strip().startswith("["):
-            raise ConfigError(f"'{arg}': {key} is a list; write {key}=[{value}] (several: {key}=[a,b])")
-        (train if root in TRAIN_ROOTS else mine).append(arg)
-    return mine, train
-
-
-def load_compare_config(overrides: list[str]) -> tuple[CompareConfig, Path]:
-    """Compose ``configs/compare.yaml``; returns the typed config and the output directory.
-
-    Raises:
-        ConfigError: one line naming the bad key and the valid keys.
-    """
-    try:
-        cfg = compose_named("compare", overrides, return_hydra_config=True)
-        out_dir = Path(str(cfg.hydra.run.dir))
-        with open_dict(cfg):
-            del cfg["hydra"]
-        typed: CompareConfig = OmegaConf.to_object(cfg)
-    except Exception as exc:
-        raise ConfigError(explain_error(exc, CompareConfig, extra_root_keys=(*TRAIN_ROOTS, "hydra"))) from exc
-    validate_eval(typed.eval)
-    return typed, out_dir
+from xforget.train.config import user_config_overrides
 
 
 def eval_cache_path(run_dir: Path, ecfg: EvalConfig, step: int | None) -> Path:
@@ -142,12 +94,9 @@ def plan_comparison(argv: list[str], *, log=print, data_info: dict | None = None
         scheme_overrides(scheme)
     data_args = []
     if cfg.prepare is not None:
-        p = cfg.prepare
+        p = cfg.prepare  # ComparePrepare: xforget-prepare's keys
         tic = time.time()
-        target, reused = ensure_prepared(PrepareConfig(input=p.input, output=p.output or "", tokenizer=p.tokenizer,
-                                                       vocab_size=p.vocab_size, text_field=p.text_field,
-                                                       val_fraction=p.val_fraction, seed=p.seed, num_proc=p.num_proc),
-                                         out_dir, log=log)
+        target, reused = ensure_prepared(p.prepare_config(), out_dir, log=log)
         if data_info is not None:
             data_info.update(prepare_summary(target), reused=reused, wall_s=round(time.time() - tic, 2))
         data_args = ["data=tokens", f"data.path={target}"]

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xforget.compare.config import check_plan
 from xforget.files import atomic_write_text
 from xforget.models.positions import position_schemes
 from xforget.train.checkpoint import CheckpointError, complete_checkpoints
@@ -124,12 +125,7 @@ def plan_runs(positions: list[str], seeds: list[int], train_overrides: list[str]
     Raises:
         ConfigError: a bad scheme name or training key (one line, valid keys listed).
     """
-    if not positions:
-        raise ConfigError("positions is empty; e.g. positions=[none,fox]")
-    if not seeds:
-        raise ConfigError("seeds is empty; e.g. seeds=[0,1]")
-    if len(set(positions)) != len(positions) or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"positions and seeds must not repeat: positions={positions} seeds={seeds}")
+    check_plan(positions, seeds)
     runs = []
     for scheme in positions:
         for seed in seeds:

@@ -127,6 +127,7 @@ def validate_prepare(cfg: PrepareConfig, key_prefix: str = "") -> None:
     need(cfg.num_proc >= 1, "num_proc", ">= 1", cfg.num_proc)
     need(cfg.batch_bytes >= 1, "batch_bytes", ">= 1", cfg.batch_bytes)
     need(bool(cfg.text_field), "text_field", "a field/column name", cfg.text_field)
+    need(cfg.vocab_size >= 1, "vocab_size", ">= 1 (read by tokenizer=bpe only)", cfg.vocab_size)
     if cfg.tokenizer == "bpe":
         need(cfg.vocab_size <= MAX_VOCAB, "vocab_size", f"<= 2^32 = {MAX_VOCAB} (uint32 token ids)", cfg.vocab_size)
         need(cfg.vocab_size >= 257 + 1, "vocab_size", ">= 258 for bpe (256 byte tokens + end-of-text + merges)",

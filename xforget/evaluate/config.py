@@ -14,9 +14,10 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from xforget.data.synthetic import TASKS
 from xforget.errors import ConfigError, schema_keys
 from xforget.errors import explain_error as _explain
+from xforget.train.config import SYNTHETIC as TASKS  # the synthetic tasks (data.synthetic.TASKS, without torch)
+from xforget.train.choices import DEVICES, device_choice
 from xforget.train.config import DataConfig
 
 EXIT_CONFIG, EXIT_RUNTIME = 2, 1
@@ -113,6 +114,7 @@ def validate_eval(cfg: EvalConfig) -> None:
 
     need(cfg.task is None or cfg.task in TASKS, "task", f"one of {list(TASKS)} or null", cfg.task)
     need(cfg.threads is None or cfg.threads >= 1, "threads", ">= 1 or null", cfg.threads)
+    need(device_choice(cfg.device), "device", DEVICES, cfg.device)
     need(cfg.position_buckets >= 0, "position_buckets", ">= 0 (buckets per octave; 0 = off)", cfg.position_buckets)
     need(cfg.needle_examples >= 0, "needle_examples", ">= 0 (0 = no needle test)", cfg.needle_examples)
     need(len(cfg.needle_depths) >= 1 and all(0.0 <= d <= 1.0 for d in cfg.needle_depths), "needle_depths",

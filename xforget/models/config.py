@@ -70,13 +70,14 @@ class ModelConfig:
     value_residual: bool = False
     value_residual_mix: str = "learned"
     tie_embedding: bool = False
+    num_memory_tokens: int = 0  # x-transformers' num_memory_tokens: learned vectors every token attends to (not with packed documents)
     attn_backend: str | None = None
     attn_prune: bool = True  # adaptive computation pruning (xforget.ops.prune); false: every key computed
     attn_prune_eps: float = 1e-6  # pruned attention mass per row
     extra: dict = field(default_factory=dict)  # further layer options or x-transformers aliases (e.g. cross_attend)
 
 
-_WRAPPER_KEYS = {"num_tokens", "max_seq_len", "tie_embedding"}
+_WRAPPER_KEYS = {"num_tokens", "max_seq_len", "tie_embedding", "num_memory_tokens"}
 BYTE_VOCAB = 256
 
 
@@ -104,5 +105,7 @@ def describe_model(cfg: ModelConfig) -> str:
         extras[extras.index("qk_norm")] = "qk_norm=l2"
     if cfg.kv_heads:
         extras.append(f"kv_heads={cfg.kv_heads}")
+    if cfg.num_memory_tokens:
+        extras.append(f"num_memory_tokens={cfg.num_memory_tokens}")
     head = position + (" + " + ", ".join(extras) if extras else "")
     return f"{head}; {cfg.norm}, {cfg.ff_activation} x{cfg.ff_mult:g}"

@@ -79,7 +79,8 @@ class ContinuousTransformerWrapper(nn.Module):
             raise ValueError(f"input width {x.shape[-1]} does not match the model width {self.attn_layers.dim}; set dim_in")
         n_mem = memory_to_prepend(self.memory_tokens, cache)
         mask = extend_mask(mask, n_mem)
-        positions = TransformerWrapper._positions(b, n + n_mem, mask, seen, x.device)
+        positions = TransformerWrapper._positions(b, n + n_mem, mask, None if cache is None or cache.seen is None else seen,
+                                                  x.device)
         if self.pos_emb is not None:  # x-transformers' order: the table, then the memory
             h = h + self.pos_emb(input_positions(positions, n_mem, self.num_memory_tokens))
         h = prepend_memory(self.memory_tokens, h, n_mem)

@@ -23,6 +23,7 @@ from xforget.nn.norms import NORM_STYLES, NORMS
 from xforget.nn.attention_options import QK_NORMS, check_attention_options, scheme_option_names  # noqa: F401
 from xforget.nn.value_residual import VALUE_RESIDUAL_MIXES
 from xforget.ops import BACKENDS
+from xforget.ops.fla import MISSING as FLA_MISSING, fla_available
 
 LAYER_KINDS = {"a": "self-attention", "c": "cross-attention", "f": "feed-forward"}
 
@@ -137,12 +138,14 @@ def _check_kernel(o: LayerOptions, plan: PositionPlan, *, causal: bool, f) -> No
         if backend not in BACKENDS:
             raise ValueError(f"{f('attn_backend')}={backend!r} is unknown; valid: {list(BACKENDS)} (or null)")
         matrix = plan.bias is not None and registered_biases()[plan.bias] == "matrix"
-        if backend in ("fold", "cuda") and (not causal or matrix):
+        if backend in ("fold", "flex", "fla", "cuda") and (not causal or matrix):
             why = "bidirectional attention" if not causal else f"the matrix bias {plan.bias!r}"
             raise ValueError(
                 f"{f('attn_backend')}={backend!r} serves causal decay/plain attention only, not {why}; "
                 "use 'auto', 'chunked' or 'reference'"
             )
+        if backend == "fla" and not fla_available():
+            raise ValueError(f"{f('attn_backend')}='fla': {FLA_MISSING}")
     prune = o.attn_prune
     if not isinstance(prune, bool):
         raise ValueError(f"{f('attn_prune')}={prune!r} must be true or false")
@@ -154,7 +157,7 @@ def _check_kernel(o: LayerOptions, plan: PositionPlan, *, causal: bool, f) -> No
 def validate_model_config(cfg: ModelConfig | dict[str, Any]) -> PositionPlan:
     """Check a whole :class:`~xforget.models.config.ModelConfig` (or a dict of its fields).
 
-    The fields that are not layer options (kind, num_tokens, max_seq_len), then the
+    The fields that are not layer options (kind, num_tokens, max_seq_len, num_memory_tokens), then the
     layer options the config describes (:func:`check_layer_options`).
     Returns the resolved position plan.
     Raises:
@@ -171,6 +174,8 @@ def validate_model_config(cfg: ModelConfig | dict[str, Any]) -> PositionPlan:
             continue
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"model.{name}={value!r} must be an integer >= 1")
+    if not isinstance(cfg.num_memory_tokens, int) or cfg.num_memory_tokens < 0:
+        raise ValueError(f"model.num_memory_tokens={cfg.num_memory_tokens!r} must be an integer >= 0 (0 = none)")
     options = config_layer_options(cfg)
     pattern = options.layer_pattern
     if pattern and "c" in pattern:

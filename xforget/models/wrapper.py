@@ -161,7 +161,7 @@ class TransformerWrapper(
         layer_cls = Decoder if cfg.kind == "decoder" else Encoder
         layers = layer_cls.from_options(config_layer_options(cfg), causal=cfg.kind == "decoder")
         model = cls(attn_layers=layers, num_tokens=cfg.num_tokens, max_seq_len=cfg.max_seq_len,
-                    tie_embedding=cfg.tie_embedding)
+                    tie_embedding=cfg.tie_embedding, num_memory_tokens=cfg.num_memory_tokens)
         model._hub_mixin_config = asdict(cfg)  # config.json of save_pretrained (xforget.models.pretrained)
         return model
 
@@ -182,6 +182,7 @@ class TransformerWrapper(
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         document_ids: Tensor | None = None,
+        return_intermediates: bool = False,
     ) -> Tensor | tuple[Tensor, Cache]:
         """Logits for token ids.
 
@@ -201,6 +202,10 @@ class TransformerWrapper(
                 gives alone. With a cache the ids continue the cached ones (a cache built without
                 ids is one document, the first new token's); new tokens without ids continue the
                 last cached document. None: one document per row (today's behaviour, unchanged).
+            return_intermediates: x-transformers' flag; refused (``TypeError``): its per-layer hiddens and
+                attention maps have no equivalent here; ``return_embeddings=True`` gives the final hidden
+                states, ``AutoregressiveWrapper.forward(..., return_outputs=True)`` the logits and last
+                hidden states of one pass (docs/models.md, migration table).
         Returns:
             logits (batch, n, logits_dim) float (logits_dim = num_tokens unless set), or (logits, cache).
         Raises:
@@ -208,6 +213,11 @@ class TransformerWrapper(
                 position table; mask or document_ids shape mismatch; document_ids not
                 integers or decreasing along a row.
         """
+        if return_intermediates:
+            raise TypeError("TransformerWrapper.forward(return_intermediates=True) (x-transformers' per-layer "
+                            "intermediates) is not supported: return_embeddings=True gives the final hidden states, "
+                            "AutoregressiveWrapper.forward(..., return_outputs=True) the logits and last hidden "
+                            "states of one pass (docs/models.md, migration table)")
         b, n = x.shape
         if mask is not None and mask.shape != x.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} must equal token shape {tuple(x.shape)}")
@@ -223,12 +233,9 @@ class TransformerWrapper(
             key_mask = _join_masks(None if cache is None else cache.mask, mask, cache.length if cache else 0, b, n,
                                    x.device)
             positions = document_positions(key_docs, key_mask, n)
-        # without a cache every row starts at 0: no data-dependent check (a graph break under torch.compile)
-        elif fresh and mask is None:
-            positions = torch.arange(n_mem + n, device=x.device)
         else:
             mask = extend_mask(mask, n_mem)
-            positions = self._positions(b, n_mem + n, mask, seen, x.device)
+            positions = self._positions(b, n_mem + n, mask, None if fresh else seen, x.device)
 
         h = self.token_emb(x)
         if self.pos_emb is not None:  # x-transformers' order: the table, then the memory
@@ -242,11 +249,21 @@ class TransformerWrapper(
         return (out, new_cache) if return_cache else out
 
     @staticmethod
-    def _positions(b: int, n: int, mask: Tensor | None, seen: Tensor, device) -> Tensor:
-        """Position of each new token: real tokens count from the row's first real token."""
+    def _positions(b: int, n: int, mask: Tensor | None, seen: Tensor | None, device) -> Tensor:
+        """Int64 position of each new token: real tokens count from the row's first real token.
+
+        ``seen``: (b,) real tokens cached before this call, or None (nothing cached). Returns (n,)
+        when nothing is cached and there is no mask (every row alike: a matrix bias stays one
+        (h, n, n) tensor), else (b, n). With a cache the positions are always per row: asking
+        whether every row sits at the same offset would read ``seen`` on the host (a device sync
+        per decoded token) and branch on data, which ``torch.compile(fullgraph=True)`` cannot trace
+        (x-transformers #304 is the same problem in the peer).
+        """
+        if seen is None:
+            if mask is None:
+                return torch.arange(n, device=device)
+            seen = torch.zeros(b, dtype=torch.long, device=device)
         if mask is None:
-            if bool((seen == seen[0]).all()):
-                return torch.arange(n, device=device) + seen[0]
             return seen[:, None] + torch.arange(n, device=device)
         return seen[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
 

@@ -69,7 +69,7 @@ class XTransformer(nn.Module):
         """Decoder logits (batch, n, dec_num_tokens) for tgt (batch, n) attending to context (batch, m, dim)."""
         dec = self.decoder
         b, n = tgt.shape
-        positions = TransformerWrapper._positions(b, n, tgt_mask, torch.zeros(b, dtype=torch.long, device=tgt.device), tgt.device)
+        positions = TransformerWrapper._positions(b, n, tgt_mask, None, tgt.device)
         h = dec.token_emb(tgt)
         if dec.pos_emb is not None:
             h = h + dec.pos_emb(positions)

@@ -1,6 +1,6 @@
 """The attention backend interface: one :class:`AttentionCall` in, ``(b, h, n_q, d_v)`` out.
 
-Every kernel of :mod:`xforget.ops` ("reference", "fold", "chunked", "decode",
+Every kernel of :mod:`xforget.ops` ("reference", "fold", "chunked", "decode", "flex", "fla",
 "cuda", the SDPA paths and the materialised "dense" path) is a
 :class:`Backend`: a function of one :class:`AttentionCall`.  The dispatcher
 (:mod:`xforget.ops.dispatch`) builds the call once (checks, scale default,

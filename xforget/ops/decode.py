@@ -30,7 +30,9 @@ def decode_attention(call: AttentionCall) -> Tensor:
     """Causal forgetting attention for few queries (the last n_q positions).
 
     Memory O(b * h * n_q * n_k).  ``call.prune``: skip each head's provably
-    forgotten key prefix (bound in :mod:`xforget.ops.prune`).
+    forgotten key prefix (bound in :mod:`xforget.ops.prune`); not while
+    ``torch.compile`` traces (the starts are data-dependent slices), where
+    every key is read: the exact op, with no graph break.
 
     Raises:
         ValueError: ``causal=False`` (use "chunked").
@@ -38,14 +40,14 @@ def decode_attention(call: AttentionCall) -> Tensor:
     call.require_causal("decode")
     s, q, k, v, mask, docs = call.shapes, call.q, call.k, call.v, call.mask, call.document_ids
     c = call.forward_decay()
-    if call.prune and (c is not None or docs is not None) and s.n_k > 64:
+    # Under torch.compile every key is read (the starts are data-dependent slices; the unpruned op is exact).
+    if call.prune and (c is not None or docs is not None) and s.n_k > 64 and not torch.compiler.is_compiling():
         out = _pruned(q, k, v, c, mask, s, call.scale, call.prune_eps, call.key_norm, docs)
         if out is not None:
             return out
     return _decode(q, k, v, c, mask, s, call.scale, 0, docs)
 
 
-@torch.compiler.disable  # data-dependent starts: runs eagerly inside torch.compile
 def _pruned(q, k, v, c, mask, s: Shapes, scale: float, prune_eps, key_norm, docs) -> Optional[Tensor]:
     """Attention from each (batch, kv head)'s first kept key, or None when nothing is skipped.
 

@@ -19,13 +19,15 @@ from xforget.ops.common import Tensor
 from xforget.ops.cuda import cuda_attention
 from xforget.ops.decode import MAX_DECODE_QUERIES, decode_attention
 from xforget.ops.dense import materialised_attention
+from xforget.ops.fla import fla_attention
+from xforget.ops.flex import flex_attention_backend
 from xforget.ops.fold import fold_attention
 from xforget.ops.memory import memory_attention
 from xforget.ops.prune import PRUNE_EPS
 from xforget.ops.reference import reference_attention
 from xforget.ops.sdpa import dense_bias_attention, plain_attention
 
-BACKENDS = ("auto", "reference", "fold", "chunked", "decode", "cuda")
+BACKENDS = ("auto", "reference", "fold", "chunked", "decode", "flex", "fla", "cuda")
 
 # Every kernel by the name :func:`route` gives it: the user-selectable backends, then the
 # internal ones. Calls look the kernel up here at call time (tests spy on this table).
@@ -34,7 +36,9 @@ _IMPLS: dict[str, Backend] = {
     "fold": fold_attention,
     "chunked": chunked_attention,
     "decode": decode_attention,
-    "cuda": cuda_attention,
+    "flex": flex_attention_backend,
+    "fla": fla_attention,
+    "cuda": cuda_attention,  # the fold on GPU SDPA (kept by name; float64 on CUDA)
     "sdpa": plain_attention,  # no gates, no bias
     "sdpa_bias": dense_bias_attention,  # a matrix bias, no gates
     "dense": materialised_attention,  # the logits materialised (softclamp, dropout, ...)
@@ -52,11 +56,13 @@ def resolve_backend(backend: Optional[str], *, q: Tensor, causal: bool, n_k: Opt
         return backend
     if not causal:
         return "chunked"
-    if q.is_cuda:
-        return "cuda"
     n_q = q.shape[-2]
     if n_k is not None and n_q <= MAX_DECODE_QUERIES and n_q < n_k:
-        return "decode"  # KV-cached decoding: O(n_k) logits, no cache copy
+        return "decode"  # KV-cached decoding (any device): O(n_k) logits, no cache copy, pruned prefix
+    if q.is_cuda:
+        # FlexAttention: the decay in fp32 inside the kernel, pruning as its block mask; its Triton
+        # kernels take fp32/bf16/fp16, so float64 (reference runs) takes the fold on GPU SDPA
+        return "cuda" if q.dtype == torch.float64 else "flex"
     return "fold"
 
 
@@ -78,8 +84,8 @@ def route(backend: Optional[str], *, q: Tensor, n_k: int, causal: bool, decay: b
     * an explicit ``backend`` ("reference", "fold", ...) is honoured (a matrix
       bias needs "reference" or "chunked");
     * decay and matrix: "chunked"; matrix only: "sdpa_bias"; neither: "sdpa";
-      decay only: :func:`resolve_backend` (fold, decode, cuda, or chunked when
-      bidirectional).
+      decay only: :func:`resolve_backend` (decode for few queries over more keys,
+      flex on CUDA, fold on the CPU, or chunked when bidirectional).
 
     Args:
         backend: None/"auto" or a name in :data:`BACKENDS`.
@@ -151,10 +157,17 @@ def forgetting_attention(
             oracle), "fold" (DESIGN.md section 3, causal only, O(n) memory),
             "chunked" (query blocks + checkpointing, O(block n_k) memory, any
             case), "decode" (causal, few queries over a long KV cache: logits
-            with the bias added directly, O(n_q n_k) memory), "cuda" (CUDA tensors: optional ``fla`` kernel, else fold on
-            GPU).  Auto: CUDA tensors -> "cuda"; causal with at most 16 queries
-            over more keys (decoding) -> "decode"; other causal -> "fold";
-            bidirectional -> "chunked".
+            with the bias added directly, O(n_q n_k) memory), "flex"
+            (FlexAttention: the decay added in fp32 inside the fused kernel,
+            causality, padding, documents and pruning as its block mask;
+            compiled on CUDA, forward-only and O(n_q n_k) on the CPU,
+            :mod:`xforget.ops.flex`), "fla" (FLA's Triton kernel from the
+            ``xforget[cuda]`` extra, unpadded causal self-attention on CUDA;
+            other calls run on "flex"), "cuda" (the fold on GPU SDPA; imprecise
+            d log_fgate in bf16).  Auto: causal with at most 16 queries over
+            more keys (decoding) -> "decode"; other causal CUDA tensors ->
+            "flex" (float64: "cuda"); other causal -> "fold"; bidirectional
+            -> "chunked".
         prune: adaptive computation pruning (Lin, Obando-Ceron, He, Courville,
             COLM 2025, arXiv 2504.06949; DESIGN.md 3.1) in the causal "fold"
             (CPU) and "decode" backends: keys whose every weight is provably
@@ -162,7 +175,8 @@ def forgetting_attention(
             the pruned mass of a row is below ``prune_eps`` and each output
             channel moves by at most ``prune_eps * (max v - min v)``
             (``<= 2 * prune_eps * max|v|``); gradients move by O(prune_eps).
-            See :mod:`xforget.ops.prune` for the bound.  ``False``: exact op.
+            See :mod:`xforget.ops.prune` for the bound; the same bound drops
+            whole tiles of the "flex" block mask (CUDA).  ``False``: exact op.
         prune_eps: pruned attention mass per row, in (0, 1); default 1e-6
             keeps fp32 outputs within 1e-5 of the unpruned op when max|v| <= 5
             (beyond the fp32 rounding both share, ~6e-8 * max|c| per logit).
@@ -185,8 +199,9 @@ def forgetting_attention(
 
     Raises:
         ValueError: unknown backend (the message lists the valid ones); a
-            backend that cannot serve the case ("fold"/"decode"/"cuda" with
-            ``causal=False``, "cuda" on CPU tensors);
+            backend that cannot serve the case ("fold"/"decode"/"flex"/"fla"/"cuda"
+            with ``causal=False``, "cuda"/"fla" on CPU tensors, "flex" on CPU
+            tensors that need a gradient, "fla" without fla-core installed);
             inconsistent shapes or dtypes; ``prune_eps`` outside (0, 1).
     """
     name = resolve_backend(backend, q=q, causal=causal, n_k=k.shape[-2])

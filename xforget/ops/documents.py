@@ -26,7 +26,6 @@ from typing import List, Optional, Tuple
 import torch
 
 from xforget.ops.common import Shapes, Tensor
-from xforget.ops.rebase import Rebase, rebase_
 
 _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -166,26 +165,23 @@ class DocumentBlockSDPA(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor,  # type: ignore[override]
-                document_ids: Tensor, starts, block: int, rebase: Optional[Rebase] = None):
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, document_ids: Tensor, starts, block: int):  # type: ignore[override]
         b, h, n_q, _ = q.shape
         off = k.shape[2] - n_q
         out = q.new_empty(b, h, n_q, v.shape[-1])
         lse = torch.empty(b, h, n_q, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
         masks = {}  # kept for the backward: O(n * (block + document)) floats, not O(n^2)
-        store: dict = {}  # the rebased key copies' buffer, reused block after block
         for r, row in enumerate(starts):
             for t, lo in enumerate(row):
                 m0 = t * block
                 qs = min(block, n_q - m0)
                 hi = off + m0 + qs
                 mask = masks[r, t] = _block_mask(document_ids, r, off + m0, qs, lo, q.dtype)
-                o, l = _FWD(q[r:r + 1, :, m0:m0 + qs], _keys(k, r, lo, off + m0, qs, rebase, store),
-                            v[r:r + 1, :, lo:hi],
+                o, l = _FWD(q[r:r + 1, :, m0:m0 + qs], k[r:r + 1, :, lo:hi], v[r:r + 1, :, lo:hi],
                             0.0, mask is None, attn_mask=mask, scale=1.0)
                 out[r:r + 1, :, m0:m0 + qs] = o
                 lse[r:r + 1, :, m0:m0 + qs] = l
-        ctx.starts, ctx.block, ctx.masks, ctx.rebase = starts, block, masks, rebase
+        ctx.starts, ctx.block, ctx.masks = starts, block, masks
         ctx.save_for_backward(q, k, v, out, lse)
         return out
 
@@ -198,7 +194,6 @@ class DocumentBlockSDPA(torch.autograd.Function):
         dv = torch.zeros(v.shape, dtype=acc, device=v.device)
         n_q, block = q.shape[2], ctx.block
         off = k.shape[2] - n_q
-        store: dict = {}
         for r, row in enumerate(ctx.starts):
             for t, lo in enumerate(row):
                 m0 = t * block
@@ -206,43 +201,18 @@ class DocumentBlockSDPA(torch.autograd.Function):
                 hi = off + m0 + qs
                 mask = ctx.masks[r, t]
                 qq = slice(m0, m0 + qs)
-                gq, gk, gv = _BWD(go[r:r + 1, :, qq], q[r:r + 1, :, qq],
-                                  _keys(k, r, lo, off + m0, qs, ctx.rebase, store),
-                                  v[r:r + 1, :, lo:hi],
+                gq, gk, gv = _BWD(go[r:r + 1, :, qq], q[r:r + 1, :, qq], k[r:r + 1, :, lo:hi], v[r:r + 1, :, lo:hi],
                                   out[r:r + 1, :, qq], lse[r:r + 1, :, qq], 0.0, mask is None, attn_mask=mask,
                                   scale=1.0)
                 dq[r:r + 1, :, qq] = gq
                 dk[r:r + 1, :, lo:hi] += gk
                 dv[r:r + 1, :, lo:hi] += gv
         ctx.masks = None
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
 
-def _keys(k: Tensor, r: int, lo: int, p0: int, qs: int, rebase: Optional[Rebase], store: dict) -> Tensor:
-    """Keys ``[lo, p0 + qs)`` of batch row ``r``: a view, or with ``rebase`` a copy (in a buffer reused
-    through ``store``: fresh allocations per block cost page faults) whose decay channel is taken relative
-    to the block's middle query (:mod:`xforget.ops.rebase`)."""
-    kw = k[r:r + 1, :, lo:p0 + qs]
-    if rebase is None:
-        return kw
-    need = kw.numel()
-    buf = store.get("keys")
-    if buf is None or buf.numel() < need:
-        buf = store["keys"] = k.new_empty(k[r:r + 1].numel())
-    copy = buf[:need].view(kw.shape).copy_(kw)
-    mid = p0 + qs // 2
-    return rebase_(copy, rebase.key_lo[r:r + 1, :, lo:p0 + qs], rebase.hi[r:r + 1, :, mid],
-                   rebase.lo[r:r + 1, :, mid], rebase.slot)
-
-
-def blocked_document_attention(q2: Tensor, k2: Tensor, v2: Tensor, document_ids: Tensor, starts: Tensor,
-                               block: int = DOC_BLOCK, rebase: Optional[Rebase] = None
-                               ) -> Tuple[Tensor, List[List[int]]]:
-    """:class:`DocumentBlockSDPA` of folded tensors; returns (out (b, h, n_q, w_v), the starts as lists).
-
-    ``rebase``: each block's decay channel relative to its middle query (:mod:`xforget.ops.rebase`), or None.
-    """
+def blocked_document_attention(q2: Tensor, k2: Tensor, v2: Tensor, document_ids: Tensor,
+                               starts: Tensor, block: int = DOC_BLOCK) -> Tuple[Tensor, List[List[int]]]:
+    """:class:`DocumentBlockSDPA` of folded tensors; returns (out (b, h, n_q, w_v), the starts as lists)."""
     lists = starts.tolist()
-    out = DocumentBlockSDPA.apply(q2.contiguous(), k2.contiguous(), v2.contiguous(), document_ids, lists, block,
-                                  rebase)
-    return out, lists
+    return DocumentBlockSDPA.apply(q2.contiguous(), k2.contiguous(), v2.contiguous(), document_ids, lists, block), lists

@@ -28,9 +28,9 @@ the kernel rounds it at ~6e-8 * max|c| (ALiBi, 8 heads: 4.2e-5 off float64 at
 2048 tokens).  On the CPU in fp32 the fold cumulates c in float64 and adds the
 row constant as query channels that the kernel sums before ``q . k``
 (:mod:`xforget.ops.rebase`): the logit is rounded at its own size (ALiBi
-7e-7, FoX at |c| ~ 2e4 1.5e-6).  A one-time probe checks the summation order;
-where it does not hold, the channel is rebased per block of queries instead.
-CUDA keeps the single call (the bf16 split above).
+7e-7, FoX at |c| ~ 2e4 1.5e-6), except on a last key tile of 2-15 keys, which
+the kernel sums in another order (the error of before there).  CUDA keeps the
+single call (the bf16 split above).
 
 CPU speed: with decay, many softmax weights fall in exp()'s subnormal range
 (e^-87 .. e^-104), which x86 handles ~10x slower; the backward of the fused
@@ -57,8 +57,7 @@ from xforget.ops.backend import AttentionCall
 from xforget.ops.common import Shapes, Tensor, cumulative_gate, expand_kv, kernel_dtype
 from xforget.ops.documents import block_key_starts, blocked_document_attention, mask_matrix
 from xforget.ops.documents import skipped_pairs as doc_skipped_pairs
-from xforget.ops.pruned_sdpa import BandedCausalSDPA, BandPlan, make_plan
-from xforget.ops.rebase import Rebase, make_rebase
+from xforget.ops.pruned_op import pruned_fold
 
 # From this many keys the CPU fold runs packed documents block by block (skipping earlier documents);
 # below it one fused call with the block-diagonal mask is faster (scripts/bench_packing.py).
@@ -139,6 +138,9 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     below ``prune_eps / n_k`` of the row's reference key is skipped; the output
     moves by at most ``2 * prune_eps * max|v|``).  Nothing prunes without a
     forget gate or when the gate never gets small; then the op is one fused call.
+    Under ``torch.compile`` the same pruning runs: the plan is made inside one
+    custom operator (:mod:`xforget.ops.pruned_op`), so ``fullgraph=True`` traces
+    the op with no graph break (docs/pruning.md, "Under torch.compile").
     Raises ``ValueError`` for ``causal=False`` (the bidirectional bias has two
     different row constants and does not fold: use "chunked").
     """
@@ -146,10 +148,10 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     s, scale, mask = call.shapes, call.scale, call.mask
     q, k, v = call.q, call.k, call.v
 
-    rebase_on = _rebases(call)
-    # rebased (CPU fp32): c in float64, not restarted per document (documents are kept apart by the key
-    # ranges and masks; the rebased channel stays exact however large |c| grows, src: xforget.ops.rebase)
-    c = cumulative_gate(call.log_fgate, mask, s, torch.float64) if rebase_on else call.forward_decay()
+    exact = _exact(call)
+    # exact: c in float64, not restarted per document (documents are kept apart by the key ranges and
+    # masks; the channels make its differences exact however large |c| grows: xforget.ops.rebase)
+    c = cumulative_gate(call.log_fgate, mask, s, torch.float64) if exact else call.forward_decay()
     if c is None and mask is None and call.document_ids is None:  # plain causal attention: nothing to fold
         return causal_sdpa(q, k, v, s.n_q, s.n_k, scale, enable_gqa=s.h != s.h_kv)
 
@@ -157,8 +159,7 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     u = per_key_logit(c, mask, s, q.device)
     q_s = (q.to(torch.promote_types(dtype, torch.float32)) * scale).to(dtype)
-    exact = rebase_on and c is not None and rebasing.channels_in_order(max(s.d + 4, s.d_v))
-    if exact:  # the row constant as query channels, summed first: one fused call, no rebase needed
+    if exact and c is not None:  # the row constant as query channels, summed first: rounded at the logit's size
         q_parts, k_parts = _decay_first(q_s, k, c, u, s)
         n_ch = 4
     else:
@@ -179,17 +180,19 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     # the fused CPU/GPU kernels want equal head dims: pad v with zero channels
     v2 = F.pad(expand_kv(v, s.h), (0, pad_v)) if pad_v else expand_kv(v, s.h)
 
-    rb = make_rebase(c, mask, s.d, s.n_q) if rebase_on and c is not None and not exact else None
     if call.document_ids is not None:  # packed documents: each query block from its document's start
-        return call.finish(_documents(call, q, k, c, q2, k2, v2, rb))
-    out = None
+        return call.finish(_documents(call, q, k, c, q2, k2, v2))
     if call.prune and c is not None and not q.is_cuda and s.n_k >= acp.PRUNE_MIN_KEYS:
-        out = _pruned(q, k, c, mask, s, scale, call.prune_eps, call.key_norm, q2, k2, v2, width, rb)
-    if out is None and rb is not None:
-        out = _rebased(q2, k2, v2, s, width, rb)
-    if out is None:
+        out = _pruned(q, k, c, mask, s, scale, call.prune_eps, call.key_norm, q2, k2, v2, width)
+    else:
         out = causal_sdpa(q2, k2, v2, s.n_q, s.n_k, 1.0)[..., : s.d_v]
     return call.finish(out)
+
+
+def _exact(call: AttentionCall) -> bool:
+    """Whether the fold carries the row constant as query channels: CPU, fp32 kernel, a forget gate."""
+    return (rebasing.exact_channels() and call.log_fgate is not None and not call.q.is_cuda
+            and kernel_dtype(call.q) == torch.float32)
 
 
 def _decay_first(q_s: Tensor, k: Tensor, c: Tensor, u: Tensor, s: Shapes) -> Tuple[List[Tensor], List[Tensor]]:
@@ -197,11 +200,11 @@ def _decay_first(q_s: Tensor, k: Tensor, c: Tensor, u: Tensor, s: Shapes) -> Tup
     ``[u_hi_j, 1, u_lo_j, 1, k]``, with ``c`` float64 (b, h, n_k), ``u`` its per-key logit (pads far)
     and ``x_hi = fl32(x)``, ``x_lo = fl32(x - x_hi)``.
 
-    A kernel that sums the channels in order (:func:`xforget.ops.rebase.channels_in_order`) forms
-    ``u_hi_j + c_hi_i`` first, exactly for every key within a factor two of the query's decay, then
-    adds the small parts and ``q . k``: the logit ``s_ij + c_i - c_j`` is rounded at its own size,
-    not at ``|c|``.  The gradient reaches ``c`` through the ``hi`` channels (the ``lo`` parts are
-    constants: ``x_lo = x - x_hi`` has derivative 0).
+    A kernel that sums the channels in order forms ``u_hi_j + c_hi_i`` first, exactly for every key
+    within a factor two of the query's decay, then adds the small parts and ``q . k``: the logit
+    ``s_ij + c_i - c_j`` is rounded at its own size, not at ``|c|`` (:mod:`xforget.ops.rebase`).
+    The gradient reaches ``c`` through the ``hi`` channels (the ``lo`` parts are constants:
+    ``x_lo = x - x_hi`` has derivative 0).
     """
     dt = q_s.dtype
     c_q = c[..., s.offset:]
@@ -213,26 +216,19 @@ def _decay_first(q_s: Tensor, k: Tensor, c: Tensor, u: Tensor, s: Shapes) -> Tup
     return q_parts, k_parts
 
 
-def _rebases(call: AttentionCall) -> bool:
-    """Whether the fold rebases its decay channel per query block: CPU, fp32 kernel, a forget gate."""
-    return (rebasing.ENABLED and call.log_fgate is not None and not call.q.is_cuda
-            and kernel_dtype(call.q) == torch.float32)
-
-
 @torch.compiler.disable  # data-dependent plan: runs eagerly inside torch.compile (a graph break)
 def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q2: Tensor, k2: Tensor,
-               v2: Tensor, rb: Optional[Rebase] = None) -> Tensor:
+               v2: Tensor) -> Tensor:
     """The folded attention of packed documents (:mod:`xforget.ops.documents`), ``(b, h, n_q, d_v)``.
 
     On the CPU from ``PRUNE_MIN_KEYS`` keys: blocks of ``PRUNE_BLOCK`` queries per batch row, each
     reading keys from the start of its first query's document (and, with ``call.prune``, from the
     decay bound's first kept key when that is later); the skipped pairs are recorded like the
     pruned ones.  Shorter calls and CUDA tensors: one fused call with the block-diagonal causal
-    mask as booleans (O(n_q n_k) bits).  ``rb``: the decay channel is rebased per block (then shorter
-    calls run blocked too).
+    mask as booleans (O(n_q n_k) bits).
     """
     s, docs = call.shapes, call.document_ids
-    if q2.is_cuda or (s.n_k < DOC_BLOCKED_MIN_KEYS and rb is None):
+    if q2.is_cuda or s.n_k < DOC_BLOCKED_MIN_KEYS:
         allowed = mask_matrix(docs, s, causal=True)
         if not q2.is_cuda:  # the CPU kernel takes an additive mask as is; a boolean one costs ~1.6x (measured)
             allowed = torch.zeros(allowed.shape, dtype=q2.dtype, device=q2.device).masked_fill(~allowed, float("-inf"))
@@ -243,39 +239,23 @@ def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q
         kn = acp.key_norms(k, s.h, call.mask, call.key_norm)
         decay = acp.block_starts(q, kn, c, call.mask, s, call.scale, call.prune_eps, floor=starts[:, None, :])
         starts = torch.maximum(starts, decay.amin(1))  # the heads share one call: the earliest head's start
-    out, lists = blocked_document_attention(q2, k2, v2, docs, starts, acp.PRUNE_BLOCK, rb)
+    out, lists = blocked_document_attention(q2, k2, v2, docs, starts, acp.PRUNE_BLOCK)
     skipped = torch.tensor(doc_skipped_pairs(lists, s, acp.PRUNE_BLOCK), dtype=torch.float64)
     total = float(s.n_q * (s.offset + 1) + s.n_q * (s.n_q - 1) // 2)
     acp.record("fold", skipped[:, None].expand(s.b, s.h), torch.full((s.b, s.h), total, dtype=torch.float64))
     return out[..., : s.d_v]
 
 
-@torch.compiler.disable  # data-dependent plan: runs eagerly inside torch.compile (a graph break)
-def _pruned(q, k, c, mask, s: Shapes, scale, prune_eps, key_norm, q2, k2, v2, width,
-            rb: Optional[Rebase] = None) -> Optional[Tensor]:
-    """The banded pruned attention of the folded q2/k2/v2, or None when nothing can be skipped."""
+def _pruned(q, k, c, mask, s: Shapes, scale, prune_eps, key_norm, q2, k2, v2, width) -> Tensor:
+    """The banded pruned attention of the folded q2/k2/v2 (``(b, h, n_q, d_v)``).
+
+    The starts are tensor arithmetic and the banded kernels one custom operator
+    (:mod:`xforget.ops.pruned_op`), so ``torch.compile`` traces this with no graph break and the
+    compiled step skips the same tiles as eager mode.
+    """
     kn = acp.key_norms(k, s.h, mask, key_norm)
     starts = acp.block_starts(q, kn, c, mask, s, scale, prune_eps)
-    plan, skipped, total = make_plan(starts.view(s.b * s.h, -1).tolist(), s.n_q, s.n_k, acp.PRUNE_BLOCK)
-    skipped_t = torch.tensor(skipped, dtype=torch.float64).view(s.b, s.h)
-    acp.record("fold", skipped_t, torch.full_like(skipped_t, total))
-    if not any(skipped):
-        return None
     r = s.b * s.h
-    out = BandedCausalSDPA.apply(
-        q2.reshape(1, r, s.n_q, width), k2.reshape(1, r, s.n_k, width), v2.reshape(1, r, s.n_k, width), plan, 1.0,
-        None if rb is None else rb.flat(),
-    )
-    return out.reshape(s.b, s.h, s.n_q, width)[..., : s.d_v]
-
-
-@torch.compiler.disable  # data-dependent row runs: runs eagerly inside torch.compile (a graph break)
-def _rebased(q2: Tensor, k2: Tensor, v2: Tensor, s: Shapes, width: int, rb: Rebase) -> Tensor:
-    """Unpruned folded attention with the decay channel rebased per query block (:mod:`xforget.ops.rebase`)."""
-    r = s.b * s.h
-    plan = BandPlan(s.n_q, s.n_k, ((0, r),), ())
-    out = BandedCausalSDPA.apply(
-        q2.reshape(1, r, s.n_q, width), k2.reshape(1, r, s.n_k, width), v2.reshape(1, r, s.n_k, width), plan, 1.0,
-        rb.flat(),
-    )
+    out, _ = pruned_fold(q2.reshape(1, r, s.n_q, width), k2.reshape(1, r, s.n_k, width),
+                         v2.reshape(1, r, s.n_k, width), starts.view(r, -1), acp.PRUNE_BLOCK, s.h)
     return out.reshape(s.b, s.h, s.n_q, width)[..., : s.d_v]

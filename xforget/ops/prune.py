@@ -172,7 +172,7 @@ class PruneRecord:
 
     Attributes:
         label: the caller's label (e.g. a layer name) set by :meth:`PruneLog.label`, or "".
-        backend: "fold" or "decode".
+        backend: "fold", "decode" or "flex".
         pruned: (heads,) float64, skipped causal query-key pairs summed over the batch.
         total: (heads,) float64, all causal query-key pairs summed over the batch.
     """

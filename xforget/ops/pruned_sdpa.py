@@ -25,18 +25,18 @@ backward: q/k/v, the output and one log-sum-exp per query: O(n)
 memory, no mask is materialised.  Rows that prune nothing run as one
 ``is_causal`` call when ``n_q == n_k``.
 
-CPU only (``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu``).
+CPU only (``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu``).  The autograd
+wrapper is the custom operator of :mod:`xforget.ops.pruned_op` (so ``torch.compile`` traces it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 
 from xforget.ops.common import Tensor
-from xforget.ops.rebase import Rebase, rebase_
 
 _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -161,182 +161,73 @@ def _band_mask(b: int, w: int, dtype: torch.dtype, device) -> Tensor:
     return torch.full((b, w + b), float("-inf"), dtype=dtype, device=device).triu(w + 1)
 
 
-class BandedCausalSDPA(torch.autograd.Function):
+def banded_forward(q: Tensor, k: Tensor, v: Tensor, plan: BandPlan, scale: float) -> Tuple[Tensor, Tensor]:
     """softmax(q k^T * scale, causal lower-right, keys limited per row by ``plan``) v.
 
-    q (1, R, n_q, w), k/v (1, R, n_k, w), one dtype.  Returns (1, R, n_q, w_v).
-    Block t of a band row attends to the window ``[p0 - W, p0 + B)`` with one
-    shared lower-right causal mask; all blocks of a run of rows are one fused call.
+    q (1, R, n_q, w), k/v (1, R, n_k, w), one dtype.  Block t of a band row attends to the window
+    ``[p0 - W, p0 + B)`` with one shared lower-right causal mask; all blocks of a run of rows are
+    one fused call.  Returns ``(out (1, R, n_q, w_v), lse (1, R, n_q) >= fp32)``; the autograd and
+    ``torch.compile`` wrapper is :mod:`xforget.ops.pruned_op`.
     """
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, plan: BandPlan, scale: float,  # type: ignore[override]
-                rebase: Optional[Rebase] = None):
-        acc = torch.promote_types(q.dtype, torch.float32)
-        R, width = q.shape[1], q.shape[-1]
-        out = q.new_empty(1, R, plan.n_q, v.shape[-1])
-        lse = torch.empty(1, R, plan.n_q, dtype=acc, device=q.device)
-        off = plan.offset
-        masks = {}
-        store: dict = {}
-        for r0, r1, block in _dense_runs(plan, rebase):
-            if block:
-                _rebased_dense_forward(q, k, v, r0, r1, off, scale, rebase, block, out, lse, masks)
-                continue
-            o, l = _dense_forward(q[:, r0:r1], k[:, r0:r1], v[:, r0:r1], off, scale)
-            out[:, r0:r1] = o
-            lse[:, r0:r1] = l
-        for r0, r1, b, w in plan.band:
-            mask = masks.setdefault((b, w), _band_mask(b, w, q.dtype, q.device))
-            for m0, nb, qs, win in _segments(plan, r1 - r0, b, w, q.shape[-1]):
-                p0 = off + m0
-                o, l = _FWD(
-                    _windows(q, r0, r1, m0, nb, qs, b), _band_keys(k, r0, r1, p0, nb, qs, b, win, rebase, store),
-                    _windows(v, r0, r1, p0 - win, nb, win + qs, b), 0.0, win == 0,
-                    attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale,
-                )
-                _windows(out, r0, r1, m0, nb, qs, b).copy_(o)
-                lse[0, r0:r1, m0: m0 + nb * qs] = l.reshape(r1 - r0, nb * qs)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan, ctx.scale, ctx.masks, ctx.rebase = plan, scale, masks, rebase
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        q, k, v, out, lse = ctx.saved_tensors
-        plan, scale, masks, rebase = ctx.plan, ctx.scale, ctx.masks, ctx.rebase
-        acc = torch.promote_types(q.dtype, torch.float32)
-        go = grad_out.to(q.dtype).contiguous()
-        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
-        dk = torch.zeros(k.shape, dtype=acc, device=k.device)
-        dv = torch.zeros(v.shape, dtype=acc, device=v.device)
-        off = plan.offset
-        store: dict = {}
-        for r0, r1, block in _dense_runs(plan, rebase):
-            if block:
-                _rebased_dense_backward(go, q, k, v, out, lse, r0, r1, off, scale, rebase, block, masks, (dq, dk, dv))
-                continue
-            rs = slice(r0, r1)
-            grads = _dense_backward(go[:, rs], q[:, rs], k[:, rs], v[:, rs], out[:, rs], lse[:, rs], off, scale)
-            for buf, g in zip((dq, dk, dv), grads):
-                buf[:, rs] += g
-        for r0, r1, b, w in plan.band:
-            rows = r1 - r0
-            lse_rows = lse[0, r0:r1]
-            mask = masks[(b, w)]
-            for m0, nb, qs, win in _segments(plan, rows, b, w, q.shape[-1]):
-                p0 = off + m0
-                qv, gov, ov = (_windows(x, r0, r1, m0, nb, qs, b) for x in (q, go, out))
-                lv = lse_rows.as_strided((rows, nb, qs), (lse_rows.stride(0), b, 1), lse_rows.storage_offset() + m0)
-                kw = _band_keys(k, r0, r1, p0, nb, qs, b, win, rebase, store)
-                vw = _windows(v, r0, r1, p0 - win, nb, win + qs, b)
-                gq, gk, gv = _BWD(gov, qv, kw, vw, ov, lv, 0.0, win == 0,
-                                  attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale)
-                _windows(dq, r0, r1, m0, nb, qs, b).add_(gq)
-                if nb == 1:
-                    _windows(dk, r0, r1, p0 - win, 1, win + qs, b).add_(gk)
-                    _windows(dv, r0, r1, p0 - win, 1, win + qs, b).add_(gv)
-                    continue
-                for p in range(win // b + 1):  # overlapping windows: phase by phase, each phase's tiles are disjoint
-                    _windows(dk, r0, r1, p0 - win + p * b, nb, b, b).add_(gk[:, :, p * b:(p + 1) * b])
-                    _windows(dv, r0, r1, p0 - win + p * b, nb, b, b).add_(gv[:, :, p * b:(p + 1) * b])
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
-
-
-def _dense_runs(plan: BandPlan, rebase: Optional[Rebase]) -> List[Tuple[int, int, int]]:
-    """The dense rows as runs (r0, r1, block): runs with ``block > 0`` go query block by query block, rebased."""
-    if rebase is None:
-        return [(r0, r1, 0) for r0, r1 in plan.dense]
-    sizes = rebase.blocks[0].tolist()
-    runs: List[Tuple[int, int, int]] = []
+    acc = torch.promote_types(q.dtype, torch.float32)
+    R = q.shape[1]
+    out = q.new_empty(1, R, plan.n_q, v.shape[-1])
+    lse = torch.empty(1, R, plan.n_q, dtype=acc, device=q.device)
+    off = plan.offset
+    masks = {}
     for r0, r1 in plan.dense:
-        a = r0
-        for r in range(r0 + 1, r1 + 1):
-            if r == r1 or sizes[r] != sizes[a]:
-                runs.append((a, r, int(sizes[a])))
-                a = r
-    return runs
+        o, l = _dense_forward(q[:, r0:r1], k[:, r0:r1], v[:, r0:r1], off, scale)
+        out[:, r0:r1] = o
+        lse[:, r0:r1] = l
+    for r0, r1, b, w in plan.band:
+        mask = masks.setdefault((b, w), _band_mask(b, w, q.dtype, q.device))
+        for m0, nb, qs, win in _segments(plan, r1 - r0, b, w, q.shape[-1]):
+            p0 = off + m0
+            o, l = _FWD(
+                _windows(q, r0, r1, m0, nb, qs, b), _windows(k, r0, r1, p0 - win, nb, win + qs, b),
+                _windows(v, r0, r1, p0 - win, nb, win + qs, b), 0.0, win == 0,
+                attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale,
+            )
+            _windows(out, r0, r1, m0, nb, qs, b).copy_(o)
+            lse[0, r0:r1, m0: m0 + nb * qs] = l.reshape(r1 - r0, nb * qs)
+    return out, lse
 
 
-def _scratch(store: dict, like: Tensor, shape: Tuple[int, ...]) -> Tensor:
-    """A reused buffer of ``shape`` (like's dtype): fresh allocations per block cost page faults."""
-    need = 1
-    for x in shape:
-        need *= x
-    buf = store.get("keys")
-    if buf is None or buf.numel() < need:
-        buf = store["keys"] = like.new_empty(need)
-    return buf[:need].view(shape)
-
-
-def _band_keys(k: Tensor, r0: int, r1: int, p0: int, nb: int, qs: int, b: int, win: int,
-               rebase: Optional[Rebase], store: dict) -> Tensor:
-    """The key windows of ``nb`` query blocks (rows, nb, win + qs, width): views of k, or rebased copies.
-
-    Block i (queries at positions ``p0 + i * b ...``, ``qs`` of them) reads keys from ``p0 + i * b - win``;
-    with ``rebase`` its decay channel is taken relative to the block's middle query (:mod:`xforget.ops.rebase`).
-    """
-    kw = _windows(k, r0, r1, p0 - win, nb, win + qs, b)
-    if rebase is None:
-        return kw
-    kw = _scratch(store, k, tuple(kw.shape)).copy_(kw)
-    lo = _windows(rebase.key_lo[..., None], r0, r1, p0 - win, nb, win + qs, b)[..., 0]
-    mid = torch.arange(nb, device=k.device) * b + (p0 + qs // 2)
-    rebase_(kw, lo, rebase.hi[0, r0:r1][:, mid], rebase.lo[0, r0:r1][:, mid], rebase.slot)
-    return kw
-
-
-def _dense_blocks(q: Tensor, k: Tensor, r0: int, r1: int, off: int, block: int):
-    """(rows, m0, qs, p0) of the blocked rebased dense path: query blocks of ``block``, rows in chunks
-    whose key copies stay below ``CALL_ELEMENTS``."""
-    n_q, n_k, width = q.shape[2], k.shape[2], k.shape[-1]
-    step = max(1, CALL_ELEMENTS // max(1, n_k * width))
-    for a in range(r0, r1, step):
-        rows = slice(a, min(r1, a + step))
-        for m0 in range(0, n_q, block):
-            yield rows, m0, min(block, n_q - m0), off + m0
-
-
-def _dense_call(k: Tensor, rows: slice, p0: int, qs: int, block: int, rebase: Rebase, masks: dict, store: dict):
-    """Keys ``[0, p0 + qs)`` of ``rows`` (a reused copy, the decay channel relative to the block's middle
-    query) and the lower-right causal mask of the block (None when ``p0 == 0``: plain causal)."""
-    n_k = k.shape[2]
-    kw = _scratch(store, k, (1, rows.stop - rows.start, p0 + qs, k.shape[-1])).copy_(k[:, rows, : p0 + qs])
-    mid = p0 + qs // 2
-    rebase_(kw, rebase.key_lo[:, rows, : p0 + qs], rebase.hi[:, rows, mid], rebase.lo[:, rows, mid], rebase.slot)
-    if p0 == 0:
-        return kw, None
-    mask = masks.setdefault(("dense", block, n_k), None)
-    if mask is None:
-        mask = masks[("dense", block, n_k)] = _band_mask(block, n_k, k.dtype, k.device)
-    return kw, mask[None, None, :qs, n_k - p0: n_k + qs]
-
-
-def _rebased_dense_forward(q, k, v, r0, r1, off, scale, rebase: Rebase, block: int, out: Tensor, lse: Tensor,
-                           masks: dict) -> None:
-    """Unpruned causal rows block by block, each block's decay channel rebased; writes ``out`` and ``lse``."""
-    store: dict = {}
-    for rows, m0, qs, p0 in _dense_blocks(q, k, r0, r1, off, block):
-        kw, mask = _dense_call(k, rows, p0, qs, block, rebase, masks, store)
-        o, l = _FWD(q[:, rows, m0:m0 + qs], kw, v[:, rows, : p0 + qs], 0.0, mask is None, attn_mask=mask,
-                    scale=scale)
-        out[:, rows, m0:m0 + qs] = o
-        lse[:, rows, m0:m0 + qs] = l
-
-
-def _rebased_dense_backward(go, q, k, v, out, lse, r0, r1, off, scale, rebase: Rebase, block: int, masks: dict,
-                            bufs) -> None:
-    """The backward of :func:`_rebased_dense_forward`, accumulated into ``bufs`` = (dq, dk, dv)."""
-    dq, dk, dv = bufs
-    store: dict = {}
-    for rows, m0, qs, p0 in _dense_blocks(q, k, r0, r1, off, block):
-        kw, mask = _dense_call(k, rows, p0, qs, block, rebase, masks, store)
-        qq = slice(m0, m0 + qs)
-        gq, gk, gv = _BWD(go[:, rows, qq], q[:, rows, qq], kw, v[:, rows, : p0 + qs], out[:, rows, qq],
-                          lse[:, rows, qq], 0.0, mask is None, attn_mask=mask, scale=scale)
-        dq[:, rows, qq] += gq
-        dk[:, rows, : p0 + qs] += gk
-        dv[:, rows, : p0 + qs] += gv
+def banded_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, plan: BandPlan,
+                    scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """The gradients of :func:`banded_forward` from its saved output and lse: ``(dq, dk, dv)`` in the inputs' dtypes."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    go = grad_out.to(q.dtype).contiguous()
+    dq = torch.zeros(q.shape, dtype=acc, device=q.device)
+    dk = torch.zeros(k.shape, dtype=acc, device=k.device)
+    dv = torch.zeros(v.shape, dtype=acc, device=v.device)
+    off = plan.offset
+    masks = {}
+    for r0, r1 in plan.dense:
+        rs = slice(r0, r1)
+        grads = _dense_backward(go[:, rs], q[:, rs], k[:, rs], v[:, rs], out[:, rs], lse[:, rs], off, scale)
+        for buf, g in zip((dq, dk, dv), grads):
+            buf[:, rs] += g
+    for r0, r1, b, w in plan.band:
+        rows = r1 - r0
+        lse_rows = lse[0, r0:r1]
+        mask = masks.setdefault((b, w), _band_mask(b, w, q.dtype, q.device))
+        for m0, nb, qs, win in _segments(plan, rows, b, w, q.shape[-1]):
+            p0 = off + m0
+            qv, gov, ov = (_windows(x, r0, r1, m0, nb, qs, b) for x in (q, go, out))
+            lv = lse_rows.as_strided((rows, nb, qs), (lse_rows.stride(0), b, 1), lse_rows.storage_offset() + m0)
+            kw, vw = (_windows(x, r0, r1, p0 - win, nb, win + qs, b) for x in (k, v))
+            gq, gk, gv = _BWD(gov, qv, kw, vw, ov, lv, 0.0, win == 0,
+                              attn_mask=None if win == 0 else mask[None, None, :qs, w - win: w + qs], scale=scale)
+            _windows(dq, r0, r1, m0, nb, qs, b).add_(gq)
+            if nb == 1:
+                _windows(dk, r0, r1, p0 - win, 1, win + qs, b).add_(gk)
+                _windows(dv, r0, r1, p0 - win, 1, win + qs, b).add_(gv)
+                continue
+            for p in range(win // b + 1):  # overlapping windows: phase by phase, each phase's tiles are disjoint
+                _windows(dk, r0, r1, p0 - win + p * b, nb, b, b).add_(gk[:, :, p * b:(p + 1) * b])
+                _windows(dv, r0, r1, p0 - win + p * b, nb, b, b).add_(gv[:, :, p * b:(p + 1) * b])
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
 def _dense_forward(q: Tensor, k: Tensor, v: Tensor, offset: int, scale: float) -> Tuple[Tensor, Tensor]:

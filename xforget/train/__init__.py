@@ -13,11 +13,24 @@
 The command is :mod:`xforget.commands.train`.
 """
 
-from xforget.train.checkpoint import CheckpointError
-from xforget.errors import ConfigError
-from xforget.train.config import TrainConfig, compose_config, to_train_config
-from xforget.train.loading import load_model
-from xforget.train.loop import TrainingError, TrainResult, train
+from typing import TYPE_CHECKING
+
+from xforget.lazy import lazy_attributes
+
+# Loaded on first use, so that `xforget.train.config` (the command lines' schema) imports without torch.
+__getattr__, __dir__ = lazy_attributes(__name__, {
+    "CheckpointError": "xforget.train.run_dir", "ConfigError": "xforget.errors",
+    "TrainConfig": "xforget.train.config", "compose_config": "xforget.train.config",
+    "to_train_config": "xforget.train.config", "load_model": "xforget.train.loading",
+    "TrainingError": "xforget.train.loop", "TrainResult": "xforget.train.loop", "train": "xforget.train.loop",
+})
+
+if TYPE_CHECKING:
+    from xforget.errors import ConfigError
+    from xforget.train.config import TrainConfig, compose_config, to_train_config
+    from xforget.train.loading import load_model
+    from xforget.train.loop import TrainingError, TrainResult, train
+    from xforget.train.run_dir import CheckpointError
 
 __all__ = [
     "CheckpointError", "ConfigError", "TrainConfig", "TrainResult", "TrainingError",

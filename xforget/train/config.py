@@ -6,6 +6,11 @@
 into a typed node: an unknown key or a value of the wrong type fails at
 composition time. :func:`explain_config_error` turns those failures into one
 line that names the bad key and lists the valid keys of its node.
+
+This module imports no torch: the commands compose and check their command line with it first
+(unknown keys, types, and every value but the model's, :func:`to_train_config` with
+``model=False``), so a typo is one line in a fraction of a second. The model's values need the
+registries of the model code; :func:`validate_model` imports them when it is called.
 """
 
 from __future__ import annotations
@@ -20,14 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from xforget.data.corpus import DataError
 from xforget.data.prepare import read_meta
-from xforget.data.synthetic import min_length
 from xforget.errors import ConfigError, explain_error, schema_keys
 from xforget.models.config import ModelConfig
-from xforget.models.validate import validate_model_config
 from xforget.train.budget import parse_duration
-from xforget.train.compile import COMPILE_CHOICES, compile_choice
-from xforget.train.precision import PRECISIONS
-from xforget.train.trackers import logger_names
+from xforget.train.choices import COMPILE_CHOICES, DEVICES, PRECISIONS, compile_choice, device_choice, logger_names
 
 DATASETS = ("stdlib", "text", "shakespeare", "mqar", "needle", "tokens")
 SYNTHETIC = ("mqar", "needle")
@@ -238,8 +239,15 @@ def compose_named(name: str, overrides: list[str], *, return_hydra_config: bool 
         return compose(name, overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
-def to_train_config(cfg: DictConfig | TrainConfig) -> TrainConfig:
-    """Typed dataclasses from a composed DictConfig (interpolations resolved), validated."""
+def to_train_config(cfg: DictConfig | TrainConfig, *, model: bool = True) -> TrainConfig:
+    """Typed dataclasses from a composed DictConfig (interpolations resolved), validated.
+
+    ``model=False`` leaves out the checks of the model's values (:func:`validate_model`, which
+    imports torch): the commands' first, light pass over their command line.
+
+    Raises:
+        ConfigError: one line naming the bad key or value.
+    """
     if isinstance(cfg, TrainConfig):
         out = cfg
     else:
@@ -247,7 +255,7 @@ def to_train_config(cfg: DictConfig | TrainConfig) -> TrainConfig:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), _without_hydra(cfg))
         out = OmegaConf.to_object(cfg)
     resolve_data_vocab(out)
-    validate(out)
+    validate(out, model=model)
     return out
 
 
@@ -281,8 +289,9 @@ def load_config_yaml(path: str | Path) -> TrainConfig:
     return OmegaConf.to_object(merged)
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Reject impossible values with one line naming the key.
+def validate(cfg: TrainConfig, *, model: bool = True) -> None:
+    """Reject impossible values with one line naming the key (``model=False``: all but
+    :func:`validate_model`, without importing torch).
 
     Raises:
         ConfigError: e.g. negative lr, zero batch size, unknown precision.
@@ -317,6 +326,7 @@ def validate(cfg: TrainConfig) -> None:
     need(t.grad_clip >= 0, "trainer.grad_clip", ">= 0 (0 = off)", t.grad_clip)
     need(t.threads is None or t.threads >= 1, "trainer.threads", ">= 1 or null", t.threads)
     need(t.precision in PRECISIONS, "trainer.precision", f"one of {list(PRECISIONS)}", t.precision)
+    need(device_choice(t.device), "trainer.device", DEVICES, t.device)
     need(compile_choice(t.compile) is not None, "trainer.compile", f"one of {list(COMPILE_CHOICES)}", t.compile)
     need(t.sample_temperature >= 0, "trainer.sample_temperature", ">= 0", t.sample_temperature)
     need(t.resume in RESUME_MODES, "trainer.resume", f"one of {list(RESUME_MODES)}", t.resume)
@@ -337,10 +347,18 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"data.{key} applies only to the synthetic data sets {list(SYNTHETIC)}, "
                               f"not data={d.name}; remove it")
     need(d.num_bytes is None or d.num_bytes >= 1, "data.num_bytes", ">= 1 or null", d.num_bytes)
+    need(isinstance(m.num_memory_tokens, int) and m.num_memory_tokens >= 0, "model.num_memory_tokens", ">= 0",
+         m.num_memory_tokens)
+    if d.pack_documents and m.num_memory_tokens:
+        raise ConfigError(f"data.pack_documents=true cannot be combined with model.num_memory_tokens="
+                          f"{m.num_memory_tokens}: memory tokens are seen by every document of a window; set "
+                          "data.pack_documents=false or model.num_memory_tokens=0")
     if d.pack_documents and d.name != "tokens":
         raise ConfigError(f"data.pack_documents=true needs a prepared dataset with an end-of-text token (data=tokens), "
                           f"not data={d.name}; set data.pack_documents=false")
     if d.name in SYNTHETIC and d.example_len is not None:
+        from xforget.data.synthetic import min_length  # imports torch: only for the synthetic tasks
+
         need(d.example_len >= min_length(d.name), "data.example_len", f">= {min_length(d.name)} for {d.name}",
              d.example_len)
     for key in ("dim", "depth", "heads"):
@@ -352,6 +370,45 @@ def validate(cfg: TrainConfig) -> None:
         need(m.num_tokens is None or m.num_tokens >= 1, "model.num_tokens",
              ">= 1 or null (null: taken from the prepared dataset's meta.json)", m.num_tokens)
     need(m.kind == "decoder", "model.kind", "'decoder' for language-model training", m.kind)
+    if model:
+        validate_model(m)
+
+
+def check_data_files(d: DataConfig) -> None:
+    """The files a data config names, before anything is loaded or written (no torch; the commands call
+    it in their first pass, :func:`validate` does not: a config may name a file written later): ``data=text``'s
+    file exists, is a file and is not empty (the reader, :func:`xforget.data.corpora.text.read_bytes`,
+    says the same for what changes later); ``data=tokens``'s directory has a readable ``meta.json``.
+
+    Raises:
+        ConfigError: one line naming the path.
+    """
+    if d.name == "tokens" and d.path:
+        try:
+            read_meta(d.path)
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
+    if d.name != "text" or not d.path:
+        return
+    p = Path(d.path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"data file not found: {p.resolve()} (set data.path=FILE)")
+    if p.is_dir():
+        raise ConfigError(f"data file is a directory, not a file: {p.resolve()} (data=text reads one file; a "
+                          "directory of files: xforget-prepare input=DIR output=OUT, then data=tokens data.path=OUT)")
+    if p.stat().st_size == 0:
+        raise ConfigError(f"data file is empty: {p.resolve()}")
+
+
+def validate_model(m: ModelConfig) -> None:
+    """The model's values (position scheme, norms, options of each scheme, ...), one line on failure.
+
+    Raises:
+        ConfigError: the message of :func:`xforget.models.validate.validate_model_config` on one line.
+    """
+    # imported here: the registries of the schemes are model code (torch); the command line's
+    # light pass (to_train_config(model=False)) runs before torch is imported
+    from xforget.models.validate import validate_model_config
 
     try:
         validate_model_config(m)

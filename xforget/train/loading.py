@@ -35,15 +35,23 @@ from xforget.errors import ConfigError
 from xforget.models.config import ModelConfig
 from xforget.models.pretrained import WEIGHTS, is_hub_directory, read_model_config
 from xforget.models.wrapper import TransformerWrapper, build_model
-from xforget.train.run_dir import CHECKPOINTS, MARKER, CheckpointError, complete_checkpoints, latest_checkpoint, short_error
+from xforget.train.run_dir import (
+    CHECKPOINTS,
+    INIT_FROM_ACCEPTS,
+    MARKER,
+    CheckpointError,
+    complete_checkpoints,
+    latest_checkpoint,
+    missing_init_from,
+    missing_model_path,
+    short_error,
+)
 from xforget.train.config import TrainConfig, load_config_yaml
 
 RUN, CHECKPOINT, HUB = "run", "checkpoint", "hub"  # TrainedModel.kind
 RUN_CONFIG = "config.yaml"
 EXPECTED = ("expected checkpoints/step_*/ or model.safetensors + config.yaml (a run), or config.json + "
             "model.safetensors (a hub-style directory)")
-INIT_FROM_ACCEPTS = ("expected a run directory (with checkpoints/step_*/ or model.safetensors), a checkpoint "
-                     "directory (checkpoints/step_*/) or a .safetensors file")
 
 
 @dataclass
@@ -129,10 +137,9 @@ def _local_directory(path: str | Path) -> Path:
     local = Path(path).expanduser()
     if local.exists():
         return local
-    text = str(path)
-    # a hub repo id is owner/name; an absolute, home or dotted path is a mistyped local directory
-    if text.count("/") != 1 or text.startswith(("/", "~", ".")) or text.endswith("/"):
-        raise CheckpointError(f"no trained model in {path}: it does not exist")
+    missing = missing_model_path(path)  # a mistyped local directory rather than a hub repo id
+    if missing is not None:
+        raise CheckpointError(missing)
     try:  # owner/name: a hub repo id (fetched once, then reused from the Hugging Face cache)
         return Path(snapshot_download(repo_id=str(path)))
     except Exception as exc:
@@ -223,8 +230,9 @@ def init_weights_file(source: str | Path) -> Path:
         CheckpointError: nothing loadable there.
     """
     path = Path(source).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"trainer.init_from={source}: no such file or directory; {INIT_FROM_ACCEPTS}")
+    missing = missing_init_from(source)
+    if missing is not None:
+        raise CheckpointError(missing)
     if path.is_file():
         return path
     found = _find_weights(path, with_config=False)

@@ -345,6 +345,8 @@ def _after_step(run: _Run, done: int, stop_at: int | None, lr: float, window: _W
     eval_s = None
     if eval_now or done % t.log_every == 0:
         eval_s = _log_window(run, done, lr, window, eval_now, bar)
+        if eval_s is not None and budget is not None and budget.plan is not None:
+            budget.observe_eval(eval_s)
     if verdict == "calibrated":
         stop_at = _calibrate(run, done, eval_s, bar)
     elif verdict == "stop":

@@ -42,6 +42,34 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def missing_model_path(path: str | Path) -> str | None:
+    """Why ``path`` names no trained model before anything is loaded: a local path that does not exist and
+    cannot be a hub repo id (``owner/name``; an absolute, home or dotted path is a mistyped directory).
+    None when it exists or may be a repo id. Light (no torch): the commands check it first.
+    """
+    if Path(path).expanduser().exists():
+        return None
+    text = str(path)
+    if text.count("/") != 1 or text.startswith(("/", "~", ".")) or text.endswith("/"):
+        return f"no trained model in {path}: it does not exist"
+    return None
+
+
+INIT_FROM_ACCEPTS = ("expected a run directory (with checkpoints/step_*/ or model.safetensors), a checkpoint "
+                     "directory (checkpoints/step_*/) or a .safetensors file")
+
+
+def missing_init_from(source: str | Path | None, run_dir: str | Path | None = None) -> str | None:
+    """Why ``trainer.init_from=source`` names nothing (the path does not exist), or None. Light (no torch):
+    the train command checks it first. None as well when ``run_dir`` holds a complete checkpoint (that run
+    resumes from it and does not read ``source``)."""
+    if not source or Path(source).expanduser().exists():
+        return None
+    if run_dir is not None and latest_checkpoint(run_dir) is not None:
+        return None
+    return f"trainer.init_from={source}: no such file or directory; {INIT_FROM_ACCEPTS}"
+
+
 def short_error(exc: BaseException) -> str:
     """``TypeName: first line`` of an exception, for one-line errors."""
     text = str(exc).strip().splitlines()

@@ -14,26 +14,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from xforget.errors import ConfigError
 from xforget.files import atomic_write_text
+from xforget.train.choices import TRACKERS, logger_names  # noqa: F401  (TRACKERS: this module's name too)
 from xforget.train.metrics import TensorBoardLog, tensorboard_writer_class
-
-TRACKERS = ("tensorboard", "wandb")
-
-
-def logger_names(logger: Any) -> list[str]:
-    """``logger`` as a list of tracker names (``none`` and ``[]`` -> []).
-
-    Raises:
-        ConfigError: an unknown name, listing the valid ones.
-    """
-    names = [logger] if isinstance(logger, str) else list(logger or [])
-    names = [n for n in names if n != "none"]
-    bad = [n for n in names if n not in TRACKERS]
-    if bad or len(set(names)) != len(names):
-        raise ConfigError(f"invalid value logger={logger!r}: must be none, one of {list(TRACKERS)} or a list of "
-                          f"them, e.g. logger=[tensorboard,wandb]")
-    return names
 
 
 def check_trackers(logger: Any) -> None:
