@@ -46,6 +46,7 @@ class Fault:
 
 T_DETAILS = "tests/test_train_details.py"
 T_BOUND = "tests/test_prune_bound.py"
+T_COMPILE = "tests/test_compile.py"
 FAULTS: list[Fault] = [
     # ---- training loop
     Fault("lr-min-ratio", "training: lr schedule", "xforget/train/schedule.py",
@@ -143,6 +144,18 @@ FAULTS: list[Fault] = [
           "kv_start = start.view(s.b, s.h_kv, g).amin(-1)", "kv_start = start.view(s.b, s.h_kv, g).amax(-1)",
           (f"{T_BOUND}::test_decode_path_prunes_within_the_bound_and_a_kv_head_serves_its_whole_group",),
           "a shared kv head skips what only one of its query heads forgot"),
+    # ---- compile: torch.compile(model, fullgraph=True) (tests/test_compile.py)
+    Fault("compile-positions-host-read", "compile: cached positions without a host read", "xforget/models/wrapper.py",
+          "        if mask is None:\n            return seen[:, None] + torch.arange(n, device=device)",
+          "        if mask is None:\n            if bool((seen == seen[0]).all()):\n"
+          "                return torch.arange(n, device=device) + seen[0]\n"
+          "            return seen[:, None] + torch.arange(n, device=device)",
+          (f"{T_COMPILE}::test_fullgraph_cached_decoding_equals_eager_token_by_token",),
+          "the old shared-offset branch: a host read and a graph break at every cached call"),
+    Fault("compile-prune-graph-break", "compile: the pruned fold traces", "xforget/ops/fold.py",
+          "def _pruned(q, k, c, mask,", "@torch.compiler.disable\ndef _pruned(q, k, c, mask,",
+          (f"{T_COMPILE}::test_fullgraph_training_step_equals_eager_for_every_scheme",),
+          "the pruning plan run outside the graph (the old design): fullgraph=True fails"),
     # ---- zoo
     Fault("kv-shift-values", "zoo: KV-shift of values", "xforget/nn/kv_shift.py",
           "return k.lerp(prev_k, a), v.lerp(prev_v, a), ShiftState(last_k, last_v)",
