@@ -46,6 +46,7 @@ class Fault:
 
 T_DETAILS = "tests/test_train_details.py"
 T_BOUND = "tests/test_prune_bound.py"
+T_COMPILE = "tests/test_compile.py"
 FAULTS: list[Fault] = [
     # ---- training loop
     Fault("lr-min-ratio", "training: lr schedule", "xforget/train/schedule.py",
@@ -157,6 +158,18 @@ FAULTS: list[Fault] = [
           "return score + (c[b, h, kv_idx] - row[b, h, q_idx + offset])",
           ("tests/test_flex.py::test_flex_inputs_every_gradient_vs_float64",),
           "the decay added with the wrong sign (old keys favoured)"),
+    # ---- compile: torch.compile(model, fullgraph=True) (tests/test_compile.py)
+    Fault("compile-positions-host-read", "compile: cached positions without a host read", "xforget/models/wrapper.py",
+          "        if mask is None:\n            return seen[:, None] + torch.arange(n, device=device)",
+          "        if mask is None:\n            if bool((seen == seen[0]).all()):\n"
+          "                return torch.arange(n, device=device) + seen[0]\n"
+          "            return seen[:, None] + torch.arange(n, device=device)",
+          (f"{T_COMPILE}::test_fullgraph_cached_decoding_equals_eager_token_by_token",),
+          "the old shared-offset branch: a host read and a graph break at every cached call"),
+    Fault("compile-prune-graph-break", "compile: the pruned fold traces", "xforget/ops/fold.py",
+          "def _pruned(q, k, c, mask,", "@torch.compiler.disable\ndef _pruned(q, k, c, mask,",
+          (f"{T_COMPILE}::test_fullgraph_training_step_equals_eager_for_every_scheme",),
+          "the pruning plan run outside the graph (the old design): fullgraph=True fails"),
     # ---- zoo
     Fault("kv-shift-values", "zoo: KV-shift of values", "xforget/nn/kv_shift.py",
           "return k.lerp(prev_k, a), v.lerp(prev_v, a), ShiftState(last_k, last_v)",

@@ -15,7 +15,7 @@ documents accumulate).  Instead:
   number of documents before it;
 * the boundary itself is a key-side range: every query's document starts at
   :func:`segment_starts`, keys before it are skipped (the fold's blocks start
-  there, :class:`DocumentBlockSDPA`) or masked as booleans (the materialised
+  there, :func:`document_blocks_forward`) or masked as booleans (the materialised
   paths, :func:`same_document`).
 """
 
@@ -39,15 +39,20 @@ def check_document_ids(document_ids: Tensor, b: int, n: int) -> Tensor:
     Args:
         document_ids: (b, n) integer tensor, non-decreasing along each row.
     Raises:
-        ValueError: not an integer tensor, wrong shape, or decreasing somewhere.
+        ValueError: not an integer tensor, wrong shape, or decreasing somewhere (while ``torch.compile``
+            traces, a decreasing row is a ``RuntimeError`` from ``torch._assert_async`` when the graph runs).
     """
     if not isinstance(document_ids, Tensor) or document_ids.is_floating_point() or document_ids.dtype == torch.bool:
         raise ValueError(f"document_ids must be an int64 tensor (batch, n); got "
                          f"{getattr(document_ids, 'dtype', type(document_ids).__name__)}")
     if tuple(document_ids.shape) != (b, n):
         raise ValueError(f"document_ids must have shape (batch, n) = {(b, n)}; got {tuple(document_ids.shape)}")
-    if n > 1 and bool((document_ids[:, 1:] < document_ids[:, :-1]).any()):
-        raise ValueError("document_ids must be non-decreasing along each row (documents are packed back to back)")
+    if n > 1:
+        ordered = (document_ids[:, 1:] >= document_ids[:, :-1]).all()
+        if torch.compiler.is_compiling():  # a host read would break the graph: the check runs on the device
+            torch._assert_async(ordered, "document_ids must be non-decreasing along each row")
+        elif not bool(ordered):
+            raise ValueError("document_ids must be non-decreasing along each row (documents are packed back to back)")
     return document_ids
 
 
@@ -155,64 +160,55 @@ def _block_mask(document_ids: Tensor, row: int, p0: int, qs: int, lo: int, dtype
     return torch.zeros(ok.shape, dtype=dtype, device=d.device).masked_fill(~ok, float("-inf"))[None, None]
 
 
-class DocumentBlockSDPA(torch.autograd.Function):
+def document_blocks_forward(q: Tensor, k: Tensor, v: Tensor, document_ids: Tensor, starts: List[List[int]],
+                            block: int) -> Tuple[Tensor, Tensor]:
     """Causal attention over folded q/k/v (scale already in q) where each query block of each batch row
     reads keys from its own first kept key: the start of its first query's document or later.
 
     q (b, h, n_q, w), k/v (b, h, n_k, w) on the CPU; ``starts`` (python lists, (b, n_blocks)).
     Keys of other documents inside a block's range are masked with -inf; keys before it are never
-    computed.  Saved for the backward: the inputs, the output and one log-sum-exp per query (O(n)).
+    computed.  Returns ``(out (b, h, n_q, w_v), lse (b, h, n_q) >= fp32)``: what the backward needs
+    besides the inputs (O(n)).  The autograd and ``torch.compile`` wrapper is
+    :mod:`xforget.ops.pruned_op` (``document_fold``).
     """
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, document_ids: Tensor, starts, block: int):  # type: ignore[override]
-        b, h, n_q, _ = q.shape
-        off = k.shape[2] - n_q
-        out = q.new_empty(b, h, n_q, v.shape[-1])
-        lse = torch.empty(b, h, n_q, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
-        masks = {}  # kept for the backward: O(n * (block + document)) floats, not O(n^2)
-        for r, row in enumerate(starts):
-            for t, lo in enumerate(row):
-                m0 = t * block
-                qs = min(block, n_q - m0)
-                hi = off + m0 + qs
-                mask = masks[r, t] = _block_mask(document_ids, r, off + m0, qs, lo, q.dtype)
-                o, l = _FWD(q[r:r + 1, :, m0:m0 + qs], k[r:r + 1, :, lo:hi], v[r:r + 1, :, lo:hi],
-                            0.0, mask is None, attn_mask=mask, scale=1.0)
-                out[r:r + 1, :, m0:m0 + qs] = o
-                lse[r:r + 1, :, m0:m0 + qs] = l
-        ctx.starts, ctx.block, ctx.masks = starts, block, masks
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        q, k, v, out, lse = ctx.saved_tensors
-        go, acc = grad_out.to(q.dtype).contiguous(), torch.promote_types(q.dtype, torch.float32)
-        dq = torch.empty(q.shape, dtype=acc, device=q.device)  # query blocks are disjoint: written once
-        dk = torch.zeros(k.shape, dtype=acc, device=k.device)
-        dv = torch.zeros(v.shape, dtype=acc, device=v.device)
-        n_q, block = q.shape[2], ctx.block
-        off = k.shape[2] - n_q
-        for r, row in enumerate(ctx.starts):
-            for t, lo in enumerate(row):
-                m0 = t * block
-                qs = min(block, n_q - m0)
-                hi = off + m0 + qs
-                mask = ctx.masks[r, t]
-                qq = slice(m0, m0 + qs)
-                gq, gk, gv = _BWD(go[r:r + 1, :, qq], q[r:r + 1, :, qq], k[r:r + 1, :, lo:hi], v[r:r + 1, :, lo:hi],
-                                  out[r:r + 1, :, qq], lse[r:r + 1, :, qq], 0.0, mask is None, attn_mask=mask,
-                                  scale=1.0)
-                dq[r:r + 1, :, qq] = gq
-                dk[r:r + 1, :, lo:hi] += gk
-                dv[r:r + 1, :, lo:hi] += gv
-        ctx.masks = None
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+    b, h, n_q, _ = q.shape
+    off = k.shape[2] - n_q
+    out = q.new_empty(b, h, n_q, v.shape[-1])
+    lse = torch.empty(b, h, n_q, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
+    for r, row in enumerate(starts):
+        for t, lo in enumerate(row):
+            m0 = t * block
+            qs = min(block, n_q - m0)
+            hi = off + m0 + qs
+            mask = _block_mask(document_ids, r, off + m0, qs, lo, q.dtype)
+            o, l = _FWD(q[r:r + 1, :, m0:m0 + qs], k[r:r + 1, :, lo:hi], v[r:r + 1, :, lo:hi],
+                        0.0, mask is None, attn_mask=mask, scale=1.0)
+            out[r:r + 1, :, m0:m0 + qs] = o
+            lse[r:r + 1, :, m0:m0 + qs] = l
+    return out, lse
 
 
-def blocked_document_attention(q2: Tensor, k2: Tensor, v2: Tensor, document_ids: Tensor,
-                               starts: Tensor, block: int = DOC_BLOCK) -> Tuple[Tensor, List[List[int]]]:
-    """:class:`DocumentBlockSDPA` of folded tensors; returns (out (b, h, n_q, w_v), the starts as lists)."""
-    lists = starts.tolist()
-    return DocumentBlockSDPA.apply(q2.contiguous(), k2.contiguous(), v2.contiguous(), document_ids, lists, block), lists
+def document_blocks_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                             document_ids: Tensor, starts: List[List[int]], block: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """The gradients of :func:`document_blocks_forward` (dq, dk, dv) in the inputs' dtypes (the block
+    masks are rebuilt: O(block x document) each, cheaper to redo than to keep)."""
+    go, acc = grad_out.to(q.dtype).contiguous(), torch.promote_types(q.dtype, torch.float32)
+    dq = torch.empty(q.shape, dtype=acc, device=q.device)  # query blocks are disjoint: written once
+    dk = torch.zeros(k.shape, dtype=acc, device=k.device)
+    dv = torch.zeros(v.shape, dtype=acc, device=v.device)
+    n_q = q.shape[2]
+    off = k.shape[2] - n_q
+    for r, row in enumerate(starts):
+        for t, lo in enumerate(row):
+            m0 = t * block
+            qs = min(block, n_q - m0)
+            hi = off + m0 + qs
+            mask = _block_mask(document_ids, r, off + m0, qs, lo, q.dtype)
+            qq = slice(m0, m0 + qs)
+            gq, gk, gv = _BWD(go[r:r + 1, :, qq], q[r:r + 1, :, qq], k[r:r + 1, :, lo:hi], v[r:r + 1, :, lo:hi],
+                              out[r:r + 1, :, qq], lse[r:r + 1, :, qq], 0.0, mask is None, attn_mask=mask,
+                              scale=1.0)
+            dq[r:r + 1, :, qq] = gq
+            dk[r:r + 1, :, lo:hi] += gk
+            dv[r:r + 1, :, lo:hi] += gv
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

@@ -55,9 +55,8 @@ from xforget.ops import prune as acp
 from xforget.ops import rebase as rebasing
 from xforget.ops.backend import AttentionCall
 from xforget.ops.common import Shapes, Tensor, cumulative_gate, expand_kv, kernel_dtype
-from xforget.ops.documents import block_key_starts, blocked_document_attention, mask_matrix
-from xforget.ops.documents import skipped_pairs as doc_skipped_pairs
-from xforget.ops.pruned_op import pruned_fold
+from xforget.ops.documents import block_key_starts, mask_matrix
+from xforget.ops.pruned_op import document_fold, pruned_fold
 
 # From this many keys the CPU fold runs packed documents block by block (skipping earlier documents);
 # below it one fused call with the block-diagonal mask is faster (scripts/bench_packing.py).
@@ -216,7 +215,6 @@ def _decay_first(q_s: Tensor, k: Tensor, c: Tensor, u: Tensor, s: Shapes) -> Tup
     return q_parts, k_parts
 
 
-@torch.compiler.disable  # data-dependent plan: runs eagerly inside torch.compile (a graph break)
 def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q2: Tensor, k2: Tensor,
                v2: Tensor) -> Tensor:
     """The folded attention of packed documents (:mod:`xforget.ops.documents`), ``(b, h, n_q, d_v)``.
@@ -239,10 +237,7 @@ def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q
         kn = acp.key_norms(k, s.h, call.mask, call.key_norm)
         decay = acp.block_starts(q, kn, c, call.mask, s, call.scale, call.prune_eps, floor=starts[:, None, :])
         starts = torch.maximum(starts, decay.amin(1))  # the heads share one call: the earliest head's start
-    out, lists = blocked_document_attention(q2, k2, v2, docs, starts, acp.PRUNE_BLOCK)
-    skipped = torch.tensor(doc_skipped_pairs(lists, s, acp.PRUNE_BLOCK), dtype=torch.float64)
-    total = float(s.n_q * (s.offset + 1) + s.n_q * (s.n_q - 1) // 2)
-    acp.record("fold", skipped[:, None].expand(s.b, s.h), torch.full((s.b, s.h), total, dtype=torch.float64))
+    out, _ = document_fold(q2.contiguous(), k2.contiguous(), v2.contiguous(), docs, starts, acp.PRUNE_BLOCK)
     return out[..., : s.d_v]
 
 

@@ -1,4 +1,4 @@
-"""The pruned fold as one PyTorch operator, so that ``torch.compile`` keeps pruning (DESIGN.md 3.1).
+"""The fold's data-dependent plans as PyTorch operators, so that ``torch.compile`` keeps them (DESIGN.md 3.1, 7).
 
 The pruning plan is data-dependent Python: which key prefix each (row, query block) may skip
 decides how many fused calls run and over which windows (:mod:`xforget.ops.pruned_sdpa`).
@@ -19,6 +19,16 @@ and ``lse`` (1, R, n_q) in >= fp32 (the log-sum-exp the backward needs; not diff
 Rows that would skip too little run unpruned (:func:`xforget.ops.pruned_sdpa.make_plan`).
 Each call appends its skipped pairs to the active :func:`xforget.ops.prune.collect_pruning` log.
 CPU tensors only (the fused CPU flash-attention kernels).
+
+Packed documents (DESIGN.md section 7) are the same kind of plan, one first key per (batch row,
+query block), and get the same treatment:
+
+    out, lse = torch.ops.xforget.document_fold(q2, k2, v2, document_ids, starts, block)
+
+``q2`` (b, h, n_q, w), ``k2`` / ``v2`` (b, h, n_k, w) contiguous, ``document_ids`` (b, n_k) int64,
+``starts`` (b, n_blocks) int64 (:func:`xforget.ops.documents.block_key_starts`, raised by the
+pruning bound); ``out`` (b, h, n_q, w), ``lse`` (b, h, n_q) >= fp32.  Each call records its
+skipped pairs (:func:`xforget.ops.documents.skipped_pairs`) like a pruned call.
 """
 
 from __future__ import annotations
@@ -28,7 +38,8 @@ from typing import Tuple
 import torch
 
 from xforget.ops import prune as acp
-from xforget.ops.common import Tensor
+from xforget.ops.common import Shapes, Tensor
+from xforget.ops.documents import document_blocks_backward, document_blocks_forward, skipped_pairs
 from xforget.ops.pruned_sdpa import BandPlan, banded_backward, banded_forward, make_plan
 
 
@@ -79,3 +90,55 @@ def _backward(ctx, grad_out: Tensor, grad_lse: Tensor):
 
 
 pruned_fold.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- packed documents
+
+
+@torch.library.custom_op("xforget::document_fold", mutates_args=(), device_types="cpu")
+def document_fold(q2: Tensor, k2: Tensor, v2: Tensor, document_ids: Tensor, starts: Tensor,
+                  block: int) -> Tuple[Tensor, Tensor]:
+    """Causal attention of packed documents, each query block from its first kept key (module docstring)."""
+    b, h, n_q, _ = q2.shape
+    n_k = k2.shape[2]
+    lists = starts.tolist()
+    shapes = Shapes(b, h, h, n_q, n_k, q2.shape[-1], v2.shape[-1])
+    skipped = torch.tensor(skipped_pairs(lists, shapes, block), dtype=torch.float64)
+    total = float(n_q * (n_k - n_q + 1) + n_q * (n_q - 1) // 2)
+    acp.record("fold", skipped[:, None].expand(b, h), torch.full((b, h), total, dtype=torch.float64))
+    return document_blocks_forward(q2, k2, v2, document_ids, lists, block)
+
+
+@document_fold.register_fake
+def _document_fold_fake(q2, k2, v2, document_ids, starts, block):
+    acc = torch.promote_types(q2.dtype, torch.float32)
+    b, h, n_q, _ = q2.shape
+    return q2.new_empty(b, h, n_q, v2.shape[-1]), q2.new_empty(b, h, n_q, dtype=acc)
+
+
+@torch.library.custom_op("xforget::document_fold_backward", mutates_args=(), device_types="cpu")
+def document_fold_backward(grad_out: Tensor, q2: Tensor, k2: Tensor, v2: Tensor, out: Tensor, lse: Tensor,
+                           document_ids: Tensor, starts: Tensor, block: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`document_fold` w.r.t. q2, k2, v2."""
+    return document_blocks_backward(grad_out, q2, k2, v2, out, lse, document_ids, starts.tolist(), block)
+
+
+@document_fold_backward.register_fake
+def _document_fold_backward_fake(grad_out, q2, k2, v2, out, lse, document_ids, starts, block):
+    return q2.new_empty(q2.shape), k2.new_empty(k2.shape), v2.new_empty(v2.shape)
+
+
+def _setup_documents(ctx, inputs, output) -> None:
+    q2, k2, v2, document_ids, starts, block = inputs
+    out, lse = output
+    ctx.save_for_backward(q2, k2, v2, out, lse, document_ids, starts)
+    ctx.block = block
+
+
+def _documents_backward(ctx, grad_out: Tensor, grad_lse: Tensor):
+    q2, k2, v2, out, lse, document_ids, starts = ctx.saved_tensors
+    dq, dk, dv = document_fold_backward(grad_out.contiguous(), q2, k2, v2, out, lse, document_ids, starts, ctx.block)
+    return dq, dk, dv, None, None, None
+
+
+document_fold.register_autograd(_documents_backward, setup_context=_setup_documents)
