@@ -48,7 +48,7 @@ def test_eval_of_a_checkpoint_directory_names_its_step(run_with_two_checkpoints,
         assert json.loads(out.read_text())["checkpoint_step"] == step
         assert load_trained(directory).step == step  # the one loader says the same
     export_main([f"checkpoint={step_dirs[0]}", f"out={tmp_path / 'hub'}"])
-    assert "the weights of step 1;" in capsys.readouterr().out
+    assert "from the weights of step 1;" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("inside", ["checkpoints", "checkpoints/STEP", "checkpoints/STEP/sub"])
@@ -65,3 +65,20 @@ def test_export_never_writes_into_the_run_checkpoints(run_with_two_checkpoints, 
     assert exc.value.code == 2
     assert err.startswith("error: ") and "\n" not in err and "inside the run's checkpoints directory" in err, err
     assert _listing(run) == before
+
+
+def test_a_compared_run_names_each_training_key_once(tmp_path):
+    """Before: the printed command line read 'trainer.max_steps=1100 ... trainer.max_steps=6'. The run's config is
+    the one the duplicated overrides gave (the later one won), so finished runs are still re-used."""
+    from xforget.compare.runs import STEP_BUDGET, config_hash, plan_runs, scheme_overrides
+    from xforget.train import compose_config, to_train_config
+
+    given = ["trainer.max_steps=6", "model.dim=32"]
+    (run,) = plan_runs(["fox"], [0], given, tmp_path)
+    keys = [o.partition("=")[0] for o in run.overrides]
+    assert keys.count("trainer.max_steps") == 1 and "trainer.max_steps=6" in run.overrides
+    assert "trainer.max_time=null" in run.overrides  # a default not given stays
+    old = to_train_config(compose_config([*STEP_BUDGET, *given, *scheme_overrides("fox"), "seed=0"]))
+    assert run.cfg.trainer.max_steps == 6 and config_hash(run.cfg) == config_hash(old)
+    (default,) = plan_runs(["fox"], [0], ["model.dim=32"], tmp_path)
+    assert default.cfg.trainer.max_steps == 1100 and "trainer.max_steps=1100" in default.overrides

@@ -20,7 +20,8 @@ from runs import steps_logged
 
 from xforget.errors import ConfigError
 from xforget.train import compose_config, to_train_config, train
-from xforget.train.budget import FINAL_SLACK, VALID_FORMS, BudgetPlan, TimeBudget, parse_duration, plan_steps
+from xforget.train.budget import (FINAL_SLACK, VALID_FORMS, BudgetPlan, TimeBudget, format_seconds, parse_duration,
+                                  plan_steps)
 from xforget.train.checkpoint import complete_checkpoints
 from xforget.train.compile import AUTO_MIN_SECONDS, resolve_compile
 from xforget.train.metrics import read_metrics
@@ -141,6 +142,18 @@ def test_a_budget_too_small_for_one_evaluation_names_the_minimum():
     minimum = math.ceil((20.0 + 0.5 + 6.0 + 0.5) / 0.97)
     assert f"at least trainer.max_time={minimum}s" in str(info.value) and "\n" not in str(info.value)
     assert plan_steps(budget_s=minimum, **kwargs).steps == 13  # the minimum itself fits one more step
+
+
+@pytest.mark.parametrize("budget_s", [25, 25.0, 90, 90.0])
+def test_the_budget_is_formatted_alike_in_the_log_and_in_the_error(budget_s):
+    """Before: '90.0 s' in the log line, '90 s' in the error of the same budget. One formatter."""
+    kwargs = dict(step=12, elapsed_s=100.0, step_s=0.5, eval_s=6.0, checkpoint_s=0.5, eval_every=250,
+                  checkpoint_every=250, margin=0.03)
+    with pytest.raises(ConfigError) as info:
+        plan_steps(budget_s=budget_s, **kwargs)
+    shown = format_seconds(budget_s)
+    assert f"trainer.max_time={shown}:" in str(info.value)
+    assert shown == f"{int(budget_s)} s" and format_seconds(float(budget_s) + 0.25) == f"{budget_s + 0.25:.1f} s"
 
 
 # --------------------------------------------------------------------------- budgeted runs (fake clock)

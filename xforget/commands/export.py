@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     except (CheckpointError, ValueError, OSError) as exc:
         _fail(" ".join(str(exc).split()))
     step = weights_step(Path(values["checkpoint"]))  # the loader's step: a checkpoint directory is its own step
-    weights = f"the weights of step {step}; " if step is not None else ""
-    print(f"wrote {out} ({weights}{', '.join(files)}); load with TransformerWrapper.from_pretrained({str(out)!r})")
+    weights = f" from the weights of step {step}" if step is not None else ""
+    print(f"wrote {out} ({', '.join(files)}){weights}; load with TransformerWrapper.from_pretrained({str(out)!r})")
 
 
 def _fail(message: str) -> None:
