@@ -82,3 +82,25 @@ def test_a_compared_run_names_each_training_key_once(tmp_path):
     assert run.cfg.trainer.max_steps == 6 and config_hash(run.cfg) == config_hash(old)
     (default,) = plan_runs(["fox"], [0], ["model.dim=32"], tmp_path)
     assert default.cfg.trainer.max_steps == 1100 and "trainer.max_steps=1100" in default.overrides
+
+
+def test_only_explicit_dataset_names_reach_the_hub(tmp_path, monkeypatch):
+    """Before: input=nothere (a mistyped path) went to load_dataset: 26 s of network retries. Now a bare word that
+    is no local path is 'input not found'; hf:NAME and OWNER/NAME (OWNER not a local directory) are dataset names."""
+    from xforget.data import DataError
+    from xforget.data import prepare_inputs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corp").mkdir()
+    asked = []
+    monkeypatch.setattr(prepare_inputs, "_load_hf", lambda name, config, split: asked.append(name) or [])
+    for spec, name in (("hf:wikitext", "wikitext"), ("owner/name", "owner/name"), ("hf:owner/name", "owner/name")):
+        assert prepare_inputs.dataset_name(spec) == name
+        prepare_inputs.open_source(spec)
+        assert asked.pop() == name
+    for spec in ("nothere", "corp/novl", "a/b/c", "novel.txt", "./nothere", "hf:"):
+        assert prepare_inputs.dataset_name(spec) is None, spec
+        with pytest.raises(DataError, match="input not found") as info:
+            prepare_inputs.open_source(spec)
+        assert "hf:NAME" in str(info.value) and "\n" not in str(info.value)
+    assert asked == []
