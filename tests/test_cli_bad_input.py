@@ -84,6 +84,14 @@ LIGHT = [
     ("prepare", ["input=notes.txt", "outptu=prepared"], "outptu"),
     ("prepare", ["input=folder", "output=prepared"], "holds no files"),
     ("prepare", ["input=notes.txt", "output=prepared", "num_proc=0"], "num_proc"),
+    # issue 24: an output below a file (was a FileExistsError traceback after the work), a bare missing name
+    # (was sent to the Hugging Face hub: 26 s of retries), negative seeds (were accepted)
+    ("prepare", ["input=notes.txt", "output=notes.txt/sub"], "notes.txt is a file, not a directory"),
+    ("prepare", ["input=nothere", "output=prepared"], "input not found: nothere (no such file or directory"),
+    ("compare", ["positions=[fox]", "hydra.run.dir=notes.txt"], "hydra.run.dir=notes.txt"),
+    ("compare", ["positions=[fox]", "hydra.run.dir=notes.txt/sub"], "notes.txt is a file"),
+    ("compare", ["seeds=[-1]"], "seeds must be integers >= 0"),
+    ("train", ["seed=-1"], "invalid value seed=-1: must be an integer >= 0"),
 ]
 
 MODULES = {"train": "train", "eval": "evaluate", "generate": "generate", "export": "export", "compare": "compare",
@@ -224,6 +232,11 @@ def _one_line_nothing_written(main, args, work: Path, capsys, monkeypatch) -> st
     ("generate", ["checkpoint=folder", "prompt=hi"], "no trained model"),
     ("export", ["checkpoint=folder", "out=exported"], "no trained model"),
     ("compare", ["positions=[foxx]"], "foxx"),
+    # issue 24: failed at the first step, after the run directory was written, under Hydra's banner
+    ("train", ["model.attn_backend=flex", "trainer.device=cpu"],
+     "model.attn_backend=flex cannot train on the CPU (CPU FlexAttention is forward-only"),
+    ("train", ["model.attn_backend=flex", "trainer.device=cpu", "hydra.run.dir=runs/x"], "model.attn_backend=auto"),
+    ("train", ["model.attn_backend=cuda", "trainer.device=cpu"], "model.attn_backend=auto or model.attn_backend=fold"),
 ])
 def test_careless_input_that_needs_the_model_code(command, args, piece, tmp_path, capsys, monkeypatch):
     import importlib

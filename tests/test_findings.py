@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xforget.compare.findings import RISE_TOL, check_findings
+from xforget.compare.findings import MIN_SEEDS, RISE_TOL, check_findings
 
 L = 64
 
@@ -81,11 +81,12 @@ def test_needle_verdicts(fox_exact, rope_exact, expected):
 
 
 def test_pro_and_pruning_verdicts_both_directions():
-    rope = scheme("rotary", [1.3])
-    v = verdicts(scheme("fox", [1.2], pruning={L: 0.7}), rope, scheme("fox_pro", [1.1], pruning={L: 0.6}))
+    rope = scheme("rotary", [1.3, 1.31])
+    v = verdicts(scheme("fox", [1.2, 1.21], pruning={L: 0.7}), rope, scheme("fox_pro", [1.1, 1.11], pruning={L: 0.6}))
     assert find(v, "FoX (Pro) has a lower loss")[0] == "holds"
     assert find(v, "Adaptive computation pruning")[0] == "holds"
-    v = verdicts(scheme("fox", [1.2], pruning={L: 0.7}), rope, scheme("fox_pro", [1.25], pruning={L: 0.3}))
+    v = verdicts(scheme("fox", [1.2, 1.21], pruning={L: 0.7}), rope,
+                 scheme("fox_pro", [1.25, 1.26], pruning={L: 0.3}))
     assert find(v, "FoX (Pro) has a lower loss")[0] == "does not hold"
     assert find(v, "Adaptive computation pruning")[0] == "does not hold"
 
@@ -121,3 +122,27 @@ def test_a_scheme_keeps_its_colour_in_every_plot(tmp_path, monkeypatch):
     for name in ("alibi", "rotary", "fox"):
         assert seen[name] == {matplotlib.colors.to_hex(scheme_color(name))}, (name, seen[name])
     assert len({scheme_color(n) for n in ("alibi", "rotary", "fox", "fox_pro", "t5", "none")}) == 6
+
+
+SUGGESTED = f"(one seed; a verdict needs >= {MIN_SEEDS} seeds per side)"
+
+
+@pytest.mark.parametrize("fox, rope, verdict", [([1.0], [1.2], "holds"), ([1.4], [1.2], "does not hold")])
+def test_one_seed_only_suggests_a_verdict_in_both_directions(fox, rope, verdict):
+    """Before: 'holds' from one seed of near-untrained models. One seed on either side: suggested only."""
+    assert find(verdicts(scheme("fox", fox), scheme("rotary", rope)), "FoX has a lower loss")[0] == \
+        f"suggested: {verdict} {SUGGESTED}"
+    two = verdicts(scheme("fox", fox), scheme("rotary", [r + d for r in rope for d in (0.0, 0.01)]))
+    assert find(two, "FoX has a lower loss")[0].startswith(f"suggested: {verdict} (one seed")  # fox: one seed
+    pro = verdicts(scheme("fox", rope), scheme("rotary", [1.3]), scheme("fox_pro", fox))
+    assert find(pro, "FoX (Pro) has a lower loss")[0] == f"suggested: {verdict} {SUGGESTED}"
+
+
+def test_one_seed_per_position_and_needle_verdicts_are_suggested():
+    fox = scheme("fox", [1.0], inside=[2.0], beyond=[1.9], needle=[0.9])
+    rope = scheme("rotary", [1.1], inside=[2.0], beyond=[3.0], needle=[0.85])
+    v = verdicts(fox, rope)
+    for claim in ("FoX has a lower per-position loss", "Length extrapolation", "Needle retrieval"):
+        assert find(v, claim)[0] == f"suggested: holds {SUGGESTED}", claim
+    tie = verdicts(scheme("fox", [1.0]), scheme("rotary", [1.0]))  # overlap: inconclusive at any seed count
+    assert find(tie, "FoX has a lower loss")[0] == "inconclusive"

@@ -20,7 +20,8 @@ from runs import steps_logged
 
 from xforget.errors import ConfigError
 from xforget.train import compose_config, to_train_config, train
-from xforget.train.budget import FINAL_SLACK, VALID_FORMS, BudgetPlan, TimeBudget, parse_duration, plan_steps
+from xforget.train.budget import (FINAL_SLACK, VALID_FORMS, BudgetPlan, TimeBudget, format_seconds, parse_duration,
+                                  plan_steps)
 from xforget.train.checkpoint import complete_checkpoints
 from xforget.train.compile import AUTO_MIN_SECONDS, resolve_compile
 from xforget.train.metrics import read_metrics
@@ -143,6 +144,18 @@ def test_a_budget_too_small_for_one_evaluation_names_the_minimum():
     assert plan_steps(budget_s=minimum, **kwargs).steps == 13  # the minimum itself fits one more step
 
 
+@pytest.mark.parametrize("budget_s", [25, 25.0, 90, 90.0])
+def test_the_budget_is_formatted_alike_in_the_log_and_in_the_error(budget_s):
+    """Before: '90.0 s' in the log line, '90 s' in the error of the same budget. One formatter."""
+    kwargs = dict(step=12, elapsed_s=100.0, step_s=0.5, eval_s=6.0, checkpoint_s=0.5, eval_every=250,
+                  checkpoint_every=250, margin=0.03)
+    with pytest.raises(ConfigError) as info:
+        plan_steps(budget_s=budget_s, **kwargs)
+    shown = format_seconds(budget_s)
+    assert f"trainer.max_time={shown}:" in str(info.value)
+    assert shown == f"{int(budget_s)} s" and format_seconds(float(budget_s) + 0.25) == f"{budget_s + 0.25:.1f} s"
+
+
 # --------------------------------------------------------------------------- budgeted runs (fake clock)
 
 
@@ -170,9 +183,9 @@ def test_a_budgeted_run_stops_within_the_budget_at_the_horizon_it_chose(tmp_path
         assert lrs[step] == pytest.approx(3e-3 * lr_factor(step - 1, warmup_steps=20, max_steps=plan.steps,
                                                            min_lr_ratio=0.1), rel=1e-9)
     log = (run / "train.log").read_text()
-    assert result.budget_line in log and f"budget 60.0 s: {plan.steps} steps at 0.5 s/step, 5 evaluations" in log
+    assert result.budget_line in log and f"budget 60 s: {plan.steps} steps at 0.5 s/step, 5 evaluations" in log
     first = next(line for line in log.splitlines() if "| device " in line)
-    assert "fp32: trainer.precision=fp32" in first and "budget 60.0 s of training (trainer.max_time)" in first
+    assert "fp32: trainer.precision=fp32" in first and "budget 60 s of training (trainer.max_time)" in first
 
 
 def test_max_steps_and_max_time_whichever_ends_first(tmp_path, monkeypatch):
@@ -272,7 +285,7 @@ def test_sigterm_then_resume_continues_the_same_horizon_with_identical_losses(tm
     again = subprocess.run(command, cwd=tmp_path, env=_env(XFORGET_DEBUG_FAKE_CLOCK=FAKE), capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resumed the time budget's decision: budget 60.0 s" in again.stderr
+    assert "resumed the time budget's decision: budget 60 s" in again.stderr
     assert _state(run)["schedule_max_steps"] == full.step == _state(tmp_path / "full")["schedule_max_steps"]
     records = {r["step"]: r["train_loss"] for r in read_metrics(run)}
     assert sorted(records) == list(range(1, full.step + 1))

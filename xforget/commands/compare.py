@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import sys
 
-from xforget.commands.args import emit, literal_paths
+from xforget.commands.args import emit, literal_paths, writable_path_problem
 from xforget.commands.evaluate import cfg_flag
 from xforget.compare.config import load_compare_config, partition_overrides
 from xforget.data.corpus import DataError
@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
         # training keys every run gets (their values are checked per run, with the model code)
         rest, search = user_config_overrides(argv)
         mine, train_args = partition_overrides(rest)
-        cfg, _ = load_compare_config(mine + search)
+        cfg, out_dir = load_compare_config(mine + search)
+        problem = writable_path_problem("hydra.run.dir", str(out_dir), is_dir=True)  # before any run is trained
+        if problem:
+            raise ConfigError(problem)
         compose_config([*search, *cfg.train, *train_args])
         from xforget.compare.pipeline import composed_config_yaml, run_compare
         from xforget.compare.runs import CompareError

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from xforget.commands.args import writable_path_problem
 from xforget.files import atomic_dir
-from xforget.train.run_dir import CheckpointError, missing_model_path
+from xforget.train.run_dir import CHECKPOINTS, CheckpointError, missing_model_path, weights_step
 
 # No torch at the top: the arguments and paths are checked first (one line in a fraction of a second);
 # the loader (torch) is imported in export_run, once they pass.
@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         out, files = export_run(values["checkpoint"], values["out"], overwrite=overwrite)
     except (CheckpointError, ValueError, OSError) as exc:
         _fail(" ".join(str(exc).split()))
-    print(f"wrote {out} ({', '.join(files)}); load with TransformerWrapper.from_pretrained({str(out)!r})")
+    step = weights_step(Path(values["checkpoint"]))  # the loader's step: a checkpoint directory is its own step
+    weights = f" from the weights of step {step}" if step is not None else ""
+    print(f"wrote {out} ({', '.join(files)}){weights}; load with TransformerWrapper.from_pretrained({str(out)!r})")
 
 
 def _fail(message: str) -> None:
@@ -73,15 +75,21 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False)
     checkpoint directory, a hub-style directory). Everything is written into ``.<out>.tmp-<pid>/`` beside
     ``out`` and renamed into place (:func:`~xforget.files.atomic_dir`), so ``out`` is either absent/untouched
     or complete. An existing ``out`` that is not empty is refused unless ``overwrite``; ``out`` may not be
-    the run directory or hold it.
+    the run directory or hold it, nor lie inside the run's ``checkpoints/``.
 
     Returns:
         ``(out, files)``: the directory and every file written into it (relative paths, sorted).
     Raises:
         CheckpointError: nothing loadable in ``run_dir``.
-        ValueError: ``out`` exists and is not empty (without ``overwrite``), is a file, or is/holds ``run_dir``.
+        ValueError: ``out`` exists and is not empty (without ``overwrite``), is a file, or is/holds ``run_dir``, or is
+            inside the run's ``checkpoints/`` (which training prunes).
     """
     source, target = Path(run_dir).expanduser().resolve(), Path(out).expanduser().resolve()
+    run_root = source.parent.parent if source.parent.name == CHECKPOINTS else source
+    checkpoints = run_root / CHECKPOINTS
+    if target == checkpoints or checkpoints in target.parents:  # keep_last and resume delete checkpoint dirs
+        raise ValueError(f"out={out} is inside the run's checkpoints directory ({checkpoints}), which training "
+                         "prunes (trainer.keep_last) and rewrites; choose a directory outside it")
     if target == source or target in source.parents:
         raise ValueError(f"out={out} is the run directory or holds it ({source}); choose another directory")
     if target.exists() and not target.is_dir():

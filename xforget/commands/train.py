@@ -151,6 +151,7 @@ def _heavy_checks(checked: list, n_jobs: int) -> list[str]:
     (a run directory that already holds a checkpoint resumes from it and does not read them) and the
     trackers' packages (``logger=wandb`` without wandb). Returns the error lines, one per bad job."""
     from xforget.train.loading import check_init_from
+    from xforget.train.device import check_backend_device
     from xforget.train.trackers import check_trackers
 
     errors = []
@@ -159,6 +160,7 @@ def _heavy_checks(checked: list, n_jobs: int) -> list[str]:
             validate_model(typed.model)
             check_init_from(typed.trainer.init_from, explicit)
             check_trackers(typed.logger)
+            check_backend_device(typed.model, typed.trainer.device)  # device-dependent: before Hydra's run dir
         except ConfigError as exc:
             errors.append(_job_error(str(exc), i, job, n_jobs))
     return errors

@@ -108,7 +108,7 @@ def load_compare_config(overrides: list[str]) -> tuple[CompareConfig, Path]:
 
 
 def check_plan(positions: list[str], seeds: list[int]) -> None:
-    """At least one scheme and one seed, none twice.
+    """At least one scheme and one seed, none twice, seeds >= 0.
 
     Raises:
         ConfigError: one line naming the setting.
@@ -117,5 +117,9 @@ def check_plan(positions: list[str], seeds: list[int]) -> None:
         raise ConfigError("positions is empty; e.g. positions=[none,fox]")
     if not seeds:
         raise ConfigError("seeds is empty; e.g. seeds=[0,1]")
+    bad = [s for s in seeds if not isinstance(s, int) or s < 0]
+    if bad:
+        raise ConfigError(f"invalid value seeds={seeds}: {bad[0]} is negative; seeds must be integers >= 0, "
+                          "e.g. seeds=[0,1]")
     if len(set(positions)) != len(positions) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"positions and seeds must not repeat: positions={positions} seeds={seeds}")

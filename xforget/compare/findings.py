@@ -20,7 +20,10 @@ The rule with seeds: "A < B on every seed" when the largest seed value of A is
 below the smallest of B (the seed bands do not overlap); "within the seed
 spread" otherwise. Losses are nats per token unless said otherwise. Verdicts:
 ``holds``, ``does not hold``, ``inconclusive`` (seed bands overlap), ``partly: ...``
-(claim 3 when RoPE does not rise either) or ``not measured``.
+(claim 3 when RoPE does not rise either) or ``not measured``. Claims 1-5 compare seeds, so a verdict
+needs at least :data:`MIN_SEEDS` seeds on each side; with fewer, the verdict is only suggested:
+``suggested: holds (one seed; a verdict needs >= 2 seeds per side)`` (:func:`_seeded`). Claim 6 is a
+measured fraction, not a comparison, and is judged from any number of seeds.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 from xforget.ops.prune import PRUNE_MIN_KEYS
 
 RISE_TOL = 0.02  # nats per token: a change smaller than this is "flat"
+MIN_SEEDS = 2  # per side, for a comparison's verdict: one seed cannot tell a difference from seed noise
 
 
 def _by_name(schemes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -57,6 +61,16 @@ def _octave(s: dict[str, Any], lo: int, hi: int) -> dict[str, Any] | None:
     return next((b for b in pl["octaves"] if b["lo"] == lo and b["hi"] == hi), None)
 
 
+def _seeded(verdict: str, *sides: list[float]) -> str:
+    """``verdict`` when every side has at least :data:`MIN_SEEDS` seeds (or nothing was decided), else the
+    verdict marked as suggested only: ``suggested: holds (one seed; a verdict needs >= 2 seeds per side)``."""
+    fewest = min(len(v) for v in sides)
+    if verdict in ("inconclusive", "not measured") or fewest >= MIN_SEEDS:
+        return verdict
+    seeds = "one seed" if fewest == 1 else f"{fewest} seeds"
+    return f"suggested: {verdict} ({seeds}; a verdict needs >= {MIN_SEEDS} seeds per side)"
+
+
 def _verdict(order: str) -> str:
     """The verdict on "the first side has the lower loss" from :func:`_order`."""
     return {"lower": "holds", "higher": "does not hold"}.get(order, "inconclusive")
@@ -66,7 +80,7 @@ def _lower_bpb_claim(claim: str, name_a: str, a: dict[str, Any], name_b: str, b:
                      train_len: int) -> dict[str, str]:
     """The claim "scheme a has a lower validation bpb than scheme b", judged over their seeds."""
     va, vb = a["val_bpb"]["values"], b["val_bpb"]["values"]
-    return _claim(claim, _verdict(_order(va, vb)),
+    return _claim(claim, _seeded(_verdict(_order(va, vb)), va, vb),
                   f"validation bpb at {train_len} tokens: {name_a} {_fmt(va, 4)} vs {name_b} {_fmt(vb, 4)}",
                   f"every {name_a} seed below every {name_b} seed")
 
@@ -106,7 +120,7 @@ def check_findings(schemes: list[dict[str, Any]], train_len: int) -> list[dict[s
         out.append(_claim(
             f"FoX has a lower per-position loss than the RoPE Transformer at long context "
             f"(positions {lo_hi[0]}-{lo_hi[1]}, {longest // L}x the training context)",
-            _verdict(order),
+            _seeded(_verdict(order), bf["values"], br["values"]),
             f"mean loss there: fox {_fmt(bf['values'])} ± {bf['se_mean']:.3f} (standard error over windows) vs "
             f"rotary {_fmt(br['values'])} ± {br['se_mean']:.3f} nats/token",
             "every fox seed below every rotary seed"))
@@ -124,7 +138,7 @@ def check_findings(schemes: list[dict[str, Any]], train_len: int) -> list[dict[s
             out.append(_claim(
                 "Length extrapolation: FoX's per-position loss does not rise beyond the training context; the RoPE "
                 "Transformer's does",
-                verdict,
+                _seeded(verdict, rises["fox"], rises["rotary"]),
                 f"loss at positions {lo_hi[0]}-{lo_hi[1]} minus loss at {inside[0]}-{inside[1]}: fox "
                 f"{_fmt(rises['fox'])}, rotary {_fmt(rises['rotary'])} nats/token",
                 f"fox's change <= {RISE_TOL} on every seed and rotary's > {RISE_TOL} on every seed"))
@@ -157,7 +171,7 @@ def check_findings(schemes: list[dict[str, Any]], train_len: int) -> list[dict[s
                     f"rotary {_fmt(longest_r['exact']['values'], 2)}")
         out.append(_claim(
             "Needle retrieval (easy mode) within the training context: FoX about as good as the RoPE Transformer",
-            verdict,
+            _seeded(verdict, ef, er),
             f"exact-match accuracy at {L} tokens: fox {_fmt(ef, 2)} vs rotary {_fmt(er, 2)}{tail}",
             "fox's mean within 0.1 of rotary's (or above) and fox >= 0.5 on every seed; "
             "'inconclusive' when neither model retrieves"))

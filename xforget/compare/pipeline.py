@@ -21,6 +21,7 @@ from xforget.compare.prepared import ensure_prepared, prepare_summary
 from xforget.compare.report import build_report, train_summary, write_json, write_markdown
 from xforget.compare.runs import ensure_trained, plan_runs, scheme_overrides
 from xforget.evaluate.config import EvalConfig
+from xforget.errors import ConfigError
 from xforget.evaluate.core import checkpoint_step, evaluate_run
 from xforget.files import atomic_write_text
 from xforget.train.config import user_config_overrides
@@ -89,6 +90,9 @@ def plan_comparison(argv: list[str], *, log=print, data_info: dict | None = None
     mine, train_args = partition_overrides(argv)
     cfg, out_dir = load_compare_config(mine + search)
     out_dir = out_dir.resolve()
+    blocked = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:  # before any run: mkdir would fail with a traceback
+        raise ConfigError(f"hydra.run.dir={out_dir}: {blocked} is a file, not a directory; choose another path")
 
     for scheme in cfg.positions:  # a misspelt scheme fails before any data is prepared
         scheme_overrides(scheme)

@@ -119,6 +119,13 @@ def _safe(name: str) -> str:
 STEP_BUDGET = ("trainer.max_steps=1100", "trainer.max_time=null")
 
 
+def _unless_given(defaults: tuple[str, ...], overrides: list[str]) -> list[str]:
+    """The ``defaults`` whose key ``overrides`` does not set: a later override wins anyway, so the printed
+    command line of a run shows each key once (not ``trainer.max_steps=1100 ... trainer.max_steps=6``)."""
+    given = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    return [d for d in defaults if d.partition("=")[0] not in given]
+
+
 def plan_runs(positions: list[str], seeds: list[int], train_overrides: list[str], out_dir: Path) -> list[PlannedRun]:
     """Compose and validate every run's training config (fails fast, before any training).
 
@@ -129,7 +136,8 @@ def plan_runs(positions: list[str], seeds: list[int], train_overrides: list[str]
     runs = []
     for scheme in positions:
         for seed in seeds:
-            overrides = [*STEP_BUDGET, *train_overrides, *scheme_overrides(scheme), f"seed={seed}"]
+            overrides = [*_unless_given(STEP_BUDGET, train_overrides), *train_overrides, *scheme_overrides(scheme),
+                         f"seed={seed}"]
             cfg = to_train_config(compose_config(overrides))
             run_dir = out_dir / "runs" / f"{_safe(scheme)}-seed{seed}-{config_hash(cfg)}"
             runs.append(PlannedRun(scheme, seed, overrides, cfg, run_dir.resolve()))

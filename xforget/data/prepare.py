@@ -342,13 +342,21 @@ OVERWRITE_RULE = "overwrite=true replaces a prepared dataset (a directory with m
 
 def check_output(output: Path, overwrite: bool) -> None:
     """The one overwrite rule: a new path is written; an existing prepared dataset is replaced only with
-    ``overwrite=true``; anything else that exists is never replaced.
+    ``overwrite=true``; anything else that exists is never replaced; an output below a file is refused.
 
     Raises:
         DataError: one line stating the rule.
     """
+    for parent in output.parents:  # a file on the way: mkdir would fail with a traceback after the work
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataError(f"output={output}: {parent} is a file, not a directory; choose another output=")
+            break
     if not output.exists():
         return
+    if not output.is_dir():
+        raise DataError(f"output={output} exists and is a file, not a directory; {OVERWRITE_RULE}: "
+                        "choose another output=")
     if not (output / META_FILE).is_file():
         raise DataError(f"output={output} exists and is not a prepared dataset (no {META_FILE}); {OVERWRITE_RULE}: "
                         "choose another output=")

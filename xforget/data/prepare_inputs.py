@@ -14,8 +14,10 @@ Inputs:
   ``.json`` are JSON lines (one object per line, or one JSON array), files
   ending ``.parquet`` are Parquet tables; the rest are read as text (bytes).
 * a Hugging Face ``datasets`` dataset saved with ``save_to_disk`` (a local
-  directory), or a ``load_dataset`` name (``input=NAME dataset_config=...
-  split=train``; offline it needs the data in the local cache).
+  directory), or a ``load_dataset`` name: ``input=hf:NAME`` (any name), or ``input=OWNER/NAME`` when
+  no such local path exists and OWNER is not a local directory (``dataset_config=... split=train``;
+  offline it needs the data in the local cache). A bare word that is no local path (``input=nothere``)
+  is "input not found", never a network look-up (:func:`dataset_name`).
 
 Text files are checked before anything is written (:func:`check_text_files`): invalid UTF-8 is an
 error naming the file, the byte offset of the first invalid byte and how many there are, unless the
@@ -397,6 +399,9 @@ def _dataset_docs(ds, text_field: str) -> Iterator[bytes]:
             yield b"" if value is None else str(value).encode("utf-8")
 
 
+HF_PREFIX = "hf:"  # input=hf:NAME: a Hugging Face dataset name, never a local path
+
+
 def _is_glob(spec: str) -> bool:
     return any(c in spec for c in "*?[")
 
@@ -472,9 +477,26 @@ def _open_source(spec: str, text_field: str, dataset_config: str | None, split: 
         if not files:
             raise DataError(f"input glob {spec!r} matches no files")
         return Source("files", files=files, text_field=text_field, description=spec)
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or Path(spec).suffix != ""
-    if looks_like_path:
-        raise DataError(f"input not found: {p.resolve()} (a text file, a directory, a glob, .jsonl/.json/.parquet "
-                        "files, a datasets directory or a dataset name)")
-    return Source("dataset", dataset=_load_hf(spec, dataset_config, split), text_field=text_field,
-                  description=f"{spec}{f'/{dataset_config}' if dataset_config else ''}:{split}")
+    name = dataset_name(spec)
+    if name is None:
+        raise DataError(f"input not found: {spec} (no such file or directory; a Hugging Face dataset is named "
+                        f"{HF_PREFIX}NAME or OWNER/NAME, e.g. input={HF_PREFIX}wikitext dataset_config=wikitext-2-raw-v1)")
+    return Source("dataset", dataset=_load_hf(name, dataset_config, split), text_field=text_field,
+                  description=f"{name}{f'/{dataset_config}' if dataset_config else ''}:{split}")
+
+
+def dataset_name(spec: str) -> str | None:
+    """The Hugging Face dataset name that ``input=spec`` means, or None when it is a local path that does not exist.
+
+    The rule (so that a mistyped path is never sent to the network): ``hf:NAME`` is always the dataset NAME;
+    otherwise only ``OWNER/NAME`` is one (exactly one ``/``, no file suffix, not starting with ``.``, ``/`` or
+    ``~``, and OWNER is not an existing local directory). A bare word (``nothere``) is a missing path.
+    """
+    if spec.startswith(HF_PREFIX):
+        return spec[len(HF_PREFIX):] or None
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1 or Path(spec).suffix != "":
+        return None
+    owner, _, name = spec.partition("/")
+    if not owner or not name or Path(owner).expanduser().exists():
+        return None
+    return spec

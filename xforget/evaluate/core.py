@@ -25,7 +25,7 @@ from xforget.evaluate.metrics import evaluate_windows, length_limit, nats_to_bpb
 from xforget.evaluate.needle import needle_accuracy
 from xforget.evaluate.pruning import format_pruning, pruning_fractions
 from xforget.models.packing import packed
-from xforget.train.checkpoint import complete_checkpoints
+from xforget.train.run_dir import weights_step
 from xforget.train.config import BYTE_VOCAB, DataConfig, TrainConfig, TrainerConfig
 from xforget.train.loading import load_trained
 
@@ -163,8 +163,9 @@ def task_accuracy(net: nn.Module, task: str, lengths: list[int], *, examples: in
 
 
 def checkpoint_step(run_dir: Path) -> int | None:
-    found = complete_checkpoints(run_dir)
-    return found[-1][0] if found else None
+    """The step of the weights evaluated in ``run_dir`` (a checkpoint directory's own step, a run's latest
+    complete checkpoint; None for final weights only and hub directories): :func:`weights_step`."""
+    return weights_step(run_dir)
 
 
 def load_for_eval(path: Path, data_cfg: DataConfig | None, device) -> tuple[nn.Module, TrainConfig, Tokenizer]:

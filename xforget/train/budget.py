@@ -77,8 +77,11 @@ def parse_duration(value) -> float | None:
 
 
 def format_seconds(seconds: float) -> str:
-    """``600`` -> ``"600 s"``; one decimal below 100 s."""
-    return f"{seconds:.0f} s" if seconds >= 100 else f"{seconds:.1f} s"
+    """``600`` -> ``"600 s"``, ``90.0`` -> ``"90 s"``, ``12.34`` -> ``"12.3 s"``: whole seconds without a decimal,
+    one decimal below 100 s otherwise. Every budget line and budget error formats seconds with it."""
+    if seconds >= 100 or float(seconds).is_integer():
+        return f"{seconds:.0f} s"
+    return f"{seconds:.1f} s"
 
 
 def calibration_seconds(budget_s: float) -> float:
@@ -172,7 +175,7 @@ def plan_steps(*, budget_s: float, step: int, elapsed_s: float, step_s: float, e
     minimum = cost(step + 1) / (1.0 - margin)
     if minimum > budget_s:
         raise ConfigError(
-            f"invalid value trainer.max_time={budget_s:g} s: too short for this run on this machine: after "
+            f"invalid value trainer.max_time={format_seconds(budget_s)}: too short for this run on this machine: after "
             f"{format_seconds(elapsed_s)} of warm-up and calibration ({step} steps), one more step ({step_s:.3g} s), "
             f"an evaluation ({eval_s:.3g} s) and a checkpoint ({checkpoint_s:.3g} s) need at least "
             f"trainer.max_time={math.ceil(minimum)}s; use a longer budget or trainer.max_steps")
@@ -242,7 +245,7 @@ class TimeBudget:
         """Raises ConfigError when the budget ran out before the calibration finished (naming a minimum)."""
         if elapsed_s >= self.budget_s:
             raise ConfigError(
-                f"invalid value trainer.max_time={self.budget_s:g} s: too short for this run on this machine: "
+                f"invalid value trainer.max_time={format_seconds(self.budget_s)}: too short for this run on this machine: "
                 f"warm-up and calibration alone took {format_seconds(elapsed_s)} ({step} steps); use at least "
                 f"trainer.max_time={math.ceil(2 * elapsed_s)}s, or trainer.max_steps")
 

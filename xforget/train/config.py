@@ -302,6 +302,8 @@ def validate(cfg: TrainConfig, *, model: bool = True) -> None:
         if not ok:
             raise ConfigError(f"invalid value {key}={value!r}: must be {rule}")
 
+    # numpy's generators (the data windows) refuse negative seeds mid-run; torch folds them: one rule, here
+    need(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", "an integer >= 0", cfg.seed)
     need(o.name == "adamw", "optim.name", "'adamw'", o.name)
     need(math.isfinite(o.lr) and o.lr > 0, "optim.lr", "> 0", o.lr)
     need(o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)

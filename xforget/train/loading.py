@@ -45,6 +45,7 @@ from xforget.train.run_dir import (
     missing_init_from,
     missing_model_path,
     short_error,
+    weights_step,
 )
 from xforget.train.config import TrainConfig, load_config_yaml
 
@@ -161,7 +162,7 @@ def _find_weights(directory: Path, *, with_config: bool) -> _Weights | None:
     """The weights of a checkpoint directory, else a run's latest complete checkpoint, else its final
     ``model.safetensors`` (only with ``config.yaml`` beside it when ``with_config``); None when there are none."""
     if (directory / MARKER).is_file():
-        return _Weights(CHECKPOINT, directory, _checkpoint_step(directory))
+        return _Weights(CHECKPOINT, directory, weights_step(directory))
     found = complete_checkpoints(directory)
     if found:
         step, latest = found[-1]
@@ -169,13 +170,6 @@ def _find_weights(directory: Path, *, with_config: bool) -> _Weights | None:
     if (directory / WEIGHTS).is_file() and (not with_config or (directory / RUN_CONFIG).is_file()):
         return _Weights(RUN, directory, None)
     return None
-
-
-def _checkpoint_step(directory: Path) -> int | None:
-    """The step of one checkpoint directory, when it sits in a run's ``checkpoints/``."""
-    if directory.parent.name != CHECKPOINTS:
-        return None
-    return next((step for step, p in complete_checkpoints(directory.parent.parent) if p.name == directory.name), None)
 
 
 def _run_tokenizer(run_dir: Path, cfg: TrainConfig) -> Tokenizer:

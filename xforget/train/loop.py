@@ -43,6 +43,7 @@ from xforget.train.loading import check_init_from
 from xforget.train.checkpointer import Checkpointer
 from xforget.train.compile import resolve_compile
 from xforget.train.config import TrainConfig, resolve_data_vocab, validate
+from xforget.train.device import check_backend_device
 from xforget.train.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -109,6 +110,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after_step: int | None 
     validate(cfg)
     check_trackers(cfg.logger)  # fail before anything is written if a tracker's package is missing
     check_init_from(cfg.trainer.init_from, run_dir)  # likewise a missing trainer.init_from
+    check_backend_device(cfg.model, cfg.trainer.device)  # flex on a CPU: before the run directory is written
     if stop_after_step is None and os.environ.get("XFORGET_DEBUG_STOP_AFTER_STEP"):
         stop_after_step = int(os.environ["XFORGET_DEBUG_STOP_AFTER_STEP"])
     try:

@@ -37,6 +37,19 @@ def complete_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def weights_step(path: str | Path) -> int | None:
+    """The training step of the weights that :func:`~xforget.train.loading.load_trained` reads from ``path``:
+    a checkpoint directory's own step (``step_0000005/`` with its ``COMPLETE`` marker: 5), a run directory's
+    latest complete checkpoint; None for a run with only final weights, a hub-style directory or no model.
+    The one answer to "which step is this", for every command that describes a trained model."""
+    path = Path(path).expanduser()
+    m = _STEP_DIR.match(path.name)
+    if m and (path / MARKER).is_file():
+        return int(m.group(1))
+    found = complete_checkpoints(path)
+    return found[-1][0] if found else None
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = complete_checkpoints(run_dir)
     return found[-1][1] if found else None
