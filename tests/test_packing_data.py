@@ -97,3 +97,16 @@ def test_packing_needs_an_end_of_text_token(tmp_path):
 def test_compare_passes_the_switch_to_training():
     mine, train_args = partition_overrides(["positions=[fox,rotary]", "data.pack_documents=true"])
     assert train_args == ["data.pack_documents=true"] and mine == ["positions=[fox,rotary]"]
+
+
+def test_packing_refuses_a_single_document_dataset(tmp_path):
+    # one text file is one document split by bytes: its shards hold no end-of-text token, so packing
+    # would silently train and score exactly as unpacked (the stdlib blob of experiment=fox_vs_rope)
+    text = tmp_path / "one.txt"
+    text.write_text("\n".join(make_docs(20, seed=3)), encoding="utf-8")
+    out = prep(str(text), tmp_path / "one", tokenizer="bpe", vocab_size=300)
+    meta = load_tokens(out).meta
+    assert meta["single_document"] and meta["eot_id"] is not None  # an end-of-text id, but no boundary
+    with pytest.raises(DataError, match="single_document"):
+        train(tiny_cfg("data=tokens", f"data.path={out}", "data.pack_documents=true", "trainer.max_steps=1"),
+              tmp_path / "run")
