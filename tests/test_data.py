@@ -10,7 +10,8 @@ import torch
 from xforget.data import DataError, TrainBatches, load_corpus, split_corpus, val_windows
 import xforget.data.corpora.shakespeare as shakespeare_module
 from xforget.data.corpora.shakespeare import load_shakespeare
-from xforget.data.corpora.stdlib import build_stdlib_corpus, load_stdlib_corpus, stdlib_files
+from xforget.data.corpora.stdlib import build_stdlib_corpus, load_stdlib_corpus, stdlib_documents_dir, stdlib_files
+from xforget.data.prepare_inputs import open_source
 from xforget.train.config import DataConfig
 
 FAKE_TREE = {
@@ -60,6 +61,37 @@ def test_stdlib_corpus_is_deterministic_and_cached_with_metadata(fake_stdlib, tm
     blob.write_bytes(b"corrupted")  # a cache that does not check out is rebuilt
     assert load_stdlib_corpus(cache, root=fake_stdlib).data == first
     assert blob.read_bytes() == first
+
+
+def test_stdlib_as_one_document_per_file_is_the_blob_cut_at_file_boundaries(fake_stdlib, tmp_path):
+    # prepare.input=stdlib_files: the documents data.pack_documents=true cuts at, the same bytes as the blob
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    blob = load_stdlib_corpus(cache, root=fake_stdlib)
+    path, sha = stdlib_documents_dir(cache, root=fake_stdlib)
+    source = open_source(str(path))
+    assert source.single_file() is None and source.count_documents() == 5  # the empty __init__.py too
+    assert b"".join(f.read_bytes() for f in source.files) == blob.data and sha == blob.meta["sha256"]
+    assert [f.relative_to(path).as_posix() for f in source.files] == stdlib_files(fake_stdlib)
+    (path / "abc.py").write_bytes(b"stale")
+    (path / ".sha256").write_text("0" * 64)  # a directory that does not check out is built again
+    assert stdlib_documents_dir(cache, root=fake_stdlib)[0] == path
+    assert (path / "abc.py").read_bytes() == b"a = 1\n"
+
+
+def test_compare_prepare_input_stdlib_files_names_its_own_data(fake_stdlib, tmp_path, monkeypatch):
+    from xforget.compare.prepared import prepared_dir, resolve_input
+    from xforget.data.prepare import PrepareConfig
+
+    monkeypatch.setenv("XFORGET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("xforget.data.corpora.stdlib.stdlib_root", lambda: fake_stdlib)
+    monkeypatch.setattr("xforget.compare.prepared.stdlib_root", lambda: fake_stdlib)
+    (blob, blob_sha), (files, files_sha) = resolve_input("stdlib"), resolve_input("stdlib_files")
+    assert open_source(files).count_documents() == 5 and open_source(blob).count_documents() == 1
+    assert files_sha != blob_sha  # other documents, other prepared data (and other runs)
+    dirs = {prepared_dir(PrepareConfig(input=spec, tokenizer="bpe"), tmp_path, sha).name
+            for spec, sha in (("stdlib", blob_sha), ("stdlib_files", files_sha))}
+    assert len(dirs) == 2 and any(d.startswith("stdlib_files-bpe4096-") for d in dirs)
 
 
 def test_split_is_the_last_fraction_of_the_bytes():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from test_prepare import make_docs, prep, split_docs, tiny_cfg, write_corpus
-from xforget.compare.pipeline import partition_overrides
+from xforget.compare.pipeline import data_label, partition_overrides
 from xforget.data import TrainBatches
 from xforget.data.corpus import DataError
 from xforget.data.tokenizer import load_tokenizer
@@ -94,6 +94,23 @@ def test_packing_needs_an_end_of_text_token(tmp_path):
         train(tiny_cfg("data.pack_documents=true", "trainer.max_steps=1"), tmp_path / "run2")
 
 
-def test_compare_passes_the_switch_to_training():
+def test_compare_passes_the_switch_to_training(prepared):
     mine, train_args = partition_overrides(["positions=[fox,rotary]", "data.pack_documents=true"])
     assert train_args == ["data.pack_documents=true"] and mine == ["positions=[fox,rotary]"]
+    path = prepared[0]
+    packed_cfg = tiny_cfg("data=tokens", f"data.path={path}", "data.pack_documents=true").data
+    assert data_label(packed_cfg) == f"tokens ({path.name}), packed documents"  # the report's first line says so
+    assert data_label(tiny_cfg("data=tokens", f"data.path={path}").data) == f"tokens ({path.name})"
+
+
+def test_packing_refuses_a_single_document_dataset(tmp_path):
+    # one text file is one document split by bytes: its shards hold no end-of-text token, so packing
+    # would silently train and score exactly as unpacked (the stdlib blob of experiment=fox_vs_rope)
+    text = tmp_path / "one.txt"
+    text.write_text("\n".join(make_docs(20, seed=3)), encoding="utf-8")
+    out = prep(str(text), tmp_path / "one", tokenizer="bpe", vocab_size=300)
+    meta = load_tokens(out).meta
+    assert meta["single_document"] and meta["eot_id"] is not None  # an end-of-text id, but no boundary
+    with pytest.raises(DataError, match="single_document"):
+        train(tiny_cfg("data=tokens", f"data.path={out}", "data.pack_documents=true", "trainer.max_steps=1"),
+              tmp_path / "run")

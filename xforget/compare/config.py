@@ -24,7 +24,8 @@ from xforget.train.config import compose_named
 class ComparePrepare(PrepareConfig):
     """``prepare:`` of ``xforget-compare``: token shards made before training. Its keys are
     ``xforget-prepare``'s (:class:`~xforget.data.prepare.PrepareConfig`, the one list of them), with
-    other defaults: ``input: stdlib`` = this Python's standard-library corpus; ``output`` null =
+    other defaults: ``input: stdlib`` = this Python's standard-library corpus as one document
+    (``stdlib_files``: the same bytes, one document per source file, for ``data.pack_documents=true``); ``output`` null =
     ``<comparison dir>/data/``; a BPE tokenizer. ``overwrite`` and ``progress`` are set by the
     comparison. See :mod:`xforget.compare.prepared`.
     """

@@ -111,6 +111,13 @@ def plan_comparison(argv: list[str], *, log=print, data_info: dict | None = None
     return cfg, out_dir, train_args, runs
 
 
+def data_label(d) -> str:
+    """The report's name for a run's data config ``d``: ``tokens (DIR)``, and whether documents are packed
+    (``data.pack_documents=true`` changes every score, so the report says so in its first line)."""
+    label = d.name + (f" ({Path(d.path).name})" if d.path else "")
+    return label + (", packed documents" if getattr(d, "pack_documents", False) else "")
+
+
 def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
     """The whole comparison for command-line overrides ``argv``; returns the compare.json object.
 
@@ -149,7 +156,8 @@ def run_compare(argv: list[str], *, log=print) -> dict[str, Any]:
         "seeds": list(cfg.seeds),
         "train_overrides": train_args,
         "train_seq_len": t.seq_len,
-        "data": d.name + (f" ({Path(d.path).name})" if d.path else ""),
+        "data": data_label(d),
+        "pack_documents": bool(getattr(d, "pack_documents", False)),
         "model": f"dim {m.dim}, depth {m.depth}, heads {m.heads}",
         "budget": f"{t.max_steps} steps x {t.batch_size * t.grad_accum} windows x {t.seq_len} {'tokens' if d.name == 'tokens' else 'bytes'}",
         "eval": asdict(cfg.eval),

@@ -3,8 +3,9 @@
 A comparison with a ``prepare:`` node (e.g. ``experiment=fox_vs_rope``) runs
 :func:`xforget.data.prepare.prepare` before planning its runs and trains every
 run on the result (``data=tokens data.path=<dir>``). ``prepare.input: stdlib``
-is this Python's standard-library corpus (the default training data, offline);
-anything else is an ``xforget-prepare`` input.
+is this Python's standard-library corpus (the default training data, offline) as one
+document; ``prepare.input: stdlib_files`` is the same bytes as one document per source file,
+which ``data.pack_documents=true`` needs; anything else is an ``xforget-prepare`` input.
 
 The directory is ``<comparison dir>/data/<name>-<hash8>`` (or under
 ``prepare.output`` when that is set) where the hash covers the prepare
@@ -22,12 +23,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from xforget.data.corpora.cache import cache_dir
-from xforget.data.corpora.stdlib import load_stdlib_corpus, stdlib_root
+from xforget.data.corpora.stdlib import load_stdlib_corpus, stdlib_documents_dir, stdlib_root
 from xforget.data.corpus import DataError
 from xforget.data.prepare import META_FILE, PrepareConfig, prepare, validate_prepare
 from xforget.data.prepare_inputs import open_source
 
 STDLIB = "stdlib"
+STDLIB_FILES = "stdlib_files"  # the same corpus, one document per file (for data.pack_documents=true)
 # settings that change the prepared tokens (output, overwrite, progress, num_proc and batch_bytes do not)
 _KEYS = ("tokenizer", "vocab_size", "text_field", "val_fraction", "seed", "separator", "dataset_config", "split")
 
@@ -41,6 +43,9 @@ def resolve_input(spec: str) -> tuple[str, str]:
         if not blob.is_file():
             raise DataError(f"the stdlib corpus cache {blob} is missing after building it")
         return str(blob), corpus.meta["sha256"]
+    if spec == STDLIB_FILES:
+        path, sha = stdlib_documents_dir(cache_dir())
+        return str(path), hashlib.sha256(f"{sha}:one document per file".encode()).hexdigest()
 
     fp = open_source(spec).fingerprint()
     return spec, str(fp.get("sha256") or fp.get("fingerprint") or json.dumps(fp, sort_keys=True))
@@ -48,7 +53,7 @@ def resolve_input(spec: str) -> tuple[str, str]:
 
 def prepared_dir(cfg: PrepareConfig, out_dir: Path, input_sha: str) -> Path:
     key = json.dumps({"input_sha256": input_sha, **{k: getattr(cfg, k) for k in _KEYS}}, sort_keys=True)
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(cfg.input).stem if cfg.input != STDLIB else STDLIB)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.input if cfg.input in (STDLIB, STDLIB_FILES) else Path(cfg.input).stem)
     tok = f"{cfg.tokenizer}{cfg.vocab_size}" if cfg.tokenizer == "bpe" else re.sub(r"[^A-Za-z0-9]", "", Path(cfg.tokenizer).stem)
     base = Path(cfg.output).expanduser() if cfg.output not in ("", "???", None) else out_dir / "data"
     if not base.is_absolute():

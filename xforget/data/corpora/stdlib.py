@@ -9,13 +9,19 @@ not end with one. About 12 MB on CPython 3.11.
 
 The result is cached as ``stdlib-py<version>-<root hash>.bin`` with a JSON
 beside it (Python version, root, file count, byte count, sha256).
+
+:func:`stdlib_documents_dir` writes the same files (with the same added newlines) into a
+directory instead, one document per file for ``xforget-prepare``: the blob is one document,
+which ``data.pack_documents=true`` cannot cut (``xforget-compare prepare.input=stdlib_files``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import shutil
 import sysconfig
 from pathlib import Path
 
@@ -78,3 +84,31 @@ def load_stdlib_corpus(cache: Path, root: Path | None = None) -> Corpus:
     atomic_write_bytes(blob, data)
     atomic_write_bytes(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
     return Corpus(data, "stdlib", meta)
+
+
+def stdlib_documents_dir(cache: Path, root: Path | None = None) -> tuple[Path, str]:
+    """The stdlib corpus as a directory of its files (one document each): (directory, sha256).
+
+    The files keep their relative paths and the newline :func:`build_stdlib_corpus` adds, so their
+    sorted concatenation is the cached blob byte for byte and the sha256 is the blob's. Built once
+    next to the blob (``stdlib-py<version>-<root hash>-files/``), into a temporary directory renamed
+    into place; a hidden ``.sha256`` file (which ``xforget-prepare`` does not read) marks it complete.
+    """
+    corpus = load_stdlib_corpus(cache, root)
+    root = Path(root) if root is not None else stdlib_root()
+    blob_name = f"stdlib-py{corpus.meta['python_version']}-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]}"
+    target, sha = cache / f"{blob_name}-files", corpus.meta["sha256"]
+    marker = target / ".sha256"
+    if marker.is_file() and marker.read_text().strip() == sha:
+        return target, sha
+    tmp = cache / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel in stdlib_files(root):
+        data = (root / rel).read_bytes()
+        out = tmp / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data if data.endswith(b"\n") or not data else data + b"\n")
+    (tmp / ".sha256").write_text(sha + "\n")
+    shutil.rmtree(target, ignore_errors=True)  # an incomplete or stale directory
+    tmp.rename(target)
+    return target, sha
