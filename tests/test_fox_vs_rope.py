@@ -16,7 +16,7 @@ from xforget.commands.compare import main
 from xforget.compare.pipeline import load_compare_config, plan_comparison
 from xforget.data.haystack import NeedleParts, make_example, make_examples, min_needle_length
 from xforget.data.prepare import train_bpe
-from xforget.data.tokenizer import ByteTokenizer, load_tokenizer
+from xforget.data.tokenizer import ByteTokenizer
 from xforget.data.tokens import load_tokens
 from xforget.evaluate.metrics import bucket_stats, position_buckets
 from xforget.evaluate.needle import needle_accuracy

@@ -428,7 +428,6 @@ def test_vocab_over_uint32_is_rejected():
 
 
 def test_training_on_bad_prepared_dirs_fails_clearly(tmp_path):
-    from xforget.commands.train import main as train_main
 
     out = prep(write_corpus("jsonl", tmp_path, make_docs(20)), tmp_path / "prep", tokenizer="bpe", vocab_size=300)
     nometa = tmp_path / "nometa"
