@@ -211,7 +211,7 @@ def test_every_preset_composes_builds_and_trains_three_steps():
 
 
 SAMPLE_OVERRIDES = {
-    "kind": "encoder", "num_tokens": 256, "max_seq_len": 64, "dim": 48, "depth": 3, "heads": 6, "dim_head": 16,
+    "kind": "encoder", "num_tokens": 256, "num_memory_tokens": 2, "max_seq_len": 64, "dim": 48, "depth": 3, "heads": 6, "dim_head": 16,
     "position": "[t5,rotary]", "ff_mult": 2.0, "ff_activation": "swiglu", "norm": "scalenorm", "norm_style": "sandwich",
     "layer_pattern": "aaf", "dropout": 0.1, "attn_dropout": 0.2, "ff_dropout": 0.3, "forget_gate_divisor": 8.0,
     "forget_gate_bias_init": 5.0, "alibi_num_heads": 3, "rotary_dim": 8, "rotary_base": 500.0, "rotary_xpos": True,
