@@ -111,6 +111,13 @@ FAULTS: list[Fault] = [
     Fault("route-decode-threshold", "routing: decode", "xforget/ops/dispatch.py",
           "if n_k is not None and n_q <= MAX_DECODE_QUERIES and n_q < n_k:", "if n_k is not None and n_q < n_k:",
           ("tests/test_routing.py",), "long cached chunks take the O(n_q n_k) decode path"),
+    # ---- the fold's exact channels (xforget/ops/rebase.py)
+    Fault("fold-tile-padding-off", "kernels: fold whole key tiles", "xforget/ops/rebase.py",
+          "    return -n % KEY_TILE", "    return 0",
+          ("tests/test_fold_precision.py",), "rows ending in a short key tile lose the exact channels' precision"),
+    Fault("fold-pad-queries-kept", "kernels: fold tile padding dropped", "xforget/ops/fold.py",
+          "return call.finish(out[..., : s.n_q, : s.d_v])", "return call.finish(out[..., -s.n_q:, : s.d_v])",
+          ("tests/test_fold_precision.py",), "the pad queries' outputs taken instead of the first ones"),
     # ---- pruning: each term of the bound (xforget/ops/prune.py), caught by its adversarial case
     Fault("prune-threshold-no-nk", "pruning: threshold eps / n_k", "xforget/ops/prune.py",
           "return math.log(eps) - math.log(max(n_k, 1))", "return math.log(eps)",

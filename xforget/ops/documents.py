@@ -108,6 +108,15 @@ def segmented_cumsum(g: Tensor, starts: Tensor) -> Tensor:
     return (c - base).to(g.dtype)
 
 
+def padded_documents(document_ids: Tensor, pad: int) -> Tensor:
+    """(b, n + pad) int64: ``pad`` positions appended to the last document (tile padding of the fold,
+    :mod:`xforget.ops.rebase`); the same tensor for the same ids (every layer pads the same ids once)."""
+    if not pad:
+        return document_ids
+    return _layout(f"padded{pad}", document_ids,
+                   lambda d: torch.cat((d, d[:, -1:].expand(d.shape[0], pad)), dim=1))
+
+
 def same_document(document_ids: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
     """(b, 1, m, n) bool: query at position ``q_pos`` (m,) and key at ``k_pos`` (n,) share a document."""
     return (document_ids[:, q_pos][:, None, :, None] == document_ids[:, k_pos][:, None, None, :])

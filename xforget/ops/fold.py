@@ -28,9 +28,10 @@ the kernel rounds it at ~6e-8 * max|c| (ALiBi, 8 heads: 4.2e-5 off float64 at
 2048 tokens).  On the CPU in fp32 the fold cumulates c in float64 and adds the
 row constant as query channels that the kernel sums before ``q . k``
 (:mod:`xforget.ops.rebase`): the logit is rounded at its own size (ALiBi
-7e-7, FoX at |c| ~ 2e4 1.5e-6), except on a last key tile of 2-15 keys, which
-the kernel sums in another order (the error of before there).  CUDA keeps the
-single call (the bf16 split above).
+7e-7, FoX at |c| ~ 2e4 1.5e-6).  The kernel keeps that order on whole 16-key
+tiles only, so rows are padded at the end to a multiple of 16 positions
+(:func:`xforget.ops.rebase.tail_padding`).  CUDA keeps the single call (the
+bf16 split above).
 
 CPU speed: with decay, many softmax weights fall in exp()'s subnormal range
 (e^-87 .. e^-104), which x86 handles ~10x slower; the backward of the fused
@@ -46,6 +47,7 @@ over pad keys only, so everything stays finite).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import List, Optional, Tuple
 
 import torch
@@ -55,7 +57,7 @@ from xforget.ops import prune as acp
 from xforget.ops import rebase as rebasing
 from xforget.ops.backend import AttentionCall
 from xforget.ops.common import Shapes, Tensor, cumulative_gate, expand_kv, kernel_dtype
-from xforget.ops.documents import block_key_starts, mask_matrix
+from xforget.ops.documents import block_key_starts, mask_matrix, padded_documents
 from xforget.ops.pruned_op import document_fold, pruned_fold
 
 # From this many keys the CPU fold runs packed documents block by block (skipping earlier documents);
@@ -181,13 +183,17 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     # the fused CPU/GPU kernels want equal head dims: pad v with zero channels
     v2 = F.pad(expand_kv(v, s.h), (0, pad_v)) if pad_v else expand_kv(v, s.h)
 
+    # whole key tiles: the kernel sums the channels in order only there (xforget.ops.rebase)
+    pad = rebasing.tail_padding(s.n_k) if exact and c is not None and s.n_q > 1 else 0
+    if pad:  # queries and keys at the end: causality hides the pad keys; the pad queries are dropped
+        q2, k2, v2 = (F.pad(t, (0, 0, 0, pad)) for t in (q2, k2, v2))
     if call.document_ids is not None:  # packed documents: each query block from its document's start
-        return call.finish(_documents(call, q, k, c, q2, k2, v2))
-    if call.prune and c is not None and not q.is_cuda and s.n_k >= acp.PRUNE_MIN_KEYS:
-        out = _pruned(q, k, c, mask, s, scale, call.prune_eps, call.key_norm, q2, k2, v2, width)
+        out = _documents(call, q, k, c, q2, k2, v2, pad)
+    elif call.prune and c is not None and not q.is_cuda and s.n_k >= acp.PRUNE_MIN_KEYS:
+        out = _pruned(q, k, c, mask, s, scale, call.prune_eps, call.key_norm, q2, k2, v2, width, pad)
     else:
-        out = causal_sdpa(q2, k2, v2, s.n_q, s.n_k, 1.0)[..., : s.d_v]
-    return call.finish(out)
+        out = causal_sdpa(q2, k2, v2, s.n_q + pad, s.n_k + pad, 1.0)
+    return call.finish(out[..., : s.n_q, : s.d_v])
 
 
 def _exact(call: AttentionCall) -> bool:
@@ -218,8 +224,10 @@ def _decay_first(q_s: Tensor, k: Tensor, c: Tensor, u: Tensor, s: Shapes) -> Tup
 
 
 def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q2: Tensor, k2: Tensor,
-               v2: Tensor) -> Tensor:
-    """The folded attention of packed documents (:mod:`xforget.ops.documents`), ``(b, h, n_q, d_v)``.
+               v2: Tensor, pad: int) -> Tensor:
+    """The folded attention of packed documents (:mod:`xforget.ops.documents`), ``(b, h, n_q + pad, width)``.
+
+    ``q2``/``k2``/``v2`` carry ``pad`` tile-padding positions at the end (they join the last document).
 
     On the CPU from ``PRUNE_MIN_KEYS`` keys: blocks of ``PRUNE_BLOCK`` queries per batch row, each
     reading keys from the start of its first query's document (and, with ``call.prune``, from the
@@ -228,23 +236,24 @@ def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q
     mask as booleans (O(n_q n_k) bits).
     """
     s, docs = call.shapes, call.document_ids
+    padded = padded_documents(docs, pad)
     if q2.is_cuda or s.n_k < DOC_BLOCKED_MIN_KEYS:
-        allowed = mask_matrix(docs, s, causal=True)
+        allowed = mask_matrix(padded, replace(s, n_q=s.n_q + pad, n_k=s.n_k + pad), causal=True)
         if not q2.is_cuda:  # the CPU kernel takes an additive mask as is; a boolean one costs ~1.6x (measured)
             allowed = torch.zeros(allowed.shape, dtype=q2.dtype, device=q2.device).masked_fill(~allowed, float("-inf"))
-        out = F.scaled_dot_product_attention(q2, k2, v2, attn_mask=allowed, scale=1.0)
-        return out[..., : s.d_v]
-    starts = block_key_starts(docs, s, acp.PRUNE_BLOCK)  # (b, n_blocks)
+        return F.scaled_dot_product_attention(q2, k2, v2, attn_mask=allowed, scale=1.0)
+    starts = block_key_starts(docs, s, acp.PRUNE_BLOCK)  # (b, n_blocks); the pad joins the last block
     if call.prune and c is not None:
         kn = acp.key_norms(k, s.h, call.mask, call.key_norm)
         decay = acp.block_starts(q, kn, c, call.mask, s, call.scale, call.prune_eps, floor=starts[:, None, :])
         starts = torch.maximum(starts, decay.amin(1))  # the heads share one call: the earliest head's start
-    out, _ = document_fold(q2.contiguous(), k2.contiguous(), v2.contiguous(), docs, starts, acp.PRUNE_BLOCK)
-    return out[..., : s.d_v]
+    out, _ = document_fold(q2.contiguous(), k2.contiguous(), v2.contiguous(), padded, starts, acp.PRUNE_BLOCK)
+    return out
 
 
-def _pruned(q, k, c, mask, s: Shapes, scale, prune_eps, key_norm, q2, k2, v2, width) -> Tensor:
-    """The banded pruned attention of the folded q2/k2/v2 (``(b, h, n_q, d_v)``).
+def _pruned(q, k, c, mask, s: Shapes, scale, prune_eps, key_norm, q2, k2, v2, width, pad: int) -> Tensor:
+    """The banded pruned attention of the folded q2/k2/v2 (``(b, h, n_q + pad, width)``; ``pad``
+    tile-padding positions at the end of q2/k2/v2 join the last query block: the block count is the same).
 
     The starts are tensor arithmetic and the banded kernels one custom operator
     (:mod:`xforget.ops.pruned_op`), so ``torch.compile`` traces this with no graph break and the
@@ -252,7 +261,7 @@ def _pruned(q, k, c, mask, s: Shapes, scale, prune_eps, key_norm, q2, k2, v2, wi
     """
     kn = acp.key_norms(k, s.h, mask, key_norm)
     starts = acp.block_starts(q, kn, c, mask, s, scale, prune_eps)
-    r = s.b * s.h
-    out, _ = pruned_fold(q2.reshape(1, r, s.n_q, width), k2.reshape(1, r, s.n_k, width),
-                         v2.reshape(1, r, s.n_k, width), starts.view(r, -1), acp.PRUNE_BLOCK, s.h)
-    return out.reshape(s.b, s.h, s.n_q, width)[..., : s.d_v]
+    r, n_q, n_k = s.b * s.h, s.n_q + pad, s.n_k + pad
+    out, _ = pruned_fold(q2.reshape(1, r, n_q, width), k2.reshape(1, r, n_k, width),
+                         v2.reshape(1, r, n_k, width), starts.view(r, -1), acp.PRUNE_BLOCK, s.h)
+    return out.reshape(s.b, s.h, n_q, width)
