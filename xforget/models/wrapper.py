@@ -67,8 +67,9 @@ class TransformerWrapper(
         num_memory_tokens: M learned vectors (x-transformers' ``num_memory_tokens``, parameter
             ``memory_tokens`` (M, dim)) concatenated before the embedded tokens (after the absolute table
             and ``emb_dropout``): every token attends to them, their outputs are dropped; with a KV cache
-            they are prepended on the first call only (:mod:`xforget.models.memory_tokens`). Not with
-            ``document_ids`` (packed documents).
+            they are prepended on the first call only (:mod:`xforget.models.memory_tokens`). With
+            ``document_ids`` (packed documents, causal layers only) every document sees them as if they
+            stood right in front of it (see :meth:`forward`).
     Raises:
         ValueError: max_seq_len or num_tokens < 1, emb_dropout outside [0, 1), logits_dim < 1 or a tied
             embedding of another width, num_memory_tokens < 0.
@@ -202,6 +203,16 @@ class TransformerWrapper(
                 gives alone. With a cache the ids continue the cached ones (a cache built without
                 ids is one document, the first new token's); new tokens without ids continue the
                 last cached document. None: one document per row (today's behaviour, unchanged).
+                With ``num_memory_tokens`` (causal layers): every document sees the memory tokens as if
+                they stood directly in front of it (positions 0..M-1 for the memory, M, M+1, ... from
+                each document's start; the forget gate from a memory key sums the memory's gates after
+                it and the document's; a document's first token KV-shifts in the last memory token), so
+                each document gives what it gives alone, logits and gradients. Served by the
+                materialised attention path, O(n^2) memory per layer (docs/kernels.md). The id
+                ``torch.iinfo(torch.int64).min`` is reserved for the memory. With a cache: ids
+                continue the cached documents or start new ones, which see the cached memory; new
+                tokens without ids continue the last document; a cache built without ids is one
+                document, memory included, which new ids may only continue.
             return_intermediates: x-transformers' flag; refused (``TypeError``): its per-layer hiddens and
                 attention maps have no equivalent here; ``return_embeddings=True`` gives the final hidden
                 states, ``AutoregressiveWrapper.forward(..., return_outputs=True)`` the logits and last
@@ -211,7 +222,9 @@ class TransformerWrapper(
         Raises:
             ValueError: token id out of range; sequence beyond the absolute
                 position table; mask or document_ids shape mismatch; document_ids not
-                integers or decreasing along a row.
+                integers or decreasing along a row; with ``num_memory_tokens``: document_ids in a
+                bidirectional (Encoder) model (the memory would see every document), the reserved id,
+                or new documents on a cache built without ids.
         """
         if return_intermediates:
             raise TypeError("TransformerWrapper.forward(return_intermediates=True) (x-transformers' per-layer "
