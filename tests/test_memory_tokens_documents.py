@@ -138,3 +138,11 @@ def test_the_memory_document_id_is_reserved():
     docs = torch.tensor([[MEMORY_DOCUMENT, 0, 0]])
     with pytest.raises(ValueError, match="reserved"):
         net(torch.randint(0, 40, (1, 3)), document_ids=docs)
+
+
+def test_fullgraph_traces_memory_tokens_with_documents():
+    """The host checks of the ids are skipped while tracing: torch.compile(fullgraph=True) takes the forward."""
+    net = _memory_model("fox_pro", torch.float32, 2)
+    x, docs = torch.randint(0, 40, (1, 15)), _ids([5, 1, 9])[None]
+    compiled = torch.compile(net, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, document_ids=docs), net(x, document_ids=docs), atol=0, rtol=0)
