@@ -102,14 +102,18 @@ def test_cached_generation_continues_and_starts_documents(scheme):
         torch.testing.assert_close(step[:, 0], alone[:, t], atol=1e-10, rtol=0)
 
 
-def test_a_cache_without_ids_continues_one_document_only():
-    net = _memory_model("fox_pro", torch.float64, 2)
+@pytest.mark.parametrize("scheme", ["fox_pro", "rotary"])
+def test_a_cache_without_ids_continues_one_document_only(scheme):
+    net = _memory_model(scheme, torch.float64, 2)
     x = torch.randint(0, 40, (1, 8))
     _, cache = net(x[:, :5], return_cache=True)  # one document: the memory is part of it
     step = net(x[:, 5:8], cache=cache, document_ids=torch.zeros(1, 3, dtype=torch.long))
     torch.testing.assert_close(step, net(x)[:, 5:], atol=1e-10, rtol=0)
     with pytest.raises(ValueError, match="cache built without document_ids"):
         net(x[:, 5:8], cache=cache, document_ids=torch.tensor([[0, 1, 1]]))
+    _, cache = net(x[:, 5:6], cache=cache, document_ids=torch.zeros(1, 1, dtype=torch.long), return_cache=True)
+    step = net(x[:, 6:8], cache=cache)  # the cache has ids now, the memory among them as part of the document
+    torch.testing.assert_close(step, net(x)[:, 6:], atol=1e-10, rtol=0)
 
 
 def test_the_dense_path_serves_it_and_none_stays_on_its_path(monkeypatch):
