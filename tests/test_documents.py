@@ -3,7 +3,8 @@
 Invariance tests: for every positional scheme and block option, the logits of a row that packs
 several documents equal, position by position, the logits of each document run alone, and the
 gradients w.r.t. every parameter (the token embedding rows are the inputs' gradients) equal the
-sum of the separate runs' gradients -- in float64 (tight) and float32.  The op-level tests check
+sum of the separate runs' gradients, and so do the gradients w.r.t. the embedded inputs, position by
+position -- in float64 (tight) and float32.  The op-level tests check
 the gradients w.r.t. q, k, v and the gates against the float64 reference run per document.
 """
 
@@ -42,10 +43,10 @@ def _ids(lengths):
     return torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
 
 
-def _model(options, dtype, layers=Decoder, max_seq_len=64):
+def _model(options, dtype, layers=Decoder, max_seq_len=64, **wrapper_options):
     torch.manual_seed(0)
     net = TransformerWrapper(num_tokens=40, max_seq_len=max_seq_len,
-                             attn_layers=layers(dim=32, depth=2, heads=4, **options))
+                             attn_layers=layers(dim=32, depth=2, heads=4, **options), **wrapper_options)
     return net.to(dtype)
 
 
@@ -53,29 +54,60 @@ def _grads(net):
     return {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
 
 
-def _check_packed_equals_separate(net, lengths, dtype, tol, pad=0):
-    """Row 0 packs ``lengths`` (plus ``pad`` pads at the end); logits and parameter gradients match."""
+class _EmbeddingGrads:
+    """Keeps the gradient w.r.t. the embedded inputs (the token embedding's output) of every forward."""
+
+    def __init__(self, net):
+        self.outputs = []
+        self.handle = net.token_emb.register_forward_hook(self._keep)
+
+    def _keep(self, module, args, out):
+        out.retain_grad()
+        self.outputs.append(out)
+
+    def grads(self):
+        grads = [out.grad for out in self.outputs]
+        self.outputs.clear()
+        return grads
+
+
+def _check_packed_equals_separate(net, lengths, dtype, tol, pad=0, grad_tol=None):
+    """Row 0 packs ``lengths`` (plus ``pad`` pads at the end); logits (to ``tol``), parameter gradients and
+    the gradients w.r.t. the embedded inputs (to ``grad_tol``, default ``10 * tol``, relative to the largest
+    gradient for parameters) match, position by position. Returns the largest errors (logits, parameter
+    gradients, input gradients)."""
+    grad_tol = tol * 10 if grad_tol is None else grad_tol
     n = sum(lengths)
     tokens = torch.randint(0, 40, (1, n + pad))
     docs = torch.cat((_ids(lengths), torch.full((pad,), len(lengths) - 1)))[None]
     mask = None if not pad else torch.arange(n + pad)[None] < n
     weights = torch.randn(1, n + pad, 40, dtype=dtype)  # a loss that touches every logit
+    inputs = _EmbeddingGrads(net)
     net.zero_grad()
     packed = net(tokens, document_ids=docs, mask=mask)
     (packed[:, :n] * weights[:, :n]).sum().backward()
-    g_packed = _grads(net)
+    g_packed, (x_packed,) = _grads(net), inputs.grads()
     net.zero_grad()
-    start = 0
+    start, logit_err, input_err = 0, 0.0, 0.0
     for length in lengths:
         alone = net(tokens[:, start:start + length])
         torch.testing.assert_close(packed[:, start:start + length], alone, atol=tol, rtol=0)
+        logit_err = max(logit_err, (packed[:, start:start + length] - alone).abs().max().item())
         (alone * weights[:, start:start + length]).sum().backward()
+        (x_alone,) = inputs.grads()
+        err = (x_packed[:, start:start + length] - x_alone).abs().max().item()
+        assert err <= grad_tol * (1 + x_alone.abs().max().item()), ("inputs", start, err)
+        input_err = max(input_err, err)
         start += length
+    inputs.handle.remove()
     g_alone = _grads(net)
     assert g_packed.keys() == g_alone.keys()
+    param_err = 0.0
     for k in g_packed:
         err = (g_packed[k] - g_alone[k]).abs().max().item()
-        assert err <= tol * 10 * (1 + g_alone[k].abs().max().item()), (k, err)
+        assert err <= grad_tol * (1 + g_alone[k].abs().max().item()), (k, err)
+        param_err = max(param_err, err)
+    return logit_err, param_err, input_err
 
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))

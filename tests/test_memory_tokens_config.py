@@ -50,9 +50,14 @@ def test_a_bad_count_is_one_line(bad):
         to_train_config(compose_config([f"model.num_memory_tokens={bad}"]))
 
 
-def test_packed_documents_with_memory_tokens_are_refused_before_training(tmp_path):
-    with pytest.raises(ConfigError, match="pack_documents.*num_memory_tokens"):
-        to_train_config(compose_config(["model.num_memory_tokens=2", "data.pack_documents=true"]), model=False)
+def test_packed_documents_with_memory_tokens_validate(tmp_path, monkeypatch):
+    """Decoders show the memory to every packed document (tests/test_memory_tokens_documents.py)."""
+    import xforget.train.config as config
+
+    monkeypatch.setattr(config, "read_meta", lambda path: {"vocab_size": 300})  # no prepared dataset needed here
+    cfg = to_train_config(compose_config(["model.num_memory_tokens=2", "data.pack_documents=true", "data=tokens",
+                                          f"data.path={tmp_path}"]), model=False)
+    assert cfg.data.pack_documents and cfg.model.num_memory_tokens == 2
 
 
 def test_a_run_trains_saves_and_reloads_with_memory_tokens(tmp_path, capsys):

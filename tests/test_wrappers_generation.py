@@ -146,9 +146,10 @@ def test_token_memory_tokens_cached_generation_equals_the_full_forward(position)
 def test_token_memory_tokens_refusals():
     with pytest.raises(ValueError, match="num_memory_tokens must be >= 0"):
         TransformerWrapper(num_tokens=30, max_seq_len=8, num_memory_tokens=-1, attn_layers=Decoder(dim=16, depth=1, heads=2))
-    model = _token_model("fox")
-    with pytest.raises(ValueError, match="document_ids.*num_memory_tokens"):
-        model(torch.zeros(1, 4, dtype=torch.long), document_ids=torch.tensor([[0, 0, 1, 1]]))
+    encoder = TransformerWrapper(num_tokens=30, max_seq_len=8, num_memory_tokens=2,
+                                 attn_layers=Encoder(dim=16, depth=1, heads=2))
+    with pytest.raises(ValueError, match="document_ids.*num_memory_tokens.*bidirectional"):
+        encoder(torch.zeros(1, 4, dtype=torch.long), document_ids=torch.tensor([[0, 0, 1, 1]]))
 
 
 # --------------------------------------------------------------------------- generation options

@@ -35,7 +35,7 @@ from xforget.nn.kv_cache import LayerCache
 from xforget.nn.norms import make_norm
 from xforget.nn.rotary import RotaryEmbedding
 
-SELF_ATTENTION_INPUTS = ("positions", "mask", "key_mask", "document_ids")
+SELF_ATTENTION_INPUTS = ("positions", "mask", "key_mask", "document_ids", "document_memory")
 CROSS_ATTENTION_INPUTS = ("context", "context_mask")
 
 
@@ -209,7 +209,7 @@ class AttentionLayers(nn.Module):
         self, x: Tensor, *, positions: Tensor | None = None, mask: Tensor | None = None,
         key_mask: Tensor | None = None, caches: list[LayerCache] | None = None,
         context: Tensor | None = None, context_mask: Tensor | None = None,
-        document_ids: Tensor | None = None,
+        document_ids: Tensor | None = None, document_memory: bool = False,
     ) -> tuple[Tensor, list[LayerCache]]:
         """x (batch, n, dim) -> (batch, n, dim), plus the updated caches (one per self-attention sublayer).
 
@@ -219,7 +219,8 @@ class AttentionLayers(nn.Module):
         context_mask (batch, m) bool for cross-attention sublayers; document_ids:
         (batch, n_cached + n) int64 packed documents of all keys, non-decreasing per row,
         or None (positions are the caller's: :class:`~xforget.models.wrapper.TransformerWrapper`
-        restarts them per document).
+        restarts them per document); document_memory: the keys with document id
+        :data:`~xforget.ops.documents.MEMORY_DOCUMENT` are memory tokens every document sees.
         """
         if positions is None:
             positions = torch.arange(x.shape[1], device=x.device)
@@ -242,6 +243,7 @@ class AttentionLayers(nn.Module):
                 context=context,
                 context_mask=context_mask,
                 document_ids=document_ids,
+                document_memory=document_memory,
             )
             new_caches.extend(block_caches)
             start += count

@@ -30,7 +30,7 @@ from xforget.models.pretrained import (
 from xforget.models.validate import validate_model_config
 from xforget.nn.embeddings import AbsolutePositionalEmbedding, TokenEmbedding
 from xforget.nn.kv_cache import Cache
-from xforget.ops.documents import check_document_ids, segment_starts
+from xforget.ops.documents import MEMORY_DOCUMENT, check_document_ids, memory_keys, segment_starts
 
 
 class TransformerWrapper(
@@ -67,8 +67,9 @@ class TransformerWrapper(
         num_memory_tokens: M learned vectors (x-transformers' ``num_memory_tokens``, parameter
             ``memory_tokens`` (M, dim)) concatenated before the embedded tokens (after the absolute table
             and ``emb_dropout``): every token attends to them, their outputs are dropped; with a KV cache
-            they are prepended on the first call only (:mod:`xforget.models.memory_tokens`). Not with
-            ``document_ids`` (packed documents).
+            they are prepended on the first call only (:mod:`xforget.models.memory_tokens`). With
+            ``document_ids`` (packed documents, causal layers only) every document sees them as if they
+            stood right in front of it (see :meth:`forward`).
     Raises:
         ValueError: max_seq_len or num_tokens < 1, emb_dropout outside [0, 1), logits_dim < 1 or a tied
             embedding of another width, num_memory_tokens < 0.
@@ -202,6 +203,16 @@ class TransformerWrapper(
                 gives alone. With a cache the ids continue the cached ones (a cache built without
                 ids is one document, the first new token's); new tokens without ids continue the
                 last cached document. None: one document per row (today's behaviour, unchanged).
+                With ``num_memory_tokens`` (causal layers): every document sees the memory tokens as if
+                they stood directly in front of it (positions 0..M-1 for the memory, M, M+1, ... from
+                each document's start; the forget gate from a memory key sums the memory's gates after
+                it and the document's; a document's first token KV-shifts in the last memory token), so
+                each document gives what it gives alone, logits and gradients. Served by the
+                materialised attention path, O(n^2) memory per layer (docs/kernels.md). The id
+                ``torch.iinfo(torch.int64).min`` is reserved for the memory. With a cache: ids
+                continue the cached documents or start new ones, which see the cached memory; new
+                tokens without ids continue the last document; a cache built without ids is one
+                document, memory included, which new ids may only continue.
             return_intermediates: x-transformers' flag; refused (``TypeError``): its per-layer hiddens and
                 attention maps have no equivalent here; ``return_embeddings=True`` gives the final hidden
                 states, ``AutoregressiveWrapper.forward(..., return_outputs=True)`` the logits and last
@@ -211,7 +222,9 @@ class TransformerWrapper(
         Raises:
             ValueError: token id out of range; sequence beyond the absolute
                 position table; mask or document_ids shape mismatch; document_ids not
-                integers or decreasing along a row.
+                integers or decreasing along a row; with ``num_memory_tokens``: document_ids in a
+                bidirectional (Encoder) model (the memory would see every document), the reserved id,
+                or new documents on a cache built without ids.
         """
         if return_intermediates:
             raise TypeError("TransformerWrapper.forward(return_intermediates=True) (x-transformers' per-layer "
@@ -221,20 +234,19 @@ class TransformerWrapper(
         b, n = x.shape
         if mask is not None and mask.shape != x.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} must equal token shape {tuple(x.shape)}")
-        if self.memory_tokens is not None and (document_ids is not None or (cache is not None and
-                                                                           cache.documents is not None)):
-            raise ValueError("document_ids (packed documents) cannot be combined with num_memory_tokens: the "
-                             "memory would belong to the first document only")
         fresh = cache is None or cache.seen is None
         seen = _seen(cache, b, x.device)
         n_mem = memory_to_prepend(self.memory_tokens, cache)
-        key_docs = _key_documents(cache, document_ids, b, n)
+        key_docs = _key_documents(cache, document_ids, b, n, n_mem)
+        shared_memory = key_docs is not None and self.memory_tokens is not None
+        if shared_memory:
+            _check_memory_documents(self.attn_layers.causal, cache, document_ids, n_mem)
+        mask = extend_mask(mask, n_mem)
         if key_docs is not None:
-            key_mask = _join_masks(None if cache is None else cache.mask, mask, cache.length if cache else 0, b, n,
-                                   x.device)
-            positions = document_positions(key_docs, key_mask, n)
+            key_mask = _join_masks(None if cache is None else cache.mask, mask, cache.length if cache else 0, b,
+                                   n_mem + n, x.device)
+            positions = document_positions(key_docs, key_mask, n_mem + n, memory=shared_memory)
         else:
-            mask = extend_mask(mask, n_mem)
             positions = self._positions(b, n_mem + n, mask, None if fresh else seen, x.device)
 
         h = self.token_emb(x)
@@ -243,7 +255,7 @@ class TransformerWrapper(
         h = prepend_memory(self.memory_tokens, self.emb_dropout(h), n_mem)
         h, new_cache = run_layers(self.attn_layers, h, positions, mask=mask, cache=cache, seen=seen,
                                   return_cache=return_cache, context=context, context_mask=context_mask,
-                                  document_ids=key_docs)
+                                  document_ids=key_docs, document_memory=shared_memory)
         h = h[:, n_mem:]
         out = h if return_embeddings else self.to_logits(h)
         return (out, new_cache) if return_cache else out
@@ -268,8 +280,12 @@ class TransformerWrapper(
         return seen[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _key_documents(cache: Cache | None, document_ids: Tensor | None, b: int, n: int) -> Tensor | None:
-    """(b, n_cached + n) int64 document ids of every key, or None when there are no documents.
+def _key_documents(cache: Cache | None, document_ids: Tensor | None, b: int, n: int, n_mem: int = 0
+                   ) -> Tensor | None:
+    """(b, n_cached + n_mem + n) int64 document ids of every key, or None when there are no documents.
+
+    ``n_mem`` memory tokens prepended in this call take the id
+    :data:`~xforget.ops.documents.MEMORY_DOCUMENT` (every document sees them).
 
     Raises:
         ValueError: ``document_ids`` not (b, n) integers non-decreasing along each row (cached ids included).
@@ -281,23 +297,54 @@ def _key_documents(cache: Cache | None, document_ids: Tensor | None, b: int, n: 
     if document_ids is None:  # generation continues the last cached document
         return torch.cat((cached, cached[:, -1:].expand(b, n)), dim=1)
     check_document_ids(document_ids, b, n)
+    new = document_ids.long()
+    if n_mem:
+        new = torch.cat((new.new_full((b, n_mem), MEMORY_DOCUMENT), new), dim=1)
     if n_cached and cached is None:  # a cache without ids is one document: the first new token's
-        cached = document_ids[:, :1].expand(b, n_cached)
-    docs = document_ids.long() if cached is None else torch.cat((cached, document_ids.long()), dim=1)
+        cached = document_ids[:, :1].long().expand(b, n_cached)
+    docs = new if cached is None else torch.cat((cached, new), dim=1)
     return check_document_ids(docs, b, docs.shape[1])
 
 
-def document_positions(document_ids: Tensor, key_mask: Tensor | None, n: int) -> Tensor:
+def _check_memory_documents(causal: bool, cache: Cache | None, document_ids: Tensor | None, n_mem: int) -> None:
+    """Memory tokens with packed documents: what the model cannot give as "each document alone".
+
+    Raises:
+        ValueError: bidirectional layers (the memory would see, and mix, every document of the row);
+            document ids using the reserved id of the memory; new documents on a cache built without
+            ids (its memory is part of its one document, later documents would not see it).
+    """
+    if not causal:
+        raise ValueError("document_ids (packed documents) cannot be combined with num_memory_tokens in a "
+                         "bidirectional (Encoder) model: the memory tokens attend to every document of the row, "
+                         "so a document would not give what it gives alone; use a Decoder or one document per row")
+    if document_ids is None or torch.compiler.is_compiling():  # the checks below read the ids on the host
+        return
+    if bool((document_ids[:, 0] == MEMORY_DOCUMENT).any()):  # ids are non-decreasing: the first is the least
+        raise ValueError(f"document id {MEMORY_DOCUMENT} (the smallest int64) is reserved for the memory tokens")
+    if cache is not None and cache.documents is None and not n_mem and bool((document_ids != document_ids[:, :1]).any()):
+        raise ValueError("a cache built without document_ids is one document (its memory tokens included): new "
+                         "tokens can only continue it; pass document_ids from the first call to start new "
+                         "documents that see the memory tokens")
+
+
+def document_positions(document_ids: Tensor, key_mask: Tensor | None, n: int, memory: bool = False) -> Tensor:
     """(b, n) positions of the last ``n`` keys counted from their document's first real token.
 
     ``document_ids`` (b, n_keys) int64 of all keys (cached and new); ``key_mask`` (b, n_keys) bool or
     None. Pads take the position of the real token before them, as without documents.
+    ``memory``: the keys with id :data:`~xforget.ops.documents.MEMORY_DOCUMENT` (the row's first) are
+    memory tokens at positions 0..M-1, and every document counts on from M, as it would alone.
     """
     real = torch.ones_like(document_ids) if key_mask is None else key_mask.long()
     count = real.cumsum(-1)
     starts = segment_starts(document_ids)
     before = torch.where(starts > 0, count.gather(-1, (starts - 1).clamp_min(0)), 0)
-    return (count - before - 1).clamp(min=0)[:, -n:]
+    pos = count - before - 1
+    if memory:
+        mem = memory_keys(document_ids)
+        pos = pos + torch.where(mem, 0, (real * mem).sum(-1, keepdim=True))
+    return pos.clamp(min=0)[:, -n:]
 
 
 def _seen(cache: Cache | None, b: int, device) -> Tensor:
@@ -310,7 +357,7 @@ def _seen(cache: Cache | None, b: int, device) -> Tensor:
 def run_layers(
     layers: AttentionLayers, h: Tensor, positions: Tensor, *, mask: Tensor | None, cache: Cache | None,
     seen: Tensor, return_cache: bool, context: Tensor | None, context_mask: Tensor | None,
-    document_ids: Tensor | None = None,
+    document_ids: Tensor | None = None, document_memory: bool = False,
 ) -> tuple[Tensor, Cache | None]:
     """Run the attention layers over embedded inputs, with the KV-cache bookkeeping every wrapper shares.
 
@@ -321,6 +368,8 @@ def run_layers(
         return_cache: build the updated cache (else None is returned for it).
         context, context_mask: for cross-attention layers.
         document_ids: (batch, n_cached + n) int64 packed documents of every key, or None.
+        document_memory: the keys with id :data:`~xforget.ops.documents.MEMORY_DOCUMENT` are memory
+            tokens every document sees (:func:`xforget.ops.attend`).
     Returns:
         (hidden states (batch, n, dim), the updated :class:`Cache` or None).
     """
@@ -330,6 +379,7 @@ def run_layers(
         h, positions=positions, mask=mask, key_mask=key_mask,
         caches=cache.layers if cache is not None and cache.layers else None,
         context=context, context_mask=context_mask, document_ids=document_ids,
+        document_memory=document_memory,
     )
     if not return_cache:
         return h, None

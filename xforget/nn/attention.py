@@ -36,6 +36,7 @@ from xforget.nn.memory_kv import MemoryKV
 from xforget.nn.norms import HeadL2Norm, HeadRMSNorm
 from xforget.nn.attention_options import AttentionOptions, check_attention_options
 from xforget.ops import attend
+from xforget.ops.documents import same_document
 from xforget.nn.rotary import RotaryEmbedding
 from xforget.nn.value_residual import ValueResidualMix
 
@@ -60,6 +61,13 @@ def _shift_documents(document_ids: Tensor | None, n: int) -> Tensor | None:
         return None
     before = document_ids[:, -n - 1: -n] if document_ids.shape[1] > n else document_ids[:, :1]
     return torch.cat((before, document_ids[:, -n:]), dim=1)
+
+
+def _visible_keys(document_ids: Tensor, n: int) -> Tensor:
+    """(b, 1, n, n_keys) bool: the keys each of the last ``n`` queries may see across documents (its own
+    document and the memory tokens; causality is the bias builder's)."""
+    keys = torch.arange(document_ids.shape[1], device=document_ids.device)
+    return same_document(document_ids, keys[-n:], keys, memory=True)
 
 
 class Attention(nn.Module):
@@ -142,6 +150,7 @@ class Attention(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         document_ids: Tensor | None = None,
+        document_memory: bool = False,
     ) -> tuple[Tensor, Tensor, LayerCache | None]:
         """Attend from the new tokens ``x`` to the cached and new keys (or to ``context``).
 
@@ -158,6 +167,9 @@ class Attention(nn.Module):
             document_ids: (batch, n_cached + n) int64 document of every key, non-decreasing along
                 each row (packed documents: no attention and no KV-shift across a boundary), or None.
                 Cross-attention ignores it (the context is not part of the packed row).
+            document_memory: with ``document_ids``, the keys with id
+                :data:`~xforget.ops.documents.MEMORY_DOCUMENT` are the model's memory tokens, which
+                every document sees (and KV-shifts from) as if they stood right in front of it.
         Returns:
             (out (batch, n, dim), values before the residual mix, updated cache
             (None for cross-attention)).
@@ -174,7 +186,7 @@ class Attention(nn.Module):
         shift = None
         if self.kv_shift is not None:
             k, v, shift = self.kv_shift(k, v, x, mask, None if cache is None else cache.shift,
-                                        _shift_documents(document_ids, x.shape[1]))
+                                        _shift_documents(document_ids, x.shape[1]), document_memory)
         own_values = v
         if self.value_residual is not None and first_values is not None:
             v = self.value_residual(v, first_values, x)
@@ -193,7 +205,10 @@ class Attention(nn.Module):
             new_state = self.bias.key_state(x)
             if new_state is not None:
                 bias_state = extend(None if cache is None else cache.bias_state, new_state, 2)
-            dense_bias = self.bias(x, positions, k_pos, key_state=bias_state, key_mask=key_mask)
+            extra = {}
+            if document_memory and document_ids is not None:  # a bias that sums over keys must skip other documents
+                extra["visible"] = _visible_keys(document_ids, x.shape[1])
+            dense_bias = self.bias(x, positions, k_pos, key_state=bias_state, key_mask=key_mask, **extra)
 
         k_norm = None
         new_log_fgate = log_fgate
@@ -213,7 +228,7 @@ class Attention(nn.Module):
                                evicted=evicted)
 
         out = self._attend(q, k, v, key_mask, log_fgate, log_bgate, dense_bias, key_norm=k_norm,
-                           document_ids=document_ids)
+                           document_ids=document_ids, document_memory=document_memory)
         return self._project_out(out, x), own_values, new_cache
 
     def _cross(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> tuple[Tensor, None, None]:
@@ -237,6 +252,7 @@ class Attention(nn.Module):
         causal: bool | None = None,
         key_norm: Tensor | None = None,
         document_ids: Tensor | None = None,
+        document_memory: bool = False,
     ) -> Tensor:
         """Attention of q (b, h, n_q, d) over k, v (b, kv_heads, n_k, d) -> (b, h, n_q, d).
 
@@ -263,6 +279,7 @@ class Attention(nn.Module):
             backend=self.backend, prune=self.prune, prune_eps=self.prune_eps, key_norm=key_norm,
             memory=None if self.memory is None else self.memory.batch(q.shape[0], k.dtype),
             softclamp=self.softclamp, dropout=self.dropout if self.training else 0.0, document_ids=document_ids,
+            document_memory=document_memory,
         )
         return out if order is None else out[:, order.argsort()]
 

@@ -40,7 +40,14 @@ from xforget.ops.common import (
     valid_rows,
     zero_invalid_rows,
 )
-from xforget.ops.documents import check_document_ids, document_rows, same_document, segment_starts, segmented_cumsum
+from xforget.ops.documents import (
+    check_document_ids,
+    document_rows,
+    memory_keys,
+    same_document,
+    segment_starts,
+    segmented_cumsum,
+)
 from xforget.ops.prune import PRUNE_EPS, check_eps
 
 
@@ -74,6 +81,10 @@ class AttentionCall:
         dropout: probability of zeroing an attention weight (0 = none).
         document_ids: ``(b, n_k)`` int64 document of every key, non-decreasing along each row, or
             None (one document): packed documents never see each other (:mod:`xforget.ops.documents`).
+        document_memory: the keys whose document id is :data:`~xforget.ops.documents.MEMORY_DOCUMENT`
+            are memory tokens (the row's first keys) that every document sees as if they stood right
+            in front of it (:mod:`xforget.ops.documents`); only the materialised paths serve it
+            (:func:`xforget.ops.dispatch.route` sends these calls to "dense").
     """
 
     q: Tensor
@@ -93,6 +104,7 @@ class AttentionCall:
     softclamp: Optional[float] = None
     dropout: float = 0.0
     document_ids: Optional[Tensor] = None
+    document_memory: bool = False
 
     def forward_decay(self) -> Optional[Tensor]:
         """``c = cumsum(log_fgate)`` in >= fp32, ``(b, h, n_k)``, pads contributing 0; None without a gate.
@@ -109,7 +121,8 @@ class AttentionCall:
     def _cumulate(self, log_gate: Optional[Tensor]) -> Optional[Tensor]:
         if self.document_ids is None or log_gate is None:
             return cumulative_gate(log_gate, self.mask, self.shapes)
-        return segmented_cumsum(key_gates(log_gate, self.mask, self.shapes), segment_starts(self.document_ids))
+        memory = memory_keys(self.document_ids) if self.document_memory else None
+        return segmented_cumsum(key_gates(log_gate, self.mask, self.shapes), segment_starts(self.document_ids), memory)
 
     def document_starts(self) -> Optional[Tensor]:
         """``(b, n_k)`` int64 first key of every key's document, or None without ``document_ids``."""
@@ -117,13 +130,16 @@ class AttentionCall:
 
     def document_mask(self, q_pos: Tensor, k_pos: Tensor) -> Optional[Tensor]:
         """``(b, 1, m, n)`` bool: query at key position ``q_pos`` (m,) and key ``k_pos`` (n,) share a
-        document; None without ``document_ids`` (every pair does)."""
-        return None if self.document_ids is None else same_document(self.document_ids, q_pos, k_pos)
+        document (or the key is a memory token, with ``document_memory``); None without ``document_ids``
+        (every pair does)."""
+        if self.document_ids is None:
+            return None
+        return same_document(self.document_ids, q_pos, k_pos, self.document_memory)
 
     def rows(self) -> Optional[Tensor]:
         """``(b, n_q)`` bool: the query rows with at least one visible real key (None: all of them)."""
         if self.document_ids is not None and self.mask is not None:
-            return document_rows(self.mask, self.document_ids, self.shapes, self.causal)
+            return document_rows(self.mask, self.document_ids, self.shapes, self.causal, self.document_memory)
         return valid_rows(self.mask, self.shapes, self.causal)
 
     def finish(self, out: Tensor) -> Tensor:

@@ -67,7 +67,8 @@ def resolve_backend(backend: Optional[str], *, q: Tensor, causal: bool, n_k: Opt
 
 
 def route(backend: Optional[str], *, q: Tensor, n_k: int, causal: bool, decay: bool, matrix: bool,
-          memory: bool = False, logits: bool = False, documents: bool = False) -> str:
+          memory: bool = False, logits: bool = False, documents: bool = False,
+          document_memory: bool = False) -> str:
     """The one routing decision of the attention layer: the name of the kernel in ``_IMPLS`` (or "memory").
 
     The bias kind of :mod:`xforget.nn.bias` decides, never a scheme name:
@@ -78,8 +79,10 @@ def route(backend: Optional[str], *, q: Tensor, n_k: int, causal: bool, decay: b
       bidirectional attention without decay and with more queries than keys
       (cross-attention to a short context), for ``memory`` keys with a
       decay that does not fold (bidirectional, or with a matrix bias as well),
-      and for ``memory`` keys with packed ``documents`` (memory keys are seen by
-      every document, which the block-diagonal paths do not express);
+      for ``memory`` keys with packed ``documents`` (memory keys are seen by
+      every document, which the block-diagonal paths do not express), and for
+      packed ``documents`` with ``document_memory`` (memory tokens in the row, seen
+      by every document: O(n_q n_k) memory);
     * "memory": memory keys folded into ordinary inputs, which route again;
     * an explicit ``backend`` ("reference", "fold", ...) is honoured (a matrix
       bias needs "reference" or "chunked");
@@ -99,7 +102,8 @@ def route(backend: Optional[str], *, q: Tensor, n_k: int, causal: bool, decay: b
     name = "auto" if backend is None else backend
     resolve_backend(name, q=q, causal=causal)  # validates the name
     cross = not causal and not decay and q.shape[-2] > n_k  # more queries than keys: no positions to align
-    if logits or cross or (memory and (documents or (decay and (matrix or not causal)))):
+    shared_keys = documents and (memory or document_memory)  # keys every document sees: no block-diagonal path
+    if logits or cross or shared_keys or (memory and decay and (matrix or not causal)):
         return "dense"
     if memory:
         return "memory"
@@ -245,6 +249,7 @@ def attend(
     softclamp: Optional[float] = None,
     dropout: float = 0.0,
     document_ids: Optional[Tensor] = None,
+    document_memory: bool = False,
 ) -> Tensor:
     """The single attention entry point of the model's attention layer.
 
@@ -259,7 +264,10 @@ def attend(
     logits (:mod:`xforget.ops.dense`).  ``document_ids``: packed documents as in
     :func:`forgetting_attention`, served by every path (memory keys stay visible
     to every document: they belong to the model, not to a document, so a packed
-    row equals its documents run alone).
+    row equals its documents run alone).  ``document_memory``: the keys with document id
+    :data:`~xforget.ops.documents.MEMORY_DOCUMENT` are memory tokens every document sees as if
+    they stood right in front of it (the model's ``num_memory_tokens`` with packed documents);
+    served by the dense path (O(n_q n_k) memory).
 
     Routing with ``backend`` None/"auto" (:func:`route`, the one decision):
 
@@ -288,11 +296,11 @@ def attend(
     decay = log_fgate is not None or (log_bgate is not None and not causal)  # causal: a backward gate does nothing
     name = route(backend, q=q, n_k=k.shape[-2], causal=causal, decay=decay, matrix=bias is not None,
                  memory=memory is not None, logits=softclamp is not None or dropout > 0,
-                 documents=document_ids is not None)
+                 documents=document_ids is not None, document_memory=document_memory)
     if name in ("dense", "memory"):  # both compute in >= fp32 from the inputs as called, under any autocast
         call = unchecked_call(q, k, v, causal=causal, mask=mask, log_fgate=log_fgate, log_bgate=log_bgate, bias=bias,
                               scale=scale, memory=memory, softclamp=softclamp, dropout=dropout,
-                              document_ids=document_ids)
+                              document_ids=document_ids, document_memory=bool(document_memory) and document_ids is not None)
         if name == "memory":  # memory keys made ordinary inputs, which this function routes again
             return memory_attention(call, attend, backend)
         return _IMPLS[name](call)

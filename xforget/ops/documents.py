@@ -17,6 +17,13 @@ documents accumulate).  Instead:
   :func:`segment_starts`, keys before it are skipped (the fold's blocks start
   there, :func:`document_blocks_forward`) or masked as booleans (the materialised
   paths, :func:`same_document`).
+
+Memory tokens (``TransformerWrapper(num_memory_tokens=M)``) in a packed row are the row's first
+keys and carry the id :data:`MEMORY_DOCUMENT`; with ``memory=True`` (the attention call's
+``document_memory``) every query sees them as if they sat directly in front of its own document:
+:func:`same_document` lets every query see them, and :func:`segmented_cumsum` starts every
+document's gate at the memory's end value.  Only the materialised paths implement this
+(:func:`xforget.ops.dispatch.route` sends such calls to "dense").
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 DOC_BLOCK = 128  # query rows per fused call of the blocked document path
+
+# The document id of memory tokens: the smallest int64, so the memory (the row's first keys) keeps the ids
+# non-decreasing whatever the documents' ids are.
+MEMORY_DOCUMENT = torch.iinfo(torch.int64).min
 
 
 def check_document_ids(document_ids: Tensor, b: int, n: int) -> Tensor:
@@ -95,17 +106,26 @@ def segment_ends(document_ids: Tensor) -> Tensor:
     return _layout("ends", document_ids, lambda d: (d.shape[1] - 1) - _starts(d.flip(-1)).flip(-1))
 
 
-def segmented_cumsum(g: Tensor, starts: Tensor) -> Tensor:
+def segmented_cumsum(g: Tensor, starts: Tensor, memory: Optional[Tensor] = None) -> Tensor:
     """Cumulative sum of ``g`` (b, h, n) restarting at every document start; ``g``'s dtype.
 
     Computed in float64 and rounded once, so a document's decay carries the
     rounding of its own length only (a cumsum over the whole row would carry
     ``6e-8 * |c|`` of every earlier document).  ``starts`` from :func:`segment_starts`.
+    ``memory``: (b, n) bool memory-token keys (:func:`memory_keys`, their own segment at the
+    row's start) or None: every document then restarts at the memory's end value instead of 0, so
+    ``c_i - c_j`` from a memory key j to a query i sums the memory's gates after j and the
+    document's up to i, as when the document runs alone behind the memory.
     """
     c = g.double().cumsum(-1)
     before = (starts - 1).clamp_min(0)[:, None, :].expand(c.shape)
     base = torch.where(starts[:, None, :] > 0, c.gather(-1, before), 0.0)
-    return (c - base).to(g.dtype)
+    out = c - base
+    if memory is not None:
+        mem = memory[:, None, :]
+        total = torch.where(mem, g.double(), 0.0).sum(-1, keepdim=True)  # the memory's whole decay
+        out = out + torch.where(mem, 0.0, total)
+    return out.to(g.dtype)
 
 
 def padded_documents(document_ids: Tensor, pad: int) -> Tensor:
@@ -117,18 +137,30 @@ def padded_documents(document_ids: Tensor, pad: int) -> Tensor:
                    lambda d: torch.cat((d, d[:, -1:].expand(d.shape[0], pad)), dim=1))
 
 
-def same_document(document_ids: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
-    """(b, 1, m, n) bool: query at position ``q_pos`` (m,) and key at ``k_pos`` (n,) share a document."""
-    return (document_ids[:, q_pos][:, None, :, None] == document_ids[:, k_pos][:, None, None, :])
+def memory_keys(document_ids: Tensor) -> Tensor:
+    """(b, n) bool: the keys that are memory tokens (id :data:`MEMORY_DOCUMENT`)."""
+    return document_ids == MEMORY_DOCUMENT
 
 
-def document_rows(mask: Tensor, document_ids: Tensor, s: Shapes, causal: bool) -> Tensor:
-    """(b, n_q) bool: does the query see at least one real key of its own document?"""
+def same_document(document_ids: Tensor, q_pos: Tensor, k_pos: Tensor, memory: bool = False) -> Tensor:
+    """(b, 1, m, n) bool: query at position ``q_pos`` (m,) and key at ``k_pos`` (n,) share a document
+    (with ``memory``: or the key is a memory token, which every query sees)."""
+    keys = document_ids[:, k_pos]
+    same = document_ids[:, q_pos][:, None, :, None] == keys[:, None, None, :]
+    return same | memory_keys(keys)[:, None, None, :] if memory else same
+
+
+def document_rows(mask: Tensor, document_ids: Tensor, s: Shapes, causal: bool, memory: bool = False) -> Tensor:
+    """(b, n_q) bool: does the query see at least one real key of its own document (with ``memory``: or
+    a real memory token; they come first, so a causal query sees them all)?"""
     cm = mask.long().cumsum(-1)
     starts = segment_starts(document_ids)
     base = torch.where(starts > 0, cm.gather(-1, (starts - 1).clamp_min(0)), 0)
     upto = cm if causal else cm.gather(-1, segment_ends(document_ids))
-    return (upto - base > 0)[:, s.offset:]
+    rows = upto - base > 0
+    if memory:
+        rows = rows | (mask & memory_keys(document_ids)).any(-1, keepdim=True)
+    return rows[:, s.offset:]
 
 
 def mask_matrix(document_ids: Tensor, s: Shapes, causal: bool) -> Tensor:

@@ -351,10 +351,8 @@ def validate(cfg: TrainConfig, *, model: bool = True) -> None:
     need(d.num_bytes is None or d.num_bytes >= 1, "data.num_bytes", ">= 1 or null", d.num_bytes)
     need(isinstance(m.num_memory_tokens, int) and m.num_memory_tokens >= 0, "model.num_memory_tokens", ">= 0",
          m.num_memory_tokens)
-    if d.pack_documents and m.num_memory_tokens:
-        raise ConfigError(f"data.pack_documents=true cannot be combined with model.num_memory_tokens="
-                          f"{m.num_memory_tokens}: memory tokens are seen by every document of a window; set "
-                          "data.pack_documents=false or model.num_memory_tokens=0")
+    # data.pack_documents with model.num_memory_tokens is fine: a decoder (the only kind trained here) shows the
+    # memory to every document as if it stood right in front of it (TransformerWrapper.forward, document_ids)
     if d.pack_documents and d.name != "tokens":
         raise ConfigError(f"data.pack_documents=true needs a prepared dataset with an end-of-text token (data=tokens), "
                           f"not data={d.name}; set data.pack_documents=false")

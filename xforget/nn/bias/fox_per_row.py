@@ -13,7 +13,10 @@ key t's gate, seen from query i, discounts t itself and everything before it).
 The bias is genuinely (n_q, n_k)-shaped, so this is a "matrix" builder; the
 rows are computed in query blocks so the intermediate tiles stay small. Causal
 only. The small keys of every token are kept in the KV cache (``key_state``),
-so cached decoding is exact. Pad keys get g = 0 (they do not forget).
+so cached decoding is exact. Pad keys get g = 0 (they do not forget). With packed
+documents and memory tokens (``visible``), tokens a query cannot see (other documents)
+get g = 0 too, so D from a memory key sums the memory and the query's own document only,
+as when the document runs alone behind the memory.
 """
 
 from __future__ import annotations
@@ -72,8 +75,11 @@ class PerRowForgetGate(BiasBuilder):
         return self._split(x)[1]
 
     def forward(
-        self, x: Tensor, q_pos: Tensor, k_pos: Tensor, *, key_state: Tensor | None = None, key_mask: Tensor | None = None
+        self, x: Tensor, q_pos: Tensor, k_pos: Tensor, *, key_state: Tensor | None = None,
+        key_mask: Tensor | None = None, visible: Tensor | None = None,
     ) -> Tensor:
+        """(batch, heads, n_q, n_k) float32 bias; ``visible``: (batch, 1, n_q, n_k) bool keys each query
+        may see (packed documents with memory tokens), or None (all earlier keys)."""
         q_small, k_new = self._split(x)
         keys = k_new if key_state is None else key_state
         b, h, n_q, _ = q_small.shape
@@ -90,6 +96,8 @@ class PerRowForgetGate(BiasBuilder):
             valid = (key_idx[None, :] < q_idx[:, None])[None, None]  # t < i
             if key_mask is not None:
                 valid = valid & key_mask[:, None, None, :]
+            if visible is not None:
+                valid = valid & visible[:, :, start : start + q_blk.shape[2]]
             g = torch.where(valid, g, 0.0)
             rows.append(g.flip(-1).cumsum(-1).flip(-1))  # D_ij = sum_{t >= j} g_it
         return torch.cat(rows, dim=2)
