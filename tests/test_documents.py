@@ -267,6 +267,47 @@ def test_packed_fold_skips_every_tile_of_earlier_documents(monkeypatch):
     assert float(rec.fraction[0]) >= layout / total > 0.2
 
 
+def test_total_forget_gives_exactly_zero_weight_against_huge_logits():
+    """The fp32 fold writes each boundary into c as a jump of 2 max|q| max|k| scale + 1e4: a key of an
+    earlier document aligned with the query (q . k ~ 5e4 above the query's own key) still gets weight 0."""
+    n, cut = 600, 300
+    q, k, v, g, docs = _op_case(n, [cut, n - cut], h=2, h_kv=2, dtype=torch.float32)
+    k[:, :, :cut] = 2000 * q[:, :, cut:cut + 1]  # earlier document: keys along the later queries
+    q[:, :, cut:] = 10 * q[:, :, cut:cut + 1]
+    v[:, :, :cut] = 1e30
+    out = attend(q, k, v, causal=True, log_fgate=g, document_ids=docs, backend="fold")
+    alone = attend(q[:, :, cut:].double(), k[:, :, cut:].double(), v[:, :, cut:].double(), causal=True,
+                   log_fgate=g[..., cut:].double(), backend="reference")
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[:, :, cut:].double(), alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("prune", [True, False])
+def test_fox_packed_fold_prunes_earlier_documents_as_forgotten_keys(prune):
+    """FoX / ALiBi in fp32: a boundary is a total forget in the decay, so the pruning bound skips earlier
+    documents like strongly forgotten keys.  8 documents of 128 tokens in 1024 with a gate that forgets
+    almost nothing: unpacked prunes nothing, packed skips every (128 x 64) tile of earlier documents."""
+    n = 1024
+    q, k, v = torch.randn(1, 2, n, 8), torch.randn(1, 2, n, 8), torch.randn(1, 2, n, 8)
+    g = torch.full((1, 2, n), -1e-4)
+    docs = _ids([128] * 8)[None]
+    with collect_pruning() as log:
+        packed = attend(q, k, v, causal=True, log_fgate=g, document_ids=docs, backend="fold", prune=prune)
+        attend(q, k, v, causal=True, log_fgate=g, backend="fold", prune=prune)
+    layout = sum(m0 * 128 for m0 in range(0, n, 128))  # every key before the block's document
+    if prune:
+        rec_packed, rec_plain = log.records
+        assert float(rec_packed.pruned.min()) >= layout
+        assert float(rec_plain.pruned.max()) == 0
+    else:
+        assert not log.records
+    for t in range(8):  # and the result is each document alone
+        sl = slice(128 * t, 128 * (t + 1))
+        alone = attend(q[:, :, sl].double(), k[:, :, sl].double(), v[:, :, sl].double(), causal=True,
+                       log_fgate=g[..., sl].double(), backend="reference")
+        torch.testing.assert_close(packed[:, :, sl].double(), alone, atol=2e-6, rtol=0)
+
+
 def test_document_layout_is_computed_once_per_forward(monkeypatch):
     """Every layer reads the segment starts/ends computed once for the ids tensor; a changed tensor recomputes."""
     from xforget.ops import documents

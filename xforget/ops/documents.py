@@ -6,9 +6,11 @@ queries are the last n_q keys).  Query i sees key j only when both carry the
 same id: keys of other documents get exactly zero weight (they are masked with
 -inf, or never computed), which is what running each document alone gives.
 
-A boundary is a *total forget*, but it is not written into the cumulative gate
-as a large finite jump (that would cost fp32 digits in every later logit as
-documents accumulate).  Instead:
+A boundary is a *total forget*.  The CPU fp32 fold with a decay writes it into
+its float64 cumulative gate as a large jump (:func:`boundary_forget`): its exact
+channels subtract ``c_i - c_j`` without losing digits, so packed rows run the
+unpacked kernels.  Everywhere else a jump would cost fp32 digits in every later
+logit as documents accumulate, so there:
 
 * decays are cumulated per document (:func:`segmented_cumsum`, in float64 then
   rounded once), so ``|c|`` is bounded by one document's decay, whatever the
@@ -126,6 +128,26 @@ def segmented_cumsum(g: Tensor, starts: Tensor, memory: Optional[Tensor] = None)
         total = torch.where(mem, g.double(), 0.0).sum(-1, keepdim=True)  # the memory's whole decay
         out = out + torch.where(mem, 0.0, total)
     return out.to(g.dtype)
+
+
+def boundary_forget(document_ids: Tensor, q: Tensor, k: Tensor, scale: float, gap: float) -> Tensor:
+    """(b, 1, n_k) float64: the cumulative decay of a *total forget* at every document start.
+
+    ``-J * (documents started up to key j)``, with ``J = 2 * max|q| * max|k| * scale + gap`` per batch
+    row (q (b, h, n_q, d), k (b, h_kv, n_k, d)): a key of an earlier document gets a logit at least
+    ``gap`` below the query's own key, whatever ``q . k``, so ``exp`` gives it exactly 0.  Added to the
+    fold's float64 ``c`` only where the fold carries the row constant as exact channels
+    (:mod:`xforget.ops.rebase`): there the jumps cost no digits however many documents precede a key
+    (the channels subtract ``c_i - c_j`` exactly), so packed rows take the unpacked path, one fused call
+    or the pruned bands, and the pruning skips earlier documents like strongly forgotten keys.
+    """
+    with torch.no_grad():
+        qn = q.detach().float().norm(dim=-1).flatten(1).amax(-1)  # (b,)
+        kn = k.detach().float().norm(dim=-1).flatten(1).amax(-1)
+        jump = (2.0 * qn * kn * scale + gap).double()
+        started = torch.zeros_like(document_ids)
+        started[:, 1:] = (document_ids[:, 1:] != document_ids[:, :-1]).long().cumsum(-1)
+        return (-jump[:, None] * started.double())[:, None, :]
 
 
 def padded_documents(document_ids: Tensor, pad: int) -> Tensor:

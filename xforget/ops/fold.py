@@ -57,14 +57,14 @@ from xforget.ops import prune as acp
 from xforget.ops import rebase as rebasing
 from xforget.ops.backend import AttentionCall
 from xforget.ops.common import Shapes, Tensor, cumulative_gate, expand_kv, kernel_dtype
-from xforget.ops.documents import block_key_starts, mask_matrix, padded_documents
+from xforget.ops.documents import block_key_starts, boundary_forget, mask_matrix, padded_documents
 from xforget.ops.pruned_op import document_fold, pruned_fold
 
 # From this many keys the CPU fold runs packed documents block by block (skipping earlier documents);
 # below it one fused call with the block-diagonal mask is faster.  scripts/bench_packing.py, default FoX
 # model, 2-core EPYC, mean document 200 tokens, packed/unpacked training throughput: n=512 blocked 1.06,
 # fused 0.83; n=1024 blocked 1.02, fused 0.72; n=256 blocked 0.96, fused 0.99.
-DOC_BLOCKED_MIN_KEYS = 512
+DOC_BLOCKED_MIN_KEYS = 512  # (the fp32 fold with a decay takes neither: the total forget in c, boundary_forget)
 PAD_GAP = 1.0e4  # pad keys sit this far (at least) below every real key's logit
 FP16_CHANNEL_MAX = 2.0 ** 14  # |u| / 2^p stays below this in fp16 channels
 
@@ -155,6 +155,11 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     # exact: c in float64, not restarted per document (documents are kept apart by the key ranges and
     # masks; the channels make its differences exact however large |c| grows: xforget.ops.rebase)
     c = cumulative_gate(call.log_fgate, mask, s, torch.float64) if exact else call.forward_decay()
+    # exact channels: a document boundary is a total forget inside c (documents.boundary_forget), so
+    # packed rows run the unpacked kernels; elsewhere the boundary stays a key range or a mask
+    forget_docs = exact and call.document_ids is not None
+    if forget_docs:
+        c = c + boundary_forget(call.document_ids, q, k, scale, PAD_GAP)
     if c is None and mask is None and call.document_ids is None:  # plain causal attention: nothing to fold
         return causal_sdpa(q, k, v, s.n_q, s.n_k, scale, enable_gqa=s.h != s.h_kv)
 
@@ -187,7 +192,7 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     pad = rebasing.tail_padding(s.n_k) if exact and c is not None and s.n_q > 1 else 0
     if pad:  # queries and keys at the end: causality hides the pad keys; the pad queries are dropped
         q2, k2, v2 = (F.pad(t, (0, 0, 0, pad)) for t in (q2, k2, v2))
-    if call.document_ids is not None:  # packed documents: each query block from its document's start
+    if call.document_ids is not None and not forget_docs:  # packed documents: blocks from their document's start
         out = _documents(call, q, k, c, q2, k2, v2, pad)
     elif call.prune and c is not None and not q.is_cuda and s.n_k >= acp.PRUNE_MIN_KEYS:
         out = _pruned(q, k, c, mask, s, scale, call.prune_eps, call.key_norm, q2, k2, v2, width, pad)
