@@ -150,3 +150,26 @@ def test_fullgraph_traces_memory_tokens_with_documents():
     x, docs = torch.randint(0, 40, (1, 15)), _ids([5, 1, 9])[None]
     compiled = torch.compile(net, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x, document_ids=docs), net(x, document_ids=docs), atol=0, rtol=0)
+
+
+def test_long_fp32_documents_with_memory_stay_exact():
+    """FoX with memory tokens and two documents of 512 in fp32 vs the same model in float64: the dense
+    path takes its decay differences in float64 (an fp32 cumsum was 2.6e-5 off at 1024 tokens)."""
+    torch.manual_seed(0)
+    net = _memory_model("fox", torch.float64, 2, max_seq_len=1024)
+    tokens = torch.randint(0, 40, (1, 1024))
+    docs = _ids([512, 512])[None]
+    want = net(tokens, document_ids=docs)
+    got = net.float()(tokens, document_ids=docs)
+    err = (got.double() - want).abs().max().item()
+    assert err <= 4e-6 * (1 + want.abs().max().item()), err
+
+
+def test_narrow_integer_ids_with_memory_tokens():
+    """int32 ids are accepted like int64 (all zeros is not the reserved memory id)."""
+    net = _memory_model("fox", torch.float64, 2)
+    tokens = torch.randint(0, 40, (2, 20))
+    docs = torch.stack((_ids([5, 15]), _ids([20])))
+    torch.testing.assert_close(net(tokens, document_ids=docs.int()), net(tokens, document_ids=docs), atol=0, rtol=0)
+    torch.testing.assert_close(net(tokens, document_ids=torch.zeros(2, 20, dtype=torch.int32)), net(tokens),
+                               atol=1e-12, rtol=0)

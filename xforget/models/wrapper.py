@@ -320,7 +320,8 @@ def _check_memory_documents(causal: bool, cache: Cache | None, document_ids: Ten
                          "so a document would not give what it gives alone; use a Decoder or one document per row")
     if document_ids is None or torch.compiler.is_compiling():  # the checks below read the ids on the host
         return
-    if bool((document_ids[:, 0] == MEMORY_DOCUMENT).any()):  # ids are non-decreasing: the first is the least
+    # ids are non-decreasing: the first is the least; narrower integer ids cannot hold the reserved one
+    if document_ids.dtype == torch.int64 and bool((document_ids[:, 0] == MEMORY_DOCUMENT).any()):
         raise ValueError(f"document id {MEMORY_DOCUMENT} (the smallest int64) is reserved for the memory tokens")
     if cache is not None and cache.documents is None and not n_mem and bool((document_ids != document_ids[:, :1]).any()):
         raise ValueError("a cache built without document_ids is one document (its memory tokens included): new "

@@ -106,23 +106,25 @@ class AttentionCall:
     document_ids: Optional[Tensor] = None
     document_memory: bool = False
 
-    def forward_decay(self) -> Optional[Tensor]:
-        """``c = cumsum(log_fgate)`` in >= fp32, ``(b, h, n_k)``, pads contributing 0; None without a gate.
+    def forward_decay(self, dtype: Optional[torch.dtype] = None) -> Optional[Tensor]:
+        """``c = cumsum(log_fgate)`` in ``dtype`` (default >= fp32), ``(b, h, n_k)``, pads contributing 0;
+        None without a gate.
 
         With ``document_ids`` the sum restarts at every document (only differences within a
         document are ever used), so ``|c|`` never grows with the number of documents before.
         """
-        return self._cumulate(self.log_fgate)
+        return self._cumulate(self.log_fgate, dtype)
 
-    def backward_decay(self) -> Optional[Tensor]:
+    def backward_decay(self, dtype: Optional[torch.dtype] = None) -> Optional[Tensor]:
         """``r = cumsum(log_bgate)`` like :meth:`forward_decay`; None when causal or without a gate."""
-        return None if self.causal else self._cumulate(self.log_bgate)
+        return None if self.causal else self._cumulate(self.log_bgate, dtype)
 
-    def _cumulate(self, log_gate: Optional[Tensor]) -> Optional[Tensor]:
+    def _cumulate(self, log_gate: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
         if self.document_ids is None or log_gate is None:
-            return cumulative_gate(log_gate, self.mask, self.shapes)
+            return cumulative_gate(log_gate, self.mask, self.shapes, dtype)
         memory = memory_keys(self.document_ids) if self.document_memory else None
-        return segmented_cumsum(key_gates(log_gate, self.mask, self.shapes), segment_starts(self.document_ids), memory)
+        return segmented_cumsum(key_gates(log_gate, self.mask, self.shapes, dtype), segment_starts(self.document_ids),
+                                memory)
 
     def document_starts(self) -> Optional[Tensor]:
         """``(b, n_k)`` int64 first key of every key's document, or None without ``document_ids``."""

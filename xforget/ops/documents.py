@@ -56,7 +56,7 @@ def check_document_ids(document_ids: Tensor, b: int, n: int) -> Tensor:
             traces, a decreasing row is a ``RuntimeError`` from ``torch._assert_async`` when the graph runs).
     """
     if not isinstance(document_ids, Tensor) or document_ids.is_floating_point() or document_ids.dtype == torch.bool:
-        raise ValueError(f"document_ids must be an int64 tensor (batch, n); got "
+        raise ValueError(f"document_ids must be an integer tensor (batch, n), int64 preferred; got "
                          f"{getattr(document_ids, 'dtype', type(document_ids).__name__)}")
     if tuple(document_ids.shape) != (b, n):
         raise ValueError(f"document_ids must have shape (batch, n) = {(b, n)}; got {tuple(document_ids.shape)}")
