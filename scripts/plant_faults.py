@@ -179,8 +179,8 @@ FAULTS: list[Fault] = [
           "the pruning plan run outside the graph (the old design): fullgraph=True fails"),
     # ---- zoo
     Fault("kv-shift-values", "zoo: KV-shift of values", "xforget/nn/kv_shift.py",
-          "return k.lerp(prev_k, a), v.lerp(prev_v, a), ShiftState(last_k, last_v)",
-          "return k.lerp(prev_k, a), v, ShiftState(last_k, last_v)",
+          "return k.lerp(prev_k, a), v.lerp(prev_v, a), ShiftState(last_k, last_v, mem_k, mem_v)",
+          "return k.lerp(prev_k, a), v, ShiftState(last_k, last_v, mem_k, mem_v)",
           ("tests/test_zoo_attention.py::test_kv_shift_formula_padding_and_state_float64",), "values not shifted"),
     Fault("ff-relu", "zoo: relu feed-forward", "xforget/nn/feedforward.py",
           '"relu": F.relu,', '"relu": F.gelu,', ("tests/test_zoo_blocks.py::test_feedforward_formulas_float64",),
