@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
+import torch
+
 
 from xforget.ops.common import (
     Shapes,

@@ -145,18 +145,14 @@ def boundary_forget(document_ids: Tensor, q: Tensor, k: Tensor, scale: float, ga
         qn = q.detach().float().norm(dim=-1).flatten(1).amax(-1)  # (b,)
         kn = k.detach().float().norm(dim=-1).flatten(1).amax(-1)
         jump = (2.0 * qn * kn * scale + gap).double()
-        started = torch.zeros_like(document_ids)
-        started[:, 1:] = (document_ids[:, 1:] != document_ids[:, :-1]).long().cumsum(-1)
-        return (-jump[:, None] * started.double())[:, None, :]
+        return (-jump[:, None] * _layout("started", document_ids, _documents_started))[:, None, :]
 
 
-def padded_documents(document_ids: Tensor, pad: int) -> Tensor:
-    """(b, n + pad) int64: ``pad`` positions appended to the last document (tile padding of the fold,
-    :mod:`xforget.ops.rebase`); the same tensor for the same ids (every layer pads the same ids once)."""
-    if not pad:
-        return document_ids
-    return _layout(f"padded{pad}", document_ids,
-                   lambda d: torch.cat((d, d[:, -1:].expand(d.shape[0], pad)), dim=1))
+def _documents_started(document_ids: Tensor) -> Tensor:
+    """(b, n) float64: how many document starts lie after key 0 up to each key."""
+    started = torch.zeros(document_ids.shape, dtype=torch.float64, device=document_ids.device)
+    started[:, 1:] = (document_ids[:, 1:] != document_ids[:, :-1]).double().cumsum(-1)
+    return started
 
 
 def memory_keys(document_ids: Tensor) -> Tensor:

@@ -47,7 +47,6 @@ over pad keys only, so everything stays finite).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import List, Optional, Tuple
 
 import torch
@@ -57,7 +56,7 @@ from xforget.ops import prune as acp
 from xforget.ops import rebase as rebasing
 from xforget.ops.backend import AttentionCall
 from xforget.ops.common import Shapes, Tensor, cumulative_gate, expand_kv, kernel_dtype
-from xforget.ops.documents import block_key_starts, boundary_forget, mask_matrix, padded_documents
+from xforget.ops.documents import block_key_starts, boundary_forget, mask_matrix
 from xforget.ops.pruned_op import document_fold, pruned_fold
 
 # From this many keys the CPU fold runs packed documents block by block (skipping earlier documents);
@@ -189,11 +188,11 @@ def fold_attention(call: AttentionCall, *, channel_multiple: int = 1) -> Tensor:
     v2 = F.pad(expand_kv(v, s.h), (0, pad_v)) if pad_v else expand_kv(v, s.h)
 
     # whole key tiles: the kernel sums the channels in order only there (xforget.ops.rebase)
-    pad = rebasing.tail_padding(s.n_k) if exact and c is not None and s.n_q > 1 else 0
+    pad = rebasing.tail_padding(s.n_k) if exact and s.n_q > 1 else 0
     if pad:  # queries and keys at the end: causality hides the pad keys; the pad queries are dropped
         q2, k2, v2 = (F.pad(t, (0, 0, 0, pad)) for t in (q2, k2, v2))
     if call.document_ids is not None and not forget_docs:  # packed documents: blocks from their document's start
-        out = _documents(call, q, k, c, q2, k2, v2, pad)
+        out = _documents(call, q, k, c, q2, k2, v2)
     elif call.prune and c is not None and not q.is_cuda and s.n_k >= acp.PRUNE_MIN_KEYS:
         out = _pruned(q, k, c, mask, s, scale, call.prune_eps, call.key_norm, q2, k2, v2, width, pad)
     else:
@@ -229,10 +228,9 @@ def _decay_first(q_s: Tensor, k: Tensor, c: Tensor, u: Tensor, s: Shapes) -> Tup
 
 
 def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q2: Tensor, k2: Tensor,
-               v2: Tensor, pad: int) -> Tensor:
-    """The folded attention of packed documents (:mod:`xforget.ops.documents`), ``(b, h, n_q + pad, width)``.
-
-    ``q2``/``k2``/``v2`` carry ``pad`` tile-padding positions at the end (they join the last document).
+               v2: Tensor) -> Tensor:
+    """The folded attention of packed documents (:mod:`xforget.ops.documents`), ``(b, h, n_q, width)``:
+    the fold without the exact channels (no decay, float64, CUDA), so without tile padding either.
 
     On the CPU from ``PRUNE_MIN_KEYS`` keys: blocks of ``PRUNE_BLOCK`` queries per batch row, each
     reading keys from the start of its first query's document (and, with ``call.prune``, from the
@@ -241,18 +239,17 @@ def _documents(call: AttentionCall, q: Tensor, k: Tensor, c: Optional[Tensor], q
     mask as booleans (O(n_q n_k) bits).
     """
     s, docs = call.shapes, call.document_ids
-    padded = padded_documents(docs, pad)
     if q2.is_cuda or s.n_k < DOC_BLOCKED_MIN_KEYS:
-        allowed = mask_matrix(padded, replace(s, n_q=s.n_q + pad, n_k=s.n_k + pad), causal=True)
+        allowed = mask_matrix(docs, s, causal=True)
         if not q2.is_cuda:  # the CPU kernel takes an additive mask as is; a boolean one costs ~1.6x (measured)
             allowed = torch.zeros(allowed.shape, dtype=q2.dtype, device=q2.device).masked_fill(~allowed, float("-inf"))
         return F.scaled_dot_product_attention(q2, k2, v2, attn_mask=allowed, scale=1.0)
-    starts = block_key_starts(docs, s, acp.PRUNE_BLOCK)  # (b, n_blocks); the pad joins the last block
+    starts = block_key_starts(docs, s, acp.PRUNE_BLOCK)  # (b, n_blocks)
     if call.prune and c is not None:
         kn = acp.key_norms(k, s.h, call.mask, call.key_norm)
         decay = acp.block_starts(q, kn, c, call.mask, s, call.scale, call.prune_eps, floor=starts[:, None, :])
         starts = torch.maximum(starts, decay.amin(1))  # the heads share one call: the earliest head's start
-    out, _ = document_fold(q2.contiguous(), k2.contiguous(), v2.contiguous(), padded, starts, acp.PRUNE_BLOCK)
+    out, _ = document_fold(q2.contiguous(), k2.contiguous(), v2.contiguous(), docs, starts, acp.PRUNE_BLOCK)
     return out
 
 

@@ -28,12 +28,11 @@ magnitude of |c| as with one key channel (measured with ALiBi slopes up to 10:
 at the end to a multiple of :data:`KEY_TILE` (:func:`tail_padding`): the pad
 keys come after every real query, so causality hides them, the pad queries'
 outputs are dropped and get no gradient.  The pruned bands then read whole
-tiles (their key ranges start on multiples of 64 and end at a block end).  The
-packed-documents blocks start at a document's first key, anywhere; no start
-(1 .. 1000, step 7, and 490 .. 520 in 1024 keys) showed the error there once
-the row is padded, so they are not rounded to a tile.  Every length of
-16 .. 3072 keys was checked; ``tests/test_fold_precision.py`` covers the
-awkward ones, each path, gradients and query chunks.
+tiles (their key ranges start on multiples of 64 and end at a block end), and
+packed documents take the same calls (the boundary is a jump in ``c``,
+:func:`xforget.ops.documents.boundary_forget`).  Every length of 16 .. 3072
+keys was checked; ``tests/test_fold_precision.py`` covers the awkward ones,
+each path, gradients and query chunks.
 An earlier version rebased the channel per block of queries (robust to the
 order, slower: the keys are copied per block); it is not kept.
 """
