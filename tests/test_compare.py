@@ -134,6 +134,26 @@ def test_bad_keys_fail_in_one_line_with_exit_code_2(args, needle, capsys, tmp_pa
     assert not (tmp_path / "runs").exists()
 
 
+def test_main_puts_back_the_callers_sigterm_handler(tmp_path, text_file):
+    # compare turns SIGTERM into an interrupt for its own run only: a test runner or notebook that called
+    # it keeps its handler (the leaked one once reached the forked workers of a later test)
+    import signal
+
+    from xforget.commands.compare import main
+
+    def mine(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        with pytest.raises(SystemExit):
+            main(["subprocess=false", "data=text", f"data.path={text_file}", "positons=[none]",
+                  f"hydra.run.dir={tmp_path}"])
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_cli_trains_in_a_subprocess_and_records_peak_memory(text_file, tmp_path):
     args = tiny_args(text_file, tmp_path, positions="[alibi]", seeds="[0]") + ["eval.multiples=[1,2]", "plots=false"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -362,6 +362,37 @@ def test_num_proc_gives_the_same_shards(tmp_path):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
 
 
+def test_num_proc_after_threads_and_a_dead_worker(tmp_path):
+    # the workers come from a fork server, not a fork of this (threaded) process: a fork copies held
+    # locks and hung a CI run; a worker that dies raises instead of leaving its batch pending for ever
+    import threading
+
+    from xforget.data.prepare import _encode_in_workers
+
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def hold():  # a thread that holds a lock most of the time, as a busy OpenMP/tokenizers pool would
+        while not stop.is_set():
+            with lock:
+                time.sleep(0.001)
+
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    try:
+        input_ = write_corpus("textdir", tmp_path, make_docs(20, seed=8))
+        one = prep(input_, tmp_path / "one", batch_bytes=512)
+        two = prep(input_, tmp_path / "two", batch_bytes=512, num_proc=2)
+        assert (one / "train.bin").read_bytes() == (two / "train.bin").read_bytes()
+    finally:
+        stop.set()
+        t.join()
+    written = []
+    with pytest.raises(DataError, match="worker process died"):
+        _encode_in_workers(2, ByteTokenizer(), os._exit, iter([3, 3, 3]), written.append)  # exits with 3
+    assert written == []
+
+
 def test_kill_and_resume_on_tokens_equals_uninterrupted(tmp_path):
     from safetensors.torch import load_file
 

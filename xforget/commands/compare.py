@@ -77,7 +77,16 @@ def main(argv: list[str] | None = None) -> None:
     def on_sigterm(signum, frame):  # like Ctrl-C: forwarded to the training process, which checkpoints
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    # process-wide: restored on the way out, so that a caller (a test runner, a notebook) keeps its own
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        _main(argv)
+    finally:
+        if previous is not None:  # None: a handler installed outside Python, which cannot be put back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str]) -> None:
     try:
         part, argv = cfg_flag(argv)
         argv = literal_paths(argv)

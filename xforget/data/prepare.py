@@ -176,6 +176,39 @@ def _init_worker(spec: str | None) -> None:
         _WORKER_TOKENIZER = HFTokenizer(tokenizers.Tokenizer.from_str(spec))
 
 
+def _encode_in_workers(num_proc: int, tok, encoder, stream, write) -> None:
+    """Encode ``stream``'s batches in ``num_proc`` processes and ``write`` the results in input order.
+
+    The workers start from a fork server, not by forking this process: a fork copies the parent's
+    threads' locks (torch's OpenMP pool, tokenizers' rayon pool, a test runner's) in whatever state
+    they are in, and a worker that inherits a held lock waits forever (this hung a CI run). A worker
+    that dies (killed, out of memory) raises here instead of leaving its batch pending for ever.
+
+    Raises:
+        DataError: a worker process died.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    spec = None if isinstance(tok, ByteTokenizer) else tok.to_str()
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    pool = ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_init_worker, initargs=(spec,))
+    try:
+        pending: deque = deque()
+        for batch in stream:
+            pending.append(pool.submit(encoder, batch))
+            if len(pending) >= 2 * num_proc:  # bounded read-ahead: memory stays O(num_proc batches)
+                write(pending.popleft().result())
+        while pending:
+            write(pending.popleft().result())
+    except BrokenProcessPool as exc:
+        raise DataError(f"a tokenizer worker process died ({exc}); nothing was written to the output: "
+                        "run again, with num_proc=1 if it keeps happening") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass
 class Encoder:
     """Encodes a batch of ``(piece, is_val, last)`` into one id array per split.
@@ -500,18 +533,7 @@ def _encode_all(cfg: PrepareConfig, source: Source, plan: Plan, tok, encoder: En
                 for batch in stream:
                     write(encoder(batch, tok))
             else:
-                import multiprocessing as mp
-
-                spec = None if isinstance(tok, ByteTokenizer) else tok.to_str()
-                ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-                with ctx.Pool(cfg.num_proc, initializer=_init_worker, initargs=(spec,)) as pool:
-                    pending: deque = deque()
-                    for batch in stream:
-                        pending.append(pool.apply_async(encoder, (batch,)))
-                        if len(pending) >= 2 * cfg.num_proc:
-                            write(pending.popleft().get())
-                    while pending:
-                        write(pending.popleft().get())
+                _encode_in_workers(cfg.num_proc, tok, encoder, stream, write)
         finally:
             bar.close()
     if plan.single_file is not None:  # one document, split in two; no separator
