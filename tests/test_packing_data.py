@@ -62,6 +62,39 @@ def test_packed_model_reads_the_ids_of_its_inputs(prepared):
     torch.testing.assert_close(got[:, 3:5], net(x[:, 3:5]), atol=1e-6, rtol=0)  # the second document alone
 
 
+@pytest.mark.parametrize("position", ["fox_pro", "rotary", "absolute"])
+def test_packed_cached_decoding_equals_the_full_window_across_end_of_text(position):
+    # the ids of a cached step depend on the token before it: a cache that ended with the end-of-text
+    # token starts a new document, so every split of the row gives the full window's logits
+    from xforget import AutoregressiveWrapper, Decoder, TransformerWrapper
+
+    torch.manual_seed(0)
+    eot = 3
+    kw = (dict(position="fox", kv_shift=True, qk_norm=True, output_gate=True, output_norm=True)
+          if position == "fox_pro" else dict(position=position))
+    net = TransformerWrapper(num_tokens=16, max_seq_len=32, attn_layers=Decoder(dim=32, depth=2, heads=2, **kw))
+    net.eval()
+    packed_net = PackedDocuments(net, eot)
+    x = torch.tensor([[1, 2, 5, eot, 6, 7, eot, eot, 8, 9, eot], [4, eot, 5, 6, 7, 8, eot, 9, 1, 2, 4]])
+    full = packed_net(x)
+    for cuts in ([4], [3, 4, 7], list(range(1, 11))):  # the cache ends on, before and after end-of-text tokens
+        cache, pieces, start = None, [], 0
+        for stop in [*cuts, x.shape[1]]:
+            logits, cache = packed_net(x[:, start:stop], cache=cache, return_cache=True)
+            pieces.append(logits)
+            start = stop
+        torch.testing.assert_close(torch.cat(pieces, 1), full, atol=2e-5, rtol=0)
+    # generation: cached == uncached, and after an end-of-text token the same as the new document alone
+    lm = AutoregressiveWrapper(packed_net)
+    prompt = torch.tensor([[1, 2, 5, eot, 6]])
+    cached = lm.generate(prompt, 8, temperature=0.0, cache_kv=True)
+    assert torch.equal(cached, lm.generate(prompt, 8, temperature=0.0, cache_kv=False))
+    assert torch.equal(cached, AutoregressiveWrapper(net).generate(prompt[:, 4:], 8, temperature=0.0))
+    with pytest.raises(ValueError, match="continues only a cache it made"):
+        _, bare = net(x[:, :4], return_cache=True)
+        packed_net(x[:, 4:], cache=bare)
+
+
 def test_resume_stays_exact_with_packing_and_eval_agrees(prepared, tmp_path):
     from safetensors.torch import load_file
 

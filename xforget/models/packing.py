@@ -26,8 +26,11 @@ def eot_documents(tokens: Tensor, eot_id: int) -> Tensor:
 class PackedDocuments(nn.Module):
     """``net`` (a :class:`~xforget.models.wrapper.TransformerWrapper`) reading packed documents.
 
-    ``forward(x, **kwargs)`` = ``net(x, document_ids=eot_documents(x, eot_id), **kwargs)``; the
-    attributes the scorers read (``attn_layers``, ``position_limit``, ``to_logits``) are the net's. Holds no
+    ``forward(x, **kwargs)`` = ``net(x, document_ids=eot_documents(x, eot_id), **kwargs)``. With a
+    KV cache the ids count on from the cached ones, and a cache whose last token was the end-of-text
+    token starts a new document (``Cache.ends_document``), so cached decoding equals the full window
+    step by step, across end-of-text tokens too. Raises ``ValueError`` for a non-empty cache the bare
+    model made (it lacks that flag). The attributes the scorers read (``attn_layers``, ``position_limit``, ``to_logits``) are the net's. Holds no
     parameters of its own: saving ``net`` saves everything.
     """
 
@@ -48,9 +51,22 @@ class PackedDocuments(nn.Module):
         return self.net.to_logits
 
     def forward(self, x: Tensor, **kwargs: Any):
-        if kwargs.get("cache") is not None:  # cached decoding continues the cached documents
-            return self.net(x, **kwargs)
-        return self.net(x, document_ids=eot_documents(x, self.eot_id), **kwargs)
+        cache = kwargs.get("cache")
+        ids = eot_documents(x, self.eot_id)
+        if cache is not None and cache.length:
+            # cached decoding continues the cached documents: the new tokens' ids count on from the
+            # last cached one, and a cached row that ended with the end-of-text token starts a new
+            # document with its first new token (as in the full window's ids)
+            if cache.documents is None or cache.ends_document is None:
+                raise ValueError("PackedDocuments continues only a cache it made (its document ids and whether "
+                                 "the last cached token was the end-of-text token); this cache was made by "
+                                 "the bare model: decode through the same wrapper from the first call")
+            ids = ids + (cache.documents[:, -1:] + cache.ends_document[:, None].long())
+        out = self.net(x, document_ids=ids, **kwargs)
+        if kwargs.get("return_cache"):
+            logits, new_cache = out
+            new_cache.ends_document = x[:, -1] == self.eot_id
+        return out
 
 
 def packed(net: nn.Module, eot_id: int | None) -> nn.Module:

@@ -76,12 +76,16 @@ class Cache:
         seen: (batch,) int64, real tokens consumed so far per row (next position).
         documents: (batch, n_cached) int64 document ids of the cached keys (packed documents,
             :mod:`xforget.ops.documents`), or None (one document per row).
+        ends_document: (batch,) bool, the last cached token ended its document (an end-of-text
+            token, :class:`~xforget.models.packing.PackedDocuments`), so the next token starts a new
+            one; or None (set only by that wrapper: its ids depend on the token before each position).
     """
 
     layers: list[LayerCache] = field(default_factory=list)
     mask: Tensor | None = None
     seen: Tensor | None = None
     documents: Tensor | None = None
+    ends_document: Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -104,7 +108,8 @@ class Cache:
             new.evicted = bound
             layers.append(new)
         return Cache(layers=layers, mask=None if self.mask is None else self.mask[:, keep_from:], seen=self.seen,
-                     documents=None if self.documents is None else self.documents[:, keep_from:])
+                     documents=None if self.documents is None else self.documents[:, keep_from:],
+                     ends_document=self.ends_document)
 
     def crop(self, keep: int) -> "Cache":
         """Keep the last ``keep`` positions (sliding window). Exact for relative schemes:
@@ -116,6 +121,7 @@ class Cache:
             mask=None if self.mask is None else self.mask[:, -keep:],
             seen=self.seen,
             documents=None if self.documents is None else self.documents[:, -keep:],
+            ends_document=self.ends_document,
         )
 
 
