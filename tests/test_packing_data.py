@@ -118,6 +118,30 @@ def test_resume_stays_exact_with_packing_and_eval_agrees(prepared, tmp_path):
     assert ev["val_bpb"] == pytest.approx(full.val_bpb, abs=1e-5)  # xforget-eval scores with the same rule
 
 
+def test_generate_cli_on_a_packed_run_starts_a_document_after_end_of_text(prepared, tmp_path, capsys):
+    # xforget-generate samples a packed run with its training rule: the prompt's text after the
+    # end-of-text token is a new document, so the continuation is that of the text alone
+    from xforget.commands.generate import main as generate_main
+    from xforget.models.autoregressive import AutoregressiveWrapper
+    from xforget.train.loading import load_trained
+
+    out, _ = prepared
+    run = tmp_path / "run"
+    train(tiny_cfg("data=tokens", f"data.path={out}", "data.pack_documents=true", "trainer.max_steps=3",
+                   "model.position=rotary"), run)
+    loaded = load_trained(run)
+    tok, model = loaded.tokenizer, loaded.model
+    before, after = "the quick brown fox", "def main("
+    assert tok.encode(before + "<|endoftext|>" + after)[-len(tok.encode(after)):] == tok.encode(after)
+    alone = AutoregressiveWrapper(model).generate(torch.tensor([tok.encode(after)]), 12, temperature=0.0)[0]
+    crossing = AutoregressiveWrapper(model).generate(torch.tensor([tok.encode(before + "<|endoftext|>" + after)]),
+                                                     12, temperature=0.0)[0]
+    assert not torch.equal(alone, crossing)  # the earlier document does change an unpacked reading
+    generate_main([f"checkpoint={run}", f"prompt={before}<|endoftext|>{after}", "max_new_tokens=12",
+                   "temperature=0"])
+    assert capsys.readouterr().out == before + "<|endoftext|>" + after + tok.decode(alone.tolist()) + "\n"
+
+
 def test_packing_needs_an_end_of_text_token(tmp_path):
     out = prep(write_corpus("jsonl", tmp_path, make_docs(20, seed=2)), tmp_path / "bytes", tokenizer="bytes")
     with pytest.raises(DataError, match="pack_documents"):

@@ -16,6 +16,9 @@ incrementally, so multi-byte characters are printed whole. Exit code 2 with one
 directory, one checkpoint directory, a hub-style directory or a hub repo id.
 A model trained on a prepared dataset (``data=tokens``) encodes the prompt and
 decodes the output with its tokenizer (``tokenizer.json`` in the run directory).
+A run trained with ``data.pack_documents=true`` samples with the same document rule: the text
+after an end-of-text token in the prompt (``<|endoftext|>``) is a new document that sees nothing
+before it (a hub-style directory records no training config: its prompt is one document).
 """
 
 from __future__ import annotations
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch  # the model code, once the arguments passed
 
     from xforget.models.autoregressive import AutoregressiveWrapper
+    from xforget.models.packing import packed
     from xforget.train.loading import load_trained
 
     try:
@@ -169,7 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     if tokenizer.vocab_size != model.num_tokens:
         _fail(f"the run's tokenizer ({tokenizer.name}) has {tokenizer.vocab_size} tokens but the model has "
               f"num_tokens={model.num_tokens}; the run directory is inconsistent")
-    wrapper = AutoregressiveWrapper(model).eval()
+    # a run trained with data.pack_documents=true reads documents as it was trained: a prompt's text after
+    # an end-of-text token is a new document that sees nothing before it (a hub-style export records no
+    # training config, so there the whole prompt is one document)
+    train_cfg = loaded.train_config
+    packing_eot = tokenizer.eot_id if train_cfg is not None and getattr(train_cfg.data, "pack_documents", False) else None
+    wrapper = AutoregressiveWrapper(packed(model, packing_eot)).eval()
     torch.set_flush_denormal(True)  # decayed attention weights underflow: subnormals are slow on CPUs
     torch.manual_seed(cfg.seed)
     if prompt_bytes is None:
