@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from xforget.compare import run_compare
+from xforget.errors import ConfigError
 from xforget.train import load_model
 
 
@@ -132,6 +133,57 @@ def test_bad_keys_fail_in_one_line_with_exit_code_2(args, needle, capsys, tmp_pa
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_prepare_keys_work_without_a_preset_and_name_their_valid_keys():
+    # prepare: is null unless a preset sets it; prepare.KEY=... starts it from its defaults
+    from xforget.compare.config import load_compare_config
+
+    cfg, _ = load_compare_config(["prepare.input=/some/corpus", "prepare.vocab_size=512"])
+    assert (cfg.prepare.input, cfg.prepare.vocab_size, cfg.prepare.tokenizer) == ("/some/corpus", 512, "bpe")
+    assert load_compare_config(["experiment=fox_vs_rope", "prepare=null"])[0].prepare is None
+    assert load_compare_config(["experiment=fox_vs_rope", "prepare.vocab_size=300"])[0].prepare.input == "stdlib"
+    for bad in (["prepare.inptu=x"], ["prepare={inptu:3}"]):
+        with pytest.raises(ConfigError, match=r"unknown config key 'prepare.inptu'; valid keys of prepare: \['input'"):
+            load_compare_config(bad)
+    with pytest.raises(ConfigError, match="prepare.vocab_size"):
+        load_compare_config(["prepare.vocab_size=abc"])
+
+
+@pytest.mark.parametrize("prepare, needle", [
+    (["experiment=fox_vs_rope"], "prepare.input=stdlib is one document"),
+    (["prepare.input=TEXTFILE"], "is one document"),
+    (["prepare.input=DOCS", "prepare.tokenizer=bytes"], "prepare.tokenizer=bytes"),
+])
+def test_packing_a_one_document_corpus_is_refused_before_any_work(prepare, needle, tmp_path, text_file, capsys):
+    from xforget.commands.compare import main
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"{i}.txt").write_text(f"document {i}\n" * 20)
+    prepare = [a.replace("TEXTFILE", str(text_file)).replace("DOCS", str(docs)) for a in prepare]
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit) as exc:
+        main(["positions=[fox]", "seeds=[0]", *prepare, "data.pack_documents=true", f"hydra.run.dir={out}"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cfg_job_prepares_nothing(tmp_path, capsys):
+    from xforget.commands.compare import main
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"{i}.txt").write_text(f"document {i}\n" * 20)
+    out = tmp_path / "cmp"
+    main(["positions=[fox]", "seeds=[0]", f"prepare.input={docs}", "data.pack_documents=true",
+          f"hydra.run.dir={out}", "--cfg", "job"])
+    printed = capsys.readouterr().out
+    assert f"input: {docs}" in printed and "data.pack_documents=true" in printed
+    assert not out.exists()
 
 
 def test_main_puts_back_the_callers_sigterm_handler(tmp_path, text_file):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 
 class ConfigError(ValueError):
@@ -33,8 +33,18 @@ def schema_keys(schema: type, node_path: str, node_types: dict[str, type] | None
         if match is None:
             return None
         default = match.default_factory() if callable(match.default_factory) else match.default  # type: ignore[misc]
-        node = type(default) if is_dataclass(default) else (node_types or {}).get(part, default)
+        node = type(default) if is_dataclass(default) else (node_types or {}).get(part, _optional_node(node, part, default))
     return [f.name for f in fields(node)] if is_dataclass(node) else None
+
+
+def _optional_node(parent: type, name: str, default: Any) -> Any:
+    """The dataclass of an ``Optional[SomeDataclass]`` field whose default is None, else ``default``."""
+    try:
+        hint = get_type_hints(parent).get(name)
+    except (NameError, TypeError):  # an annotation that does not resolve: untyped
+        return default
+    inner = [a for a in get_args(hint) if is_dataclass(a)]
+    return inner[0] if inner else default
 
 
 def explain_error(exc: BaseException, keys_of: Callable[[str], list[str] | None]) -> str:

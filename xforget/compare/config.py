@@ -95,17 +95,45 @@ def load_compare_config(overrides: list[str]) -> tuple[CompareConfig, Path]:
     Raises:
         ConfigError: one line naming the bad key and the valid keys.
     """
+    # prepare.* keys are applied after composing: the node is null unless a preset sets it, and Hydra
+    # cannot set a key of a null node (prepare.input=X alone would fail with "Unexpected type for root")
+    prepare_args = [a for a in overrides if split_override(a)[0].split(".")[0] == "prepare"]
     try:
-        cfg = compose_named("compare", overrides, return_hydra_config=True)
+        cfg = compose_named("compare", [a for a in overrides if a not in prepare_args], return_hydra_config=True)
         out_dir = Path(str(cfg.hydra.run.dir))
         with open_dict(cfg):
             del cfg["hydra"]
+        _apply_prepare_overrides(cfg, prepare_args)
         typed: CompareConfig = OmegaConf.to_object(cfg)
     except Exception as exc:
         raise ConfigError(explain_error(exc, CompareConfig, extra_root_keys=(*TRAIN_ROOTS, "hydra"))) from exc
     validate_eval(typed.eval)
     check_plan(list(typed.positions), list(typed.seeds))
     return typed, out_dir
+
+
+def _apply_prepare_overrides(cfg, args: list[str]) -> None:
+    """``prepare=...`` / ``prepare.KEY=VALUE`` in order, read with Hydra's override grammar; a key of a
+    null ``prepare`` starts it from :class:`ComparePrepare`'s defaults (``prepare=null`` turns it off).
+
+    Raises:
+        ValueError, omegaconf errors: a value that does not parse, an unknown key, a wrong type
+        (the caller turns them into one line).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for arg in args:
+        override = parser.parse_overrides([arg])[0]
+        key, value = override.key_or_group, override.value()
+        if override.is_delete():
+            key, value = "prepare", None
+        if key == "prepare" and value is None:
+            cfg.prepare = None
+            continue
+        if key == "prepare" or cfg.prepare is None:  # prepare={...} sets its keys over the defaults
+            cfg.prepare = OmegaConf.structured(ComparePrepare)
+        OmegaConf.update(cfg, key, value, merge=True)
 
 
 def check_plan(positions: list[str], seeds: list[int]) -> None:

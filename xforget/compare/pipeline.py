@@ -17,14 +17,14 @@ from omegaconf import OmegaConf
 from xforget.compare.checks import preflight
 from xforget.compare.config import CompareConfig, load_compare_config, partition_overrides  # noqa: F401  (names this module has had)
 from xforget.compare.plots import write_plots
-from xforget.compare.prepared import ensure_prepared, prepare_summary
+from xforget.compare.prepared import check_packing_input, ensure_prepared, prepare_summary
 from xforget.compare.report import build_report, train_summary, write_json, write_markdown
 from xforget.compare.runs import ensure_trained, plan_runs, scheme_overrides
 from xforget.evaluate.config import EvalConfig
 from xforget.errors import ConfigError
 from xforget.evaluate.core import checkpoint_step, evaluate_run
 from xforget.files import atomic_write_text
-from xforget.train.config import user_config_overrides
+from xforget.train.config import compose_config, user_config_overrides
 
 
 def eval_cache_path(run_dir: Path, ecfg: EvalConfig, step: int | None) -> Path:
@@ -74,12 +74,13 @@ def evaluate_all(run_dirs: list[Path], ecfg: EvalConfig, jobs: int) -> list[tupl
         return [f.result() for f in futures]
 
 
-def plan_comparison(argv: list[str], *, log=print, data_info: dict | None = None):
+def plan_comparison(argv: list[str], *, log=print, data_info: dict | None = None, prepare_data: bool = True):
     """(comparison config, output directory, training overrides, planned runs) of ``argv``; nothing is trained.
 
     With a ``prepare:`` node the token shards are made first (or re-used), as
     every run's vocabulary comes from them; ``data_info`` (a dict) receives
-    what was prepared and how long it took.
+    what was prepared and how long it took. ``prepare_data=False`` (``--cfg job``) writes nothing:
+    when the shards are not there yet, the planned runs are ``[]``.
 
     Raises:
         ConfigError: a bad key, scheme or training setting. DataError: the data step failed.
@@ -99,8 +100,12 @@ def plan_comparison(argv: list[str], *, log=print, data_info: dict | None = None
     data_args = []
     if cfg.prepare is not None:
         p = cfg.prepare  # ComparePrepare: xforget-prepare's keys
+        if _packs_documents([*search, *cfg.train, *train_args]):
+            check_packing_input(p)  # one line now, not after preparing the whole corpus
         tic = time.time()
-        target, reused = ensure_prepared(p.prepare_config(), out_dir, log=log)
+        target, reused = ensure_prepared(p.prepare_config(), out_dir, log=log, create=prepare_data)
+        if not prepare_data and not reused:
+            return cfg, out_dir, [*search, *cfg.train, "data=tokens", f"data.path={target}", *train_args], []
         if data_info is not None:
             data_info.update(prepare_summary(target), reused=reused, wall_s=round(time.time() - tic, 2))
         data_args = ["data=tokens", f"data.path={target}"]
@@ -109,6 +114,15 @@ def plan_comparison(argv: list[str], *, log=print, data_info: dict | None = None
 
     preflight(cfg, runs)
     return cfg, out_dir, train_args, runs
+
+
+def _packs_documents(train_args: list[str]) -> bool:
+    """Whether the runs' composed training config sets ``data.pack_documents`` (False if it does not compose:
+    planning the runs names that error)."""
+    try:
+        return bool(OmegaConf.select(compose_config(train_args), "data.pack_documents", default=False))
+    except Exception:  # noqa: BLE001 - any composition error is reported by plan_runs, in its own words
+        return False
 
 
 def data_label(d) -> str:
@@ -185,8 +199,12 @@ def composed_config_yaml(argv: list[str]) -> str:
     Raises:
         ConfigError: as for a real run.
     """
-    cfg, _, _, runs = plan_comparison(argv, log=lambda m: print(m, file=sys.stderr))
-    first = runs[0]
+    cfg, _, train_args, runs = plan_comparison(argv, log=lambda m: print(m, file=sys.stderr), prepare_data=False)
     text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    if not runs:  # nothing is prepared by --cfg: the runs' config needs the shards' vocabulary
+        return text + ("# the runs train on prepared token shards that are not there yet; run the comparison (it "
+                       "prepares them first) or xforget-prepare, then --cfg job shows the first run's training "
+                       "config. Its training overrides: " + " ".join(shlex.quote(a) for a in train_args) + "\n")
+    first = runs[0]
     text += f"# training config of the first run ({first.key}; {len(runs)} runs in all), {first.run_dir}\n"
     return text + OmegaConf.to_yaml({"first_run": OmegaConf.structured(first.cfg)})

@@ -61,8 +61,35 @@ def prepared_dir(cfg: PrepareConfig, out_dir: Path, input_sha: str) -> Path:
     return (base / f"{name}-{tok}-{hashlib.sha256(key.encode()).hexdigest()[:8]}").resolve()
 
 
-def ensure_prepared(cfg: PrepareConfig, out_dir: Path, *, log=print) -> tuple[Path, bool]:
+def check_packing_input(cfg: PrepareConfig) -> None:
+    """Refuse, before anything is read or written, a ``prepare:`` node that cannot give the several
+    documents and the end-of-text token ``data.pack_documents=true`` needs.
+
+    Raises:
+        DataError: ``input: stdlib`` or one plain text file (one document), or the bytes tokenizer
+            (no end-of-text token).
+    """
+    single = cfg.input == STDLIB
+    if not single and cfg.input != STDLIB_FILES:
+        try:
+            single = open_source(cfg.input).single_file() is not None
+        except DataError:
+            return  # a missing or bad input: ensure_prepared names it
+    if single:
+        raise DataError(f"data.pack_documents=true needs a corpus of several documents, but prepare.input="
+                        f"{cfg.input} is one document (one text file, no end-of-text token to cut at); use "
+                        f"prepare.input={STDLIB_FILES} (the standard library, one document per file) or a "
+                        "directory of files, JSON lines or Parquet, or set data.pack_documents=false")
+    if cfg.tokenizer == "bytes":
+        raise DataError("data.pack_documents=true needs an end-of-text token, which prepare.tokenizer=bytes does "
+                        "not have (its documents are cut by a separator); use prepare.tokenizer=bpe, or set "
+                        "data.pack_documents=false")
+
+
+def ensure_prepared(cfg: PrepareConfig, out_dir: Path, *, log=print, create: bool = True) -> tuple[Path, bool]:
     """The prepared dataset for ``cfg``: (directory, re-used?). Prepares it when missing.
+
+    ``create=False`` (``--cfg job``) only names the directory: (directory, whether it is already there).
 
     Raises:
         DataError: a bad input or setting (one line), or a damaged directory in the way.
@@ -73,6 +100,8 @@ def ensure_prepared(cfg: PrepareConfig, out_dir: Path, *, log=print) -> tuple[Pa
     path, sha = resolve_input(cfg.input)
     target = prepared_dir(cfg, out_dir, sha)
     meta_path = target / META_FILE
+    if not create:
+        return target, meta_path.is_file()
     if meta_path.is_file():  # the name hashes the settings and the input's sha256
         try:
             from xforget.data.tokens import load_tokens
