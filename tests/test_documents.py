@@ -8,6 +8,7 @@ position -- in float64 (tight) and float32.  The op-level tests check
 the gradients w.r.t. q, k, v and the gates against the float64 reference run per document.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,8 +180,9 @@ def test_none_and_one_document_agree():
 
 
 @pytest.mark.parametrize("bad,why", [
-    (torch.tensor([[0, 1, 1, 0]]), "non-decreasing"),
+    (torch.tensor([[0, 1, 1, 0]]), "non-decreasing .* row 0 goes from 1 at position 2 to 0 at 3"),
     (torch.zeros(1, 4), "int64"),
+    (np.zeros((1, 4), dtype=np.int64), "torch integer tensor .* numpy.ndarray"),
     (torch.zeros(2, 4, dtype=torch.long), "shape"),
 ])
 def test_bad_document_ids_are_refused(bad, why):

@@ -477,7 +477,7 @@ def prepare(cfg: PrepareConfig, log=print) -> Path:
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     log(f"wrote {output}: {tr['tokens']:,} train / {va['tokens']:,} val tokens ({dtype.name}), "
-        f"{tr['bytes'] / max(tr['tokens'], 1):.3f} bytes per token, {plan.documents:,} documents, "
+        f"{tr['bytes'] / max(tr['tokens'], 1):.3f} bytes per token, {plan.documents:,} document{'' if plan.documents == 1 else 's'}, "
         f"tokenizer {tok.name} (vocabulary {tok.vocab_size})")
     return output
 

@@ -55,9 +55,11 @@ def check_document_ids(document_ids: Tensor, b: int, n: int) -> Tensor:
         ValueError: not an integer tensor, wrong shape, or decreasing somewhere (while ``torch.compile``
             traces, a decreasing row is a ``RuntimeError`` from ``torch._assert_async`` when the graph runs).
     """
-    if not isinstance(document_ids, Tensor) or document_ids.is_floating_point() or document_ids.dtype == torch.bool:
-        raise ValueError(f"document_ids must be an integer tensor (batch, n), int64 preferred; got "
-                         f"{getattr(document_ids, 'dtype', type(document_ids).__name__)}")
+    if not isinstance(document_ids, Tensor):
+        raise ValueError(f"document_ids must be a torch integer tensor (batch, n), int64 preferred; got a "
+                         f"{type(document_ids).__module__}.{type(document_ids).__name__} (e.g. torch.as_tensor(ids))")
+    if document_ids.is_floating_point() or document_ids.dtype == torch.bool:
+        raise ValueError(f"document_ids must be an integer tensor (batch, n), int64 preferred; got {document_ids.dtype}")
     if tuple(document_ids.shape) != (b, n):
         raise ValueError(f"document_ids must have shape (batch, n) = {(b, n)}; got {tuple(document_ids.shape)}")
     if n > 1:
@@ -65,7 +67,10 @@ def check_document_ids(document_ids: Tensor, b: int, n: int) -> Tensor:
         if torch.compiler.is_compiling():  # a host read would break the graph: the check runs on the device
             torch._assert_async(ordered, "document_ids must be non-decreasing along each row")
         elif not bool(ordered):
-            raise ValueError("document_ids must be non-decreasing along each row (documents are packed back to back)")
+            row, pos = (document_ids[:, 1:] < document_ids[:, :-1]).nonzero()[0].tolist()
+            raise ValueError(f"document_ids must be non-decreasing along each row (documents are packed back to "
+                             f"back); row {row} goes from {int(document_ids[row, pos])} at position {pos} to "
+                             f"{int(document_ids[row, pos + 1])} at {pos + 1}")
     return document_ids
 
 
