@@ -37,9 +37,6 @@ SCHEMES = {
 }
 
 
-FP32_INSIDE = {"dynamic", "fox_per_row"}  # these bias builders compute their bias in float32 even in a float64 model
-
-
 def _ids(lengths):
     return torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
 
@@ -115,7 +112,6 @@ def _check_packed_equals_separate(net, lengths, dtype, tol, pad=0, grad_tol=None
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 def test_packed_row_equals_documents_alone(scheme, dtype, tol):
     net = _model(SCHEMES[scheme], dtype)
-    tol = max(tol, 2e-6) if scheme in FP32_INSIDE else tol
     _check_packed_equals_separate(net, [1, 9, 5, 1, 16], dtype, tol)
 
 

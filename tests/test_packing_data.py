@@ -118,6 +118,26 @@ def test_resume_stays_exact_with_packing_and_eval_agrees(prepared, tmp_path):
     assert ev["val_bpb"] == pytest.approx(full.val_bpb, abs=1e-5)  # xforget-eval scores with the same rule
 
 
+def test_autoregressive_loss_takes_document_ids_like_the_packed_wrapper():
+    from xforget import AutoregressiveWrapper, Decoder, TransformerWrapper
+
+    torch.manual_seed(0)
+    eot = 3
+    net = TransformerWrapper(num_tokens=16, max_seq_len=32, attn_layers=Decoder(dim=32, depth=1, heads=2,
+                                                                                position="rotary"))
+    x = torch.tensor([[1, 2, 5, eot, 6, 7, eot, 8, 9], [4, eot, 5, 6, 7, 8, eot, 9, 1]])
+    ids = eot_documents(x, eot)
+    lm = AutoregressiveWrapper(net)
+    for kw in ({}, {"reduction": "none"}):
+        got = lm(x, document_ids=ids, **kw)
+        torch.testing.assert_close(got, AutoregressiveWrapper(PackedDocuments(net, eot))(x, **kw), atol=0, rtol=0)
+    assert not torch.allclose(lm(x, document_ids=ids), lm(x))
+    loss, (logits, _) = lm(x, document_ids=ids, return_outputs=True)
+    torch.testing.assert_close(logits, net(x[:, :-1], document_ids=ids[:, :-1]))
+    with pytest.raises(ValueError, match="shaped like tokens"):
+        lm(x, document_ids=ids[:, :-1])
+
+
 def test_generate_cli_on_a_packed_run_starts_a_document_after_end_of_text(prepared, tmp_path, capsys):
     # xforget-generate samples a packed run with its training rule: the prompt's text after the
     # end-of-text token is a new document, so the continuation is that of the text alone

@@ -6,6 +6,7 @@ Every corpus is written by the test; no network, no GPU.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,8 @@ def test_eval_on_data_from_another_tokenizer_of_the_same_size_is_refused(bpe_run
     err = one_error_line(capsys, lambda: eval_main([f"checkpoint={bpe_run}", "data=tokens", f"data.path={other}",
                                                     f"out={tmp_path / 'e.json'}"]))
     assert "has tokenizer" in err and str(other) in err, err
+    sides = re.findall(r"tokenizer (\S+ #[0-9a-f]{8})", err)  # same kind and size: the digests tell them apart
+    assert len(sides) == 2 and sides[0] != sides[1], err
     result = evaluate_run(bpe_run, EvalConfig(multiples=[1], threads=1, device="cpu", tokens=64))
     assert result["val_bpb"] is not None
     with pytest.raises(DataError, match="trained with another tokenizer"):

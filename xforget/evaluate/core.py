@@ -192,6 +192,14 @@ def load_for_eval(path: Path, data_cfg: DataConfig | None, device) -> tuple[nn.M
     return loaded.model, cfg, loaded.tokenizer
 
 
+def _digest(tok: Tokenizer) -> str:
+    """The first 8 hex digits of the sha256 of a tokenizer's JSON (``bytes`` when it has none)."""
+    import hashlib
+
+    to_str = getattr(tok, "to_str", None)
+    return "bytes" if to_str is None else hashlib.sha256(to_str().encode()).hexdigest()[:8]
+
+
 def check_data_fits_model(path: str | Path, data_cfg: DataConfig, data_info: dict[str, Any], num_tokens: int,
                           tokenizer: Tokenizer | None) -> None:
     """Refuse data whose token ids mean something else to the model: the data's tokenizer (bytes for the byte
@@ -209,8 +217,11 @@ def check_data_fits_model(path: str | Path, data_cfg: DataConfig, data_info: dic
     known = tokenizer is not None and not (isinstance(tokenizer, ByteTokenizer) and num_tokens != BYTE_VOCAB)
     if data_vocab == num_tokens and (not known or same_tokenizer(tokenizer, data_tok)):
         return
-    model_side = f"tokenizer {tokenizer.name}, vocabulary {num_tokens}" if known else f"vocabulary {num_tokens}"
-    data_side = (f"the prepared dataset {data_cfg.path} has tokenizer {data_tok.name}, vocabulary {data_vocab}"
+    model_name, data_name = (tokenizer.name if known else None), data_tok.name
+    if model_name == data_name:  # same kind and size, other merges: the names alone would read alike
+        model_name, data_name = f"{model_name} #{_digest(tokenizer)}", f"{data_name} #{_digest(data_tok)}"
+    model_side = f"tokenizer {model_name}, vocabulary {num_tokens}" if known else f"vocabulary {num_tokens}"
+    data_side = (f"the prepared dataset {data_cfg.path} has tokenizer {data_name}, vocabulary {data_vocab}"
                  if prepared else f"data={data_cfg.name} is byte level (vocabulary {BYTE_VOCAB})")
     raise DataError(f"the model in {path} was trained with another tokenizer ({model_side}); {data_side}: its ids "
                     "would be read as other tokens; evaluate on data=tokens data.path=DIR prepared with the model's "

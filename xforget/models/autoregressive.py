@@ -51,10 +51,15 @@ class AutoregressiveWrapper(nn.Module):
         self.net, self.ignore_index, self.pad_value = net, ignore_index, pad_value
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None, reduction: str = "mean",
-                return_outputs: bool = False) -> Tensor | tuple[Tensor, tuple[Tensor, Intermediates]]:
+                return_outputs: bool = False, document_ids: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, tuple[Tensor, Intermediates]]:
         """tokens (batch, n+1) int64 -> mean cross-entropy (nats) of predicting tokens[:, 1:].
 
         mask (batch, n+1) bool marks real tokens; targets at pads are ignored.
+        document_ids (batch, n+1) int64, non-decreasing per row: packed documents (the inputs' ids,
+        ``document_ids[:, :-1]``, go to the net; see :class:`~xforget.models.wrapper.TransformerWrapper`);
+        :class:`~xforget.models.packing.PackedDocuments` derives them from end-of-text tokens instead.
+        Raises ``ValueError`` for ids not shaped like ``tokens``.
         reduction="none" returns the per-position loss (batch, n).
         return_outputs: x-transformers' flag: return ``(loss, (logits, Intermediates(last_hidden)))``, the
         logits (batch, n, logits_dim) float of the inputs tokens[:, :-1] and their final hidden states (batch,
@@ -65,11 +70,17 @@ class AutoregressiveWrapper(nn.Module):
         if self.pad_value is not None:
             inputs = inputs.masked_fill(inputs == self.ignore_index, self.pad_value)
         input_mask = None if mask is None else mask[:, :-1]
+        docs = {}
+        if document_ids is not None:
+            if not isinstance(document_ids, Tensor) or tuple(document_ids.shape) != tuple(tokens.shape):
+                raise ValueError(f"document_ids must be shaped like tokens (batch, n+1) = {tuple(tokens.shape)}; "
+                                 f"got {tuple(getattr(document_ids, 'shape', ())) or type(document_ids).__name__}")
+            docs = {"document_ids": document_ids[:, :-1]}
         if return_outputs:  # the hidden states, then the output layer: one pass gives both
-            hidden = self.net(inputs, mask=input_mask, return_embeddings=True)
+            hidden = self.net(inputs, mask=input_mask, return_embeddings=True, **docs)
             logits = self.net.to_logits(hidden)
         else:  # one call of the net: what DDP / FSDP / torch.compile wrap in training
-            logits = self.net(inputs, mask=input_mask)
+            logits = self.net(inputs, mask=input_mask, **docs)
         if mask is not None:
             targets = targets.masked_fill(~mask[:, 1:], self.ignore_index)
         loss = F.cross_entropy(

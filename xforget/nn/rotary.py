@@ -5,7 +5,7 @@ Adjacent channel pairs (2i, 2i+1) of each query and key (the same interleaved
 layout as x-transformers, so weights move over unchanged) are rotated by angle
 pos * base^(-2i/d_rot); the dot product of a rotated query and key then depends
 only on the distance between their positions. Channels beyond ``rotary_dim``
-are left unrotated (partial rotary, GPT-J). Angles are computed in float32.
+are left unrotated (partial rotary, GPT-J). Angles are computed in float32 (float64 in a float64 model).
 
 xPos (Sun et al., "A Length-Extrapolatable Transformer", arXiv 2212.10554, eq. 6)
 additionally scales pair i of a query at position m by zeta_i^(m / B) and of a
@@ -64,17 +64,20 @@ class RotaryEmbedding(nn.Module):
         ``is_key`` selects the inverse xPos scale (ignored without xPos).
         Returns a tensor of t's shape and dtype.
         """
-        angles = positions.float()[..., None] * self.inv_freq  # (..., n, rot/2)
+        # fp32 at least (bf16 angles would be wrong past a few hundred positions), float64 in a float64
+        # model: a float32 step there costs the gradients their float64 digits (1e-8 relative)
+        ct = torch.promote_types(t.dtype, torch.float32)
+        angles = positions.to(ct)[..., None] * self.inv_freq.to(ct)  # (..., n, rot/2)
         if angles.ndim == 3:  # per-row positions (batch, n, rot/2) -> broadcast over heads
             angles = angles[:, None]
         cos, sin = angles.cos(), angles.sin()
         if self.xpos:
-            power = positions.float()[..., None] / self.xpos_scale_base
-            scale = self.xpos_zeta ** (-power if is_key else power)
+            power = positions.to(ct)[..., None] / self.xpos_scale_base
+            scale = self.xpos_zeta.to(ct) ** (-power if is_key else power)
             if scale.ndim == 3:
                 scale = scale[:, None]
             cos, sin = cos * scale, sin * scale
-        rot, rest = t[..., : self.rotary_dim].float(), t[..., self.rotary_dim :]
+        rot, rest = t[..., : self.rotary_dim].to(ct), t[..., self.rotary_dim :]
         x1, x2 = rot[..., 0::2], rot[..., 1::2]
         rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2).to(t.dtype)
         return torch.cat((rotated, rest), dim=-1)

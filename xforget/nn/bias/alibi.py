@@ -71,6 +71,6 @@ class AlibiBias(BiasBuilder):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> DecayGates:
         b, n = x.shape[0], x.shape[1]
-        log_f = (-self.slopes.float())[None, :, None].expand(b, self.heads, n)
+        log_f = (-self.slopes.to(torch.promote_types(x.dtype, torch.float32)))[None, :, None].expand(b, self.heads, n)
         log_f = mask_gate(log_f, mask)
         return DecayGates(log_fgate=log_f, log_bgate=None if self.causal else log_f)

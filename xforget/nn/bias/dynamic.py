@@ -28,7 +28,7 @@ class DynamicPositionBias(BiasBuilder):
         dynamic_bias_dim: MLP width (default max(dim // 4, 1)).
         dynamic_bias_depth: hidden layers (default 2; >= 1).
         dynamic_bias_log_distance: feed sign(n) log(|n| + 1) instead of n.
-    Output: (1 or batch, heads, n_q, n_k) float32.
+    Output: (1 or batch, heads, n_q, n_k) float32 (float64 in a float64 model).
     Raises:
         ValueError: depth < 1 or width < 1.
     """
@@ -61,8 +61,10 @@ class DynamicPositionBias(BiasBuilder):
     def forward(self, x: Tensor, q_pos: Tensor, k_pos: Tensor, **_) -> Tensor:
         distance = query_minus_key(q_pos, k_pos)
         lo, hi = int(distance.min()), int(distance.max())
-        grid = torch.arange(lo, hi + 1, device=distance.device, dtype=torch.float32)[:, None]
+        grid = torch.arange(lo, hi + 1, device=distance.device,
+                            dtype=torch.promote_types(self.mlp[0].weight.dtype, torch.float32))[:, None]
         if self.log_distance:
             grid = grid.sign() * torch.log(grid.abs() + 1)
-        per_distance = self.mlp(grid.to(self.mlp[0].weight.dtype)).float()  # (hi - lo + 1, heads)
+        per_distance = self.mlp(grid.to(self.mlp[0].weight.dtype))  # (hi - lo + 1, heads)
+        per_distance = per_distance.to(torch.promote_types(per_distance.dtype, torch.float32))  # float64 stays
         return heads_first(per_distance[distance - lo])

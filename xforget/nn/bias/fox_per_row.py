@@ -38,7 +38,7 @@ class PerRowForgetGate(BiasBuilder):
         dim, heads, causal: layer geometry (causal must be True).
         per_row_dim_head: d_s, channels of the small gate queries/keys (default 8).
         forget_gate_divisor: divides the log gates (x-transformers' post_log_scale = 1 / divisor).
-    Output: (batch, heads, n_q, n_k) float32, <= 0 at visible keys.
+    Output: (batch, heads, n_q, n_k) float32 (float64 in a float64 model), <= 0 at visible keys.
     Raises:
         ValueError: causal=False, d_s < 1 or a non-positive divisor.
     """
@@ -78,7 +78,7 @@ class PerRowForgetGate(BiasBuilder):
         self, x: Tensor, q_pos: Tensor, k_pos: Tensor, *, key_state: Tensor | None = None,
         key_mask: Tensor | None = None, visible: Tensor | None = None,
     ) -> Tensor:
-        """(batch, heads, n_q, n_k) float32 bias; ``visible``: (batch, 1, n_q, n_k) bool keys each query
+        """(batch, heads, n_q, n_k) float32 bias (float64 in a float64 model); ``visible``: (batch, 1, n_q, n_k) bool keys each query
         may see (packed documents with memory tokens), or None (all earlier keys)."""
         q_small, k_new = self._split(x)
         keys = k_new if key_state is None else key_state
@@ -88,10 +88,11 @@ class PerRowForgetGate(BiasBuilder):
         scale = self.dim_small**-0.5
         key_idx = torch.arange(n_k, device=x.device)
         block = max(1, min(n_q, TILE_ELEMENTS // max(1, b * h * n_k)))
+        ct = torch.promote_types(q_small.dtype, torch.float32)  # fp32 at least; float64 in a float64 model
         rows = []
         for start in range(0, n_q, block):
-            q_blk = q_small[:, :, start : start + block].float()
-            g = F.logsigmoid(q_blk @ keys.float().transpose(-1, -2) * scale) / self.divisor  # (b, h, B, n_k)
+            q_blk = q_small[:, :, start : start + block].to(ct)
+            g = F.logsigmoid(q_blk @ keys.to(ct).transpose(-1, -2) * scale) / self.divisor  # (b, h, B, n_k)
             q_idx = torch.arange(start, start + q_blk.shape[2], device=x.device) + offset
             valid = (key_idx[None, :] < q_idx[:, None])[None, None]  # t < i
             if key_mask is not None:

@@ -54,7 +54,7 @@ class T5RelativeBias(BiasBuilder):
         num_buckets: number of buckets (default 32; >= 2, even when bidirectional).
         max_distance: distance at which the log-spaced buckets end (default 128;
             > num_buckets / 2, or / 4 when bidirectional).
-    Output: (1 or batch, heads, n_q, n_k) float32.
+    Output: (1 or batch, heads, n_q, n_k) float32 (float64 in a float64 model).
     Raises:
         ValueError: invalid num_buckets / max_distance.
     """
@@ -85,4 +85,5 @@ class T5RelativeBias(BiasBuilder):
         buckets = t5_bucket(
             query_minus_key(q_pos, k_pos), causal=self.causal, num_buckets=self.num_buckets, max_distance=self.max_distance
         )
-        return heads_first(self.table(buckets).float())
+        table = self.table(buckets)  # fp32 at least, float64 in a float64 model (its gradients keep their digits)
+        return heads_first(table.to(torch.promote_types(table.dtype, torch.float32)))
