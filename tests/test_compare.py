@@ -171,6 +171,21 @@ def test_packing_a_one_document_corpus_is_refused_before_any_work(prepare, needl
     assert not out.exists()
 
 
+@pytest.mark.parametrize("data", ["data.path=/some/where", "data=text", "data=mqar"])
+def test_other_data_beside_a_prepare_node_is_refused_before_preparing(data, tmp_path, capsys):
+    from xforget.commands.compare import main
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("one document\n" * 20)
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit) as exc:
+        main(["positions=[fox]", "seeds=[0]", f"prepare.input={docs}", data, f"hydra.run.dir={out}"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and f"'{data}': with a prepare node" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_cfg_job_prepares_nothing(tmp_path, capsys):
     from xforget.commands.compare import main
 

@@ -138,6 +138,26 @@ def test_autoregressive_loss_takes_document_ids_like_the_packed_wrapper():
         lm(x, document_ids=ids[:, :-1])
 
 
+def test_bad_inputs_to_the_packed_wrappers_name_the_value():
+    import numpy as np
+
+    from xforget import AutoregressiveWrapper, Decoder, TransformerWrapper
+
+    net = TransformerWrapper(num_tokens=16, max_seq_len=32, attn_layers=Decoder(dim=16, depth=1, heads=2))
+    for eot in (3.5, -1, 16, None, True, "3"):
+        with pytest.raises(ValueError, match=r"eot_id must be the end-of-text token's id, an integer in 0\.\.15"):
+            PackedDocuments(net, eot)
+    assert PackedDocuments(net, np.int64(3)).eot_id == 3
+    x = torch.randint(0, 16, (2, 9))
+    with pytest.raises(ValueError, match="derives document_ids from the end-of-text tokens itself"):
+        PackedDocuments(net, 3)(x, document_ids=torch.zeros_like(x))
+    with pytest.raises(ValueError, match="got a numpy.ndarray"):
+        AutoregressiveWrapper(net)(x, document_ids=np.zeros((2, 9), dtype=np.int64))
+    for prompts in (np.array([[1, 2]]), [np.array([1, 2])], [[1, 2]]):
+        with pytest.raises(ValueError, match="prompts must be a torch int64 tensor"):
+            AutoregressiveWrapper(net).generate(prompts, 2)
+
+
 def test_generate_cli_on_a_packed_run_starts_a_document_after_end_of_text(prepared, tmp_path, capsys):
     # xforget-generate samples a packed run with its training rule: the prompt's text after the
     # end-of-text token is a new document, so the continuation is that of the text alone

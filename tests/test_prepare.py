@@ -362,6 +362,22 @@ def test_num_proc_gives_the_same_shards(tmp_path):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
 
 
+def test_indented_code_gives_the_same_ids_for_any_batch_bytes(tmp_path):
+    # indented code has no newline with non-space on both sides: pieces were cut after a newline, inside
+    # the next line's indent, which a byte-level BPE encodes as one pre-token, so the ids changed with
+    # batch_bytes; now they are cut before a single space between non-spaces
+    rng = random.Random(3)
+    lines = [f"{' ' * 4 * rng.randrange(1, 4)}value_{i} = compute(item, {rng.randrange(100)})" for i in range(900)]
+    docs = ["def block():\n" + "\n".join(lines[k:k + 100]) + "\n" for k in range(0, 900, 100)]
+    input_ = write_corpus("textdir", tmp_path, docs)
+    ref = prep(input_, tmp_path / "ref", tokenizer="bpe", vocab_size=300, val_fraction=0.2)
+    tok = str(ref / "tokenizer.json")
+    for batch_bytes in (64, 1000):
+        out = prep(input_, tmp_path / f"b{batch_bytes}", tokenizer=tok, batch_bytes=batch_bytes, val_fraction=0.2)
+        for name in ("train.bin", "val.bin"):
+            assert (out / name).read_bytes() == (ref / name).read_bytes(), (batch_bytes, name)
+
+
 def test_num_proc_after_threads_and_a_dead_worker(tmp_path):
     # the workers come from a fork server, not a fork of this (threaded) process: a fork copies held
     # locks and hung a CI run; a worker that dies raises instead of leaving its batch pending for ever

@@ -20,7 +20,7 @@ from xforget.compare.plots import write_plots
 from xforget.compare.prepared import check_packing_input, ensure_prepared, prepare_summary
 from xforget.compare.report import build_report, train_summary, write_json, write_markdown
 from xforget.compare.runs import ensure_trained, plan_runs, scheme_overrides
-from xforget.evaluate.config import EvalConfig
+from xforget.evaluate.config import EvalConfig, split_override
 from xforget.errors import ConfigError
 from xforget.evaluate.core import checkpoint_step, evaluate_run
 from xforget.files import atomic_write_text
@@ -100,6 +100,11 @@ def plan_comparison(argv: list[str], *, log=print, data_info: dict | None = None
     data_args = []
     if cfg.prepare is not None:
         p = cfg.prepare  # ComparePrepare: xforget-prepare's keys
+        for arg in [*cfg.train, *train_args]:  # before preparing: the runs' data is what it makes
+            key, value = split_override(arg)
+            if key == "data.path" or (key == "data" and value != "tokens"):
+                raise ConfigError(f"'{arg}': with a prepare node every run trains on the shards it makes (data=tokens "
+                                  "data.path=<those shards>); drop it, or set prepare=null to train on other data")
         if _packs_documents([*search, *cfg.train, *train_args]):
             check_packing_input(p)  # one line now, not after preparing the whole corpus
         tic = time.time()

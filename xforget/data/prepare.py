@@ -25,7 +25,8 @@ Rules:
   appended to the shards, so memory does not grow with the corpus; with
   ``num_proc > 1`` batches are encoded by that many worker processes (in
   order, at most ``2 * num_proc`` batches in flight). Text files longer than
-  ``batch_bytes`` are encoded in pieces cut after a newline.
+  ``batch_bytes`` are encoded in pieces cut where no pre-token spans
+  (:func:`~xforget.data.prepare_inputs.text_pieces`).
 * Atomic: everything is written into ``.<output>.tmp-<pid>/`` next to the
   output, ``meta.json`` last, then renamed to ``output`` (:func:`xforget.files.atomic_dir`). A killed run leaves
   only that temporary directory (removed by the next run); a directory

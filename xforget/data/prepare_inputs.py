@@ -267,23 +267,33 @@ def _file_kind(path: Path) -> str:
 _SPACE = frozenset(b" \t\n\r\x0b\x0c")
 
 
-def _last_safe_newline(buf: bytes) -> int:
-    """Index of the last newline with a non-space byte on both sides (-1 if none): cutting after it
-    changes no pre-token of GPT-2-style tokenizers."""
+def _last_safe_cut(buf: bytes) -> int:
+    """The last index to cut ``buf`` at without changing a pre-token of GPT-2-style tokenizers (0 if none):
+    right after a newline, or right before a single space, with a non-space byte on both sides. (Indented
+    code has few newlines of the first kind; cutting after any other newline splits the whitespace run
+    of the next line's indent, which such tokenizers encode as one pre-token, and changed the ids with
+    the piece size.)"""
+    best = 0
     pos = buf.rfind(b"\n")
     while pos > 0:
         if pos + 1 < len(buf) and buf[pos - 1] not in _SPACE and buf[pos + 1] not in _SPACE:
-            return pos
+            best = pos + 1
+            break
         pos = buf.rfind(b"\n", 0, pos)
-    return -1
+    pos = buf.rfind(b" ")
+    while pos > best:
+        if pos + 1 < len(buf) and buf[pos - 1] not in _SPACE and buf[pos + 1] not in _SPACE:
+            return pos
+        pos = buf.rfind(b" ", 0, pos)
+    return best
 
 
 def text_pieces(path: Path, start: int = 0, stop: int | None = None,
                 chunk: int = 1 << 22) -> Iterator[tuple[bytes, bool]]:
     """Bytes ``[start, stop)`` of ``path`` as ``(piece, last)``, pieces of about ``chunk`` bytes.
 
-    A piece ends after its last newline that has a non-space byte on both sides
-    (reading up to 8 chunks to find one; else after its last newline, else at
+    A piece ends after its last newline, or before its last single space, that has a non-space byte
+    on both sides (reading up to 8 chunks to find one; else after its last newline, else at
     a UTF-8 character boundary), so no
     character and, for GPT-2-style byte-level BPE, no pre-token is cut; the final piece has ``last=True`` (an empty file gives
     one empty piece).
@@ -305,8 +315,8 @@ def text_pieces(path: Path, start: int = 0, stop: int | None = None,
                 yield carry, True
                 return
             buf = carry + data
-            cut = _last_safe_newline(buf) + 1
-            if cut == 0 and len(buf) < 8 * chunk:  # read on (up to 8 chunks) for a newline that is safe to cut at
+            cut = _last_safe_cut(buf)
+            if cut == 0 and len(buf) < 8 * chunk:  # read on (up to 8 chunks) for a place that is safe to cut at
                 carry = buf
                 continue
             if cut == 0:

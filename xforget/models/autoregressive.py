@@ -72,9 +72,12 @@ class AutoregressiveWrapper(nn.Module):
         input_mask = None if mask is None else mask[:, :-1]
         docs = {}
         if document_ids is not None:
-            if not isinstance(document_ids, Tensor) or tuple(document_ids.shape) != tuple(tokens.shape):
+            if not isinstance(document_ids, Tensor):
+                raise ValueError(f"document_ids must be a torch integer tensor shaped like tokens; got a "
+                                 f"{type(document_ids).__module__}.{type(document_ids).__name__} (e.g. torch.as_tensor(ids))")
+            if tuple(document_ids.shape) != tuple(tokens.shape):
                 raise ValueError(f"document_ids must be shaped like tokens (batch, n+1) = {tuple(tokens.shape)}; "
-                                 f"got {tuple(getattr(document_ids, 'shape', ())) or type(document_ids).__name__}")
+                                 f"got {tuple(document_ids.shape)}")
             docs = {"document_ids": document_ids[:, :-1]}
         if return_outputs:  # the hidden states, then the output layer: one pass gives both
             hidden = self.net(inputs, mask=input_mask, return_embeddings=True, **docs)
@@ -169,6 +172,11 @@ class _CausalSteps:
 
 
 def _left_pad(prompts: Tensor | list[Tensor]) -> tuple[Tensor, Tensor | None]:
+    items = prompts if isinstance(prompts, (list, tuple)) else [prompts]
+    odd = next((p for p in items if not isinstance(p, Tensor)), None)
+    if odd is not None:
+        raise ValueError(f"prompts must be a torch int64 tensor (batch, n) or a list of 1-D ones; got a "
+                         f"{type(odd).__module__}.{type(odd).__name__} (e.g. torch.as_tensor(prompt))")
     if isinstance(prompts, Tensor):
         if prompts.ndim == 1:
             prompts = prompts[None]

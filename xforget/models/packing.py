@@ -12,6 +12,7 @@ to the model as ``document_ids`` (DESIGN.md section 7), so the training loss, ``
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from torch import Tensor, nn
@@ -29,14 +30,23 @@ class PackedDocuments(nn.Module):
     ``forward(x, **kwargs)`` = ``net(x, document_ids=eot_documents(x, eot_id), **kwargs)``. With a
     KV cache the ids count on from the cached ones, and a cache whose last token was the end-of-text
     token starts a new document (``Cache.ends_document``), so cached decoding equals the full window
-    step by step, across end-of-text tokens too. Raises ``ValueError`` for a non-empty cache the bare
-    model made (it lacks that flag). The attributes the scorers read (``attn_layers``, ``position_limit``, ``to_logits``) are the net's. Holds no
+    step by step, across end-of-text tokens too. Raises ``ValueError`` for an ``eot_id`` outside the
+    vocabulary, for ``document_ids`` passed in, and for a non-empty cache the bare model made (it lacks
+    that flag). The attributes the scorers read (``attn_layers``, ``position_limit``, ``to_logits``) are the net's. Holds no
     parameters of its own: saving ``net`` saves everything.
     """
 
     def __init__(self, net: nn.Module, eot_id: int) -> None:
         super().__init__()
-        self.net, self.eot_id = net, int(eot_id)
+        num_tokens = getattr(net, "num_tokens", None)
+        try:
+            eot = None if isinstance(eot_id, bool) else operator.index(eot_id)  # ints, numpy and torch integers
+        except TypeError:
+            eot = None
+        if eot is None or eot < 0 or (num_tokens is not None and eot >= num_tokens):
+            valid = "an integer >= 0" if num_tokens is None else f"an integer in 0..{num_tokens - 1} (the model's vocabulary)"
+            raise ValueError(f"eot_id must be the end-of-text token's id, {valid}; got {eot_id!r}")
+        self.net, self.eot_id = net, eot
 
     @property
     def attn_layers(self) -> nn.Module:
@@ -51,6 +61,9 @@ class PackedDocuments(nn.Module):
         return self.net.to_logits
 
     def forward(self, x: Tensor, **kwargs: Any):
+        if "document_ids" in kwargs:
+            raise ValueError("PackedDocuments derives document_ids from the end-of-text tokens itself; pass ids to "
+                             "the bare model (or AutoregressiveWrapper(model)(tokens, document_ids=...)) instead")
         cache = kwargs.get("cache")
         ids = eot_documents(x, self.eot_id)
         if cache is not None and cache.length:
