@@ -211,6 +211,16 @@ FAULTS: list[Fault] = [
           "by_distance=_bins(dists.flatten(), correct.flatten(), length)",
           "by_distance=_bins(targets.flatten(), correct.flatten(), length)",
           ("tests/test_zoo_details.py",), "accuracy 'by distance' binned by position"),
+    Fault("packed-cache-eot", "documents: cached packed decoding", "xforget/models/packing.py",
+          "ids = ids + (cache.documents[:, -1:] + cache.ends_document[:, None].long())",
+          "ids = ids + cache.documents[:, -1:]",
+          ("tests/test_packing_data.py::test_packed_cached_decoding_equals_the_full_window_across_end_of_text",),
+          "a cached end-of-text token does not start a new document"),
+    Fault("prepare-cut-in-indent", "data: prepare piece cuts", "xforget/data/prepare_inputs.py",
+          "            return pos\n        pos = buf.rfind(b\" \", 0, pos)",
+          "            return 0\n        pos = buf.rfind(b\" \", 0, pos)",
+          ("tests/test_prepare.py::test_indented_code_gives_the_same_ids_for_any_batch_bytes",),
+          "pieces never cut before a space: indented code cut inside an indent"),
 ]
 
 
