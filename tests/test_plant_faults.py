@@ -15,7 +15,7 @@ def test_every_planted_fault_applies_to_the_current_code():
     assert len(module.FAULTS) >= 15
     assert module.check_faults() == []
     kinds = {f.kind.split(":")[0] for f in module.FAULTS}
-    assert kinds == {"training", "sampling", "routing", "pruning", "kernels", "compile", "zoo"}
+    assert kinds == {"training", "sampling", "routing", "pruning", "kernels", "compile", "zoo", "documents", "data"}
     # every term of the pruning bound has its fault (tests/test_prune_bound.py)
     assert {f.name for f in module.FAULTS if f.kind.startswith("pruning")} >= {
         "prune-threshold-no-nk", "prune-decay-block-end", "prune-decay-prefix-start", "prune-query-norm-first",
