@@ -150,19 +150,26 @@ def test_prepare_keys_work_without_a_preset_and_name_their_valid_keys():
         load_compare_config(["prepare.vocab_size=abc"])
 
 
+@pytest.fixture
+def docs_dir(tmp_path):
+    """A directory of three short text files: a corpus of several documents."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"{i}.txt").write_text(f"document {i}\n" * 20)
+    return docs
+
+
 @pytest.mark.parametrize("prepare, needle", [
     (["experiment=fox_vs_rope"], "prepare.input=stdlib is one document"),
     (["prepare.input=TEXTFILE"], "is one document"),
     (["prepare.input=DOCS", "prepare.tokenizer=bytes"], "prepare.tokenizer=bytes"),
 ])
-def test_packing_a_one_document_corpus_is_refused_before_any_work(prepare, needle, tmp_path, text_file, capsys):
+def test_packing_a_one_document_corpus_is_refused_before_any_work(prepare, needle, tmp_path, text_file, docs_dir,
+                                                                   capsys):
     from xforget.commands.compare import main
 
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for i in range(3):
-        (docs / f"{i}.txt").write_text(f"document {i}\n" * 20)
-    prepare = [a.replace("TEXTFILE", str(text_file)).replace("DOCS", str(docs)) for a in prepare]
+    prepare = [a.replace("TEXTFILE", str(text_file)).replace("DOCS", str(docs_dir)) for a in prepare]
     out = tmp_path / "cmp"
     with pytest.raises(SystemExit) as exc:
         main(["positions=[fox]", "seeds=[0]", *prepare, "data.pack_documents=true", f"hydra.run.dir={out}"])
@@ -172,32 +179,25 @@ def test_packing_a_one_document_corpus_is_refused_before_any_work(prepare, needl
 
 
 @pytest.mark.parametrize("data", ["data.path=/some/where", "data=text", "data=mqar"])
-def test_other_data_beside_a_prepare_node_is_refused_before_preparing(data, tmp_path, capsys):
+def test_other_data_beside_a_prepare_node_is_refused_before_preparing(data, tmp_path, docs_dir, capsys):
     from xforget.commands.compare import main
 
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "a.txt").write_text("one document\n" * 20)
     out = tmp_path / "cmp"
     with pytest.raises(SystemExit) as exc:
-        main(["positions=[fox]", "seeds=[0]", f"prepare.input={docs}", data, f"hydra.run.dir={out}"])
+        main(["positions=[fox]", "seeds=[0]", f"prepare.input={docs_dir}", data, f"hydra.run.dir={out}"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and f"'{data}': with a prepare node" in err and len(err.splitlines()) == 1
     assert not out.exists()
 
 
-def test_cfg_job_prepares_nothing(tmp_path, capsys):
+def test_cfg_job_prepares_nothing(tmp_path, docs_dir, capsys):
     from xforget.commands.compare import main
 
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for i in range(3):
-        (docs / f"{i}.txt").write_text(f"document {i}\n" * 20)
     out = tmp_path / "cmp"
-    main(["positions=[fox]", "seeds=[0]", f"prepare.input={docs}", "data.pack_documents=true",
+    main(["positions=[fox]", "seeds=[0]", f"prepare.input={docs_dir}", "data.pack_documents=true",
           f"hydra.run.dir={out}", "--cfg", "job"])
     printed = capsys.readouterr().out
-    assert f"input: {docs}" in printed and "data.pack_documents=true" in printed
+    assert f"input: {docs_dir}" in printed and "data.pack_documents=true" in printed
     assert not out.exists()
 
 
