@@ -32,8 +32,8 @@ class PackedDocuments(nn.Module):
     token starts a new document (``Cache.ends_document``), so cached decoding equals the full window
     step by step, across end-of-text tokens too. Raises ``ValueError`` for an ``eot_id`` outside the
     vocabulary, for ``document_ids`` passed in, and for a non-empty cache the bare model made (it lacks
-    that flag). The attributes the scorers read (``attn_layers``, ``position_limit``, ``to_logits``) are the net's. Holds no
-    parameters of its own: saving ``net`` saves everything.
+    that flag). The attributes the scorers read (``attn_layers``, ``position_limit``, ``to_logits``)
+    are the net's. Holds no parameters of its own: saving ``net`` saves everything.
     """
 
     def __init__(self, net: nn.Module, eot_id: int) -> None:
@@ -44,7 +44,8 @@ class PackedDocuments(nn.Module):
         except TypeError:
             eot = None
         if eot is None or eot < 0 or (num_tokens is not None and eot >= num_tokens):
-            valid = "an integer >= 0" if num_tokens is None else f"an integer in 0..{num_tokens - 1} (the model's vocabulary)"
+            valid = ("an integer >= 0" if num_tokens is None
+                     else f"an integer in 0..{num_tokens - 1} (the model's vocabulary)")
             raise ValueError(f"eot_id must be the end-of-text token's id, {valid}; got {eot_id!r}")
         self.net, self.eot_id = net, eot
 
